@@ -1,0 +1,90 @@
+"""`manifold-edge` (also `python -m pipeline`): run, status, schema.
+
+Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1 an internal error,
+130 interrupted (rerun the same command to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+from pipeline.config import json_schema, load_config
+from pipeline.errors import UserError
+
+DEFAULT_CONFIG = "pipeline.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="manifold-edge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline (reusing cached stages)")
+    status = sub.add_parser("status", help="each stage: cached, stale, missing or damaged, and why")
+    for p in (run, status):
+        p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="pipeline.toml (default: %(default)s)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set distill.epochs=3 (repeatable)")
+    run.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
+    run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    sub.add_parser("schema", help="print the JSON Schema of pipeline.toml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "schema":
+            print(json.dumps(json_schema(), indent=2))
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "status":
+            return _status(cfg)
+        return _run(cfg, args.force, args.until)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last completed epoch", file=sys.stderr)
+        return 130
+    except Exception:  # an internal error: show where, so it can be reported
+        traceback.print_exc()
+        print("internal error: please report it with the traceback above", file=sys.stderr)
+        return 1
+
+
+def _status(cfg) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.graph import Pipeline
+
+    pipeline = Pipeline(cfg)
+    table = Table(title=f"run '{cfg.run.name}' ({pipeline.run_dir})")
+    for column in ("stage", "state", "key", "why"):
+        table.add_column(column)
+    colours = {"cached": "green", "stale": "yellow", "missing": "cyan", "damaged": "red"}
+    for s in pipeline.status():
+        table.add_row(s.name, f"[{colours[s.state]}]{s.state}[/]", s.key[:12], s.reason)
+    Console().print(table)
+    return 0
+
+
+def _run(cfg, force: str | None, until: str | None) -> int:
+    from pipeline.fileio import write_json
+    from pipeline.graph import Pipeline, check_stage_name
+    from pipeline.progress import Progress
+    from pipeline.report import build_report
+
+    check_stage_name(force, "--force")
+    check_stage_name(until, "--until")
+    start = time.perf_counter()
+    pipeline = Pipeline(cfg)
+    write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
+    with Progress() as progress:
+        records = pipeline.run(progress, force=force, until=until)
+        report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device)
+        progress.log(f"report: {pipeline.run_dir / 'report.md'} and report.json "
+                     f"({report['run']['wall_s']:.0f} s)")
+    return 0

@@ -1,0 +1,209 @@
+"""The pipeline.toml schema (pydantic v2), loading with `--set` overrides, and readable errors."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="run name: results go to <output_dir>/<name>/")
+    seed: int = Field(0, ge=0, description="seed for the data split, initialisation and batches")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    output_dir: str = Field("runs", description="where runs and the shared artifact cache live")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
+
+
+class DataConfig(Section):
+    dataset: Literal["fashion-mnist", "digits", "imagefolder"] = "fashion-mnist"
+    path: str | None = Field(None, description="IDX folder (fashion-mnist) or class folders (imagefolder)")
+    url: str = Field("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                     description="mirror to download fashion-mnist from when no local copy exists")
+    cache_dir: str = Field("~/.cache/manifold-edge/datasets", description="where downloads are kept")
+    img_size: int = Field(28, ge=4, le=1024, description="images are resized to img_size x img_size")
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the training split held out")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5,
+                                 description="test share, for datasets without an official test split")
+    subset: int = Field(0, ge=0, description="use at most this many training images (0 = all)")
+    test_subset: int = Field(0, ge=0, description="use at most this many test images (0 = all)")
+    mean: list[float] | None = Field(None, description="per-channel mean; default: from the train split")
+    std: list[float] | None = Field(None, description="per-channel std; default: from the train split")
+    augment_shift: int = Field(2, ge=0, le=16, description="random translation in pixels (training)")
+    augment_flip: bool = Field(True, description="random horizontal flip (training)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"data.{name} needs {self.channels} value(s), one per channel; got {value}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"data.std must be positive; got {self.std}")
+        if self.dataset == "imagefolder" and not self.path:
+            raise ValueError("data.path is required for dataset = 'imagefolder' (a folder of class folders)")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(5, ge=0, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    min_lr: float = Field(1e-5, ge=0, description="cosine schedule floor")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm; unset = no clipping")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ModelConfig(Section):
+    model: str = Field(description="a timm model name")
+    overrides: dict[str, Any] = Field(default_factory=dict,
+                                      description="keyword overrides for timm.create_model "
+                                                  "(embed_dim, depth, num_heads, patch_size, ...)")
+
+
+class TeacherConfig(ModelConfig, TrainConfig):
+    model: str = "convstem_vit_small"
+    pretrained: bool = Field(False, description="load timm's published weights (needs the hub)")
+    pretrained_file: str | None = Field(None, description="with pretrained: a local weights file instead")
+    checkpoint: str | None = Field(None, description="a local state dict or a model.pt of ours")
+    epochs: int = Field(5, ge=0, le=10_000, description="training (or fine-tuning) epochs; 0 = use as loaded")
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherConfig:
+        if self.pretrained and self.checkpoint:
+            raise ValueError("teacher.pretrained and teacher.checkpoint exclude each other: pick one")
+        if self.pretrained_file and not self.pretrained:
+            raise ValueError("teacher.pretrained_file needs teacher.pretrained = true")
+        if not (self.pretrained or self.checkpoint) and self.epochs == 0:
+            raise ValueError("teacher.epochs = 0 leaves a random teacher: set epochs, a checkpoint or pretrained")
+        return self
+
+
+class StudentConfig(ModelConfig):
+    model: str = "convstem_vit_tiny"
+
+
+class DistillConfig(TrainConfig):
+    epochs: int = Field(6, ge=1, le=10_000)
+    kd: Literal["none", "soft", "hard"] = Field("soft", description="logit distillation")
+    alpha: float = Field(0.5, ge=0, le=1, description="(1-alpha) CE + alpha KD")
+    temperature: float = Field(1.0, gt=0)
+    manifold: bool = Field(True, description="add the fine-grained manifold loss")
+    w_intra: float = Field(4.0, ge=0, description="intra-image relation weight")
+    w_inter: float = Field(0.1, ge=0, description="inter-image relation weight")
+    w_random: float = Field(0.2, ge=0, description="random-sampled relation weight")
+    k: int = Field(192, ge=1, description="tokens sampled for the random-sampled term")
+    beta: float = Field(1.0, ge=0, description="overall manifold weight")
+    student_layers: list[int] | None = Field(None, description="student blocks to match (default: "
+                                             "first and last quarter)")
+    teacher_layers: list[int] | None = Field(None, description="teacher blocks, paired in order")
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        s, t = self.student_layers, self.teacher_layers
+        if (s is None) != (t is None):
+            raise ValueError("give both distill.student_layers and distill.teacher_layers, or neither")
+        if s is not None and len(s) != len(t):
+            raise ValueError(f"distill.student_layers ({len(s)}) and distill.teacher_layers ({len(t)}) "
+                             "must pair up: give the same number of blocks")
+        if s is not None and not s:
+            raise ValueError("distill.student_layers is empty: set distill.manifold = false instead")
+        return self
+
+
+class ReportConfig(Section):
+    title: str = Field("manifold-edge run", description="heading of report.md")
+
+
+class PipelineConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    def section(self, name: str) -> dict:
+        return getattr(self, name).model_dump(mode="json")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> PipelineConfig:
+    """Read a pipeline.toml (or the defaults when path is None), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} not found: pass a pipeline.toml path or run from the "
+                            "project folder")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        source = str(path) if path is not None else "config"
+        raise UserError("\n".join(f"{source}: {_describe(e)}" for e in exc.errors())) from None
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set distill.epochs=3")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word: take it as a string
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{loc}'{hint}; allowed here: {', '.join(allowed)}"
+    if err["type"] == "value_error":
+        return err["msg"].removeprefix("Value error, ")
+    msg = err["msg"][0].lower() + err["msg"][1:]
+    return f"{loc}: got {err['input']!r}, but {msg}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = PipelineConfig
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def json_schema() -> dict:
+    return PipelineConfig.model_json_schema()

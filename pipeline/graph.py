@@ -1,0 +1,187 @@
+"""The stage graph: cache keys, what to rerun and why (`status`), and running the stages in order."""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.fileio import read_json, write_json
+from pipeline.progress import Progress
+from pipeline.stage import Stage, StageContext
+from pipeline.store import ArtifactStore, cache_key
+
+# Stage name -> implementing class, in run order (every stage's inputs come before it).
+STAGES = {
+    "data": "stages.data:DataStage",
+    "teacher": "stages.teacher:TeacherStage",
+    "distill": "stages.distill:DistillStage",
+    "evaluate": "stages.evaluate:EvaluateStage",
+}
+
+
+def stage_class(name: str) -> type[Stage]:
+    module, _, attr = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def check_stage_name(name: str | None, option: str) -> None:
+    if name is not None and name not in STAGES:
+        raise UserError(f"{option} {name!r}: no such stage; stages are {', '.join(STAGES)}")
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    cls: type[Stage]
+    key: str
+    config: dict
+    inputs: dict[str, str]
+
+
+@dataclass
+class StageStatus:
+    name: str
+    state: str  # cached | stale | missing | damaged
+    reason: str
+    key: str
+
+
+@dataclass
+class RunRecord:
+    name: str
+    key: str
+    cached: bool
+    wall_s: float
+    path: Path
+    summary: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.out_root = Path(cfg.run.output_dir).expanduser()
+        self.run_dir = self.out_root / cfg.run.name
+        self.store = ArtifactStore(self.out_root / ".cache")
+        self.state_path = self.run_dir / "state.json"
+        self.device = "cpu"
+
+    def plan(self) -> list[PlannedStage]:
+        keys: dict[str, str] = {}
+        planned = []
+        for name in STAGES:
+            cls = stage_class(name)
+            config = {section: self.cfg.section(section) for section in cls.sections}
+            if cls.uses_seed:
+                config["run.seed"] = self.cfg.run.seed
+            inputs = {dep: keys[dep] for dep in cls.inputs}
+            keys[name] = cache_key(name, cls.version, config, inputs)
+            planned.append(PlannedStage(name, cls, keys[name], config, inputs))
+        return planned
+
+    def _previous(self) -> dict:
+        return read_json(self.state_path) if self.state_path.is_file() else {}
+
+    def status(self) -> list[StageStatus]:
+        previous = self._previous()
+        result = []
+        for stage in self.plan():
+            state, reason = self.store.check(stage.name, stage.key)
+            before = previous.get(stage.name)
+            if state == "missing" and before and before["key"] != stage.key:
+                state, reason = "stale", _explain_change(before, stage)
+            result.append(StageStatus(stage.name, state, reason, stage.key))
+        return result
+
+    def run(self, progress: Progress, force: str | None = None, until: str | None = None) -> list[RunRecord]:
+        self.device = device = _resolve_device(self.cfg.run.device)
+        _set_threads(self.cfg.run.threads)
+        names = list(STAGES)
+        last = names.index(until) if until else len(names) - 1
+        forced = set(names[names.index(force):]) if force else set()
+        state = self._previous()
+        records: dict[str, RunRecord] = {}
+        for index, stage in enumerate(self.plan()[: last + 1], start=1):
+            label = f"[{index}/{last + 1}] {stage.name}"
+            check, reason = self.store.check(stage.name, stage.key)
+            if check == "cached" and stage.name not in forced:
+                manifest = self.store.manifest(stage.name, stage.key)
+                progress.log(f"{label}: reused, cached ({reason})")
+                records[stage.name] = RunRecord(stage.name, stage.key, True, manifest["wall_s"],
+                                                self.store.path(stage.name, stage.key), manifest["summary"])
+            else:
+                if check == "damaged":
+                    progress.log(f"[yellow]{label}: cached artifact damaged ({reason}); rerunning[/]")
+                why = "forced" if stage.name in forced else reason
+                progress.log(f"{label}: running ({why})")
+                self.store.discard(stage.name, stage.key, partial=stage.name in forced)
+                records[stage.name] = self._execute(stage, records, device, progress)
+                progress.log(f"{label}: done in {records[stage.name].wall_s:.1f} s")
+            state[stage.name] = {"key": stage.key, "config": stage.config, "inputs": stage.inputs}
+            write_json(self.state_path, state)
+        return list(records.values())
+
+    def _execute(self, stage: PlannedStage, done: dict[str, RunRecord], device: str,
+                 progress: Progress) -> RunRecord:
+        out = self.store.begin(stage.name, stage.key)
+        ctx = StageContext(
+            config={section: getattr(self.cfg, section) for section in stage.cls.sections},
+            inputs={dep: done[dep].path for dep in stage.cls.inputs},
+            out=out, seed=self.cfg.run.seed, device=device, progress=progress)
+        start = time.perf_counter()
+        summary = stage.cls().run(ctx)
+        wall = time.perf_counter() - start
+        manifest = {"stage": stage.name, "version": stage.cls.version, "config": stage.config,
+                    "inputs": stage.inputs, "summary": summary, "wall_s": round(wall, 2),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        path = self.store.commit(stage.name, stage.key, manifest, scratch=stage.cls.scratch)
+        return RunRecord(stage.name, stage.key, False, wall, path, summary)
+
+
+def _explain_change(before: dict, stage: PlannedStage) -> str:
+    changes = [f"{k}: {_short(v0)} -> {_short(v1)}" for k, (v0, v1) in
+               _diff(_flatten(before.get("config", {})), _flatten(stage.config)).items()]
+    changes += [f"input '{dep}' changed" for dep, key in stage.inputs.items()
+                if before.get("inputs", {}).get(dep) != key]
+    if not changes:
+        changes = ["stage code version changed"]
+    return "changed since the last run: " + "; ".join(changes)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _diff(old: dict, new: dict) -> dict:
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("run.device = 'cuda' but torch sees no CUDA GPU: use 'auto' or 'cpu'")
+    return device
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -1,0 +1,46 @@
+"""Progress on the terminal (rich): one line per stage, bars for epochs and batches."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+
+class Bar:
+    def __init__(self, progress: RichProgress, task_id: int):
+        self._progress, self._id = progress, task_id
+
+    def advance(self, steps: int = 1, info: str | None = None) -> None:
+        fields = {} if info is None else {"info": info}
+        self._progress.update(self._id, advance=steps, **fields)
+
+
+class Progress:
+    """Bars go to stderr; `log` lines stay in the scrollback (and in CI logs)."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False)
+        self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                  console=self.console)
+
+    def __enter__(self) -> Progress:
+        self._rich.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._rich.stop()
+
+    def log(self, message: str) -> None:
+        self.console.print(message)
+
+    @contextmanager
+    def bar(self, description: str, total: int) -> Iterator[Bar]:
+        task_id = self._rich.add_task(description, total=total, info="")
+        try:
+            yield Bar(self._rich, task_id)
+        finally:
+            self._rich.remove_task(task_id)

@@ -1,0 +1,102 @@
+"""report.json (every number, machine-readable) and report.md (what a person reads) for a run."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.fileio import write_json, write_text
+from pipeline.graph import RunRecord
+
+PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _curves(record: RunRecord | None) -> list[dict]:
+    if record is None or not record.summary.get("metrics_file"):
+        return []
+    path = record.path / record.summary["metrics_file"]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, wall_s: float,
+                 device: str) -> dict:
+    by_name = {r.name: r for r in records}
+    report = {
+        "run": {"name": cfg.run.name, "seed": cfg.run.seed, "device": device, "config_hash": cfg.digest(),
+                "git_commit": git_commit(), "versions": package_versions(), "wall_s": round(wall_s, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "stages": {r.name: {"key": r.key, "cached": r.cached, "wall_s": round(r.wall_s, 2),
+                            "artifact": str(r.path), "summary": r.summary} for r in records},
+        "evaluation": by_name["evaluate"].summary if "evaluate" in by_name else None,
+        "curves": {"teacher": _curves(by_name.get("teacher")), "distill": _curves(by_name.get("distill"))},
+        "config": cfg.model_dump(mode="json"),
+    }
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", render_markdown(cfg.report.title, report))
+    return report
+
+
+def render_markdown(title: str, report: dict) -> str:
+    run = report["run"]
+    lines = [f"# {title}", "",
+             f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
+             f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {run['wall_s']:.0f} s.", ""]
+    evaluation = report["evaluation"]
+    if evaluation:
+        lines += [f"## Accuracy on the held-out {evaluation['split']} split ({evaluation['images']} images)", "",
+                  "| role | model | params | MFLOPs/image | top-1 % | top-5 % | checkpoint MB |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for role in ("teacher", "student"):
+            r = evaluation[role]
+            lines.append(f"| {role} | `{r['model']}` | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['top1']:.2f} "
+                         f"| {r['top5']:.2f} | {r['checkpoint_bytes'] / 1e6:.2f} |")
+        lines.append("")
+    distill = report["stages"].get("distill", {}).get("summary")
+    if distill:
+        cfg = report["config"]["distill"]
+        parts = [f"KD `{distill['kd']}`"]
+        if distill["manifold"]:
+            parts.append(f"manifold loss on student blocks {distill['student_layers']} <- teacher blocks "
+                         f"{distill['teacher_layers']} (w_intra {cfg['w_intra']}, w_inter {cfg['w_inter']}, "
+                         f"w_random {cfg['w_random']}, K {cfg['k']}, beta {cfg['beta']})")
+        lines += ["## Distillation", "", "; ".join(parts) + ".", ""]
+    for role, rows in report["curves"].items():
+        if not rows:
+            continue
+        terms = [k for k in rows[0] if k not in ("epoch", "lr", "images_per_s", "seconds", "val_top1")]
+        lines += [f"### {role} training", "", "| epoch | " + " | ".join(terms) + " | val top-1 % | img/s |",
+                  "|---:|" + "---:|" * (len(terms) + 2)]
+        for row in rows:
+            lines.append(f"| {row['epoch']} | " + " | ".join(f"{row[t]:.4f}" for t in terms)
+                         + f" | {row['val_top1']:.2f} | {row['images_per_s']:.0f} |")
+        lines.append("")
+    lines += ["## Stages", "", "| stage | result | wall s | artifact |", "|---|---|---:|---|"]
+    for name, stage in report["stages"].items():
+        lines.append(f"| {name} | {'reused (cached)' if stage['cached'] else 'ran'} | {stage['wall_s']:.1f} "
+                     f"| `{Path(stage['artifact']).name}` |")
+    versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v)
+    lines += ["", f"Versions: {versions}.", ""]
+    return "\n".join(lines)

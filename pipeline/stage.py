@@ -1,0 +1,42 @@
+"""The one interface every stage implements: declared config sections and inputs, and one `run`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from pipeline.progress import Progress
+
+
+@dataclass
+class StageContext:
+    """What a stage may see: its own config sections, its inputs' artifact folders, a folder to write."""
+
+    config: dict[str, BaseModel]
+    inputs: dict[str, Path]
+    out: Path
+    seed: int
+    device: str
+    progress: Progress
+
+
+class Stage:
+    """A pipeline step. Subclasses set the class attributes and implement `run`.
+
+    `sections` are the pipeline.toml sections it reads, `inputs` the upstream stages whose
+    artifacts it reads, `version` is bumped when its code changes what it writes (invalidating
+    the cache), `scratch` names working files removed when the stage completes.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    sections: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[tuple[str, ...]] = ()
+    uses_seed: ClassVar[bool] = True
+    scratch: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Write the artifact files into ctx.out; return a JSON-able summary for the manifest."""
+        raise NotImplementedError

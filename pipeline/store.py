@@ -1,0 +1,94 @@
+"""Content-addressed artifact store: one directory per (stage, cache key), with a manifest of file hashes.
+
+A stage writes into `<stage>-<key>.partial/` (which also holds its resumable checkpoint); only when
+it completes is a manifest written and the directory renamed to `<stage>-<key>/`. An artifact whose
+files no longer match their manifest hashes is reported as damaged and never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from pipeline.fileio import read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+def cache_key(stage: str, version: int, config: dict, inputs: dict[str, str]) -> str:
+    payload = {"stage": stage, "version": version, "config": config, "inputs": inputs}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ArtifactStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / f"{stage}-{key[:16]}"
+
+    def partial(self, stage: str, key: str) -> Path:
+        return self.root / f"{stage}-{key[:16]}.partial"
+
+    def check(self, stage: str, key: str) -> tuple[str, str]:
+        """('cached' | 'missing' | 'damaged', reason)."""
+        final = self.path(stage, key)
+        manifest_path = final / MANIFEST
+        if not manifest_path.is_file():
+            if self.partial(stage, key).is_dir():
+                return "missing", "an interrupted run left a checkpoint: the next run resumes it"
+            return "missing", "never run with this configuration"
+        try:
+            manifest = read_json(manifest_path)
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError) as exc:
+            return "damaged", f"unreadable manifest ({exc})"
+        for name, meta in files.items():
+            file = final / name
+            if not file.is_file():
+                return "damaged", f"{name} is missing"
+            if file.stat().st_size != meta["bytes"] or file_sha256(file) != meta["sha256"]:
+                return "damaged", f"{name} does not match its recorded hash"
+        return "cached", f"artifact {final.name} verified ({len(files)} files)"
+
+    def begin(self, stage: str, key: str) -> Path:
+        """The working directory for a run of the stage; kept across interruptions for resuming."""
+        work = self.partial(stage, key)
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+
+    def commit(self, stage: str, key: str, manifest: dict, scratch: tuple[str, ...] = ()) -> Path:
+        """Hash the work directory's files into the manifest and rename it into place.
+
+        `scratch` names files only needed while running (resumable checkpoints); they are removed.
+        """
+        work, final = self.partial(stage, key), self.path(stage, key)
+        for name in scratch:
+            (work / name).unlink(missing_ok=True)
+        files = {}
+        for file in sorted(p for p in work.rglob("*") if p.is_file()):
+            name = file.relative_to(work).as_posix()
+            files[name] = {"sha256": file_sha256(file), "bytes": file.stat().st_size}
+        write_json(work / MANIFEST, {**manifest, "key": key, "files": files})
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+        return final
+
+    def manifest(self, stage: str, key: str) -> dict:
+        return read_json(self.path(stage, key) / MANIFEST)
+
+    def discard(self, stage: str, key: str, partial: bool = False) -> None:
+        """Drop a damaged or forced artifact (with `partial`, its interrupted run too) before rerunning."""
+        shutil.rmtree(self.path(stage, key), ignore_errors=True)
+        if partial:
+            shutil.rmtree(self.partial(stage, key), ignore_errors=True)

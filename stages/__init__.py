@@ -1,0 +1,1 @@
+"""Pipeline stages (one module or package each) and the libraries they share (models, batches, training)."""

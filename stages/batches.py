@@ -1,0 +1,76 @@
+"""Reading the data stage's artifact and iterating over it in normalised, optionally augmented batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.fileio import read_json
+
+
+@dataclass
+class Batches:
+    """One split held in memory as uint8; yields float batches normalised with the dataset's mean/std."""
+
+    images: torch.Tensor  # uint8 N x C x H x W
+    labels: torch.Tensor  # int64 N
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def iterate(self, batch_size: int, device: str = "cpu", generator: torch.Generator | None = None,
+                shift: int = 0, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in order, or shuffled (and augmented when asked) when a generator is given."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else None
+        for start in range(0, len(self), batch_size):
+            idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            x = self.images[idx].float().div_(255)
+            if generator is not None and (shift or flip):
+                x = augment(x, generator, shift, flip)
+            x = (x - self.mean) / self.std
+            yield x.to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
+    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips, per image."""
+    n, _, h, w = x.shape
+    if shift:
+        padded = F.pad(x, (shift, shift, shift, shift))
+        dy = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)
+        dx = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)
+        rows = (torch.arange(h).view(1, h, 1) + dy).expand(n, h, w)
+        cols = (torch.arange(w).view(1, 1, w) + dx).expand(n, h, w)
+        batch = torch.arange(n).view(n, 1, 1).expand(n, h, w)
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        flipped = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flipped.view(n, 1, 1, 1), x.flip(-1), x)
+    return x.contiguous()
+
+
+@dataclass
+class Dataset:
+    meta: dict
+    train: Batches
+    val: Batches
+    test: Batches
+
+
+def load_dataset(folder: Path) -> Dataset:
+    """The data stage's artifact: data.npz (uint8 splits) and meta.json (classes, mean, std)."""
+    meta = read_json(folder / "meta.json")
+    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    with np.load(folder / "data.npz") as arrays:
+        splits = {name: Batches(torch.from_numpy(arrays[f"x_{name}"]), torch.from_numpy(arrays[f"y_{name}"]),
+                                mean, std) for name in ("train", "val", "test")}
+    return Dataset(meta, **splits)

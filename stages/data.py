@@ -1,0 +1,187 @@
+"""Data stage: load a dataset, make the deterministic train/val/test split, store it as uint8 arrays.
+
+Sources: Fashion-MNIST IDX files (configured path, the Debian package's folder, a download cache,
+then the official mirror), scikit-learn's digits, or an ImageFolder tree of class folders.
+"""
+from __future__ import annotations
+
+import gzip
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+from pipeline.fileio import atomic_write, write_json
+from pipeline.stage import Stage, StageContext
+
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz", "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot"]
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+# (images uint8 N x H x W [x C], labels int64) for a split
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (gzipped) IDX file: a big-endian header giving the dimensions, then uint8 data."""
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UserError(f"{path}: not a uint8 IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">u4", count=ndim, offset=4).astype(int)
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UserError(f"{path}: truncated IDX file ({data.size} bytes of data for shape {tuple(dims)})")
+    return data.reshape(dims)
+
+
+def fashion_mnist_dir(cfg: DataConfig) -> Path:
+    """The first folder holding all four IDX files, downloading into the cache as a last resort."""
+    cache = Path(cfg.cache_dir).expanduser() / "fashion-mnist"
+    candidates = ([Path(cfg.path).expanduser()] if cfg.path else []) + [DEBIAN_FASHION_DIR, cache]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in FASHION_FILES.values()):
+            return folder
+    if cfg.path:
+        raise UserError(f"data.path = {cfg.path!r} does not hold the four Fashion-MNIST IDX files "
+                        f"({', '.join(FASHION_FILES.values())})")
+    for name in FASHION_FILES.values():
+        if (cache / name).is_file():
+            continue
+        url = cfg.url.rstrip("/") + "/" + name
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                payload = response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise UserError(f"Fashion-MNIST not found locally and the download of {url} failed ({exc}). "
+                            "Install it with `apt-get install dataset-fashion-mnist`, or set data.path "
+                            "to a folder with the four IDX .gz files") from None
+        atomic_write(cache / name, lambda tmp, data=payload: tmp.write_bytes(data))
+    return cache
+
+
+def load_fashion_mnist(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
+    folder = fashion_mnist_dir(cfg)
+    arrays = {key: read_idx(folder / name) for key, name in FASHION_FILES.items()}
+    train = (arrays["train_images"], arrays["train_labels"].astype(np.int64))
+    test = (arrays["test_images"], arrays["test_labels"].astype(np.int64))
+    return train, test, FASHION_CLASSES
+
+
+def load_digits() -> tuple[Split, Split | None, list[str]]:
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    return (images, digits.target.astype(np.int64)), None, [str(i) for i in range(10)]
+
+
+def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Split:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+                    images.append(np.asarray(img, dtype=np.uint8))
+            except OSError as exc:
+                raise UserError(f"data.path: cannot read image {file}: {exc}") from None
+            labels.append(label)
+    if not images:
+        raise UserError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def load_imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
+    """`path/<class>/*.png`, or `path/train/<class>/` with `path/test/<class>/` as the test split."""
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.path = {cfg.path!r} is not a folder")
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    train_root = root / "train" if has_splits else root
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two), "
+                        f"found {len(classes)}")
+    train = _read_folder(train_root, classes, cfg.channels, cfg.img_size)
+    test = _read_folder(root / "test", classes, cfg.channels, cfg.img_size) if has_splits else None
+    return train, test, classes
+
+
+def to_nchw(images: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """uint8 N x H x W (x C) -> uint8 N x C x size x size, converting channels and resizing."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[1] != channels:
+        x = x.float().mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
+
+
+def split(train: Split, test: Split | None, cfg: DataConfig, seed: int) -> dict[str, Split]:
+    rng = np.random.default_rng(seed)
+    images, labels = train
+    order = rng.permutation(len(labels))
+    if test is None:
+        n_test = max(1, round(len(order) * cfg.test_fraction))
+        test = (images[order[:n_test]], labels[order[:n_test]])
+        order = order[n_test:]
+    n_val = max(1, round(len(order) * cfg.val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.subset:
+        train_idx = train_idx[: cfg.subset]
+    test_images, test_labels = test
+    if cfg.test_subset and cfg.test_subset < len(test_labels):
+        keep = np.sort(rng.permutation(len(test_labels))[: cfg.test_subset])
+        test_images, test_labels = test_images[keep], test_labels[keep]
+    return {"train": (images[train_idx], labels[train_idx]), "val": (images[val_idx], labels[val_idx]),
+            "test": (test_images, test_labels)}
+
+
+class DataStage(Stage):
+    name = "data"
+    sections = ("data",)
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg: DataConfig = ctx.config["data"]
+        if cfg.dataset == "fashion-mnist":
+            train, test, classes = load_fashion_mnist(cfg)
+        elif cfg.dataset == "digits":
+            train, test, classes = load_digits()
+        else:
+            train, test, classes = load_imagefolder(cfg)
+        splits = split(train, test, cfg, ctx.seed)
+        arrays = {}
+        for name, (images, labels) in splits.items():
+            arrays[f"x_{name}"] = to_nchw(images, cfg.channels, cfg.img_size)
+            arrays[f"y_{name}"] = labels
+        train_float = arrays["x_train"].astype(np.float32) / 255
+        mean = cfg.mean or train_float.mean(axis=(0, 2, 3)).round(4).tolist()
+        std = cfg.std or train_float.std(axis=(0, 2, 3)).round(4).tolist()
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        atomic_write(ctx.out / "data.npz", save)
+        meta = {"dataset": cfg.dataset, "classes": classes, "num_classes": len(classes),
+                "channels": cfg.channels, "img_size": cfg.img_size, "mean": mean, "std": std,
+                "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()}}
+        write_json(ctx.out / "meta.json", meta)
+        ctx.progress.log(f"  {cfg.dataset}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
+                         + f" images, {len(classes)} classes, {cfg.channels}x{cfg.img_size}x{cfg.img_size}")
+        return meta

@@ -1,0 +1,113 @@
+"""Distill stage: train the student with (1-alpha) CE + alpha KD + the manifold loss over a layer map."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import DataConfig, DistillConfig, StudentConfig
+from pipeline.errors import UserError
+from pipeline.stage import Stage, StageContext
+from stages.batches import load_dataset
+from stages.distill.features import TokenTap, blocks_of, default_layer_map, grid_of, grid_pooler
+from stages.distill.manifold import ManifoldLoss
+from stages.models import create_model, load_model, save_model
+from stages.training import CHECKPOINT, METRICS, accuracy, fit
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float
+            ) -> torch.Tensor:
+    """soft: T^2 KL(p_teacher || p_student) at temperature T (batch mean); hard: CE on the teacher's argmax."""
+    if kind == "hard":
+        return F.cross_entropy(student_logits, teacher_logits.argmax(dim=1))
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+@contextmanager
+def _capture(taps: tuple[TokenTap, ...], which: int, into: list):
+    """Collect the tokens of taps[which] into `into` during the block (no-op without taps)."""
+    if not taps:
+        yield
+        return
+    with taps[which].capture() as tokens:
+        yield
+        into.extend(tokens)
+
+
+class DistillStage(Stage):
+    name = "distill"
+    sections = ("student", "distill", "data")
+    inputs = ("data", "teacher")
+    scratch = (CHECKPOINT,)
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg: DistillConfig = ctx.config["distill"]
+        student_cfg: StudentConfig = ctx.config["student"]
+        data_cfg: DataConfig = ctx.config["data"]
+        data = load_dataset(ctx.inputs["data"])
+        teacher, _ = load_model(ctx.inputs["teacher"] / "model.pt")
+        teacher.requires_grad_(False).to(ctx.device)
+        torch.manual_seed(ctx.seed)
+        meta = data.meta
+        student, kwargs = create_model("student", student_cfg.model, student_cfg.overrides,
+                                       {"in_chans": meta["channels"], "num_classes": meta["num_classes"],
+                                        "img_size": meta["img_size"]})
+        distilled = hasattr(student, "set_distilled_training")
+        if distilled:
+            student.set_distilled_training(True)
+
+        layers = self._layer_map(cfg, student, teacher) if cfg.manifold else ([], [])
+        manifold = ManifoldLoss(cfg.w_intra, cfg.w_inter, cfg.w_random, cfg.k, cfg.beta)
+        use_manifold = cfg.manifold and any((cfg.w_intra, cfg.w_inter, cfg.w_random)) and cfg.beta > 0
+        needs_teacher = cfg.kd != "none" or use_manifold
+        taps = (TokenTap(student, layers[0], "student"), TokenTap(teacher, layers[1], "teacher")) \
+            if use_manifold else ()
+        pool = grid_pooler(grid_of(student), grid_of(teacher)) if use_manifold else None
+
+        def step(x, y, rng):
+            student_tokens, teacher_tokens = [], []
+            if needs_teacher:
+                with torch.no_grad(), _capture(taps, 1, teacher_tokens):
+                    teacher_logits = teacher.eval()(x)
+            with _capture(taps, 0, student_tokens):
+                out = student(x)
+            cls_logits, kd_logits = out if distilled else (out, out)
+            ce = F.cross_entropy(cls_logits, y, label_smoothing=cfg.label_smoothing)
+            terms = {}
+            if cfg.kd == "none":
+                terms["ce"] = ce
+            else:
+                terms["ce"] = (1 - cfg.alpha) * ce
+                terms["kd"] = cfg.alpha * kd_loss(kd_logits, teacher_logits, cfg.kd, cfg.temperature)
+            if use_manifold:
+                terms.update(manifold(student_tokens, [pool(t) for t in teacher_tokens], rng))
+            loss = sum(terms.values())
+            return loss, {name: value.detach() for name, value in terms.items()}
+
+        try:
+            rows = fit(student, step, data.train, data.val, cfg, data_cfg.augment_shift, data_cfg.augment_flip,
+                       ctx.out, ctx.device, ctx.seed, ctx.progress, "distill")
+        finally:
+            for tap in taps:
+                tap.close()
+        if distilled:
+            student.set_distilled_training(False)
+        val = accuracy(student, data.val, ctx.device)[1]
+        save_model(ctx.out / "model.pt", student, student_cfg.model, kwargs)
+        ctx.progress.log(f"  student {student_cfg.model}: val top-1 {val:.2f}%")
+        return {"model": student_cfg.model, "val_top1": round(val, 3), "kd": cfg.kd, "manifold": use_manifold,
+                "student_layers": layers[0], "teacher_layers": layers[1], "distilled_head": distilled,
+                "params": sum(p.numel() for p in student.parameters()),
+                "train_seconds": round(sum(r["seconds"] for r in rows), 1), "metrics_file": METRICS}
+
+    @staticmethod
+    def _layer_map(cfg: DistillConfig, student, teacher) -> tuple[list[int], list[int]]:
+        if cfg.student_layers is not None:
+            return cfg.student_layers, cfg.teacher_layers
+        depth_s, depth_t = len(blocks_of(student, "student")), len(blocks_of(teacher, "teacher"))
+        if not depth_s or not depth_t:
+            raise UserError("distill.manifold needs blocks in both models; set distill.manifold = false")
+        return default_layer_map(depth_s, depth_t)

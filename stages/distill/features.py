@@ -1,0 +1,88 @@
+"""Patch tokens from chosen transformer blocks (forward hooks), aligned between student and teacher.
+
+Prefix tokens (CLS, distillation token, registers: timm's `num_prefix_tokens`) are dropped. When the
+teacher's patch grid is an integer multiple of the student's (patch 2 vs patch 4), its token grid is
+average-pooled to the student's; any other mismatch is a config error.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.errors import UserError
+
+
+def blocks_of(model: nn.Module, field: str) -> nn.ModuleList:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or not hasattr(model, "patch_embed"):
+        raise UserError(f"{field}.model = {type(model).__name__} is not a ViT-family model (no .blocks / "
+                        ".patch_embed): use a timm VisionTransformer family model, or distill.manifold = false")
+    return blocks
+
+
+def grid_of(model: nn.Module) -> tuple[int, int]:
+    return tuple(model.patch_embed.grid_size)
+
+
+def default_layer_map(student_depth: int, teacher_depth: int) -> tuple[list[int], list[int]]:
+    """The first and last quarter of blocks of each network, paired in order (at least one each)."""
+    n = max(1, min(student_depth, teacher_depth) // 4)
+
+    def ends(depth: int) -> list[int]:
+        return sorted(set(range(n)) | set(range(depth - n, depth)))
+
+    return ends(student_depth), ends(teacher_depth)
+
+
+class TokenTap:
+    """Captures the outputs of `layers` blocks during a forward pass as (B, N_patches, D) tensors."""
+
+    def __init__(self, model: nn.Module, layers: list[int], field: str):
+        blocks = blocks_of(model, field)
+        bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
+        if bad:
+            raise UserError(f"distill.{field}_layers: {bad} out of range for {len(blocks)} blocks "
+                            f"(valid 0..{len(blocks) - 1})")
+        self.prefix = int(getattr(model, "num_prefix_tokens", 0))
+        self.outputs: list[torch.Tensor] | None = None
+        self.handles = [blocks[i].register_forward_hook(self._hook) for i in layers]
+
+    def _hook(self, module, args, output) -> None:
+        if self.outputs is not None:
+            self.outputs.append(output[:, self.prefix:])
+
+    @contextmanager
+    def capture(self) -> Iterator[list[torch.Tensor]]:
+        """Record the tapped blocks' patch tokens for the forward passes inside the block only."""
+        self.outputs = []
+        try:
+            yield self.outputs
+        finally:
+            self.outputs = None
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def grid_pooler(student_grid: tuple[int, int], teacher_grid: tuple[int, int]):
+    """A function mapping teacher tokens (B, Ht*Wt, D) onto the student's grid (B, Hs*Ws, D)."""
+    (hs, ws), (ht, wt) = student_grid, teacher_grid
+    if (hs, ws) == (ht, wt):
+        return lambda tokens: tokens
+    if ht % hs or wt % ws:
+        raise UserError(f"teacher patch grid {ht}x{wt} cannot be pooled onto the student's {hs}x{ws}: "
+                        "the teacher's grid must be the student's times an integer (e.g. patch 2 vs 4); "
+                        "change teacher.overrides.patch_size or student.overrides.patch_size")
+    kernel = (ht // hs, wt // ws)
+
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        b, _, d = tokens.shape
+        grid = tokens.transpose(1, 2).reshape(b, d, ht, wt)
+        return F.avg_pool2d(grid, kernel).flatten(2).transpose(1, 2)
+
+    return pool

@@ -1,0 +1,83 @@
+"""Model factory: any timm model by name with keyword overrides, plus our own registered families.
+
+Saved models are a dict {format, model, kwargs, state_dict} so any stage can rebuild them.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+
+from pipeline.errors import UserError
+from pipeline.fileio import atomic_write
+from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* with timm)
+
+FORMAT = "manifold-edge/model-v1"
+
+
+def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pretrained: bool = False,
+                 pretrained_file: str | None = None) -> tuple[nn.Module, dict]:
+    """Build `name` with the data's in_chans/num_classes/img_size and the user's overrides.
+
+    Returns the model and the kwargs that rebuild it. `field` names the config section in errors.
+    """
+    if name not in timm.list_models(pretrained=False):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise UserError(f"{field}.model = {name!r} is not a timm model{hint}")
+    for key, value in data_kwargs.items():
+        if key in overrides and overrides[key] != value:
+            raise UserError(f"{field}.overrides.{key} = {overrides[key]!r} contradicts the data ({key} = "
+                            f"{value!r}): remove it, or change the [data] section")
+    kwargs = {**data_kwargs, **overrides}
+    extra = {}
+    if pretrained_file:
+        if not Path(pretrained_file).expanduser().is_file():
+            raise UserError(f"{field}.pretrained_file = {pretrained_file!r} does not exist")
+        extra["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {kwargs}: {exc}") from None
+    except (AssertionError, ValueError) as exc:
+        raise UserError(f"{field}: timm could not build {name!r} with {kwargs}: {exc}") from None
+    return model, kwargs
+
+
+def save_model(path: Path, model: nn.Module, name: str, kwargs: dict) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "model": name, "kwargs": kwargs, "state_dict": state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by `save_model`; returns (model in eval mode, the saved record)."""
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(record["model"], **record["kwargs"])
+    model.load_state_dict(record["state_dict"])
+    return model.eval(), record
+
+
+def load_weights(field: str, model: nn.Module, path: str) -> None:
+    """Load a local checkpoint: our model.pt, a timm/DeiT-style {'model'|'state_dict': ...}, or a state dict."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{field}.checkpoint = {path!r} does not exist")
+    try:
+        record = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"{field}.checkpoint = {path!r} is not a torch checkpoint: {exc}") from None
+    if isinstance(record, dict):
+        for key in ("state_dict", "model", "state_dict_ema"):
+            if isinstance(record.get(key), dict):
+                record = record[key]
+                break
+    try:
+        model.load_state_dict(record)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise UserError(f"{field}.checkpoint = {path!r} does not fit the configured model "
+                        f"({first[0] if first else exc}); check {field}.model and {field}.overrides") from None

@@ -1,0 +1,49 @@
+"""Teacher stage: a timm model trained here, fine-tuned from a local checkpoint, or from timm's weights."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import DataConfig, TeacherConfig
+from pipeline.stage import Stage, StageContext
+from stages.batches import load_dataset
+from stages.models import create_model, load_weights, save_model
+from stages.training import CHECKPOINT, METRICS, accuracy, fit
+
+
+def data_kwargs(meta: dict) -> dict:
+    return {"in_chans": meta["channels"], "num_classes": meta["num_classes"], "img_size": meta["img_size"]}
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+    sections = ("teacher", "data")
+    inputs = ("data",)
+    scratch = (CHECKPOINT,)
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg: TeacherConfig = ctx.config["teacher"]
+        data_cfg: DataConfig = ctx.config["data"]
+        data = load_dataset(ctx.inputs["data"])
+        torch.manual_seed(ctx.seed)
+        model, kwargs = create_model("teacher", cfg.model, cfg.overrides, data_kwargs(data.meta),
+                                     cfg.pretrained, cfg.pretrained_file)
+        if cfg.checkpoint:
+            load_weights("teacher", model, cfg.checkpoint)
+        source = "checkpoint" if cfg.checkpoint else "pretrained" if cfg.pretrained else "scratch"
+        rows = []
+        if cfg.epochs:
+            def step(x, y, rng):
+                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                return loss, {"ce": loss.detach()}
+
+            rows = fit(model, step, data.train, data.val, cfg, data_cfg.augment_shift, data_cfg.augment_flip,
+                       ctx.out, ctx.device, ctx.seed, ctx.progress, "teacher")
+        model.to(ctx.device)
+        val = accuracy(model, data.val, ctx.device)[1]
+        save_model(ctx.out / "model.pt", model, cfg.model, kwargs)
+        ctx.progress.log(f"  teacher {cfg.model} ({source}): val top-1 {val:.2f}%")
+        return {"model": cfg.model, "source": source, "epochs": cfg.epochs, "val_top1": round(val, 3),
+                "params": sum(p.numel() for p in model.parameters()),
+                "train_seconds": round(sum(r["seconds"] for r in rows), 1),
+                "metrics_file": METRICS if rows else None}
