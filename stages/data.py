@@ -141,10 +141,10 @@ def split(train: Split, test: Split | None, cfg: DataConfig, seed: int) -> dict[
         n_test = max(1, round(len(order) * cfg.test_fraction))
         test = (images[order[:n_test]], labels[order[:n_test]])
         order = order[n_test:]
+    if cfg.subset:
+        order = order[: cfg.subset]
     n_val = max(1, round(len(order) * cfg.val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    if cfg.subset:
-        train_idx = train_idx[: cfg.subset]
     test_images, test_labels = test
     if cfg.test_subset and cfg.test_subset < len(test_labels):
         keep = np.sort(rng.permutation(len(test_labels))[: cfg.test_subset])

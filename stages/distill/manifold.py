@@ -15,7 +15,10 @@ EPS = 1e-12
 
 
 def _unit(f: torch.Tensor) -> torch.Tensor:
-    return F.normalize(f.float(), dim=-1, eps=EPS)
+    """L2-normalise each token; half precision (autocast) is computed in float32."""
+    if f.dtype in (torch.float16, torch.bfloat16):
+        f = f.float()
+    return F.normalize(f, dim=-1, eps=EPS)
 
 
 def _check(fs: torch.Tensor, ft: torch.Tensor) -> None:
@@ -71,14 +74,15 @@ class ManifoldLoss(nn.Module):
             raise ValueError(f"need matching, non-empty layer lists; got {len(student)} and {len(teacher)}")
         scale = self.beta / len(student)
         terms = {}
-        for name, weight, fn in (("intra", self.w_intra, intra_image_loss),
-                                 ("inter", self.w_inter, inter_image_loss),
-                                 ("random", self.w_random, None)):
-            if weight == 0:
-                continue
-            if fn is None:
-                parts = [random_sampled_loss(fs, ft, self.k, generator) for fs, ft in zip(student, teacher)]
-            else:
-                parts = [fn(fs, ft) for fs, ft in zip(student, teacher)]
-            terms[name] = scale * weight * torch.stack(parts).sum()
+        with torch.autocast(student[0].device.type, enabled=False):  # relations in float32 under AMP
+            for name, weight, fn in (("intra", self.w_intra, intra_image_loss),
+                                     ("inter", self.w_inter, inter_image_loss),
+                                     ("random", self.w_random, None)):
+                if weight == 0:
+                    continue
+                if fn is None:
+                    parts = [random_sampled_loss(fs, ft, self.k, generator) for fs, ft in zip(student, teacher)]
+                else:
+                    parts = [fn(fs, ft) for fs, ft in zip(student, teacher)]
+                terms[name] = scale * weight * torch.stack(parts).sum()
         return terms

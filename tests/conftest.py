@@ -1,0 +1,40 @@
+"""Shared helpers: a tiny, fast pipeline configuration on real data (Fashion-MNIST subset or digits)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.config import load_config
+
+TINY = [
+    "teacher.overrides.embed_dim=32", "teacher.overrides.depth=2", "teacher.overrides.num_heads=2",
+    "teacher.epochs=1", "teacher.batch_size=64",
+    "student.overrides.embed_dim=16", "student.overrides.depth=2", "student.overrides.num_heads=2",
+    "distill.epochs=1", "distill.batch_size=64", "distill.k=32",
+]
+
+
+def tiny_overrides(tmp_path: Path, *extra: str, dataset: str = "fashion-mnist") -> list[str]:
+    data = ["data.dataset='digits'", "data.subset=400"] if dataset == "digits" else \
+        ["data.subset=600", "data.test_subset=200"]
+    return [f"run.output_dir='{tmp_path / 'runs'}'", "run.threads=2", *data, *TINY, *extra]
+
+
+def tiny_config(tmp_path: Path, *extra: str, dataset: str = "fashion-mnist"):
+    return load_config(None, tiny_overrides(tmp_path, *extra, dataset=dataset))
+
+
+def cli_args(tmp_path: Path, command: str, *extra: str, dataset: str = "fashion-mnist") -> list[str]:
+    args = [command]
+    config = tmp_path / "pipeline.toml"
+    if not config.exists():
+        config.write_text("")
+    args.append(str(config))
+    for item in tiny_overrides(tmp_path, *extra, dataset=dataset):
+        args += ["--set", item]
+    return args
+
+
+def read_report(tmp_path: Path, name: str = "default") -> dict:
+    return json.loads((tmp_path / "runs" / name / "report.json").read_text())
+

@@ -1,0 +1,93 @@
+"""Config errors: one line naming the field, what was given and what is allowed; exit 2, no traceback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_pipeline_toml_is_valid():
+    cfg = load_config(ROOT / "pipeline.toml")
+    assert cfg.data.dataset == "fashion-mnist"
+    assert cfg.distill.manifold and cfg.distill.kd == "soft"
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("distill.epochs='three'", "distill.epochs: got 'three'"),
+    ("distill.epochs=-1", "greater than or equal to 1"),
+    ("distill.alpha=1.5", "distill.alpha: got 1.5"),
+    ("distill.kd='soft-ish'", "'none', 'soft' or 'hard'"),
+    ("run.device='gpu'", "'auto', 'cpu' or 'cuda'"),
+    ("run.seed=1.5", "run.seed: got 1.5"),
+    ("data.channels=2", "data.channels: got 2"),
+    ("distill.manifold='yes'", "distill.manifold: got 'yes'"),
+    ("distill.student_layers=[0, 1]", "give both distill.student_layers and distill.teacher_layers"),
+    ("teacher.overrides=3", "teacher.overrides: got 3"),
+    ("data.mean=[0.1, 0.2]", "data.mean needs 1 value"),
+])
+def test_bad_values_name_the_field(override, fragment):
+    with pytest.raises(UserError) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_misspelt_key_suggests_the_close_match():
+    with pytest.raises(UserError, match=r"unknown key 'distill.epoch' \(did you mean 'epochs'\?\)"):
+        load_config(None, ["distill.epoch=3"])
+    with pytest.raises(UserError, match=r"unknown key 'techer' \(did you mean 'teacher'\?\)"):
+        load_config(None, ["techer.epochs=3"])
+
+
+def test_toml_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[distill]\nepochs = 3\nw_intro = 4.0\n")
+    with pytest.raises(UserError, match=r"bad.toml: unknown key 'distill.w_intro' \(did you mean 'w_intra'"):
+        load_config(bad)
+    bad.write_text("[distill\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_set_overrides_parse_toml_values_and_bare_strings():
+    cfg = load_config(None, ["distill.epochs=3", "run.name=quick", "distill.student_layers=[0, 3]",
+                             "distill.teacher_layers=[0, 5]", "teacher.overrides.embed_dim=96"])
+    assert cfg.distill.epochs == 3 and cfg.run.name == "quick"
+    assert cfg.distill.student_layers == [0, 3] and cfg.teacher.overrides == {"embed_dim": 96}
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(None, ["distill.epochs"])
+
+
+def test_cli_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
+    config = tmp_path / "p.toml"
+    config.write_text("[distill]\nepochs = 'many'\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "distill.epochs: got 'many'" in lines[0]
+
+
+def test_cli_unknown_stage_name_is_a_user_error(tmp_path, capsys):
+    config = tmp_path / "p.toml"
+    config.write_text("")
+    assert main(["run", str(config), "--until", "distil"]) == 2
+    assert "no such stage" in capsys.readouterr().err
+
+
+def test_schema_command_prints_the_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema == PipelineConfig.model_json_schema()
+    assert {"run", "data", "teacher", "student", "distill", "report"} <= set(schema["properties"])

@@ -1,0 +1,114 @@
+"""The manifold loss terms against direct float64 computations written differently (loops, einsum)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.distill.features import default_layer_map, grid_pooler
+from stages.distill.manifold import (ManifoldLoss, inter_image_loss, intra_image_loss,
+                                     random_sampled_loss)
+
+
+def _tokens(b=3, n=5, ds=4, dt=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, ds, generator=g, dtype=torch.float64), \
+        torch.randn(b, n, dt, generator=g, dtype=torch.float64)
+
+
+def _cos(u, v):
+    return float(torch.dot(u, v) / (u.norm() * v.norm()))
+
+
+def test_intra_matches_explicit_loops():
+    fs, ft = _tokens()
+    b, n, _ = fs.shape
+    total = sum((_cos(fs[k, i], fs[k, j]) - _cos(ft[k, i], ft[k, j])) ** 2
+                for k in range(b) for i in range(n) for j in range(n))
+    assert intra_image_loss(fs, ft).item() == pytest.approx(total / (b * n * n), rel=1e-6)
+
+
+def test_inter_matches_explicit_loops():
+    fs, ft = _tokens()
+    b, n, _ = fs.shape
+    total = sum((_cos(fs[i, p], fs[j, p]) - _cos(ft[i, p], ft[j, p])) ** 2
+                for p in range(n) for i in range(b) for j in range(b))
+    assert inter_image_loss(fs, ft).item() == pytest.approx(total / (n * b * b), rel=1e-6)
+
+
+def test_random_with_all_tokens_equals_full_relation_loss():
+    fs, ft = _tokens(b=4, n=6)
+    s = fs.reshape(-1, fs.shape[-1]) / fs.reshape(-1, fs.shape[-1]).norm(dim=1, keepdim=True)
+    t = ft.reshape(-1, ft.shape[-1]) / ft.reshape(-1, ft.shape[-1]).norm(dim=1, keepdim=True)
+    full = torch.einsum("id,jd->ij", s, s) - torch.einsum("id,jd->ij", t, t)
+    expected = (full ** 2).sum() / full.numel()
+    got = random_sampled_loss(fs, ft, k=fs.shape[0] * fs.shape[1], generator=torch.Generator().manual_seed(3))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-9)
+    # K larger than B*N is clamped, not an error
+    assert random_sampled_loss(fs, ft, k=10_000).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_random_subset_uses_same_tokens_on_both_sides():
+    fs, ft = _tokens(b=4, n=6)
+    picked = torch.randperm(24, generator=torch.Generator().manual_seed(7))[:5]
+    s = torch.nn.functional.normalize(fs.reshape(24, -1)[picked], dim=1)
+    t = torch.nn.functional.normalize(ft.reshape(24, -1)[picked], dim=1)
+    expected = ((s @ s.T - t @ t.T) ** 2).mean()
+    got = random_sampled_loss(fs, ft, k=5, generator=torch.Generator().manual_seed(7))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("term", [intra_image_loss, inter_image_loss,
+                                  lambda s, t: random_sampled_loss(s, t, 8)])
+def test_zero_for_identical_features_and_positive_otherwise(term):
+    fs, ft = _tokens(ds=6, dt=6)
+    assert term(fs, fs.clone()).item() == pytest.approx(0.0, abs=1e-12)
+    assert term(fs, ft).item() > 1e-3
+
+
+@pytest.mark.parametrize("term", [intra_image_loss, inter_image_loss])
+def test_invariant_to_token_scaling(term):
+    fs, ft = _tokens()
+    scale = torch.rand(fs.shape[0], fs.shape[1], 1, dtype=torch.float64) * 10 + 0.1
+    assert term(fs * scale, ft).item() == pytest.approx(term(fs, ft).item(), rel=1e-9)
+    assert term(fs, ft * 3.5).item() == pytest.approx(term(fs, ft).item(), rel=1e-9)
+
+
+def test_gradient_flows_to_student_only():
+    fs, ft = _tokens()
+    fs.requires_grad_(True)
+    ft.requires_grad_(True)
+    terms = ManifoldLoss(k=6)([fs], [ft], torch.Generator().manual_seed(0))
+    sum(terms.values()).backward()
+    assert fs.grad is not None and fs.grad.abs().sum() > 0
+    assert ft.grad is None
+
+
+def test_weights_and_layer_average():
+    fs, ft = _tokens()
+    fs2, ft2 = _tokens(seed=1)
+    loss = ManifoldLoss(w_intra=2.0, w_inter=0.5, w_random=0.0, beta=3.0)
+    terms = loss([fs, fs2], [ft, ft2])
+    assert set(terms) == {"intra", "inter"}  # a zero weight skips the term
+    expected_intra = 3.0 * 2.0 * (intra_image_loss(fs, ft) + intra_image_loss(fs2, ft2)) / 2
+    assert terms["intra"].item() == pytest.approx(expected_intra.item(), rel=1e-9)
+    expected_inter = 3.0 * 0.5 * (inter_image_loss(fs, ft) + inter_image_loss(fs2, ft2)) / 2
+    assert terms["inter"].item() == pytest.approx(expected_inter.item(), rel=1e-9)
+
+
+def test_mismatched_shapes_are_rejected():
+    fs, _ = _tokens(n=5)
+    _, ft = _tokens(n=6)
+    with pytest.raises(ValueError, match="equal B and N"):
+        intra_image_loss(fs, ft)
+
+
+def test_default_layer_map_first_and_last_quarter():
+    assert default_layer_map(12, 24) == ([0, 1, 2, 9, 10, 11], [0, 1, 2, 21, 22, 23])
+    assert default_layer_map(4, 6) == ([0, 3], [0, 5])
+    assert default_layer_map(2, 2) == ([0, 1], [0, 1])
+
+
+def test_teacher_grid_pooled_onto_student_grid():
+    tokens = torch.arange(16, dtype=torch.float64).view(1, 16, 1)  # a 4x4 grid, row-major
+    pooled = grid_pooler((2, 2), (4, 4))(tokens)
+    assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]

@@ -1,0 +1,70 @@
+"""End to end on a Fashion-MNIST subset with tiny models: outputs, cache reuse and invalidation."""
+from __future__ import annotations
+
+import json
+
+from conftest import cli_args, read_report, tiny_config
+from pipeline.cli import main
+from pipeline.graph import Pipeline
+
+
+def _states(tmp_path, *extra):
+    return {s.name: s for s in Pipeline(tiny_config(tmp_path, *extra)).status()}
+
+
+def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys):
+    assert main(cli_args(tmp_path, "run")) == 0
+    report = read_report(tmp_path)
+    evaluation = report["evaluation"]
+    assert evaluation["images"] == 200
+    for role in ("teacher", "student"):
+        assert 0 <= evaluation[role]["top1"] <= evaluation[role]["top5"] <= 100
+        assert evaluation[role]["flops"] > 0 and evaluation[role]["params"] > 0
+    assert evaluation["teacher"]["params"] > evaluation["student"]["params"]
+    terms = report["curves"]["distill"][0]
+    assert {"loss", "ce", "kd", "intra", "inter", "random", "val_top1"} <= set(terms)
+    assert abs(terms["loss"] - sum(terms[k] for k in ("ce", "kd", "intra", "inter", "random"))) < 1e-4
+    assert not any(stage["cached"] for stage in report["stages"].values())
+    run_dir = tmp_path / "runs" / "default"
+    assert json.loads((run_dir / "config.json").read_text())["distill"]["k"] == 32
+    assert "| student |" in (run_dir / "report.md").read_text()
+    assert all(s.state == "cached" for s in _states(tmp_path).values())
+
+    capsys.readouterr()
+    assert main(cli_args(tmp_path, "run")) == 0
+    assert all(stage["cached"] for stage in read_report(tmp_path)["stages"].values())
+    assert capsys.readouterr().err.count("reused, cached") == 4
+
+
+def test_config_change_invalidates_only_downstream_and_says_why(tmp_path):
+    assert main(cli_args(tmp_path, "run")) == 0
+    states = _states(tmp_path, "distill.w_intra=0.0")
+    assert states["data"].state == "cached" and states["teacher"].state == "cached"
+    assert states["distill"].state == "stale"
+    assert "distill.w_intra: 4.0 -> 0.0" in states["distill"].reason
+    assert states["evaluate"].state == "stale" and "input 'distill' changed" in states["evaluate"].reason
+
+    assert main(cli_args(tmp_path, "run", "distill.w_intra=0.0")) == 0
+    stages = read_report(tmp_path)["stages"]
+    assert stages["teacher"]["cached"] and not stages["distill"]["cached"]
+    assert "intra" not in stages["distill"]["summary"] and "intra" not in read_report(tmp_path)["curves"]["distill"][0]
+
+
+def test_damaged_artifact_is_never_reused(tmp_path):
+    assert main(cli_args(tmp_path, "run") + ["--until", "teacher"]) == 0
+    teacher_dir = next(p for p in (tmp_path / "runs" / ".cache").glob("teacher-*") if p.suffix != ".partial")
+    model = teacher_dir / "model.pt"
+    model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
+    states = _states(tmp_path)
+    assert states["teacher"].state == "damaged" and "model.pt" in states["teacher"].reason
+    assert main(cli_args(tmp_path, "run") + ["--until", "teacher"]) == 0
+    assert not read_report(tmp_path)["stages"]["teacher"]["cached"]
+    assert _states(tmp_path)["teacher"].state == "cached"
+
+
+def test_force_reruns_the_stage_and_everything_after(tmp_path):
+    assert main(cli_args(tmp_path, "run")) == 0
+    assert main(cli_args(tmp_path, "run") + ["--force", "distill"]) == 0
+    stages = read_report(tmp_path)["stages"]
+    assert stages["data"]["cached"] and stages["teacher"]["cached"]
+    assert not stages["distill"]["cached"] and not stages["evaluate"]["cached"]

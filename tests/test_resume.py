@@ -1,0 +1,52 @@
+"""An interrupted distillation resumes from its last epoch checkpoint and ends with the same weights."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import cli_args
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA = ("data.subset=2400", "distill.epochs=3")
+
+
+def _run(tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *EXTRA)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _student_weights(tmp_path: Path) -> dict:
+    [folder] = [p for p in (tmp_path / "runs" / ".cache").glob("distill-*") if p.suffix != ".partial"]
+    return torch.load(folder / "model.pt", weights_only=True)["state_dict"]
+
+
+def test_killed_distill_resumes_to_identical_weights(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    whole.mkdir(), broken.mkdir()
+    assert _run(whole).wait(timeout=300) == 0
+
+    proc = _run(broken)
+    checkpoint = None
+    deadline = time.time() + 300
+    while checkpoint is None and proc.poll() is None and time.time() < deadline:
+        checkpoint = next((broken / "runs" / ".cache").glob("distill-*.partial/checkpoint.pt"), None)
+        time.sleep(0.01)
+    assert checkpoint is not None, "the distill stage never wrote a checkpoint before finishing"
+    os.kill(proc.pid, signal.SIGKILL)  # a hard stop: no handler runs, like a power cut
+    proc.wait()
+    assert torch.load(checkpoint, weights_only=False)["epoch"] < 3
+
+    resumed = _run(broken)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming after epoch" in output
+    assert "teacher: reused" in output
+    a, b = _student_weights(whole), _student_weights(broken)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
