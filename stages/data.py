@@ -44,15 +44,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def fashion_mnist_dir(cfg: DataConfig) -> Path:
-    """The first folder holding all four IDX files, downloading into the cache as a last resort."""
-    cache = Path(cfg.cache_dir).expanduser() / "fashion-mnist"
-    candidates = ([Path(cfg.path).expanduser()] if cfg.path else []) + [DEBIAN_FASHION_DIR, cache]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in FASHION_FILES.values()):
-            return folder
+    """data.path when set; else the Debian package's folder, the download cache, then the mirror."""
+    def complete(folder: Path) -> bool:
+        return all((folder / name).is_file() for name in FASHION_FILES.values())
+
     if cfg.path:
-        raise UserError(f"data.path = {cfg.path!r} does not hold the four Fashion-MNIST IDX files "
-                        f"({', '.join(FASHION_FILES.values())})")
+        folder = Path(cfg.path).expanduser()
+        if not complete(folder):
+            raise UserError(f"data.path = {cfg.path!r} does not hold the four Fashion-MNIST IDX files "
+                            f"({', '.join(FASHION_FILES.values())})")
+        return folder
+    cache = Path(cfg.cache_dir).expanduser() / "fashion-mnist"
+    for folder in (DEBIAN_FASHION_DIR, cache):
+        if complete(folder):
+            return folder
     for name in FASHION_FILES.values():
         if (cache / name).is_file():
             continue

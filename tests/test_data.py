@@ -1,0 +1,104 @@
+"""Data sources on real files: IDX parsing, the download path (local HTTP server), ImageFolder, digits."""
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+from stages.data import FASHION_FILES, fashion_mnist_dir, load_imagefolder, read_idx, split, to_nchw
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_fashion(folder, n=20):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, name in FASHION_FILES.items():
+        shape = (n, 28, 28) if key.endswith("images") else (n,)
+        _write_idx(folder / name, rng.integers(0, 10 if "labels" in key else 256, shape))
+
+
+def test_read_idx_roundtrip_and_truncation(tmp_path):
+    images = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    _write_idx(tmp_path / "a.gz", images)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), images)
+    raw = gzip.open(tmp_path / "a.gz").read()
+    (tmp_path / "b").write_bytes(raw[:-3])
+    with pytest.raises(UserError, match="truncated"):
+        read_idx(tmp_path / "b")
+
+
+def test_configured_path_wins_and_a_bad_one_is_named(tmp_path):
+    _fake_fashion(tmp_path / "fm")
+    assert fashion_mnist_dir(DataConfig(path=str(tmp_path / "fm"))) == tmp_path / "fm"
+    with pytest.raises(UserError, match="data.path = .* does not hold the four Fashion-MNIST IDX files"):
+        fashion_mnist_dir(DataConfig(path=str(tmp_path / "empty")))
+
+
+def test_download_from_a_mirror_into_the_cache(tmp_path, monkeypatch):
+    import stages.data
+
+    monkeypatch.setattr(stages.data, "DEBIAN_FASHION_DIR", tmp_path / "no-debian-copy")
+    _fake_fashion(tmp_path / "mirror")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "mirror"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = DataConfig(url=f"http://127.0.0.1:{server.server_address[1]}/", cache_dir=str(tmp_path / "cache"))
+        folder = fashion_mnist_dir(cfg)
+    finally:
+        server.shutdown()
+    assert folder == tmp_path / "cache" / "fashion-mnist"
+    assert read_idx(folder / FASHION_FILES["train_images"]).shape == (20, 28, 28)
+    # offline (nothing listens there) with no local copy: the error names both ways to get the data
+    cfg = DataConfig(url="http://127.0.0.1:9/", cache_dir=str(tmp_path / "other"))
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist.*data.path"):
+        fashion_mnist_dir(cfg)
+
+
+def test_imagefolder_reads_class_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    (train_x, train_y), test, classes = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path),
+                                                                    img_size=8, channels=3))
+    assert classes == ["cat", "dog"] and test is None
+    assert train_x.shape == (6, 8, 8, 3) and train_y.tolist() == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(UserError, match="one folder per class"):
+        load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path / "cat")))
+
+
+def test_split_is_deterministic_disjoint_and_subsettable():
+    images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1)
+    labels = np.arange(100)
+    cfg = DataConfig(dataset="digits", val_fraction=0.2, test_fraction=0.1)
+    a, b = split((images, labels), None, cfg, seed=1), split((images, labels), None, cfg, seed=1)
+    assert all(np.array_equal(a[k][1], b[k][1]) for k in a)
+    sizes = {k: len(v[1]) for k, v in a.items()}
+    assert sizes == {"train": 72, "val": 18, "test": 10}
+    assert len(set(np.concatenate([v[1] for v in a.values()]))) == 100
+    assert not np.array_equal(split((images, labels), None, cfg, seed=2)["train"][1], a["train"][1])
+    small = split((images, labels), None, DataConfig(dataset="digits", subset=40, val_fraction=0.25), seed=1)
+    assert len(small["train"][1]) == 30 and len(small["val"][1]) == 10
+
+
+def test_to_nchw_converts_channels_and_size():
+    gray = np.full((2, 8, 8), 200, np.uint8)
+    assert to_nchw(gray, 3, 16).shape == (2, 3, 16, 16)
+    rgb = np.zeros((1, 4, 4, 3), np.uint8)
+    rgb[..., 0] = 90
+    out = to_nchw(rgb, 1, 4)
+    assert out.shape == (1, 1, 4, 4) and out.max() == 30

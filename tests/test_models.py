@@ -1,0 +1,98 @@
+"""Teacher sources (scratch, local checkpoint, timm pretrained from a local file) and student variants."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from conftest import cli_args, read_report
+from pipeline.cli import main
+from pipeline.errors import UserError
+from stages.models import create_model, load_model, load_weights, save_model
+
+DATA = {"in_chans": 1, "num_classes": 10, "img_size": 28}
+VIT = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    model, kwargs = create_model("teacher", "convstem_vit_small", {"embed_dim": 32, "depth": 2}, DATA)
+    save_model(tmp_path / "model.pt", model, "convstem_vit_small", kwargs)
+    loaded, record = load_model(tmp_path / "model.pt")
+    assert record["kwargs"]["embed_dim"] == 32 and _same(model, loaded)
+
+
+@pytest.mark.parametrize("wrap", ["ours", "plain", "timm"])
+def test_checkpoint_formats_load(tmp_path, wrap):
+    source, kwargs = create_model("teacher", "vit_tiny_patch16_224", VIT, DATA)
+    file = tmp_path / "ckpt.pt"
+    if wrap == "ours":
+        save_model(file, source, "vit_tiny_patch16_224", kwargs)
+    else:
+        state = source.state_dict()
+        torch.save(state if wrap == "plain" else {"model": state, "epoch": 3}, file)
+    target, _ = create_model("teacher", "vit_tiny_patch16_224", VIT, DATA)
+    assert not _same(source, target)
+    load_weights("teacher", target, str(file))
+    assert _same(source, target)
+
+
+def test_checkpoint_errors_name_the_field(tmp_path):
+    model, _ = create_model("teacher", "vit_tiny_patch16_224", VIT, DATA)
+    with pytest.raises(UserError, match="teacher.checkpoint = .* does not exist"):
+        load_weights("teacher", model, str(tmp_path / "nope.pt"))
+    other, _ = create_model("teacher", "vit_tiny_patch16_224", {**VIT, "embed_dim": 48}, DATA)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not fit the configured model"):
+        load_weights("teacher", model, str(tmp_path / "other.pt"))
+
+
+def test_timm_pretrained_true_loads_a_local_weights_file(tmp_path):
+    source = timm.create_model("vit_tiny_patch16_224", **VIT, **DATA)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    model, _ = create_model("teacher", "vit_tiny_patch16_224", VIT, DATA, pretrained=True,
+                            pretrained_file=str(tmp_path / "weights.pth"))
+    # timm keeps the backbone and, as the class count differs from ImageNet's, re-initialises the head
+    body = [k for k in source.state_dict() if not k.startswith("head.")]
+    assert len(body) > 10
+    assert all(torch.equal(source.state_dict()[k], model.state_dict()[k]) for k in body)
+    assert not torch.equal(source.head.weight, model.head.weight)
+
+
+def test_model_errors_are_user_errors():
+    with pytest.raises(UserError, match="did you mean.*vit_tiny_patch16_224"):
+        create_model("student", "vit_tiny_patch16_24", {}, DATA)
+    with pytest.raises(UserError, match="student.overrides.in_chans = 3 contradicts the data"):
+        create_model("student", "vit_tiny_patch16_224", {"in_chans": 3}, DATA)
+
+
+def test_ablations_distilled_student_and_pooled_teacher_grid(tmp_path):
+    """Every ablation runs; a DeiT distilled student; a patch-2 teacher pooled onto a patch-4 student."""
+    for extra in (["distill.kd='none'"], ["distill.kd='hard'", "distill.manifold=false"],
+                  ["distill.kd='none'", "distill.manifold=false"],
+                  ["distill.w_intra=0.0", "distill.w_inter=0.0"]):
+        assert main(cli_args(tmp_path, "run", *extra) + ["--until", "distill"]) == 0, extra
+        row = read_report(tmp_path)["curves"]["distill"][0]
+        assert ("kd" in row) == ("distill.kd='none'" not in extra)
+        assert ("intra" in row) == (extra == ["distill.kd='none'"])
+        assert ("random" in row) == ("distill.manifold=false" not in extra)
+
+    deit = ["student.model='deit_tiny_distilled_patch16_224'", "student.overrides.patch_size=4"]
+    assert main(cli_args(tmp_path, "run", *deit)) == 0
+    report = read_report(tmp_path)
+    assert report["stages"]["distill"]["summary"]["distilled_head"] is True
+    assert report["evaluation"]["student"]["model"] == "deit_tiny_distilled_patch16_224"
+
+    pooled = ["teacher.overrides.patch_size=2", "student.model='vit_tiny_patch16_224'",
+              "student.overrides.patch_size=4"]
+    assert main(cli_args(tmp_path, "run", *pooled) + ["--until", "distill"]) == 0
+
+
+def test_incompatible_token_grids_are_a_config_error(tmp_path, capsys):
+    args = cli_args(tmp_path, "run", "student.model='vit_tiny_patch16_224'", "student.overrides.patch_size=2")
+    assert main(args + ["--until", "distill"]) == 2
+    assert "cannot be pooled onto the student's 14x14" in capsys.readouterr().err
