@@ -6,7 +6,9 @@ memory of the decoupled loss vs the full (BN) x (BN) relation loss. Writes JSON,
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,11 +73,6 @@ def full_relation_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     return (s @ s.T - t @ t.T).pow(2).mean()
 
 
-def _peak_rss_reset() -> int:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
-    return _status_kb("VmRSS")
-
-
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -84,23 +81,43 @@ def _status_kb(field: str) -> int:
 
 
 def loss_peak_mb(shape: dict, full: bool, device: str) -> float:
-    """Extra peak memory of forward + backward of one layer pair's loss (MB)."""
+    """Extra peak memory of forward + backward of one layer pair's loss (MB).
+
+    On CPU it runs in a fresh process (so freed heap pages of earlier work do not hide the
+    allocation) and reads the growth of the peak resident set size (VmHWM).
+    """
+    if device == "cpu":
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps(shape), str(int(full))],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
     n = (shape["img"] // shape["patch"]) ** 2
     fs = torch.randn(shape["batch"], n, shape["student"][1], device=device, requires_grad=True)
     ft = torch.randn(shape["batch"], n, shape["teacher"][1], device=device)
-    fn = full_relation_loss if full else (lambda a, b: sum(ManifoldLoss()([a], [b]).values()))
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn(fs, ft).backward()
-        return (torch.cuda.max_memory_allocated() - base) / 1e6
-    base = _peak_rss_reset()
-    fn(fs, ft).backward()
-    return (_status_kb("VmHWM") - base) / 1e3
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    _loss(full)(fs, ft).backward()
+    return (torch.cuda.max_memory_allocated() - base) / 1e6
+
+
+def _loss(full: bool):
+    return full_relation_loss if full else (lambda a, b: sum(ManifoldLoss()([a], [b]).values()))
+
+
+def _memory_probe(shape: dict, full: bool) -> None:
+    n = (shape["img"] // shape["patch"]) ** 2
+    warm = torch.randn(2, 4, 8, requires_grad=True)  # loads kernels and thread pools before the baseline
+    _loss(full)(warm, torch.randn(2, 4, 8)).backward()
+    fs = torch.randn(shape["batch"], n, shape["student"][1], requires_grad=True)
+    ft = torch.randn(shape["batch"], n, shape["teacher"][1])
+    base = _status_kb("VmRSS")
+    _loss(full)(fs, ft).backward()
+    print((_status_kb("VmHWM") - base) / 1e3)
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--memory-probe":
+        return _memory_probe(json.loads(sys.argv[2]), sys.argv[3] == "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the small CPU shapes")
     parser.add_argument("--out", default="bench/results/loss_cost.json")

@@ -27,18 +27,29 @@ def _check(fs: torch.Tensor, ft: torch.Tensor) -> None:
                          f"got {tuple(fs.shape)} and {tuple(ft.shape)}")
 
 
+def _relation_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean over entries of (S S^T - T T^T)^2 for unit tokens (..., M, D_s) and (..., M, D_t)."""
+    return (s @ s.transpose(-1, -2) - t @ t.transpose(-1, -2)).pow(2).mean()
+
+
+def _sample(s: torch.Tensor, t: torch.Tensor, k: int, generator: torch.Generator | None):
+    """The same K of the B*N tokens (without replacement) from both sides, K clamped to B*N."""
+    s, t = s.flatten(0, 1), t.flatten(0, 1)
+    device = generator.device if generator is not None else torch.device("cpu")
+    idx = torch.randperm(s.shape[0], generator=generator, device=device)[: min(k, s.shape[0])].to(s.device)
+    return s[idx], t[idx]
+
+
 def intra_image_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     """Patch-to-patch relations within each image: mean over b, i, j of (A_b^S - A_b^T)^2, A_b is N x N."""
     _check(fs, ft)
-    s, t = _unit(fs), _unit(ft.detach())
-    return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()
+    return _relation_mse(_unit(fs), _unit(ft.detach()))
 
 
 def inter_image_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     """Image-to-image relations at each patch position: mean over n, i, j; C_n is B x B."""
     _check(fs, ft)
-    s, t = _unit(fs).transpose(0, 1), _unit(ft.detach()).transpose(0, 1)
-    return (s @ s.transpose(1, 2) - t @ t.transpose(1, 2)).pow(2).mean()
+    return _relation_mse(_unit(fs).transpose(0, 1), _unit(ft.detach()).transpose(0, 1))
 
 
 def random_sampled_loss(fs: torch.Tensor, ft: torch.Tensor, k: int,
@@ -48,19 +59,15 @@ def random_sampled_loss(fs: torch.Tensor, ft: torch.Tensor, k: int,
     K is clamped to B*N; with K = B*N this is the full (BN) x (BN) relation loss up to token order.
     """
     _check(fs, ft)
-    s, t = _unit(fs).flatten(0, 1), _unit(ft.detach()).flatten(0, 1)
-    total = s.shape[0]
-    device = generator.device if generator is not None else torch.device("cpu")
-    idx = torch.randperm(total, generator=generator, device=device)[: min(k, total)].to(s.device)
-    s, t = s[idx], t[idx]
-    return (s @ s.T - t @ t.T).pow(2).mean()
+    return _relation_mse(*_sample(_unit(fs), _unit(ft.detach()), k, generator))
 
 
 class ManifoldLoss(nn.Module):
     """beta * mean over layer pairs of (w_intra L_intra + w_inter L_inter + w_random L_random).
 
-    A term whose weight is 0 is not computed. `forward` returns the weighted contribution of each
-    term (summed over pairs, scaled by beta / pairs) so that the three values add up to the loss.
+    Tokens are normalised once per pair and shared by the terms; a term whose weight is 0 is not
+    computed. `forward` returns each term's weighted contribution (summed over pairs, scaled by
+    beta / pairs), so the values add up to the manifold loss.
     """
 
     def __init__(self, w_intra: float = 4.0, w_inter: float = 0.1, w_random: float = 0.2, k: int = 192,
@@ -72,17 +79,20 @@ class ManifoldLoss(nn.Module):
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         if len(student) != len(teacher) or not student:
             raise ValueError(f"need matching, non-empty layer lists; got {len(student)} and {len(teacher)}")
-        scale = self.beta / len(student)
-        terms = {}
+        weights = {"intra": self.w_intra, "inter": self.w_inter, "random": self.w_random}
+        sums: dict[str, torch.Tensor] = {}
         with torch.autocast(student[0].device.type, enabled=False):  # relations in float32 under AMP
-            for name, weight, fn in (("intra", self.w_intra, intra_image_loss),
-                                     ("inter", self.w_inter, inter_image_loss),
-                                     ("random", self.w_random, None)):
-                if weight == 0:
-                    continue
-                if fn is None:
-                    parts = [random_sampled_loss(fs, ft, self.k, generator) for fs, ft in zip(student, teacher)]
-                else:
-                    parts = [fn(fs, ft) for fs, ft in zip(student, teacher)]
-                terms[name] = scale * weight * torch.stack(parts).sum()
-        return terms
+            for fs, ft in zip(student, teacher):
+                _check(fs, ft)
+                s, t = _unit(fs), _unit(ft.detach())
+                parts = {}
+                if self.w_intra:
+                    parts["intra"] = _relation_mse(s, t)
+                if self.w_inter:
+                    parts["inter"] = _relation_mse(s.transpose(0, 1), t.transpose(0, 1))
+                if self.w_random:
+                    parts["random"] = _relation_mse(*_sample(s, t, self.k, generator))
+                for name, value in parts.items():
+                    sums[name] = sums[name] + value if name in sums else value
+        scale = self.beta / len(student)
+        return {name: scale * weights[name] * total for name, total in sums.items()}
