@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.fileio import write_json  # noqa: E402
 from stages.distill import kd_loss  # noqa: E402
 from stages.distill.features import TokenTap  # noqa: E402
-from stages.distill.manifold import ManifoldLoss, _unit  # noqa: E402
+from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: E402
 
 SHAPES = {
     # the paper's: DeiT-Tiny student (12 x 192) <- a 24-block, 384-wide teacher, 224 px, patch 16
@@ -69,8 +69,8 @@ def step_seconds(shape: dict, manifold: bool, device: str) -> float:
 
 
 def full_relation_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-    s, t = _unit(fs).flatten(0, 1), _unit(ft).flatten(0, 1)
-    return (s @ s.T - t @ t.T).pow(2).mean()
+    """The undecoupled loss over all B*N tokens, with the same memory-lean code as the decoupled terms."""
+    return _relation_mse(_unit(fs).flatten(0, 1), _unit(ft).flatten(0, 1))
 
 
 def _status_kb(field: str) -> int:
