@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import subprocess
 import time
 from importlib import metadata
@@ -47,6 +48,7 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
     report = {
         "run": {"name": cfg.run.name, "seed": cfg.run.seed, "device": device, "config_hash": cfg.digest(),
                 "git_commit": git_commit(), "versions": package_versions(), "wall_s": round(wall_s, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "stages": {r.name: {"key": r.key, "cached": r.cached, "wall_s": round(r.wall_s, 2),
                             "artifact": str(r.path), "summary": r.summary} for r in records},
@@ -63,7 +65,8 @@ def render_markdown(title: str, report: dict) -> str:
     run = report["run"]
     lines = [f"# {title}", "",
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
-             f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {run['wall_s']:.0f} s.", ""]
+             f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {run['wall_s']:.0f} s, "
+             f"peak memory {run['peak_rss_mb']:.0f} MB.", ""]
     evaluation = report["evaluation"]
     if evaluation:
         lines += [f"## Accuracy on the held-out {evaluation['split']} split ({evaluation['images']} images)", "",

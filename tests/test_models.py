@@ -20,7 +20,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    model, kwargs = create_model("teacher", "convstem_vit_small", {"embed_dim": 32, "depth": 2}, DATA)
+    model, kwargs = create_model("teacher", "convstem_vit_small", {"embed_dim": 32, "depth": 2, "num_heads": 2}, DATA)
     save_model(tmp_path / "model.pt", model, "convstem_vit_small", kwargs)
     loaded, record = load_model(tmp_path / "model.pt")
     assert record["kwargs"]["embed_dim"] == 32 and _same(model, loaded)
