@@ -125,6 +125,38 @@ class DistillConfig(TrainConfig):
         return self
 
 
+class ExportConfig(Section):
+    opset: int = Field(20, ge=17, le=22, description="ONNX opset (17 has LayerNormalization; 23 fuses "
+                                                     "attention, which quantizers do not take yet)")
+    openvino: bool = Field(True, description="also convert to OpenVINO IR")
+    openvino_fp16: bool = Field(False, description="store the IR's weights as fp16 (half the size)")
+    parity_images: int = Field(512, ge=1, description="validation images for the parity check")
+    parity_max_abs_diff: float = Field(1e-3, gt=0, description="max |logit diff| vs torch (fp32 exports)")
+    parity_max_abs_diff_fp16: float = Field(5e-2, gt=0, description="the same for fp16-compressed weights")
+    parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax vs torch")
+
+
+class QuantizeConfig(Section):
+    onnx_static: bool = Field(True, description="ONNX Runtime static INT8 (QDQ, calibrated)")
+    onnx_dynamic: bool = Field(True, description="ONNX Runtime dynamic INT8 (weights; activations at run time)")
+    openvino: bool = Field(True, description="OpenVINO INT8 with nncf.quantize (needs export.openvino)")
+    calibration_images: int = Field(512, ge=1, description="training images for calibration")
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    per_channel: bool = Field(True, description="per-channel weight scales (ONNX static)")
+    op_types: list[str] = Field(["MatMul", "Gemm", "Conv"], min_length=1,
+                                description="ONNX op types to quantize; LayerNorm, Softmax and GELU stay float")
+    preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process before static quantization")
+    max_drop: float = Field(1.0, ge=0, le=100, description="allowed top-1 drop (points) vs fp32 on "
+                                                           "validation images before layers fall back to float")
+    validation_images: int = Field(1000, ge=1, description="validation images for max_drop and sensitivity")
+    max_fallback_layers: int = Field(8, ge=0, description="at most this many layers kept in float")
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(256, ge=1, description="batch size for running every artifact")
+    threads: int = Field(0, ge=0, description="runtime threads; 0 = the runtime's default")
+
+
 class ReportConfig(Section):
     title: str = Field("manifold-edge run", description="heading of report.md")
 
@@ -135,7 +167,16 @@ class PipelineConfig(Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if self.quantize.openvino and not self.export.openvino:
+            raise ValueError("quantize.openvino needs export.openvino = true (it quantizes the IR)")
+        return self
 
     def section(self, name: str) -> dict:
         return getattr(self, name).model_dump(mode="json")

@@ -18,6 +18,8 @@ STAGES = {
     "data": "stages.data:DataStage",
     "teacher": "stages.teacher:TeacherStage",
     "distill": "stages.distill:DistillStage",
+    "export": "stages.export:ExportStage",
+    "quantize": "stages.quantize:QuantizeStage",
     "evaluate": "stages.evaluate:EvaluateStage",
 }
 

@@ -13,7 +13,8 @@ from pipeline.config import PipelineConfig
 from pipeline.fileio import write_json, write_text
 from pipeline.graph import RunRecord
 
-PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn")
+PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
+            "onnxscript", "openvino", "nncf")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -61,6 +62,42 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
     return report
 
 
+def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Student artifacts, each run in its own runtime on the test split", "",
+             "| artifact | runtime | precision | top-1 % | Δ vs torch fp32 | agreement with fp32 | size MB "
+             "| INT8 op types |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ops = ", ".join(f"{k} {v}" for k, v in (r.get("op_types") or {}).items()) or "-"
+        lines.append(f"| `{r['artifact']}` | {r['runtime']} | {r['precision']} | {r['top1']:.2f} | "
+                     f"{r['delta_top1']:+.2f} | {100 * r['agreement']:.2f}% | {r['bytes'] / 1e6:.2f} | {ops} |")
+    lines.append("")
+    hurt = [r for r in rows if r.get("worst_classes")]
+    if hurt:
+        lines += ["Classes INT8 hurts most (top-1 % on the class, fp32 -> INT8):", ""]
+        for r in hurt:
+            worst = "; ".join(f"{c['class']} {c['fp32']:.1f} -> {c['int8']:.1f} ({c['delta']:+.1f})"
+                              for c in r["worst_classes"])
+            lines.append(f"- `{r['artifact']}`: {worst}")
+        lines.append("")
+    for key, artifact in ((quantize or {}).get("artifacts") or {}).items():
+        fb = artifact.get("fallback")
+        if not fb:
+            continue
+        if "steps" in fb:
+            first, last = fb["steps"][0]["drop"], fb["steps"][-1]["drop"]
+            text = (f"drop {first:.2f} points on {len(fb['steps'])} step(s) -> {last:.2f}; layers kept in float: "
+                    f"{', '.join(fb['excluded']) or 'none'}")
+        else:
+            text = (f"drop {fb['plain_drop']:.2f} points" + (f", NNCF accuracy control -> {fb['drop']:.2f}"
+                                                               if fb["accuracy_control"] else ""))
+        verdict = "within" if fb["met"] else "**over**"
+        lines.append(f"- `{key}` on validation images: {text} ({verdict} max_drop {fb['max_drop']}).")
+    lines.append("")
+    return lines
+
+
 def render_markdown(title: str, report: dict) -> str:
     run = report["run"]
     lines = [f"# {title}", "",
@@ -77,6 +114,7 @@ def render_markdown(title: str, report: dict) -> str:
             lines.append(f"| {role} | `{r['model']}` | {r['params']:,} | {r['flops'] / 1e6:.1f} | {r['top1']:.2f} "
                          f"| {r['top5']:.2f} | {r['checkpoint_bytes'] / 1e6:.2f} |")
         lines.append("")
+        lines += _artifact_lines(evaluation.get("artifacts", []), report["stages"].get("quantize", {}).get("summary"))
     distill = report["stages"].get("distill", {}).get("summary")
     if distill:
         cfg = report["config"]["distill"]

@@ -1,16 +1,24 @@
-"""Evaluate stage: top-1/top-5 of teacher and student on the held-out test split, params, FLOPs, size."""
+"""Evaluate stage: every artifact run in its own runtime over the whole held-out split, batched.
+
+Teacher and student (torch): top-1/top-5, params, FLOPs, checkpoint size. Every exported and
+quantized student: top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk,
+and for INT8 artifacts the classes INT8 hurts most.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.fileio import write_json
+from pipeline.config import EvaluateConfig
+from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.models import load_model
 from stages.training import accuracy
+from targets.runtimes import artifact_bytes, load_runner, predict
 
 
 def flops_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
@@ -31,12 +39,19 @@ def describe(model_file: Path, data, device: str) -> dict:
             "checkpoint_bytes": model_file.stat().st_size}
 
 
+def per_class_top1(predictions: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    return np.array([100 * (predictions[labels == c] == c).mean() if (labels == c).any() else np.nan
+                     for c in range(classes)])
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
-    inputs = ("data", "teacher", "distill")
+    sections = ("evaluate",)
+    inputs = ("data", "teacher", "distill", "export", "quantize")
     uses_seed = False
 
     def run(self, ctx: StageContext) -> dict:
+        cfg: EvaluateConfig = ctx.config["evaluate"]
         data = load_dataset(ctx.inputs["data"])
         result = {"split": "test", "images": len(data.test)}
         for role, stage in (("teacher", "teacher"), ("student", "distill")):
@@ -44,5 +59,39 @@ class EvaluateStage(Stage):
             r = result[role]
             ctx.progress.log(f"  {role} {r['model']}: test top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, "
                              f"{r['params'] / 1e6:.3f} M params, {r['flops'] / 1e6:.1f} MFLOPs")
+        result["artifacts"] = self._artifacts(ctx, cfg, data)
         write_json(ctx.out / "metrics.json", result)
         return result
+
+    def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data) -> list[dict]:
+        labels = data.test.labels.numpy()
+        classes = data.meta["classes"]
+        files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {})]
+        for stage in ("export", "quantize"):
+            for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
+                files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a))
+        rows, reference, reference_class = [], None, None
+        for key, path, runtime, precision, meta in files:
+            runner = load_runner(path, cfg.threads)
+            batches = (x.numpy() for x, _ in data.test.iterate(cfg.batch_size))
+            with ctx.progress.bar(f"  evaluating {key}", 1) as bar:
+                predictions = predict(runner, batches).argmax(1)
+                bar.advance()
+            top1 = float(100 * (predictions == labels).mean())
+            by_class = per_class_top1(predictions, labels, len(classes))
+            if reference is None:
+                reference, reference_class, reference_top1 = predictions, by_class, top1
+            row = {"artifact": key, "runtime": runtime, "precision": precision, "file": path.name,
+                   "top1": round(top1, 3), "delta_top1": round(top1 - reference_top1, 3),
+                   "agreement": round(float((predictions == reference).mean()), 5),
+                   "bytes": artifact_bytes(path), "op_types": meta.get("op_types")}
+            if precision.startswith("int8"):
+                delta = by_class - reference_class
+                worst = np.argsort(delta)[:3]
+                row["worst_classes"] = [{"class": classes[c], "fp32": round(float(reference_class[c]), 2),
+                                         "int8": round(float(by_class[c]), 2), "delta": round(float(delta[c]), 2)}
+                                        for c in worst]
+            rows.append(row)
+            ctx.progress.log(f"  {key} ({runtime}, {precision}): top-1 {top1:.2f}% ({row['delta_top1']:+.2f}), "
+                             f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
+        return rows

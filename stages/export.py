@@ -1,0 +1,90 @@
+"""Export stage: the distilled student to ONNX (torch.onnx, dynamo exporter) and OpenVINO IR, each
+checked against torch on real validation images before anything downstream uses it."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+from pipeline.config import ExportConfig
+from pipeline.errors import UserError
+from pipeline.fileio import write_json
+from pipeline.stage import Stage, StageContext
+from stages.batches import load_dataset
+from stages.models import load_model
+from targets.runtimes import artifact_bytes, load_runner, predict, require
+
+ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "openvino_model.xml"
+
+
+def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path, opset: int) -> None:
+    """torch.onnx's dynamo (torch.export) exporter: the maintained path for timm ViTs on torch 2.x,
+    and the TorchScript exporter is deprecated. Weights are embedded (one file, models < 2 GB)."""
+    require("onnxscript", "onnx")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(model, (torch.zeros(2, *shape),), str(path), dynamo=True, opset_version=opset,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        except Exception as exc:  # the exporter raises many types; the first line names the op
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"ONNX export of {name} failed: {first}; try another export.opset or a "
+                            "model without this operator") from None
+    onnx = require("onnx", "onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def parity(reference: np.ndarray, logits: np.ndarray) -> dict:
+    return {"max_abs_diff": float(np.abs(reference - logits).max()),
+            "argmax_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
+            "images": int(len(reference))}
+
+
+class ExportStage(Stage):
+    name = "export"
+    sections = ("export",)
+    inputs = ("data", "distill")
+    uses_seed = False
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg: ExportConfig = ctx.config["export"]
+        data = load_dataset(ctx.inputs["data"])
+        model, record = load_model(ctx.inputs["distill"] / "model.pt")
+        shape = tuple(data.val.images.shape[1:])
+        images = np.concatenate([x.numpy() for x, _ in data.val.iterate(256)])[: cfg.parity_images]
+        with torch.no_grad():
+            reference = model(torch.from_numpy(images)).numpy()
+
+        export_onnx(model, record["model"], shape, ctx.out / ONNX_FILE, cfg.opset)
+        artifacts = {"onnx": {"file": ONNX_FILE, "runtime": "onnxruntime", "precision": "fp32",
+                              "bytes": artifact_bytes(ctx.out / ONNX_FILE)}}
+        if cfg.openvino:
+            ov = require("openvino", "openvino")
+            # From the ONNX file, not from torch: the IR is then the very graph that passed the ONNX
+            # checks, with no second tracing of the model.
+            ov_model = ov.convert_model(str(ctx.out / ONNX_FILE))
+            ov.save_model(ov_model, str(ctx.out / OPENVINO_FILE), compress_to_fp16=cfg.openvino_fp16)
+            artifacts["openvino"] = {"file": OPENVINO_FILE, "runtime": "openvino",
+                                     "precision": "fp16 weights" if cfg.openvino_fp16 else "fp32",
+                                     "bytes": artifact_bytes(ctx.out / OPENVINO_FILE)}
+        for key, artifact in artifacts.items():
+            bound = cfg.parity_max_abs_diff_fp16 if artifact["precision"].startswith("fp16") \
+                else cfg.parity_max_abs_diff
+            check = parity(reference, predict(load_runner(ctx.out / artifact["file"]), [images]))
+            artifact["parity"] = check
+            ctx.progress.log(f"  {artifact['runtime']} vs torch on {check['images']} validation images: max |diff| "
+                             f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
+            if check["max_abs_diff"] > bound or check["argmax_agreement"] < cfg.parity_min_agreement:
+                raise UserError(f"{artifact['runtime']} export of {record['model']} fails the parity check: max "
+                                f"|logit diff| {check['max_abs_diff']:.3g} (allowed {bound:g}), argmax agreement "
+                                f"{check['argmax_agreement']:.4f} (required {cfg.parity_min_agreement:g}); "
+                                "nothing downstream uses it. Loosen [export] parity_* only if you accept this")
+        write_json(ctx.out / "export.json", {"model": record["model"], "input_shape": [None, *shape],
+                                              "opset": cfg.opset, "artifacts": artifacts})
+        return {"artifacts": artifacts}

@@ -1,0 +1,89 @@
+"""Quantize stage: INT8 variants of the exported student (ONNX Runtime static QDQ and dynamic, OpenVINO
+via NNCF), each kept within `max_drop` top-1 points of fp32 where possible by leaving layers in float."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipeline.config import QuantizeConfig
+from pipeline.fileio import read_json, write_json
+from pipeline.stage import Stage, StageContext
+from stages.batches import Batches, load_dataset
+from stages.quantize import onnx_int8, openvino_int8
+from targets.runtimes import artifact_bytes
+
+PREPROCESSED = "model_preprocessed.onnx"
+
+
+def first_images(split: Batches, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n images of a split, normalised as the model expects (no augmentation)."""
+    images, labels = [], []
+    for x, y in split.iterate(512):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+        if sum(len(b) for b in images) >= n:
+            break
+    return np.concatenate(images)[:n], np.concatenate(labels)[:n]
+
+
+class QuantizeStage(Stage):
+    name = "quantize"
+    sections = ("quantize",)
+    inputs = ("data", "export")
+    uses_seed = False
+    scratch = (PREPROCESSED,)
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg: QuantizeConfig = ctx.config["quantize"]
+        data = load_dataset(ctx.inputs["data"])
+        exported = read_json(ctx.inputs["export"] / "export.json")["artifacts"]
+        n_calib = cfg.calibration_images
+        if n_calib > len(data.train):
+            ctx.progress.log(f"[yellow]  warning: quantize.calibration_images = {n_calib} but the training split has "
+                             f"{len(data.train)} images; calibrating on {len(data.train)}[/]")
+            n_calib = len(data.train)
+        calibration, _ = first_images(data.train, n_calib)
+        val_images, val_labels = first_images(data.val, cfg.validation_images)
+        onnx_src = ctx.inputs["export"] / exported["onnx"]["file"]
+        artifacts = {}
+
+        if cfg.onnx_static or cfg.onnx_dynamic:
+            start = time.perf_counter()
+            source = onnx_src
+            if cfg.preprocess:
+                onnx_int8.preprocess(onnx_src, ctx.out / PREPROCESSED)
+                source = ctx.out / PREPROCESSED
+            prep_s = time.perf_counter() - start
+        if cfg.onnx_static:
+            start = time.perf_counter()
+            file = ctx.out / "model_int8_static.onnx"
+            fallback = onnx_int8.static_with_fallback(source, file, ctx.out, calibration, val_images, val_labels,
+                                                      cfg, ctx.progress.log)
+            artifacts["onnx_int8_static"] = {
+                "file": file.name, "runtime": "onnxruntime", "precision": "int8 static QDQ",
+                "op_types": onnx_int8.quantized_op_types(file), "fallback": fallback.as_dict(),
+                "calibration": {"images": n_calib, "method": cfg.calibration_method, "per_channel": cfg.per_channel},
+                "seconds": round(time.perf_counter() - start + prep_s, 2)}
+        if cfg.onnx_dynamic:
+            start = time.perf_counter()
+            file = ctx.out / "model_int8_dynamic.onnx"
+            onnx_int8.quantize_dynamic(source, file, cfg)
+            artifacts["onnx_int8_dynamic"] = {
+                "file": file.name, "runtime": "onnxruntime", "precision": "int8 dynamic",
+                "op_types": onnx_int8.quantized_op_types(file), "seconds": round(time.perf_counter() - start, 2)}
+        if cfg.openvino:
+            start = time.perf_counter()
+            file = ctx.out / "openvino_int8_model.xml"
+            control = openvino_int8.quantize(ctx.inputs["export"] / exported["openvino"]["file"], file, calibration,
+                                             val_images, val_labels, cfg, ctx.progress.log)
+            artifacts["openvino_int8"] = {
+                "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)",
+                "op_types": openvino_int8.quantized_op_types(file), "fallback": control,
+                "seconds": round(time.perf_counter() - start, 2)}
+        for key, artifact in artifacts.items():
+            artifact["bytes"] = artifact_bytes(ctx.out / artifact["file"])
+            ctx.progress.log(f"  {key}: {artifact['bytes'] / 1e6:.2f} MB in {artifact['seconds']:.1f} s; "
+                             f"INT8 op types {artifact['op_types']}")
+        write_json(ctx.out / "quantize.json", {"artifacts": artifacts})
+        return {"artifacts": artifacts}

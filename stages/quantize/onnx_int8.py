@@ -1,0 +1,168 @@
+"""INT8 post-training quantization with ONNX Runtime: static QDQ (calibrated) and dynamic, and the
+accuracy-aware fallback that keeps the most sensitive layers in float until `max_drop` is met."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.config import QuantizeConfig
+from targets.runtimes import OnnxRuntimeRunner, predict, require
+
+
+def _quantization():
+    require("onnxruntime", "onnx")
+    import onnxruntime.quantization as q
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs through the root logger
+    return q
+
+
+def _reader(images: np.ndarray, input_name: str, batch: int = 32):
+    q = _quantization()
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.rewind()
+
+        def get_next(self):
+            return next(self._batches, None)
+
+        def rewind(self):
+            self._batches = iter({input_name: images[i:i + batch]} for i in range(0, len(images), batch))
+
+    return Reader()
+
+
+def preprocess(src: Path, dst: Path) -> None:
+    """ORT's recommended pre-processing: symbolic shape inference and graph optimisation."""
+    _quantization().shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+
+
+def quantize_static(src: Path, dst: Path, calibration: np.ndarray, cfg: QuantizeConfig, cache: Path,
+                    exclude: list[str] = (), only: list[str] | None = None) -> None:
+    """QDQ, uint8 activations / int8 weights; calibration ranges computed once and kept in `cache`."""
+    q = _quantization()
+    q.quantize_static(str(src), str(dst), _reader(calibration, _input_name(src)), quant_format=q.QuantFormat.QDQ,
+                      op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      nodes_to_exclude=list(exclude), nodes_to_quantize=only,
+                      calibrate_method=getattr(q.CalibrationMethod, cfg.calibration_method),
+                      calibration_cache_path=str(cache))
+
+
+def quantize_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
+    """int8 weights, activations quantized per batch at run time (MatMul/Gemm only: ORT's CPU
+    ConvInteger takes uint8 weights, and the stem convolutions are a small share of the work)."""
+    q = _quantization()
+    ops = [op for op in cfg.op_types if op in ("MatMul", "Gemm")]
+    q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, weight_type=q.QuantType.QInt8)
+
+
+def _input_name(path: Path) -> str:
+    onnx = require("onnx", "onnx")
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def quantized_op_types(path: Path) -> dict[str, int]:
+    """Op types that run in INT8: in QDQ form, nodes whose every non-constant input is dequantized
+    and whose output is quantized again (ORT fuses them into QLinear* kernels); in dynamic form,
+    the integer ops."""
+    onnx = require("onnx", "onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                       for o in n.output}
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    requantized = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    counts = Counter()
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Constant"):
+            continue
+        if node.op_type.endswith("Integer") or node.op_type == "DynamicQuantizeMatMul":
+            counts[node.op_type.replace("Integer", "")] += 1
+            continue
+        inputs = [i for i in node.input if i and i not in constants]
+        if inputs and all(i in dequantized for i in inputs) and any(o in requantized for o in node.output):
+            counts[node.op_type] += 1
+    return dict(sorted(counts.items()))
+
+
+def candidate_nodes(path: Path, op_types: list[str]) -> list[str]:
+    onnx = require("onnx", "onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [node.name for node in graph.node if node.op_type in op_types]
+
+
+def top1(path: Path, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+    logits = predict(OnnxRuntimeRunner(path), (images[i:i + batch] for i in range(0, len(images), batch)))
+    return float(100 * (logits.argmax(1) == labels).mean())
+
+
+@dataclass
+class Fallback:
+    """What the accuracy-aware loop did: the drop after each step and the layers kept in float."""
+
+    max_drop: float
+    fp32_top1: float
+    steps: list[dict] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+
+    @property
+    def excluded(self) -> list[str]:
+        return self.steps[-1]["excluded"] if self.steps else []
+
+    @property
+    def met(self) -> bool:
+        return bool(self.steps) and self.steps[-1]["drop"] <= self.max_drop
+
+    def as_dict(self) -> dict:
+        return {"max_drop": self.max_drop, "fp32_top1": self.fp32_top1, "met": self.met, "excluded": self.excluded,
+                "steps": self.steps, "sensitivity": self.sensitivity}
+
+
+def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.ndarray, cfg: QuantizeConfig,
+                     cache: Path, reference: np.ndarray) -> list[dict]:
+    """Per-layer sensitivity: quantize one layer alone and measure how far the logits move from fp32
+    (mean squared error relative to the fp32 logits' variance). Most harmful first."""
+    scores = []
+    for node in candidate_nodes(src, list(cfg.op_types)):
+        probe = work / "probe.onnx"
+        quantize_static(src, probe, calibration, cfg, cache, only=[node])
+        logits = predict(OnnxRuntimeRunner(probe), [images])
+        scores.append({"node": node, "relative_mse": float(((logits - reference) ** 2).mean() / reference.var())})
+    (work / "probe.onnx").unlink(missing_ok=True)
+    return sorted(scores, key=lambda s: -s["relative_mse"])
+
+
+def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarray, val_images: np.ndarray,
+                         val_labels: np.ndarray, cfg: QuantizeConfig, log: Callable[[str], None]) -> Fallback:
+    """Quantize everything; while the top-1 drop exceeds max_drop, keep the next most sensitive layer
+    in float (at most cfg.max_fallback_layers)."""
+    cache = work / "calibration.json"
+    fp32 = top1(src, val_images, val_labels)
+    result = Fallback(cfg.max_drop, fp32)
+    excluded: list[str] = []
+    ranked: list[dict] | None = None
+    while True:
+        quantize_static(src, dst, calibration, cfg, cache, exclude=excluded)
+        drop = fp32 - top1(dst, val_images, val_labels)
+        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
+        if drop <= cfg.max_drop or len(excluded) >= cfg.max_fallback_layers:
+            break
+        if ranked is None:
+            log(f"  ONNX static INT8 loses {drop:.2f} top-1 points (max_drop {cfg.max_drop}): ranking layers")
+            reference = predict(OnnxRuntimeRunner(src), [val_images[:256]])
+            ranked = rank_sensitivity(src, work, calibration, val_images[:256], cfg, cache, reference)
+            result.sensitivity = ranked
+        remaining = [r["node"] for r in ranked if r["node"] not in excluded]
+        if not remaining:
+            break
+        excluded.append(remaining[0])
+        log(f"  keeping {remaining[0]} in float")
+    cache.unlink(missing_ok=True)
+    return result

@@ -1,0 +1,1 @@
+"""Runtimes (one runner each behind one interface) and, later, device profiles."""

@@ -1,0 +1,101 @@
+"""One interface for running a classifier artifact in its own runtime: torch, ONNX Runtime, OpenVINO.
+
+`load_runner(path)` picks the runtime by file type; a runner maps a float32 NCHW batch to logits.
+Runtime packages are imported on first use, and a missing one names the pip extra to install.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+
+def require(module: str, extra: str):
+    """Import a runtime package or stop with the pip command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"the {module} package is missing: pip install 'manifold-edge[{extra}]' "
+                        f"(or `make setup`, which installs every pinned runtime)") from None
+
+
+class Runner(Protocol):
+    runtime: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRunner:
+    runtime = "torch"
+
+    def __init__(self, path: Path, threads: int = 0):
+        import torch
+
+        from stages.models import load_model
+
+        self._torch = torch
+        self.model, _ = load_model(path)
+        if threads:
+            torch.set_num_threads(threads)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self.model(self._torch.from_numpy(x)).numpy()
+
+
+class OnnxRuntimeRunner:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 0):
+        ort = require("onnxruntime", "onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]
+
+
+class OpenVinoRunner:
+    """OpenVINO's CPU plugin, pinned to f32 arithmetic: on CPUs with bf16 support it would otherwise
+    run float layers in bf16 (seen here: logits off by 1.6e-2), and an fp32 row must mean fp32."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int = 0):
+        ov = require("openvino", "openvino")
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.compiled(x)[0]
+
+
+RUNNERS = {".pt": TorchRunner, ".onnx": OnnxRuntimeRunner, ".xml": OpenVinoRunner}
+
+
+def load_runner(path: Path, threads: int = 0) -> Runner:
+    try:
+        return RUNNERS[Path(path).suffix](path, threads)
+    except KeyError:
+        raise UserError(f"{path}: no runtime for {Path(path).suffix!r} files; known: {', '.join(RUNNERS)}") from None
+
+
+def predict(runner: Runner, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """Logits for every batch, concatenated."""
+    return np.concatenate([runner(np.ascontiguousarray(x, dtype=np.float32)) for x in batches])
+
+
+def artifact_bytes(path: Path) -> int:
+    """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data."""
+    path = Path(path)
+    extra = [path.with_suffix(".bin")] if path.suffix == ".xml" else [path.with_name(path.name + ".data")]
+    return path.stat().st_size + sum(p.stat().st_size for p in extra if p.is_file())
