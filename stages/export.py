@@ -32,12 +32,18 @@ def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path,
             torch.onnx.export(model, (torch.zeros(2, *shape),), str(path), dynamo=True, opset_version=opset,
                               input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-        except Exception as exc:  # the exporter raises many types; the first line names the op
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"ONNX export of {name} failed: {first}; try another export.opset or a "
-                            "model without this operator") from None
+        except Exception as exc:  # the exporter raises many types; the innermost cause names the op
+            raise UserError(f"ONNX export of {name} failed: {_root_cause(exc)}; try another export.opset or "
+                            "a model without this operator") from None
     onnx = require("onnx", "onnx")
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def parity(reference: np.ndarray, logits: np.ndarray) -> dict:

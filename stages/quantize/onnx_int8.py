@@ -24,7 +24,10 @@ def _quantization():
 
 
 def _reader(images: np.ndarray, input_name: str, batch: int = 32):
+    """Equal-sized calibration batches (ORT's histogram calibrators fail on a smaller last batch)."""
     q = _quantization()
+    batch = min(batch, len(images))
+    images = images[: len(images) - len(images) % batch]
 
     class Reader(q.CalibrationDataReader):
         def __init__(self):

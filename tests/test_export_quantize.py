@@ -1,0 +1,129 @@
+"""Export and INT8 on a small trained student, through the real runtimes (ONNX Runtime, OpenVINO, NNCF)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli_args, read_report, tiny_config
+from pipeline.cli import main
+from pipeline.errors import UserError
+from pipeline.graph import Pipeline
+from stages.batches import load_dataset
+from stages.export import export_onnx
+from stages.models import load_model
+from stages.quantize import first_images
+from stages.quantize.onnx_int8 import static_with_fallback
+from targets.runtimes import require
+
+TRAINED = ("teacher.epochs=3", "teacher.lr=3e-3", "distill.epochs=4", "distill.lr=3e-3", "data.subset=3000",
+           "student.overrides.embed_dim=48", "teacher.overrides.embed_dim=64")
+
+
+def _folder(tmp_path, stage):
+    return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One full tiny pipeline run (every stage) shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
+    return tmp_path
+
+
+def test_exports_match_torch_on_real_images(trained_run):
+    artifacts = json.loads((_folder(trained_run, "export") / "export.json").read_text())["artifacts"]
+    for key in ("onnx", "openvino"):
+        check = artifacts[key]["parity"]
+        assert check["images"] == 300  # the whole (subset) validation split
+        assert check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
+
+
+def test_every_artifact_is_evaluated_in_its_runtime_within_bounds(trained_run):
+    rows = {r["artifact"]: r for r in read_report(trained_run)["evaluation"]["artifacts"]}
+    assert set(rows) == {"torch_fp32", "onnx", "openvino", "onnx_int8_static", "onnx_int8_dynamic", "openvino_int8"}
+    fp32 = rows["torch_fp32"]["top1"]
+    assert fp32 > 40  # the small student did learn (10 classes: chance is 10%)
+    for key in ("onnx", "openvino"):
+        assert rows[key]["top1"] == fp32 and rows[key]["agreement"] == 1.0
+    for key in ("onnx_int8_static", "onnx_int8_dynamic", "openvino_int8"):
+        assert abs(rows[key]["top1"] - fp32) <= 5.0, rows[key]  # the stated bound: 5 points on 200 images
+        assert rows[key]["agreement"] >= 0.85
+        assert rows[key]["bytes"] < rows["onnx"]["bytes"]
+        assert rows[key]["op_types"].get("MatMul", 0) > 0
+        assert len(rows[key]["worst_classes"]) == 3
+    assert "| `onnx_int8_static` | onnxruntime | int8 static QDQ |" in \
+        (trained_run / "runs" / "default" / "report.md").read_text()
+
+
+def test_calibration_set_larger_than_the_data_is_clamped(trained_run):
+    quantize = read_report(trained_run)["stages"]["quantize"]["summary"]["artifacts"]
+    assert quantize["onnx_int8_static"]["calibration"]["images"] == 2700
+
+
+def test_a_downstream_change_reuses_the_export(trained_run):
+    extra = (*TRAINED, "quantize.calibration_images=100000", "quantize.calibration_method='Percentile'")
+    states = {s.name: s for s in Pipeline(tiny_config(trained_run, *extra)).status()}
+    assert states["export"].state == "cached"
+    assert states["quantize"].state == "stale" and "calibration_method" in states["quantize"].reason
+    assert main(cli_args(trained_run, "run", *extra)) == 0
+    stages = read_report(trained_run)["stages"]
+    assert stages["export"]["cached"] and not stages["quantize"]["cached"]
+
+
+def test_fallback_keeps_a_sabotaged_layer_in_float(trained_run, tmp_path):
+    """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged,
+    but the per-tensor INT8 ranges of that attention are ruined. The loop must find and exclude it."""
+    model, _ = load_model(_folder(trained_run, "distill") / "model.pt")
+    attn = model.blocks[0].attn
+    dim = attn.proj.in_features
+    with torch.no_grad():
+        attn.qkv.weight[2 * dim] *= 1000
+        attn.qkv.bias[2 * dim] *= 1000
+        attn.proj.weight[:, 0] /= 1000
+    data = load_dataset(_folder(trained_run, "data"))
+    export_onnx(model, "sabotaged", tuple(data.val.images.shape[1:]), tmp_path / "s.onnx", 20)
+    calibration, _ = first_images(data.train, 200)
+    images, labels = first_images(data.val, 200)
+    cfg = tiny_config(trained_run, "quantize.max_drop=2.0", "quantize.max_fallback_layers=4").quantize
+    result = static_with_fallback(tmp_path / "s.onnx", tmp_path / "q.onnx", tmp_path, calibration, images, labels,
+                                  cfg, lambda message: None)
+    first, last = result.steps[0]["drop"], result.steps[-1]["drop"]
+    assert first > 2.0, "the sabotage should have hurt INT8"
+    assert last < first and result.excluded
+    assert result.sensitivity[0]["relative_mse"] > result.sensitivity[-1]["relative_mse"]
+    assert any("attn" in node or "MatMul" in node for node in result.excluded)
+
+
+def test_parity_failure_stops_the_pipeline_with_the_numbers(tmp_path, capsys):
+    args = cli_args(tmp_path, "run", "export.parity_max_abs_diff=1e-12")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "fails the parity check: max |logit diff|" in err and "allowed 1e-12" in err
+    assert not (tmp_path / "runs" / "default" / "report.json").exists() or \
+        "quantize" not in read_report(tmp_path)["stages"]
+
+
+def test_a_missing_runtime_names_the_pip_extra():
+    with pytest.raises(UserError, match=r"pip install 'manifold-edge\[openvino\]'"):
+        require("openvino_that_is_not_installed", "openvino")
+
+
+def test_unsupported_op_at_export_names_the_op_and_the_model(tmp_path):
+    @torch.library.custom_op("manifold_edge_test::mystery", mutates_args=())
+    def mystery(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @mystery.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return mystery(x).flatten(1)
+
+    with pytest.raises(UserError, match=r"ONNX export of odd_net failed: .*mystery"):
+        export_onnx(Odd(), "odd_net", (1, 4, 4), tmp_path / "odd.onnx", 20)
