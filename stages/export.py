@@ -3,6 +3,7 @@ checked against torch on real validation images before anything downstream uses 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 import numpy as np
@@ -67,10 +68,13 @@ class ExportStage(Stage):
         with torch.no_grad():
             reference = model(torch.from_numpy(images)).numpy()
 
+        start = time.perf_counter()
         export_onnx(model, record["model"], shape, ctx.out / ONNX_FILE, cfg.opset)
         artifacts = {"onnx": {"file": ONNX_FILE, "runtime": "onnxruntime", "precision": "fp32",
-                              "bytes": artifact_bytes(ctx.out / ONNX_FILE)}}
+                              "bytes": artifact_bytes(ctx.out / ONNX_FILE),
+                              "seconds": round(time.perf_counter() - start, 2)}}
         if cfg.openvino:
+            start = time.perf_counter()
             ov = require("openvino", "openvino")
             # From the ONNX file, not from torch: the IR is then the very graph that passed the ONNX
             # checks, with no second tracing of the model.
@@ -78,7 +82,8 @@ class ExportStage(Stage):
             ov.save_model(ov_model, str(ctx.out / OPENVINO_FILE), compress_to_fp16=cfg.openvino_fp16)
             artifacts["openvino"] = {"file": OPENVINO_FILE, "runtime": "openvino",
                                      "precision": "fp16 weights" if cfg.openvino_fp16 else "fp32",
-                                     "bytes": artifact_bytes(ctx.out / OPENVINO_FILE)}
+                                     "bytes": artifact_bytes(ctx.out / OPENVINO_FILE),
+                                     "seconds": round(time.perf_counter() - start, 2)}
         for key, artifact in artifacts.items():
             bound = cfg.parity_max_abs_diff_fp16 if artifact["precision"].startswith("fp16") \
                 else cfg.parity_max_abs_diff
