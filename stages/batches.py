@@ -27,6 +27,11 @@ class Batches:
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
 
+    def head(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first n images (normalised, not augmented) and their labels, as numpy arrays."""
+        x, y = next(self.iterate(min(n, len(self))))
+        return x.numpy(), y.numpy()
+
     def iterate(self, batch_size: int, device: str = "cpu", generator: torch.Generator | None = None,
                 shift: int = 0, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in order, or shuffled (and augmented when asked) when a generator is given."""

@@ -64,7 +64,7 @@ class ExportStage(Stage):
         data = load_dataset(ctx.inputs["data"])
         model, record = load_model(ctx.inputs["distill"] / "model.pt")
         shape = tuple(data.val.images.shape[1:])
-        images = np.concatenate([x.numpy() for x, _ in data.val.iterate(256)])[: cfg.parity_images]
+        images, _ = data.val.head(cfg.parity_images)
         with torch.no_grad():
             reference = model(torch.from_numpy(images)).numpy()
 

@@ -7,12 +7,8 @@ import torch.nn.functional as F
 from pipeline.config import DataConfig, TeacherConfig
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.models import create_model, load_weights, save_model
+from stages.models import create_model, data_kwargs, load_weights, save_model
 from stages.training import CHECKPOINT, METRICS, accuracy, fit
-
-
-def data_kwargs(meta: dict) -> dict:
-    return {"in_chans": meta["channels"], "num_classes": meta["num_classes"], "img_size": meta["img_size"]}
 
 
 class TeacherStage(Stage):

@@ -14,7 +14,6 @@ from pipeline.graph import Pipeline
 from stages.batches import load_dataset
 from stages.export import export_onnx
 from stages.models import load_model
-from stages.quantize import first_images
 from stages.quantize.onnx_int8 import static_with_fallback
 from targets.runtimes import require
 
@@ -86,8 +85,8 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(trained_run, tmp_path):
         attn.proj.weight[:, 0] /= 1000
     data = load_dataset(_folder(trained_run, "data"))
     export_onnx(model, "sabotaged", tuple(data.val.images.shape[1:]), tmp_path / "s.onnx", 20)
-    calibration, _ = first_images(data.train, 200)
-    images, labels = first_images(data.val, 200)
+    calibration, _ = data.train.head(200)
+    images, labels = data.val.head(200)
     cfg = tiny_config(trained_run, "quantize.max_drop=2.0", "quantize.max_fallback_layers=4").quantize
     result = static_with_fallback(tmp_path / "s.onnx", tmp_path / "q.onnx", tmp_path, calibration, images, labels,
                                   cfg, lambda message: None)

@@ -12,7 +12,7 @@ from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.distill.features import TokenTap, blocks_of, default_layer_map, grid_of, grid_pooler
 from stages.distill.manifold import ManifoldLoss
-from stages.models import create_model, load_model, save_model
+from stages.models import create_model, data_kwargs, load_model, save_model
 from stages.training import CHECKPOINT, METRICS, accuracy, fit
 
 
@@ -51,10 +51,7 @@ class DistillStage(Stage):
         teacher, _ = load_model(ctx.inputs["teacher"] / "model.pt")
         teacher.requires_grad_(False).to(ctx.device)
         torch.manual_seed(ctx.seed)
-        meta = data.meta
-        student, kwargs = create_model("student", student_cfg.model, student_cfg.overrides,
-                                       {"in_chans": meta["channels"], "num_classes": meta["num_classes"],
-                                        "img_size": meta["img_size"]})
+        student, kwargs = create_model("student", student_cfg.model, student_cfg.overrides, data_kwargs(data.meta))
         distilled = hasattr(student, "set_distilled_training")
         if distilled:
             student.set_distilled_training(True)

@@ -18,6 +18,11 @@ from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* 
 FORMAT = "manifold-edge/model-v1"
 
 
+def data_kwargs(meta: dict) -> dict:
+    """The model keywords fixed by the data stage's meta.json."""
+    return {"in_chans": meta["channels"], "num_classes": meta["num_classes"], "img_size": meta["img_size"]}
+
+
 def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pretrained: bool = False,
                  pretrained_file: str | None = None) -> tuple[nn.Module, dict]:
     """Build `name` with the data's in_chans/num_classes/img_size and the user's overrides.

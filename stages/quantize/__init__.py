@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from pipeline.config import QuantizeConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
-from stages.batches import Batches, load_dataset
+from stages.batches import load_dataset
 from stages.quantize import onnx_int8, openvino_int8
 from targets.runtimes import artifact_bytes
 
 PREPROCESSED = "model_preprocessed.onnx"
-
-
-def first_images(split: Batches, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first n images of a split, normalised as the model expects (no augmentation)."""
-    images, labels = [], []
-    for x, y in split.iterate(512):
-        images.append(x.numpy())
-        labels.append(y.numpy())
-        if sum(len(b) for b in images) >= n:
-            break
-    return np.concatenate(images)[:n], np.concatenate(labels)[:n]
 
 
 class QuantizeStage(Stage):
@@ -43,8 +30,8 @@ class QuantizeStage(Stage):
             ctx.progress.log(f"[yellow]  warning: quantize.calibration_images = {n_calib} but the training split has "
                              f"{len(data.train)} images; calibrating on {len(data.train)}[/]")
             n_calib = len(data.train)
-        calibration, _ = first_images(data.train, n_calib)
-        val_images, val_labels = first_images(data.val, cfg.validation_images)
+        calibration, _ = data.train.head(n_calib)
+        val_images, val_labels = data.val.head(cfg.validation_images)
         onnx_src = ctx.inputs["export"] / exported["onnx"]["file"]
         artifacts = {}
 
