@@ -125,6 +125,57 @@ class DistillConfig(TrainConfig):
         return self
 
 
+COREML_TARGETS = Literal["iOS15", "iOS16", "iOS17", "iOS18", "watchOS8", "watchOS9", "watchOS10", "watchOS11",
+                         "macOS12", "macOS13", "macOS14", "macOS15"]
+
+
+class CoreMLExportConfig(Section):
+    enabled: bool = Field(True, description="also write model.mlpackage (Core ML ML program)")
+    target: COREML_TARGETS = Field("iOS17", description="minimum deployment target (iOS17 phones, "
+                                                        "watchOS10 watches)")
+    precision: Literal["fp16", "fp32"] = Field("fp16", description="compute precision")
+    input: Literal["image", "tensor"] = Field("image", description="an image input (grayscale/RGB pixels) "
+                                                                   "or a float tensor of 0-255 pixels")
+    author: str = "manifold-edge"
+    license: str = "Apache-2.0"
+    version: str = "1"
+    parity_max_abs_diff: float = Field(5e-2, gt=0, description="max |logit diff| of the fp16 simulation vs torch")
+    parity_min_agreement: float = Field(0.99, ge=0, le=1)
+
+
+class CoreMLVariant(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="names the file model_<name>.mlpackage")
+    kind: Literal["linear", "palettize"] = Field(description="linear INT8/UINT8 weights, or a k-means palette")
+    nbits: Literal[1, 2, 3, 4, 6, 8] = Field(8, description="bits per weight (palettize: 1, 2, 3, 4, 6 or 8)")
+    dtype: Literal["int8", "uint8"] = Field("int8", description="linear only")
+    mode: Literal["linear", "linear_symmetric", "kmeans", "uniform"] | None = Field(
+        None, description="default: linear_symmetric for linear, kmeans for palettize")
+    granularity: Literal["per_tensor", "per_channel", "per_grouped_channel", "per_block"] = Field(
+        "per_channel", description="per_block and per_grouped_channel need iOS18")
+    weight_threshold: int = Field(2048, ge=1, description="compress only weights with at least this many elements")
+    op_types: list[str] = Field(default_factory=list, description="compress only these MIL op types "
+                                                                  "(e.g. linear, conv); empty = all")
+
+    @model_validator(mode="after")
+    def _check(self) -> CoreMLVariant:
+        if self.kind == "linear" and self.nbits != 8:
+            raise ValueError(f"quantize.coreml.variants '{self.name}': linear quantization is 8-bit; "
+                             f"nbits = {self.nbits} needs kind = 'palettize'")
+        if self.mode and (self.mode in ("kmeans", "uniform")) != (self.kind == "palettize"):
+            raise ValueError(f"quantize.coreml.variants '{self.name}': mode '{self.mode}' does not fit kind "
+                             f"'{self.kind}' (linear: linear | linear_symmetric; palettize: kmeans | uniform)")
+        return self
+
+
+class CoreMLQuantizeConfig(Section):
+    enabled: bool = Field(True, description="compressed Core ML variants (needs export.coreml)")
+    variants: list[CoreMLVariant] = Field(default_factory=lambda: [
+        CoreMLVariant(name="int8", kind="linear"),
+        CoreMLVariant(name="palettize6", kind="palettize", nbits=6, granularity="per_tensor"),
+        CoreMLVariant(name="palettize4", kind="palettize", nbits=4, granularity="per_tensor")])
+    w8a8: bool = Field(False, description="also quantize activations with calibration data (needs macOS)")
+
+
 class ExportConfig(Section):
     opset: int = Field(20, ge=17, le=22, description="ONNX opset (17 has LayerNormalization; 23 fuses "
                                                      "attention, which quantizers do not take yet)")
@@ -134,6 +185,7 @@ class ExportConfig(Section):
     parity_max_abs_diff: float = Field(1e-3, gt=0, description="max |logit diff| vs torch (fp32 exports)")
     parity_max_abs_diff_fp16: float = Field(5e-2, gt=0, description="the same for fp16-compressed weights")
     parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax vs torch")
+    coreml: CoreMLExportConfig = Field(default_factory=CoreMLExportConfig)
 
 
 class QuantizeConfig(Section):
@@ -150,6 +202,7 @@ class QuantizeConfig(Section):
                                                            "validation images before layers fall back to float")
     validation_images: int = Field(1000, ge=1, description="validation images for max_drop and sensitivity")
     max_fallback_layers: int = Field(8, ge=0, description="at most this many layers kept in float")
+    coreml: CoreMLQuantizeConfig = Field(default_factory=CoreMLQuantizeConfig)
 
 
 class EvaluateConfig(Section):
@@ -176,6 +229,16 @@ class PipelineConfig(Section):
     def _check(self) -> PipelineConfig:
         if self.quantize.openvino and not self.export.openvino:
             raise ValueError("quantize.openvino needs export.openvino = true (it quantizes the IR)")
+        if self.quantize.coreml.enabled and not self.export.coreml.enabled:
+            raise ValueError("quantize.coreml.enabled needs export.coreml.enabled = true (it compresses the package)")
+        names = [v.name for v in self.quantize.coreml.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"quantize.coreml.variants: names must be unique, got {names}")
+        late = [v.name for v in self.quantize.coreml.variants if v.granularity in ("per_block", "per_grouped_channel")
+                and self.export.coreml.target not in ("iOS18", "macOS15", "watchOS11")]
+        if late:
+            raise ValueError(f"quantize.coreml.variants {late}: per_block / per_grouped_channel need "
+                             f"export.coreml.target iOS18 (or macOS15, watchOS11), not {self.export.coreml.target}")
         return self
 
     def section(self, name: str) -> dict:

@@ -131,7 +131,7 @@ class Pipeline:
         ctx = StageContext(
             config={section: getattr(self.cfg, section) for section in stage.cls.sections},
             inputs={dep: done[dep].path for dep in stage.cls.inputs},
-            out=out, seed=self.cfg.run.seed, device=device, progress=progress)
+            out=out, seed=self.cfg.run.seed, device=device, progress=progress, key=stage.key)
         start = time.perf_counter()
         summary = stage.cls().run(ctx)
         wall = time.perf_counter() - start

@@ -12,9 +12,10 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.fileio import write_json, write_text
 from pipeline.graph import RunRecord
+from targets.coreml import NEEDS_MACOS
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
-            "onnxscript", "openvino", "nncf")
+            "onnxscript", "openvino", "nncf", "coremltools")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -66,16 +67,21 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
     if not rows:
         return []
     lines = ["## Student artifacts, each run in its own runtime on the test split", "",
-             "| artifact | runtime | precision | top-1 % | Δ vs torch fp32 | agreement with fp32 | size MB "
-             "| INT8 op types |", "|---|---|---|---:|---:|---:|---:|---|"]
+             "| artifact | runtime | precision | evaluated | top-1 % | Δ vs torch fp32 | agreement with fp32 "
+             "| size MB | INT8 ops / compressed weights |", "|---|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         ops = ", ".join(f"{k} {v}" for k, v in (r.get("op_types") or {}).items()) or "-"
-        lines.append(f"| `{r['artifact']}` | {r['runtime']} | {r['precision']} | {r['top1']:.2f} | "
+        lines.append(f"| `{r['artifact']}` | {r['runtime']} | {r['precision']} | {r['evaluation']} | {r['top1']:.2f} | "
                      f"{r['delta_top1']:+.2f} | {100 * r['agreement']:.2f}% | {r['bytes'] / 1e6:.2f} | {ops} |")
     lines.append("")
+    if any(r["evaluation"] == "simulated" for r in rows):
+        lines += [f"Simulated rows: {NEEDS_MACOS}. They reflect the compressed weights and fp16 arithmetic, "
+                  "not Core ML's kernels; on-device numbers need a Mac.", ""]
+    for note in (quantize or {}).get("notes", []):
+        lines += [f"Note: {note}.", ""]
     hurt = [r for r in rows if r.get("worst_classes")]
     if hurt:
-        lines += ["Classes INT8 hurts most (top-1 % on the class, fp32 -> INT8):", ""]
+        lines += ["Classes compression hurts most (top-1 % on the class, fp32 -> compressed):", ""]
         for r in hurt:
             worst = "; ".join(f"{c['class']} {c['fp32']:.1f} -> {c['int8']:.1f} ({c['delta']:+.1f})"
                               for c in r["worst_classes"])

@@ -20,6 +20,7 @@ class StageContext:
     seed: int
     device: str
     progress: Progress
+    key: str = ""  # this run's cache key, for provenance written into artifacts
 
 
 class Stage:

@@ -1,7 +1,7 @@
 """Evaluate stage: every artifact run in its own runtime over the whole held-out split, batched.
 
 Teacher and student (torch): top-1/top-5, params, FLOPs, checkpoint size. Every exported and
-quantized student: top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk,
+quantized student (Core ML on Linux: simulated from the package's own weights): top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk,
 and for INT8 artifacts the classes INT8 hurts most.
 """
 from __future__ import annotations
@@ -66,12 +66,12 @@ class EvaluateStage(Stage):
     def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data) -> list[dict]:
         labels = data.test.labels.numpy()
         classes = data.meta["classes"]
-        files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {})]
+        files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {}, "distill")]
         for stage in ("export", "quantize"):
             for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
-                files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a))
+                files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
         rows, reference, reference_class = [], None, None
-        for key, path, runtime, precision, meta in files:
+        for key, path, runtime, precision, meta, stage in files:
             runner = load_runner(path, cfg.threads)
             batches = (x.numpy() for x, _ in data.test.iterate(cfg.batch_size))
             with ctx.progress.bar(f"  evaluating {key}", 1) as bar:
@@ -82,16 +82,17 @@ class EvaluateStage(Stage):
             if reference is None:
                 reference, reference_class, reference_top1 = predictions, by_class, top1
             row = {"artifact": key, "runtime": runtime, "precision": precision, "file": path.name,
+                   "evaluation": runner.evaluation,
                    "top1": round(top1, 3), "delta_top1": round(top1 - reference_top1, 3),
                    "agreement": round(float((predictions == reference).mean()), 5),
                    "bytes": artifact_bytes(path), "op_types": meta.get("op_types")}
-            if precision.startswith("int8"):
+            if stage == "quantize":
                 delta = by_class - reference_class
                 worst = np.argsort(delta)[:3]
                 row["worst_classes"] = [{"class": classes[c], "fp32": round(float(reference_class[c]), 2),
                                          "int8": round(float(by_class[c]), 2), "delta": round(float(delta[c]), 2)}
                                         for c in worst]
             rows.append(row)
-            ctx.progress.log(f"  {key} ({runtime}, {precision}): top-1 {top1:.2f}% ({row['delta_top1']:+.2f}), "
+            ctx.progress.log(f"  {key} ({runtime}, {precision}, {runner.evaluation}): top-1 {top1:.2f}% ({row['delta_top1']:+.2f}), "
                              f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
         return rows

@@ -25,12 +25,14 @@ def require(module: str, extra: str):
 
 class Runner(Protocol):
     runtime: str
+    evaluation: str  # "measured" (the runtime itself) or "simulated" (Core ML on Linux)
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class TorchRunner:
     runtime = "torch"
+    evaluation = "measured"
 
     def __init__(self, path: Path, threads: int = 0):
         import torch
@@ -49,6 +51,7 @@ class TorchRunner:
 
 class OnnxRuntimeRunner:
     runtime = "onnxruntime"
+    evaluation = "measured"
 
     def __init__(self, path: Path, threads: int = 0):
         ort = require("onnxruntime", "onnx")
@@ -67,6 +70,7 @@ class OpenVinoRunner:
     run float layers in bf16 (seen here: logits off by 1.6e-2), and an fp32 row must mean fp32."""
 
     runtime = "openvino"
+    evaluation = "measured"
 
     def __init__(self, path: Path, threads: int = 0):
         ov = require("openvino", "openvino")
@@ -83,6 +87,10 @@ RUNNERS = {".pt": TorchRunner, ".onnx": OnnxRuntimeRunner, ".xml": OpenVinoRunne
 
 
 def load_runner(path: Path, threads: int = 0) -> Runner:
+    if Path(path).suffix == ".mlpackage":
+        from targets.coreml import coreml_runner
+
+        return coreml_runner(path, threads)
     try:
         return RUNNERS[Path(path).suffix](path, threads)
     except KeyError:
@@ -97,5 +105,7 @@ def predict(runner: Runner, batches: Iterable[np.ndarray]) -> np.ndarray:
 def artifact_bytes(path: Path) -> int:
     """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data."""
     path = Path(path)
+    if path.is_dir():  # a Core ML .mlpackage
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     extra = [path.with_suffix(".bin")] if path.suffix == ".xml" else [path.with_name(path.name + ".data")]
     return path.stat().st_size + sum(p.stat().st_size for p in extra if p.is_file())

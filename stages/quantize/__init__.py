@@ -8,10 +8,13 @@ from pipeline.config import QuantizeConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.quantize import onnx_int8, openvino_int8
+from stages.quantize import coreml_compress, onnx_int8, openvino_int8
+from targets.coreml import IS_MACOS, inspect_package
 from targets.runtimes import artifact_bytes
 
 PREPROCESSED = "model_preprocessed.onnx"
+NEEDS_MACOS_W8A8 = ("activation quantization calibrates by running the model in Core ML, which needs macOS; "
+                    "skipped (weights-only variants are above)")
 
 
 class QuantizeStage(Stage):
@@ -33,7 +36,7 @@ class QuantizeStage(Stage):
         calibration, _ = data.train.head(n_calib)
         val_images, val_labels = data.val.head(cfg.validation_images)
         onnx_src = ctx.inputs["export"] / exported["onnx"]["file"]
-        artifacts = {}
+        artifacts, notes = {}, []
 
         if cfg.onnx_static or cfg.onnx_dynamic:
             start = time.perf_counter()
@@ -68,9 +71,28 @@ class QuantizeStage(Stage):
                 "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)",
                 "op_types": openvino_int8.quantized_op_types(file), "fallback": control,
                 "seconds": round(time.perf_counter() - start, 2)}
+        coreml = cfg.coreml
+        if coreml.enabled:
+            package = ctx.inputs["export"] / exported["coreml"]["file"]
+            target = exported["coreml"]["package"]["target"]
+            for variant in coreml.variants:
+                start = time.perf_counter()
+                file = ctx.out / f"model_{variant.name}.mlpackage"
+                coreml_compress.compress(package, file, variant)
+                checks = inspect_package(file, target)
+                precision = f"int8 weights ({variant.granularity})" if variant.kind == "linear" \
+                    else f"{variant.nbits}-bit palette"
+                artifacts[f"coreml_{variant.name}"] = {
+                    "file": file.name, "runtime": "coreml", "precision": precision,
+                    "variant": variant.model_dump(), "package": checks,
+                    "op_types": checks["compressed_weights"], "seconds": round(time.perf_counter() - start, 2)}
+            if coreml.w8a8:
+                notes.append(f"Core ML W8A8 was asked for but {NEEDS_MACOS_W8A8}" if not IS_MACOS else
+                             "Core ML W8A8 is not implemented yet on macOS either")
+                ctx.progress.log(f"[yellow]  {notes[-1]}[/]")
         for key, artifact in artifacts.items():
             artifact["bytes"] = artifact_bytes(ctx.out / artifact["file"])
             ctx.progress.log(f"  {key}: {artifact['bytes'] / 1e6:.2f} MB in {artifact['seconds']:.1f} s; "
                              f"INT8 op types {artifact['op_types']}")
-        write_json(ctx.out / "quantize.json", {"artifacts": artifacts})
-        return {"artifacts": artifacts}
+        write_json(ctx.out / "quantize.json", {"artifacts": artifacts, "notes": notes})
+        return {"artifacts": artifacts, "notes": notes}
