@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from pipeline.cli import main
 from pipeline.config import load_config
 
 TINY = [
@@ -38,3 +41,19 @@ def cli_args(tmp_path: Path, command: str, *extra: str, dataset: str = "fashion-
 def read_report(tmp_path: Path, name: str = "default") -> dict:
     return json.loads((tmp_path / "runs" / name / "report.json").read_text())
 
+
+
+TRAINED = ("teacher.epochs=3", "teacher.lr=3e-3", "distill.epochs=4", "distill.lr=3e-3", "data.subset=3000",
+           "student.overrides.embed_dim=48", "teacher.overrides.embed_dim=64")
+
+
+def artifact_folder(tmp_path: Path, stage: str) -> Path:
+    return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One full pipeline run (every stage) of a small trained student, shared by the runtime tests."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
+    return tmp_path

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_args, read_report, tiny_config
+from conftest import TRAINED, artifact_folder as _folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.graph import Pipeline
@@ -16,22 +16,6 @@ from stages.export import export_onnx
 from stages.models import load_model
 from stages.quantize.onnx_int8 import static_with_fallback
 from targets.runtimes import require
-
-TRAINED = ("teacher.epochs=3", "teacher.lr=3e-3", "distill.epochs=4", "distill.lr=3e-3", "data.subset=3000",
-           "student.overrides.embed_dim=48", "teacher.overrides.embed_dim=64")
-
-
-def _folder(tmp_path, stage):
-    return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One full tiny pipeline run (every stage) shared by the tests below."""
-    tmp_path = tmp_path_factory.mktemp("trained")
-    assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
-    return tmp_path
-
 
 def test_exports_match_torch_on_real_images(trained_run):
     artifacts = json.loads((_folder(trained_run, "export") / "export.json").read_text())["artifacts"]
@@ -43,7 +27,8 @@ def test_exports_match_torch_on_real_images(trained_run):
 
 def test_every_artifact_is_evaluated_in_its_runtime_within_bounds(trained_run):
     rows = {r["artifact"]: r for r in read_report(trained_run)["evaluation"]["artifacts"]}
-    assert set(rows) == {"torch_fp32", "onnx", "openvino", "onnx_int8_static", "onnx_int8_dynamic", "openvino_int8"}
+    assert set(rows) == {"torch_fp32", "onnx", "openvino", "onnx_int8_static", "onnx_int8_dynamic", "openvino_int8",
+                         "coreml", "coreml_int8", "coreml_palettize6", "coreml_palettize4"}
     fp32 = rows["torch_fp32"]["top1"]
     assert fp32 > 40  # the small student did learn (10 classes: chance is 10%)
     for key in ("onnx", "openvino"):
@@ -53,7 +38,7 @@ def test_every_artifact_is_evaluated_in_its_runtime_within_bounds(trained_run):
         assert rows[key]["agreement"] >= 0.85
         assert rows[key]["bytes"] < rows["onnx"]["bytes"]
         assert rows[key]["op_types"].get("MatMul", 0) > 0
-        assert len(rows[key]["worst_classes"]) == 3
+        assert len(rows[key]["worst_classes"]) == 3 and rows[key]["evaluation"] == "measured"
     assert "| `onnx_int8_static` | onnxruntime | int8 static QDQ |" in \
         (trained_run / "runs" / "default" / "report.md").read_text()
 
