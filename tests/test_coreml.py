@@ -15,7 +15,8 @@ from pipeline.errors import UserError
 from stages.batches import load_dataset
 from stages.export import export_coreml
 from stages.models import load_model
-from targets.coreml import IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, inspect_package, read_weights
+from targets.coreml import (IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, coremltools, inspect_package,
+                            read_weights)
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +97,22 @@ def test_simulated_result_comes_from_the_packages_own_weights(trained_run, packa
 
 
 def test_op_set_check_flags_ops_newer_than_the_target(trained_run, tmp_path):
-    """An iOS18 package fuses attention into scaled_dot_product_attention, which iOS17 lacks."""
+    """An iOS18 package fuses attention into scaled_dot_product_attention, which iOS17 lacks.
+    (Converted with a tensor input and fp32 precision, the other two choices.)"""
     model, record = load_model(artifact_folder(trained_run, "distill") / "model.pt")
     meta = json.loads((artifact_folder(trained_run, "data") / "meta.json").read_text())
-    cfg = load_config(None, ["export.coreml.target='iOS18'", "quantize.coreml.enabled=false"]).export.coreml
-    export_coreml(model, record, meta, cfg, tmp_path / "m18.mlpackage", key="test")
-    assert inspect_package(tmp_path / "m18.mlpackage", "iOS18")["unsupported_ops"] == []
-    assert "scaled_dot_product_attention" in inspect_package(tmp_path / "m18.mlpackage", "iOS17")["unsupported_ops"]
+    cfg = load_config(None, ["export.coreml.target='iOS18'", "export.coreml.input='tensor'",
+                             "export.coreml.precision='fp32'", "quantize.coreml.enabled=false"]).export.coreml
+    package = tmp_path / "m18.mlpackage"
+    export_coreml(model, record, meta, cfg, package, key="test")
+    assert inspect_package(package, "iOS18")["unsupported_ops"] == []
+    assert "scaled_dot_product_attention" in inspect_package(package, "iOS17")["unsupported_ops"]
+    spec = coremltools().models.MLModel(str(package), skip_model_load=True).get_spec()
+    assert spec.description.input[0].type.WhichOneof("Type") == "multiArrayType"
+    images, _ = load_dataset(artifact_folder(trained_run, "data")).val.head(32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images)).numpy()
+    assert np.abs(CoreMLSimulatedRunner(package)(images) - reference).max() < 1e-3  # fp32: near exact
 
 
 def test_coreml_config_errors():
@@ -128,4 +138,3 @@ def test_core_ml_prediction_matches_the_simulation_on_macos(trained_run, package
     measured = CoreMLRunner(packages["fp16"])(images)
     simulated = CoreMLSimulatedRunner(packages["fp16"])(images)
     assert (measured.argmax(1) == simulated.argmax(1)).mean() >= 0.95
-    assert torch.is_tensor(torch.from_numpy(measured))
