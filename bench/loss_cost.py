@@ -15,7 +15,6 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 

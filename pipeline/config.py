@@ -37,7 +37,8 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the training split held out")
     test_fraction: float = Field(0.2, gt=0, lt=0.5,
                                  description="test share, for datasets without an official test split")
-    subset: int = Field(0, ge=0, description="use at most this many images of the training data, val included (0 = all)")
+    subset: int = Field(0, ge=0, description="use at most this many images of the training data, "
+                                             "val included (0 = all)")
     test_subset: int = Field(0, ge=0, description="use at most this many test images (0 = all)")
     mean: list[float] | None = Field(None, description="per-channel mean; default: from the train split")
     std: list[float] | None = Field(None, description="per-channel std; default: from the train split")

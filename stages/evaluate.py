@@ -1,8 +1,9 @@
 """Evaluate stage: every artifact run in its own runtime over the whole held-out split, batched.
 
 Teacher and student (torch): top-1/top-5, params, FLOPs, checkpoint size. Every exported and
-quantized student (Core ML on Linux: simulated from the package's own weights): top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk,
-and for INT8 artifacts the classes INT8 hurts most.
+quantized student (Core ML on Linux: simulated from the package's own weights): top-1, the change
+vs torch fp32, argmax agreement with torch fp32, size on disk, and for compressed artifacts the
+classes compression hurts most.
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class EvaluateStage(Stage):
                                          "int8": round(float(by_class[c]), 2), "delta": round(float(delta[c]), 2)}
                                         for c in worst]
             rows.append(row)
-            ctx.progress.log(f"  {key} ({runtime}, {precision}, {runner.evaluation}): top-1 {top1:.2f}% ({row['delta_top1']:+.2f}), "
+            ctx.progress.log(f"  {key} ({runtime}, {precision}, {runner.evaluation}): top-1 {top1:.2f}% "
+                             f"({row['delta_top1']:+.2f}), "
                              f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
         return rows

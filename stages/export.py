@@ -140,7 +140,8 @@ class ExportStage(Stage):
             runner = load_runner(ctx.out / artifact["file"])
             check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
             artifact["parity"] = check
-            ctx.progress.log(f"  {artifact['runtime']} ({runner.evaluation}) vs torch on {check['images']} validation images: max |diff| "
+            ctx.progress.log(f"  {artifact['runtime']} ({runner.evaluation}) vs torch on {check['images']} "
+                             f"validation images: max |diff| "
                              f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
             if check["max_abs_diff"] > bound or check["argmax_agreement"] < agreement:
                 raise UserError(f"{artifact['runtime']} export of {record['model']} fails the parity check: max "

@@ -23,7 +23,8 @@ from targets.coreml import (IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, corem
 def packages(trained_run):
     export, quantize = artifact_folder(trained_run, "export"), artifact_folder(trained_run, "quantize")
     return {"fp16": export / "model.mlpackage", "int8": quantize / "model_int8.mlpackage",
-            "palettize6": quantize / "model_palettize6.mlpackage", "palettize4": quantize / "model_palettize4.mlpackage"}
+            "palettize6": quantize / "model_palettize6.mlpackage",
+            "palettize4": quantize / "model_palettize4.mlpackage"}
 
 
 def test_package_spec_metadata_and_op_set(trained_run, packages):
