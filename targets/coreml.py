@@ -120,7 +120,7 @@ def inspect_package(path: Path, target: str) -> dict:
     return {"specification_version": spec.specificationVersion, "target": target,
             "op_counts": dict(sorted(counts.items())), "unsupported_ops": sorted(unsupported),
             "compressed_weights": dict(storage), "bytes": artifact_bytes(path),
-            "metadata": package_metadata(path)}
+            "metadata": dict(spec.description.metadata.userDefined)}
 
 
 def _storage(op) -> str:
@@ -185,9 +185,9 @@ def load_package_weights(model: Deployable, weights: dict[str, np.ndarray]) -> N
             missing.append(name)
             continue
         state[name] = torch.from_numpy(np.asarray(match[0], dtype=np.float32).reshape(tensor.shape))
-    model.load_state_dict(state)
     if missing:
         raise ValueError(f"the package has no weights for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    model.load_state_dict(state)
 
 
 class CoreMLRunner:

@@ -65,6 +65,10 @@ class OnnxRuntimeRunner:
         return self.session.run(None, {self.input: x})[0]
 
 
+# OpenVINO's CPU plugin runs float layers in bf16 on CPUs that support it unless told otherwise.
+OPENVINO_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
 class OpenVinoRunner:
     """OpenVINO's CPU plugin, pinned to f32 arithmetic: on CPUs with bf16 support it would otherwise
     run float layers in bf16 (seen here: logits off by 1.6e-2), and an fp32 row must mean fp32."""
@@ -74,7 +78,7 @@ class OpenVinoRunner:
 
     def __init__(self, path: Path, threads: int = 0):
         ov = require("openvino", "openvino")
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        config = dict(OPENVINO_F32)
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)

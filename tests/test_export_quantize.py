@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TRAINED, artifact_folder as _folder, cli_args, read_report, tiny_config
+from conftest import TRAINED, artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.graph import Pipeline
@@ -17,7 +17,7 @@ from stages.quantize.onnx_int8 import static_with_fallback
 from targets.runtimes import require
 
 def test_exports_match_torch_on_real_images(trained_run):
-    artifacts = json.loads((_folder(trained_run, "export") / "export.json").read_text())["artifacts"]
+    artifacts = json.loads((artifact_folder(trained_run, "export") / "export.json").read_text())["artifacts"]
     for key in ("onnx", "openvino"):
         check = artifacts[key]["parity"]
         assert check["images"] == 300  # the whole (subset) validation split
@@ -60,14 +60,14 @@ def test_a_downstream_change_reuses_the_export(trained_run):
 def test_fallback_keeps_a_sabotaged_layer_in_float(trained_run, tmp_path):
     """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged,
     but the per-tensor INT8 ranges of that attention are ruined. The loop must find and exclude it."""
-    model, _ = load_model(_folder(trained_run, "distill") / "model.pt")
+    model, _ = load_model(artifact_folder(trained_run, "distill") / "model.pt")
     attn = model.blocks[0].attn
     dim = attn.proj.in_features
     with torch.no_grad():
         attn.qkv.weight[2 * dim] *= 1000
         attn.qkv.bias[2 * dim] *= 1000
         attn.proj.weight[:, 0] /= 1000
-    data = load_dataset(_folder(trained_run, "data"))
+    data = load_dataset(artifact_folder(trained_run, "data"))
     export_onnx(model, "sabotaged", tuple(data.val.images.shape[1:]), tmp_path / "s.onnx", 20)
     calibration, _ = data.train.head(200)
     images, labels = data.val.head(200)

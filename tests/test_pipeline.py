@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli_args, read_report, tiny_config
+from conftest import artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.graph import STAGES, Pipeline
 
@@ -52,7 +52,7 @@ def test_config_change_invalidates_only_downstream_and_says_why(tmp_path):
 
 def test_damaged_artifact_is_never_reused(tmp_path):
     assert main(cli_args(tmp_path, "run") + ["--until", "teacher"]) == 0
-    teacher_dir = next(p for p in (tmp_path / "runs" / ".cache").glob("teacher-*") if p.suffix != ".partial")
+    teacher_dir = artifact_folder(tmp_path, "teacher")
     model = teacher_dir / "model.pt"
     model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
     states = _states(tmp_path)

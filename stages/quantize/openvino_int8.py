@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.config import QuantizeConfig
-from targets.runtimes import require
+from targets.runtimes import OPENVINO_F32, require
 
 
 def _accuracy(compiled, items) -> float:
@@ -26,7 +26,7 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarr
     nncf = require("nncf", "openvino")
     logging.getLogger("nncf").setLevel(logging.ERROR)
     core = ov.Core()
-    core.set_property("CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # as targets.runtimes.OpenVinoRunner
+    core.set_property("CPU", OPENVINO_F32)
     model = core.read_model(str(src))
     calib = nncf.Dataset([image[None] for image in calibration])
     items = [(image[None], int(label)) for image, label in zip(val_images, val_labels)]
