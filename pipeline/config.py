@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -211,6 +212,59 @@ class EvaluateConfig(Section):
     threads: int = Field(0, ge=0, description="runtime threads; 0 = the runtime's default")
 
 
+class TargetProfile(Section):
+    """A device to benchmark on: what runs there, how to reach it, and its budgets."""
+
+    description: str = Field("", description="what the device is")
+    device: Literal["phone", "watch", "board", "laptop", "desktop"] = Field("board", description="device class")
+    runtime: Literal["onnxruntime", "openvino", "coreml"] = Field(description="the runtime the app ships")
+    precision: Literal["int8", "fp16", "fp32"] = Field("int8", description="preferred precision: the report "
+                                                                          "recommends it when it meets the budgets")
+    threads: int = Field(1, ge=1, le=256, description="runtime threads (batch-1 latency)")
+    input_size: int | None = Field(None, ge=4, le=4096, description="H = W of the input; default: the model's")
+    memory_budget_mb: float = Field(64.0, gt=0, description="memory the model may add to the app (RSS)")
+    latency_budget_ms: float = Field(10.0, gt=0, description="batch-1 p90 latency budget")
+    connection: Literal["local", "ssh", "adb"] = Field("local", description="local = this host stands in for "
+                                                       "the device (proxy); ssh / adb = measured on the device")
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$", description="ssh host name or address")
+    user: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$", description="ssh user")
+    port: int = Field(22, ge=1, le=65535, description="ssh port")
+    identity_file: str | None = Field(None, description="ssh private key")
+    known_hosts_file: str | None = Field(None, description="ssh known_hosts (default: ~/.ssh/known_hosts)")
+    strict_host_key_checking: bool = Field(True, description="refuse unknown ssh host keys; false only for "
+                                                             "throwaway lab devices")
+    serial: str | None = Field(None, pattern=r"^[A-Za-z0-9.:_-]+$", description="adb device serial "
+                                                                              "(default: the only device)")
+    python: str = Field("python3", pattern=r"^[A-Za-z0-9/._+-]+$", description="Python on the device "
+                        "(adb: Termux's, e.g. /data/data/com.termux/files/usr/bin/python3)")
+    remote_dir: str = Field("/tmp", pattern=r"^/[A-Za-z0-9/._-]*$", description="where a per-run temp folder "
+                            "is made on the device (adb: /data/local/tmp)")
+    compute_units: Literal["CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"] = Field(
+        "ALL", description="Core ML compute units")
+    timeout_s: float = Field(300.0, gt=0, description="give up on the device after this long per model")
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetProfile:
+        if self.connection == "ssh" and not self.host:
+            raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
+        return self
+
+
+class BenchmarkConfig(Section):
+    enabled: bool = Field(True, description="benchmark every artifact on every target")
+    targets: list[str] = Field(default_factory=lambda: ["android-phone", "wearos-watch", "iphone", "apple-watch",
+                                                        "x86-laptop"],
+                               description="target profiles: built-in names (`manifold-edge targets`) or "
+                                           "[targets.NAME] tables")
+    runs: int = Field(200, ge=3, le=1_000_000, description="timed batch-1 runs per artifact and target")
+    max_seconds: float = Field(5.0, gt=0, description="stop timing earlier after this many seconds")
+    warmup: int = Field(10, ge=0, description="untimed runs first")
+    throughput_batch: int = Field(8, ge=1, le=4096, description="batch size for the throughput figure")
+    profile_layers: bool = Field(True, description="per-layer profile (ONNX Runtime, OpenVINO)")
+    proxy_when_unreachable: bool = Field(True, description="when an ssh/adb device cannot be reached, measure "
+                                                           "on this host with the profile's threads (proxy)")
+
+
 class ReportConfig(Section):
     title: str = Field("manifold-edge run", description="heading of report.md")
 
@@ -225,6 +279,9 @@ class PipelineConfig(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    targets: dict[str, TargetProfile] = Field(default_factory=dict, description="your own target profiles "
+                                              "([targets.NAME]); a built-in name here replaces the built-in")
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -232,6 +289,16 @@ class PipelineConfig(Section):
             raise ValueError("quantize.openvino needs export.openvino = true (it quantizes the IR)")
         if self.quantize.coreml.enabled and not self.export.coreml.enabled:
             raise ValueError("quantize.coreml.enabled needs export.coreml.enabled = true (it compresses the package)")
+        bad = [n for n in self.targets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
+        if bad:
+            raise ValueError(f"[targets.{bad[0]}]: a target name may use letters, digits, '.', '_' and '-' only")
+        if self.benchmark.enabled:
+            from targets.profiles import resolve
+
+            try:
+                resolve(self.benchmark.targets, self.targets)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
         names = [v.name for v in self.quantize.coreml.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"quantize.coreml.variants: names must be unique, got {names}")
@@ -295,7 +362,8 @@ def _describe(err: dict) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown key '{loc}'{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "value_error":
-        return err["msg"].removeprefix("Value error, ")
+        msg = err["msg"].removeprefix("Value error, ")
+        return f"{loc}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
     msg = err["msg"][0].lower() + err["msg"][1:]
     return f"{loc}: got {err['input']!r}, but {msg}"
 
