@@ -1,4 +1,4 @@
-"""`manifold-edge` (also `python -m pipeline`): run, status, schema.
+"""`manifold-edge` (also `python -m pipeline`): run, status, targets, bench, schema.
 
 Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1 an internal error,
 130 interrupted (rerun the same command to resume).
@@ -28,6 +28,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set distill.epochs=3 (repeatable)")
     run.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    targets = sub.add_parser("targets", help="list the target profiles (built-in and [targets.NAME])")
+    bench = sub.add_parser("bench", help="profile model files (.onnx, OpenVINO .xml, .mlpackage) on targets")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help="model file(s); give an fp32 and an INT8 "
+                                                                  "file together for the INT8 diagnosis")
+    bench.add_argument("--target", dest="targets", action="append", required=True, metavar="NAME",
+                       help="a target profile (repeatable); see `manifold-edge targets`")
+    bench.add_argument("--json", metavar="PATH", help="also write every number as JSON")
+    for p in (targets, bench):
+        p.add_argument("--config", default=None, help="pipeline.toml with [targets.NAME] / [benchmark] "
+                                                      "(default: ./pipeline.toml when present)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set benchmark.runs=50")
     sub.add_parser("schema", help="print the JSON Schema of pipeline.toml")
     return parser
 
@@ -38,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
             return 0
+        if args.command in ("targets", "bench"):
+            return _targets_or_bench(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "status":
             return _status(cfg)
@@ -52,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print("internal error: please report it with the traceback above", file=sys.stderr)
         return 1
+
+
+def _targets_or_bench(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from pipeline.bench import bench, list_targets
+
+    config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    cfg = load_config(config, args.overrides)
+    if args.command == "targets":
+        list_targets(cfg, Console())
+    else:
+        bench(cfg, args.models, args.targets, Console(), args.json)
+    return 0
 
 
 def _status(cfg) -> int:

@@ -310,6 +310,11 @@ class PipelineConfig(Section):
         return self
 
     def section(self, name: str) -> dict:
+        if name == "targets":  # the profiles a run benchmarks on, built-ins included: editing one reruns
+            from targets.profiles import resolve
+
+            names = self.benchmark.targets if self.benchmark.enabled else []
+            return {n: p.model_dump(mode="json") for n, p in resolve(names, self.targets).items()}
         return getattr(self, name).model_dump(mode="json")
 
     def digest(self) -> str:

@@ -21,6 +21,7 @@ STAGES = {
     "export": "stages.export:ExportStage",
     "quantize": "stages.quantize:QuantizeStage",
     "evaluate": "stages.evaluate:EvaluateStage",
+    "benchmark": "stages.benchmark:BenchmarkStage",
 }
 
 

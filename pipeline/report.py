@@ -55,6 +55,7 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
         "stages": {r.name: {"key": r.key, "cached": r.cached, "wall_s": round(r.wall_s, 2),
                             "artifact": str(r.path), "summary": r.summary} for r in records},
         "evaluation": by_name["evaluate"].summary if "evaluate" in by_name else None,
+        "latency": by_name["benchmark"].summary if "benchmark" in by_name else None,
         "curves": {"teacher": _curves(by_name.get("teacher")), "distill": _curves(by_name.get("distill"))},
         "config": cfg.model_dump(mode="json"),
     }
@@ -121,6 +122,8 @@ def render_markdown(title: str, report: dict) -> str:
                          f"| {r['top5']:.2f} | {r['checkpoint_bytes'] / 1e6:.2f} |")
         lines.append("")
         lines += _artifact_lines(evaluation.get("artifacts", []), report["stages"].get("quantize", {}).get("summary"))
+    if report.get("latency"):
+        lines += latency_lines(report["latency"], evaluation)
     distill = report["stages"].get("distill", {}).get("summary")
     if distill:
         cfg = report["config"]["distill"]
@@ -147,3 +150,59 @@ def render_markdown(title: str, report: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v)
     lines += ["", f"Versions: {versions}.", ""]
     return "\n".join(lines)
+
+
+LABELS = {"measured": "measured on the device", "proxy": "this host standing in for the device, with the "
+          "profile's threads: a proxy, not the device's speed", "needs-device": "not timed: the device or OS "
+          "it needs is not here", "error": "the benchmark failed"}
+
+
+def latency_lines(latency: dict, evaluation: dict | None) -> list[str]:
+    """The latency table (artifact x target), budgets, recommendations, per-layer tops and INT8 diagnoses."""
+    rows = latency["rows"]
+    if not rows:
+        return []
+    top1 = {r["artifact"]: r["top1"] for r in (evaluation or {}).get("artifacts", [])}
+    lines = ["## Latency per target (batch 1)", "",
+             "| target | artifact | precision | label | p50 ms | p90 ms | p99 ms | img/s (batch) | model RSS MB "
+             "| top-1 % | budget (p90 ms / MB) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        acc = f"{top1[r['artifact']]:.2f}" if r["artifact"] in top1 else "-"
+        if "latency_ms" not in r:
+            lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | - | - | - | - | - "
+                         f"| {acc} | {r['error']} |")
+            continue
+        lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
+        ips = f"{tp['images_per_s']:.0f} ({tp['batch']})" if tp.get("images_per_s") else "-"
+        verdict = "pass" if b["latency_ok"] and b["memory_ok"] else "**fail**"
+        lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | {lat['p50']:.3f} "
+                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {ips} | {r['model_rss_mb']:.0f} | {acc} "
+                     f"| {verdict} ({b['latency_ms']:g} / {b['memory_mb']:g}) |")
+    lines.append("")
+    labels = sorted({r["label"] for r in rows})
+    lines += [f"Labels: {'; '.join(f'*{label}* = {LABELS[label]}' for label in labels)}.", ""]
+    for note in sorted({r["note"] for r in rows if r.get("note")}):
+        lines += [f"- {note}"]
+    for name, target in latency["targets"].items():
+        pick = target.get("recommended")
+        lines.append(f"- **{name}** ({target['description'] or target['runtime']}): "
+                     + (f"ship `{pick}`." if pick else "no artifact meets both budgets."))
+    for name, runtime in latency.get("no_artifact", {}).items():
+        lines.append(f"- **{name}**: no {runtime} artifact in this run (enable its export).")
+    lines.append("")
+    profiled = [r for r in rows if "profile" in r]
+    if profiled:
+        lines += ["### Where the time goes (per-layer profile, share of the layers' time)", ""]
+        for r in profiled:
+            p = r["profile"]
+            ops = ", ".join(f"{e['op_type']}{' (int8)' if e['precision'] == 'int8' else ''} {100 * e['share']:.0f}%"
+                            for e in p["by_op_type"][:5])
+            lines.append(f"- {r['target']} / `{r['artifact']}` ({p['layers_ms']:.3f} ms in layers): {ops}")
+        lines.append("")
+    diagnosed = [r for r in rows if "diagnosis" in r]
+    if diagnosed:
+        lines += ["### Why is INT8 (not) faster?", ""]
+        lines += [f"- {r['target']} / `{r['artifact']}` vs `{r['diagnosis']['baseline']}`: {r['diagnosis']['verdict']}"
+                  for r in diagnosed]
+        lines.append("")
+    return lines

@@ -168,7 +168,7 @@ class OpenVino:
                 continue
             exec_type = info.exec_type
             precision = "int8" if ("I8" in exec_type or "U8" in exec_type) else "float"
-            if info.node_type in ("Convert", "FakeQuantize", "Reorder") and precision == "int8":
+            if info.node_type == "FakeQuantize" or (info.node_type in ("Convert", "Reorder") and precision == "int8"):
                 precision = "convert"
             nodes.append({"name": info.node_name, "op_type": info.node_type, "us": us,
                           "precision": precision, "kernel": exec_type})

@@ -14,6 +14,7 @@ TINY = [
     "teacher.epochs=1", "teacher.batch_size=64",
     "student.overrides.embed_dim=16", "student.overrides.depth=2", "student.overrides.num_heads=2",
     "distill.epochs=1", "distill.batch_size=64", "distill.k=32",
+    "benchmark.runs=20", "benchmark.max_seconds=0.5", "benchmark.warmup=2",
 ]
 
 

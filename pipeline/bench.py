@@ -1,0 +1,101 @@
+"""`manifold-edge targets` (the profiles) and `manifold-edge bench MODEL --target NAME` (any model file
+a user already has, profiled like the pipeline's benchmark stage does, outside a run)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.fileio import write_json
+from targets.benchmark import Model, add_diagnoses, measure
+from targets.profiles import BUILTIN_FILE, all_profiles, resolve
+
+RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml"}
+
+
+def list_targets(cfg: PipelineConfig, console: Console) -> None:
+    table = Table(title="target profiles (budgets: p90 latency at batch 1, memory the model adds)")
+    for column in ("name", "device", "runtime", "precision", "threads", "latency ms", "memory MB", "reached by",
+                   "from", "description"):
+        table.add_column(column)
+    for name, p in all_profiles(cfg.targets).items():
+        source = "pipeline.toml" if name in cfg.targets else f"built-in ({BUILTIN_FILE.name})"
+        reach = {"local": "this host (proxy)", "ssh": f"ssh {p.user + '@' if p.user else ''}{p.host}",
+                 "adb": f"adb {p.serial or '(only device)'}"}[p.connection]
+        if p.runtime == "coreml":
+            reach = f"Core ML on a Mac, {p.compute_units}"
+        table.add_row(name, p.device, p.runtime, p.precision, str(p.threads), f"{p.latency_budget_ms:g}",
+                      f"{p.memory_budget_mb:g}", reach, source, p.description)
+    console.print(table)
+
+
+def model_of(path: str) -> Model:
+    file = Path(path)
+    if not file.exists():
+        raise UserError(f"{path}: no such model file")
+    runtime = RUNTIMES.get(file.suffix)
+    if runtime is None:
+        raise UserError(f"{path}: not a model file this tool benchmarks; give an .onnx, an OpenVINO .xml "
+                        "(with its .bin beside it) or a Core ML .mlpackage")
+    return Model(file.name, file, runtime, "unknown")
+
+
+def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], console: Console,
+          json_path: str | None = None) -> dict:
+    models = [model_of(p) for p in paths]
+    profiles = resolve(target_names, cfg.targets)
+    rows = []
+    for name, profile in profiles.items():
+        fitting = [m for m in models if m.runtime == profile.runtime]
+        if not fitting:
+            runtimes = sorted({m.runtime for m in models})
+            others = [n for n, p in all_profiles(cfg.targets).items() if p.runtime in runtimes]
+            raise UserError(f"--target {name} runs {profile.runtime}, but the model(s) need {', '.join(runtimes)}; "
+                            f"targets that do: {', '.join(others)}")
+        for model in fitting:
+            with console.status(f"{name}: {model.key}"):
+                row = measure(model, name, profile, cfg.benchmark)
+            if row.get("error_kind") == "bad_model":
+                raise UserError(row["error"])
+            if "profile" in row:
+                row["precision"] = "int8" if row["profile"]["share_by_precision"].get("int8") else "float"
+            rows.append(row)
+    add_diagnoses(rows)
+    result = {"rows": rows}
+    print_rows(rows, console)
+    if json_path:
+        write_json(Path(json_path), result)
+        console.print(f"wrote {json_path}")
+    return result
+
+
+def print_rows(rows: list[dict], console: Console) -> None:
+    table = Table(title="batch-1 latency (proxy = this host standing in for the device)")
+    for column in ("target", "model", "label", "p50 ms", "p90 ms", "p99 ms", "mean ± std", "img/s (batch)",
+                   "load ms", "model RSS MB", "size MB", "budget"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "MB", "std", "batch)")) else "left")
+    for r in rows:
+        if "latency_ms" not in r:
+            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 8, r["error"])
+            continue
+        lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
+        ips = f"{tp['images_per_s']:.0f} ({tp['batch']})" if tp.get("images_per_s") else "-"
+        verdict = ("[green]ok[/]" if b["latency_ok"] and b["memory_ok"] else "[red]over[/]") + \
+            f" ({b['latency_ms']:g} ms, {b['memory_mb']:g} MB)"
+        table.add_row(r["target"], r["artifact"], r["label"], f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+                      f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", ips, f"{r['load_ms']:.0f}",
+                      f"{r['model_rss_mb']:.0f}", f"{r['model_bytes'] / 1e6:.2f}", verdict)
+    console.print(table)
+    for r in rows:
+        if r.get("note"):
+            console.print(f"[yellow]{r['target']}[/]: {r['note']}")
+        if "profile" in r:
+            profile = r["profile"]
+            ops = ", ".join(f"{e['op_type']} ({e['precision']}) {100 * e['share']:.0f}%"
+                            for e in profile["by_op_type"][:6])
+            console.print(f"{r['target']} / {r['artifact']} per-layer: {profile['layers_ms']:.3f} ms in layers; {ops}")
+        if "diagnosis" in r:
+            console.print(f"{r['target']} / {r['artifact']}: {r['diagnosis']['verdict']}")

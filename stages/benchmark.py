@@ -1,0 +1,67 @@
+"""Benchmark stage: every exported and quantized student on every configured target profile.
+
+Each (artifact, target) pair is measured by the benchmark agent on the device (ssh/adb: measured),
+on this host with the profile's threads (local, or an unreachable device: proxy), or marked
+needs-device (Core ML off macOS). INT8 rows get a diagnosis against their float sibling.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import BenchmarkConfig
+from pipeline.fileio import read_json, write_json
+from pipeline.stage import Stage, StageContext
+from targets.benchmark import Model, add_diagnoses, measure, recommend
+from targets.diagnosis import int8_instructions
+from targets.profiles import resolve
+
+LATENCY_FILE = "latency.json"
+
+
+def stage_models(inputs: dict[str, Path]) -> list[Model]:
+    models = []
+    for stage in ("export", "quantize"):
+        for key, a in read_json(inputs[stage] / f"{stage}.json")["artifacts"].items():
+            models.append(Model(key, inputs[stage] / a["file"], a["runtime"], a["precision"]))
+    return models
+
+
+class BenchmarkStage(Stage):
+    name = "benchmark"
+    sections = ("benchmark", "targets")
+    inputs = ("export", "quantize")
+    uses_seed = False
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg: BenchmarkConfig = ctx.config["benchmark"]
+        if not cfg.enabled:
+            return {"targets": {}, "rows": []}
+        profiles = resolve(cfg.targets, ctx.config["targets"])
+        models = stage_models(ctx.inputs)
+        pairs = [(name, p, m) for name, p in profiles.items() for m in models if m.runtime == p.runtime]
+        rows = []
+        with ctx.progress.bar("  benchmarking", len(pairs)) as bar:
+            for name, profile, model in pairs:
+                row = measure(model, name, profile, cfg)
+                rows.append(row)
+                bar.advance(info=f"{name}: {model.key}")
+                ctx.progress.log("  " + describe(row))
+        add_diagnoses(rows)
+        targets = {name: {**p.model_dump(mode="json"),
+                          "recommended": recommend([r for r in rows if r["target"] == name], p)}
+                   for name, p in profiles.items()}
+        unmatched = [n for n, p in profiles.items() if not any(m.runtime == p.runtime for m in models)]
+        result = {"targets": targets, "rows": rows, "host": int8_instructions(),
+                  "no_artifact": {n: profiles[n].runtime for n in unmatched}}
+        write_json(ctx.out / LATENCY_FILE, result)
+        return result
+
+
+def describe(row: dict) -> str:
+    head = f"{row['target']} / {row['artifact']}"
+    if "latency_ms" not in row:
+        return f"{head}: {row['label']} ({row['error']})"
+    lat = row["latency_ms"]
+    ok = "within" if row["budget"]["latency_ok"] else "[red]over[/]"
+    return (f"{head} ({row['label']}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms "
+            f"({ok} {row['budget']['latency_ms']} ms), model RSS {row['model_rss_mb']:.0f} MB")
