@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt exists; elsewhere the pipeline
-# downloads it (or set data.path).
+# downloads it (or set data.path). Also openssh-server, for the sshd the ssh device tests start on
+# 127.0.0.1 (the system ssh service that the package starts under systemd is disabled again when
+# this installed it), and adb for Android targets.
 data:
-	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ]; then :; \
+	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ] && [ -x /usr/sbin/sshd ] && command -v adb >/dev/null 2>&1; \
+	then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+		had_sshd=$$([ -x /usr/sbin/sshd ] && echo yes); \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist openssh-server adb && \
+		if [ -z "$$had_sshd" ] && [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now -q ssh; fi; \
 	else echo "apt-get not found: the pipeline will download Fashion-MNIST (or set data.path)"; fi
 
 run: setup data

@@ -1,0 +1,340 @@
+"""Devices: the agent on this host, over a real OpenSSH server on 127.0.0.1, and adb's commands."""
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.config import TargetProfile
+from targets.devices import AdbDevice, DeviceError, LocalDevice, SshDevice, make_device, model_files, \
+    parse_adb_devices
+
+SSHD = Path("/usr/sbin/sshd")
+EVIL_NAME = "m; touch INJECTED_A $(touch INJECTED_B) `touch INJECTED_C`.onnx"
+INJECTED = ("INJECTED_A", "INJECTED_B", "INJECTED_C")
+
+
+def profile(**fields) -> TargetProfile:
+    return TargetProfile.model_validate({"runtime": "onnxruntime", **fields})
+
+
+def agent_args(runtime: str = "onnxruntime", *extra: str) -> list[str]:
+    return ["--runtime", runtime, "--threads", "1", "--runs", "20", "--warmup", "2", "--throughput-batch", "1",
+            *extra]
+
+
+def write_onnx(path: Path) -> Path:
+    """Flatten -> MatMul -> Add -> Relu on a (N, 1, 4, 4) input, built directly with onnx.helper."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "b")
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "b"], ["sum"]), helper.make_node("Relu", ["sum"], ["y"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    import openvino as ov
+
+    folder = tmp_path_factory.mktemp("models")
+    onnx_path = write_onnx(folder / "tiny.onnx")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(folder / "tiny.xml"), compress_to_fp16=False)
+    (folder / "not-a-model.onnx").write_text("this is not a model\n")
+    return {"onnx": onnx_path, "openvino": folder / "tiny.xml", "junk": folder / "not-a-model.onnx"}
+
+
+def check_result(result: dict, model: Path) -> None:
+    latency = result["latency_ms"]
+    assert result["ok"] is True
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+    assert result["runs"] == 20 and result["threads"] == 1
+    assert result["model_bytes"] == sum(p.stat().st_size for p in model_files(model))
+    layers = result["profile"]
+    assert layers["by_op_type"]
+    assert 0 < layers["layers_ms"] <= 1.05 * layers["run_ms"]
+
+
+# --- this host ---------------------------------------------------------------------------------------------
+
+def test_model_files(models, tmp_path):
+    assert model_files(models["openvino"]) == [models["openvino"], models["openvino"].with_suffix(".bin")]
+    assert model_files(models["onnx"]) == [models["onnx"]]
+    external = write_onnx(tmp_path / "ext.onnx")
+    (tmp_path / "ext.onnx.data").write_bytes(b"\0")
+    assert model_files(external) == [external, tmp_path / "ext.onnx.data"]
+    package = tmp_path / "m.mlpackage"
+    package.mkdir()
+    assert model_files(package) == [package]
+    with pytest.raises(DeviceError) as error:
+        model_files(tmp_path / "missing.onnx")
+    assert error.value.kind == "bad_model"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_local_benchmark(models, runtime):
+    model = models["onnx" if runtime == "onnxruntime" else "openvino"]
+    device = make_device(profile(runtime=runtime), "laptop")
+    assert isinstance(device, LocalDevice) and device.label == "proxy" and device.connection == "local"
+    device.check()
+    check_result(device.run_agent(model, agent_args(runtime, "--profile"), timeout=120), model)
+
+
+def test_local_agent_errors(models):
+    device = make_device(profile(), "laptop")
+    with pytest.raises(DeviceError) as error:
+        device.run_agent(models["junk"], agent_args(), timeout=120)
+    assert error.value.kind == "bad_model" and "not-a-model.onnx" in str(error.value)
+    assert "laptop" in str(error.value) and "\n" not in str(error.value)
+    if sys.platform != "darwin":
+        with pytest.raises(DeviceError) as error:
+            device.run_agent(models["onnx"], agent_args("coreml"), timeout=120)
+        assert error.value.kind == "needs_macos" and "Mac" in str(error.value)
+    with pytest.raises(DeviceError) as error:
+        device.run_agent(models["onnx"].with_name("absent.onnx"), agent_args(), timeout=120)
+    assert error.value.kind == "bad_model" and "absent.onnx" in str(error.value)
+
+
+def test_local_timeout(models):
+    with pytest.raises(DeviceError) as error:
+        make_device(profile(), "laptop").run_agent(models["onnx"], [*agent_args(), "--runs", "100000000",
+                                                                    "--max-seconds", "60"], timeout=1)
+    assert error.value.kind == "timeout" and "timeout_s" in str(error.value)
+
+
+def test_local_odd_file_name(models, tmp_path):
+    evil = tmp_path / EVIL_NAME
+    shutil.copy(models["onnx"], evil)
+    result = make_device(profile(), "laptop").run_agent(evil, agent_args(), timeout=120)
+    assert result["model"] == EVIL_NAME
+    assert not any((folder / name).exists() for folder in (tmp_path, Path.cwd()) for name in INJECTED)
+
+
+# --- ssh: a real OpenSSH server on 127.0.0.1 ----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
+    for _ in range(100):
+        if server.poll() is not None:
+            pytest.fail(f"sshd exited with status {server.returncode}: {log.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"sshd did not listen on 127.0.0.1:{port}: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A throwaway sshd on a free local port, with its own host key, client key and known_hosts."""
+    if not SSHD.exists():
+        reason = f"{SSHD} not installed: apt-get install openssh-server (make data installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
+    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
+    port = free_port()
+    (folder / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder / 'host_key'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+        f"PidFile {folder / 'sshd.pid'}\nSubsystem sftp internal-sftp\n")
+    host_key = (folder / "host_key.pub").read_text().split()
+    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (folder / "empty_known_hosts").write_text("")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    log = folder / "sshd.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(folder / "sshd_config")], stdout=out, stderr=out)
+    try:
+        wait_for_port(port, server, log)
+        yield {"folder": folder, "port": port}
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture
+def remote_dir(tmp_path) -> Path:
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    return folder
+
+
+def ssh_profile(sshd, remote_dir: Path, **fields) -> TargetProfile:
+    folder = sshd["folder"]
+    return profile(**{"connection": "ssh", "host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(),
+                      "identity_file": str(folder / "client_key"), "known_hosts_file": str(folder / "known_hosts"),
+                      "python": sys.executable, "remote_dir": str(remote_dir), **fields})
+
+
+def test_ssh_benchmark(sshd, remote_dir, models):
+    device = make_device(ssh_profile(sshd, remote_dir), "board")
+    assert isinstance(device, SshDevice) and device.label == "measured" and device.connection == "ssh"
+    device.check()
+    result = device.run_agent(models["onnx"], agent_args(), timeout=120)
+    assert result["ok"] and result["model"] == "tiny.onnx" and result["runs"] == 20
+    assert list(remote_dir.iterdir()) == []
+
+
+def test_ssh_openvino_sidecar(sshd, remote_dir, models):
+    result = make_device(ssh_profile(sshd, remote_dir), "board").run_agent(
+        models["openvino"], agent_args("openvino"), timeout=120)
+    assert result["model_bytes"] == sum(p.stat().st_size for p in model_files(models["openvino"]))
+    assert list(remote_dir.iterdir()) == []
+
+
+def test_ssh_unknown_host_key(sshd, remote_dir, models):
+    unknown = ssh_profile(sshd, remote_dir, known_hosts_file=str(sshd["folder"] / "empty_known_hosts"))
+    for attempt in (lambda d: d.check(), lambda d: d.run_agent(models["onnx"], agent_args(), timeout=60)):
+        with pytest.raises(DeviceError) as error:
+            attempt(make_device(unknown, "board"))
+        assert error.value.kind == "unreachable" and "host key" in str(error.value)
+        assert "ssh-keyscan" in str(error.value) and "board" in str(error.value)
+    assert (sshd["folder"] / "empty_known_hosts").read_text() == ""
+
+
+def test_ssh_wrong_port(sshd, remote_dir):
+    with pytest.raises(DeviceError) as error:
+        make_device(ssh_profile(sshd, remote_dir, port=free_port()), "board").check()
+    assert error.value.kind == "unreachable" and "127.0.0.1" in str(error.value)
+
+
+def test_ssh_runtime_missing(sshd, remote_dir, models):
+    python = "/usr/bin/python3"
+    if not Path(python).exists() or subprocess.run([python, "-c", "import onnxruntime"],
+                                                   capture_output=True).returncode == 0:
+        pytest.skip(f"needs a {python} without onnxruntime")
+    with pytest.raises(DeviceError) as error:
+        make_device(ssh_profile(sshd, remote_dir, python=python), "board").run_agent(
+            models["onnx"], agent_args(), timeout=60)
+    assert error.value.kind == "runtime_missing" and "pip install" in str(error.value)
+    assert list(remote_dir.iterdir()) == []
+
+
+def test_ssh_no_python(sshd, remote_dir, models):
+    with pytest.raises(DeviceError) as error:
+        make_device(ssh_profile(sshd, remote_dir, python="/nonexistent/python3"), "board").run_agent(
+            models["onnx"], agent_args(), timeout=60)
+    assert error.value.kind == "runtime_missing" and "/nonexistent/python3" in str(error.value)
+    assert "[targets.board]" in str(error.value)
+    assert list(remote_dir.iterdir()) == []
+
+
+def test_ssh_bad_model_and_timeout_clean_up(sshd, remote_dir, models):
+    device = make_device(ssh_profile(sshd, remote_dir), "board")
+    with pytest.raises(DeviceError) as error:
+        device.run_agent(models["junk"], agent_args(), timeout=60)
+    assert error.value.kind == "bad_model" and "not-a-model.onnx" in str(error.value)
+    assert list(remote_dir.iterdir()) == []
+    with pytest.raises(DeviceError) as error:  # the orphaned remote agent stops itself after --max-seconds
+        device.run_agent(models["onnx"], [*agent_args(), "--runs", "100000000", "--max-seconds", "3"], timeout=1)
+    assert error.value.kind == "timeout"
+    assert list(remote_dir.iterdir()) == []
+
+
+def test_ssh_odd_file_name_is_not_executed(sshd, remote_dir, models, tmp_path):
+    evil = tmp_path / EVIL_NAME
+    shutil.copy(models["onnx"], evil)
+    result = make_device(ssh_profile(sshd, remote_dir), "board").run_agent(evil, agent_args(), timeout=120)
+    assert result["ok"] and result["model"] == EVIL_NAME
+    assert list(remote_dir.iterdir()) == []
+    places = (tmp_path, remote_dir, Path.cwd(), Path.home(), Path("/tmp"))
+    assert not any((folder / name).exists() for folder in places for name in INJECTED)
+
+
+def test_ssh_commands():
+    base = dict(connection="ssh", host="pi.local", user="pi", port=2222)
+    device = SshDevice(profile(**base), "pi")
+    command = device.shell_command(["python3", "/tmp/a b/$(x).onnx"])
+    assert command[:1] == ["ssh"] and command[-3:] == ["--", "pi@pi.local", "python3 '/tmp/a b/$(x).onnx'"]
+    assert "StrictHostKeyChecking=yes" in command and "BatchMode=yes" in command and "-i" not in command
+    assert command[command.index("-p") + 1] == "2222"
+    lax = SshDevice(profile(**base, strict_host_key_checking=False, identity_file="/k/id"), "pi")
+    command = lax.copy_command([Path("/m/a b.onnx")], "/tmp/manifold-edge.x")
+    assert "StrictHostKeyChecking=no" in command and command[command.index("-i") + 1] == "/k/id"
+    assert command[command.index("-P") + 1] == "2222" and "-r" not in command
+    assert command[-2:] == ["/m/a b.onnx", "pi@pi.local:/tmp/manifold-edge.x/"]
+    ipv6 = SshDevice(profile(connection="ssh", host="fd00::1"), "v6")
+    assert ipv6.copy_command([Path("/m.onnx")], "/tmp/d")[-1] == "[fd00::1]:/tmp/d/"
+
+
+# --- adb ----------------------------------------------------------------------------------------------------
+
+def test_adb_commands():
+    with_serial = AdbDevice(profile(connection="adb", serial="R58M123"), "phone")
+    without = AdbDevice(profile(connection="adb"), "phone")
+    assert with_serial.copy_command([Path("/m/a b.onnx"), Path("/agent.py")], "/data/local/tmp/d") == \
+        ["adb", "-s", "R58M123", "push", "/m/a b.onnx", "/agent.py", "/data/local/tmp/d/"]
+    assert without.copy_command([Path("/m.onnx")], "/d") == ["adb", "push", "/m.onnx", "/d/"]
+    argv = ["python3", f"/data/local/tmp/d/{EVIL_NAME}", "--threads", "4"]
+    command = with_serial.shell_command(argv)
+    assert command[:4] == ["adb", "-s", "R58M123", "shell"] and len(command) == 5
+    assert shlex.split(command[-1]) == argv
+    assert without.shell_command(["ls"]) == ["adb", "shell", "ls"]
+
+
+def test_adb_shell_string_is_inert(tmp_path):
+    """The string adb hands to the device's sh, run by this host's sh: printed, never executed."""
+    command = AdbDevice(profile(connection="adb"), "phone").shell_command(["printf", "%s", EVIL_NAME])
+    out = subprocess.run(["sh", "-c", command[-1]], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout == EVIL_NAME and list(tmp_path.iterdir()) == []
+
+
+def test_parse_adb_devices():
+    text = ("* daemon started successfully\nList of devices attached\nR58M123\tdevice\n"
+            "emulator-5554\tunauthorized\n\n")
+    assert parse_adb_devices(text) == {"R58M123": "device", "emulator-5554": "unauthorized"}
+    assert parse_adb_devices("List of devices attached\n\n") == {}
+
+
+@pytest.fixture
+def adb_server():
+    """Stop the adb server afterwards if this test started it."""
+    if shutil.which("adb") is None:
+        pytest.skip("adb not installed: apt-get install adb (make data installs it)")
+    with socket.socket() as s:
+        running = s.connect_ex(("127.0.0.1", 5037)) == 0
+    yield
+    if not running:
+        subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30)
+
+
+def test_adb_device(adb_server, models):
+    listed = subprocess.run(["adb", "devices"], capture_output=True, text=True, timeout=30).stdout
+    ready = [s for s, state in parse_adb_devices(listed).items() if state == "device"]
+    device = make_device(profile(connection="adb", serial=ready[0] if ready else None), "phone")
+    if not ready:
+        with pytest.raises(DeviceError) as error:
+            device.check()
+        assert error.value.kind == "unreachable" and "adb devices" in str(error.value)
+        assert "phone" in str(error.value) and "USB debugging" in str(error.value)
+        return
+    device.check()
+    result = device.run_agent(models["onnx"], agent_args(), timeout=300)
+    assert result["ok"] and result["runs"] == 20
