@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import PipelineConfig
@@ -17,19 +18,22 @@ RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml"}
 
 
 def list_targets(cfg: PipelineConfig, console: Console) -> None:
-    table = Table(title="target profiles (budgets: p90 latency at batch 1, memory the model adds)")
-    for column in ("name", "device", "runtime", "precision", "threads", "latency ms", "memory MB", "reached by",
-                   "from", "description"):
-        table.add_column(column)
-    for name, p in all_profiles(cfg.targets).items():
-        source = "pipeline.toml" if name in cfg.targets else f"built-in ({BUILTIN_FILE.name})"
+    table = Table(title="target profiles (budgets: p90 ms at batch 1; MB the model adds)")
+    for column in ("name", "device", "runtime", "prefers", "threads", "p90 ms", "MB", "reached by", "from"):
+        table.add_column(column, justify="right" if column in ("threads", "p90 ms", "MB") else "left",
+                         no_wrap=column == "name")
+    profiles = all_profiles(cfg.targets)
+    for name, p in profiles.items():
         reach = {"local": "this host (proxy)", "ssh": f"ssh {p.user + '@' if p.user else ''}{p.host}",
-                 "adb": f"adb {p.serial or '(only device)'}"}[p.connection]
+                 "adb": f"adb {p.serial or ''}".strip()}[p.connection]
         if p.runtime == "coreml":
-            reach = f"Core ML on a Mac, {p.compute_units}"
+            reach = f"a Mac, {p.compute_units}"
         table.add_row(name, p.device, p.runtime, p.precision, str(p.threads), f"{p.latency_budget_ms:g}",
-                      f"{p.memory_budget_mb:g}", reach, source, p.description)
+                      f"{p.memory_budget_mb:g}", reach, "pipeline.toml" if name in cfg.targets else "built-in")
     console.print(table)
+    for name, p in profiles.items():
+        console.print(f"[bold]{name}[/]: {escape(p.description or '(no description)')}")
+    console.print(escape(f"built-in profiles: {BUILTIN_FILE}; add yours as [targets.NAME] in pipeline.toml"))
 
 
 def model_of(path: str) -> Model:
@@ -79,7 +83,7 @@ def print_rows(rows: list[dict], console: Console) -> None:
         table.add_column(column, justify="right" if column.endswith(("ms", "MB", "std", "batch)")) else "left")
     for r in rows:
         if "latency_ms" not in r:
-            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 8, r["error"])
+            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 8, escape(r["error"]))
             continue
         lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
         ips = f"{tp['images_per_s']:.0f} ({tp['batch']})" if tp.get("images_per_s") else "-"
@@ -91,11 +95,11 @@ def print_rows(rows: list[dict], console: Console) -> None:
     console.print(table)
     for r in rows:
         if r.get("note"):
-            console.print(f"[yellow]{r['target']}[/]: {r['note']}")
+            console.print(f"[yellow]{r['target']}[/]: {escape(r['note'])}")
         if "profile" in r:
             profile = r["profile"]
             ops = ", ".join(f"{e['op_type']} ({e['precision']}) {100 * e['share']:.0f}%"
                             for e in profile["by_op_type"][:6])
             console.print(f"{r['target']} / {r['artifact']} per-layer: {profile['layers_ms']:.3f} ms in layers; {ops}")
         if "diagnosis" in r:
-            console.print(f"{r['target']} / {r['artifact']}: {r['diagnosis']['verdict']}")
+            console.print(escape(f"{r['target']} / {r['artifact']}: {r['diagnosis']['verdict']}"))

@@ -7,7 +7,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -375,8 +375,12 @@ def _describe(err: dict) -> str:
 
 def _allowed_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] = PipelineConfig
-    for part in loc:
-        annotation = model.model_fields[part].annotation
+    parts = list(loc)
+    while parts:
+        annotation = model.model_fields[parts.pop(0)].annotation
+        if get_origin(annotation) is dict and parts:  # a table of tables: [targets.NAME]
+            annotation = get_args(annotation)[1]
+            parts.pop(0)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

@@ -169,8 +169,9 @@ def latency_lines(latency: dict, evaluation: dict | None) -> list[str]:
     for r in rows:
         acc = f"{top1[r['artifact']]:.2f}" if r["artifact"] in top1 else "-"
         if "latency_ms" not in r:
+            short = "needs macOS" if r.get("error_kind") == "needs_macos" else "not timed (below)"
             lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | - | - | - | - | - "
-                         f"| {acc} | {r['error']} |")
+                         f"| {acc} | {short} |")
             continue
         lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
         ips = f"{tp['images_per_s']:.0f} ({tp['batch']})" if tp.get("images_per_s") else "-"
@@ -181,12 +182,13 @@ def latency_lines(latency: dict, evaluation: dict | None) -> list[str]:
     lines.append("")
     labels = sorted({r["label"] for r in rows})
     lines += [f"Labels: {'; '.join(f'*{label}* = {LABELS[label]}' for label in labels)}.", ""]
-    for note in sorted({r["note"] for r in rows if r.get("note")}):
+    for note in dict.fromkeys(r[k] for r in rows for k in ("note", "error") if r.get(k)):
         lines += [f"- {note}"]
     for name, target in latency["targets"].items():
         pick = target.get("recommended")
-        lines.append(f"- **{name}** ({target['description'] or target['runtime']}): "
-                     + (f"ship `{pick}`." if pick else "no artifact meets both budgets."))
+        timed = any("latency_ms" in r for r in rows if r["target"] == name)
+        verdict = f"ship `{pick}`." if pick else ("no artifact meets both budgets." if timed else "nothing timed.")
+        lines.append(f"- **{name}** ({target['description'] or target['runtime']}): {verdict}")
     for name, runtime in latency.get("no_artifact", {}).items():
         lines.append(f"- **{name}**: no {runtime} artifact in this run (enable its export).")
     lines.append("")

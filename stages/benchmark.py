@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
+
 from pipeline.config import BenchmarkConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
@@ -60,7 +62,7 @@ class BenchmarkStage(Stage):
 def describe(row: dict) -> str:
     head = f"{row['target']} / {row['artifact']}"
     if "latency_ms" not in row:
-        return f"{head}: {row['label']} ({row['error']})"
+        return escape(f"{head}: {row['label']} ({row['error']})")
     lat = row["latency_ms"]
     ok = "within" if row["budget"]["latency_ok"] else "[red]over[/]"
     return (f"{head} ({row['label']}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms "

@@ -10,7 +10,8 @@ anywhere with scp or adb push. Usage:
 
 Measured: load/compile time, warm-up, then batch-1 latency over `--runs` runs or `--max-seconds`
 (whichever ends first): p50/p90/p99/mean/std/min/max in ms; throughput at `--throughput-batch`;
-peak RSS of this process and how much of it the model added; model size on disk; with --profile,
+peak RSS of this process and how much the model added to it (session, weights, buffers;
+the runtime library is imported before the baseline); model size on disk; with --profile,
 a per-layer profile (ONNX Runtime's profiling JSON, OpenVINO's per-layer counters).
 On failure it prints {"ok": false, "kind": ..., "error": ...} and exits 3.
 """
@@ -39,7 +40,15 @@ class AgentError(Exception):
 
 
 def rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far. Linux/Android: VmHWM, because ru_maxrss keeps the
+    parent's high-water mark across fork+exec; macOS: ru_maxrss (bytes there)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -256,6 +265,8 @@ def measure(args) -> dict:
 
     if not os.path.exists(args.model):
         raise AgentError("bad_model", f"{args.model}: no such file on the device")
+    if args.runtime != "coreml":  # import the runtime first: model_rss_mb is what the model itself adds
+        _runtime(args.runtime)
     baseline = rss_mb()
     start = time.perf_counter()
     runner = load(args)

@@ -52,6 +52,10 @@ def measure(model: Model, name: str, profile: TargetProfile, settings: Benchmark
     except DeviceError as exc:
         label = "needs-device" if exc.kind == "needs_macos" else "error"
         return {**row, "label": label, "error": str(exc), "error_kind": exc.kind}
+    if device.label == "proxy" and profile.threads > (result["host"]["cores"] or 1):
+        row["note"] = ((row.get("note", "") + "; ") if "note" in row else "") + (
+            f"target '{name}' asks for {profile.threads} threads but this host has {result['host']['cores']} "
+            "cores: its proxy latency is oversubscribed (expect a long tail)")
     if "profile" in result:
         result["profile"]["layers"] = result["profile"]["layers"][:TOP_LAYERS]
     p90 = result["latency_ms"]["p90"]

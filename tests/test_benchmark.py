@@ -9,7 +9,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from targets.diagnosis import diagnose
 from targets.profiles import builtin_profiles
-from tests.conftest import artifact_folder, read_report
+from conftest import artifact_folder, read_report
 
 
 def test_builtin_profiles_cover_phones_and_watches():
