@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data test-tools run test bench clean
 
 setup: $(STAMP)
 
@@ -20,26 +20,33 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt exists; elsewhere the pipeline
-# downloads it (or set data.path). Also openssh-server, for the sshd the ssh device tests start on
-# 127.0.0.1 (the system ssh service that the package starts under systemd is disabled again when
-# this installed it), and adb for Android targets.
+# downloads it (or set data.path).
 data:
-	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ] && [ -x /usr/sbin/sshd ] && command -v adb >/dev/null 2>&1; \
-	then :; \
+	@if [ -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "apt-get not found: the pipeline will download Fashion-MNIST (or set data.path)"; fi
+
+# What the tests use beyond Python: openssh-server (the ssh device tests start their own sshd on
+# 127.0.0.1; the system service the package starts under systemd is disabled again) and adb.
+test-tools:
+	@if [ -x /usr/sbin/sshd ] && command -v adb >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		had_sshd=$$([ -x /usr/sbin/sshd ] && echo yes); \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist openssh-server adb && \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server adb && \
 		if [ -z "$$had_sshd" ] && [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now -q ssh; fi; \
-	else echo "apt-get not found: the pipeline will download Fashion-MNIST (or set data.path)"; fi
+	else echo "apt-get not found: install OpenSSH's sshd and adb, or the ssh device tests are skipped"; fi
 
 run: setup data
 	$(VENV)/bin/manifold-edge run pipeline.toml
 
-test: setup data
+test: setup data test-tools
 	$(VENV)/bin/python -m pytest -q
 
-bench: setup
+bench: setup data
 	$(VENV)/bin/python bench/loss_cost.py
+	$(VENV)/bin/python bench/quantization.py
+	$(VENV)/bin/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) runs
