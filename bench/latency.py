@@ -90,7 +90,7 @@ def main() -> None:
         speed = f"{r['diagnosis']['speedup']:.2f}x" if "diagnosis" in r else "-"
         table.add_row(str(r["threads"]), r["artifact"], r["runtime"], f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
                       f"{lat['p99']:.3f}", f"{r['floor_ms']:.4f}", f"{r['over_floor']:.0f}", speed)
-    Console().print(table)
+    Console(width=130).print(table)
     print(f"matmul peak GFLOP/s: {peaks}")
     print(f"wrote {args.out}")
 
