@@ -295,6 +295,7 @@ def measure(args) -> dict:
     }
     result["throughput"] = throughput(runner, args, rng) if args.throughput_batch > 1 else \
         {"batch": 1, "images_per_s": 1000 / result["latency_ms"]["mean"]}
+    result["process_threads"] = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
     result["peak_rss_mb"] = rss_mb()
     result["model_rss_mb"] = max(result["peak_rss_mb"] - baseline, 0.0)
     result["host"] = {"system": platform.system(), "machine": platform.machine(), "cpu": cpu_name(),

@@ -138,3 +138,18 @@ def test_benchmark_settings_are_part_of_the_cache_key(tmp_path):
                                                                              "'onnxruntime'")
     assert base["benchmark"] != more_runs["benchmark"] and base["evaluate"] == more_runs["evaluate"]
     assert base["benchmark"] != replaced["benchmark"]
+
+
+@pytest.mark.parametrize("file, runtime", [("model.onnx", "onnxruntime"), ("openvino_model.xml", "openvino")])
+def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime):
+    """The runtime's worker threads grow with the profile's thread count (counted in /proc/self/task)."""
+    model = artifact_folder(trained_run, "export") / file
+    overrides = ["benchmark.runs=5", "benchmark.profile_layers=false"]
+    for name, threads in (("one", 1), ("two", 2)):
+        overrides += [f"targets.{name}.runtime='{runtime}'", f"targets.{name}.threads={threads}"]
+    out = tmp_path / "threads.json"
+    assert main(["bench", str(model), "--target", "one", "--target", "two", "--json", str(out),
+                 *[a for o in overrides for a in ("--set", o)]]) == 0
+    one, two = json.loads(out.read_text())["rows"]
+    assert (one["threads"], two["threads"]) == (1, 2)
+    assert two["process_threads"] == one["process_threads"] + 1
