@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,16 @@ def trained_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("trained")
     assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
     return tmp_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_adb_server():
+    """Runs with adb targets ask `adb devices`, which starts adb's server: stop it after the session
+    unless it was running before."""
+    running = False
+    if shutil.which("adb"):
+        with socket.socket() as s:
+            running = s.connect_ex(("127.0.0.1", 5037)) == 0
+    yield
+    if shutil.which("adb") and not running:
+        subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30)

@@ -150,7 +150,7 @@ def wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
 def sshd(tmp_path_factory):
     """A throwaway sshd on a free local port, with its own host key, client key and known_hosts."""
     if not SSHD.exists():
-        reason = f"{SSHD} not installed: apt-get install openssh-server (make data installs it)"
+        reason = f"{SSHD} not installed: apt-get install openssh-server (make test-tools installs it)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
@@ -315,14 +315,9 @@ def test_parse_adb_devices():
 
 @pytest.fixture
 def adb_server():
-    """Stop the adb server afterwards if this test started it."""
+    """adb itself (its server is stopped after the session by conftest's stop_adb_server)."""
     if shutil.which("adb") is None:
-        pytest.skip("adb not installed: apt-get install adb (make data installs it)")
-    with socket.socket() as s:
-        running = s.connect_ex(("127.0.0.1", 5037)) == 0
-    yield
-    if not running:
-        subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30)
+        pytest.skip("adb not installed: apt-get install adb (make test-tools installs it)")
 
 
 def test_adb_device(adb_server, models):
