@@ -78,28 +78,32 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
 
 def print_rows(rows: list[dict], console: Console) -> None:
     table = Table(title="batch-1 latency (proxy = this host standing in for the device)")
-    for column in ("target", "model", "label", "p50 ms", "p90 ms", "p99 ms", "mean ± std", "img/s (batch)",
-                   "load ms", "model RSS MB", "size MB", "budget"):
-        table.add_column(column, justify="right" if column.endswith(("ms", "MB", "std", "batch)")) else "left")
+    for column in ("target", "model", "label", "p50 ms", "p90 ms", "p99 ms", "img/s", "RSS MB", "budget"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "MB", "/s")) else "left")
     for r in rows:
         if "latency_ms" not in r:
-            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 8, escape(r["error"]))
+            short = "needs macOS" if r.get("error_kind") == "needs_macos" else "error (below)"
+            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 5, short)
             continue
         lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
-        ips = f"{tp['images_per_s']:.0f} ({tp['batch']})" if tp.get("images_per_s") else "-"
-        verdict = ("[green]ok[/]" if b["latency_ok"] and b["memory_ok"] else "[red]over[/]") + \
-            f" ({b['latency_ms']:g} ms, {b['memory_mb']:g} MB)"
+        ips = f"{tp['images_per_s']:.0f}" if tp.get("images_per_s") else "-"
+        verdict = "[green]ok[/]" if b["latency_ok"] and b["memory_ok"] else "[red]over[/]"
         table.add_row(r["target"], r["artifact"], r["label"], f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-                      f"{lat['p99']:.3f}", f"{lat['mean']:.3f} ± {lat['std']:.3f}", ips, f"{r['load_ms']:.0f}",
-                      f"{r['model_rss_mb']:.0f}", f"{r['model_bytes'] / 1e6:.2f}", verdict)
+                      f"{lat['p99']:.3f}", ips, f"{r['model_rss_mb']:.0f}", verdict)
     console.print(table)
     for r in rows:
-        if r.get("note"):
-            console.print(f"[yellow]{r['target']}[/]: {escape(r['note'])}")
+        head = f"{r['target']} / {r['artifact']}"
+        for key in ("error", "note"):
+            if r.get(key):
+                console.print(escape(f"{head}: {r[key]}"))
+        if "latency_ms" in r:
+            lat, b = r["latency_ms"], r["budget"]
+            console.print(escape(f"{head}: mean {lat['mean']:.3f} ± {lat['std']:.3f} ms over {r['runs']} runs, "
+                                 f"load {r['load_ms']:.0f} ms, {r['model_bytes'] / 1e6:.2f} MB on disk, "
+                                 f"budgets {b['latency_ms']:g} ms p90 / {b['memory_mb']:g} MB"))
         if "profile" in r:
-            profile = r["profile"]
             ops = ", ".join(f"{e['op_type']} ({e['precision']}) {100 * e['share']:.0f}%"
-                            for e in profile["by_op_type"][:6])
-            console.print(f"{r['target']} / {r['artifact']} per-layer: {profile['layers_ms']:.3f} ms in layers; {ops}")
+                            for e in r["profile"]["by_op_type"][:6])
+            console.print(escape(f"{head} per-layer: {r['profile']['layers_ms']:.3f} ms in layers; {ops}"))
         if "diagnosis" in r:
-            console.print(escape(f"{r['target']} / {r['artifact']}: {r['diagnosis']['verdict']}"))
+            console.print(escape(f"{head}: {r['diagnosis']['verdict']}"))
