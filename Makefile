@@ -28,14 +28,15 @@ data:
 	else echo "apt-get not found: the pipeline will download Fashion-MNIST (or set data.path)"; fi
 
 # What the tests use beyond Python: openssh-server (the ssh device tests start their own sshd on
-# 127.0.0.1; the system service the package starts under systemd is disabled again) and adb.
+# 127.0.0.1; the system service the package starts under systemd is disabled again), adb, and
+# chromium (report.html is rendered headless and screenshotted).
 test-tools:
-	@if [ -x /usr/sbin/sshd ] && command -v adb >/dev/null 2>&1; then :; \
+	@if [ -x /usr/sbin/sshd ] && command -v adb >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
 		had_sshd=$$([ -x /usr/sbin/sshd ] && echo yes); \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server adb && \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssh-server adb chromium && \
 		if [ -z "$$had_sshd" ] && [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now -q ssh; fi; \
-	else echo "apt-get not found: install OpenSSH's sshd and adb, or the ssh device tests are skipped"; fi
+	else echo "apt-get not found: install OpenSSH's sshd, adb and chromium, or their tests are skipped"; fi
 
 run: setup data
 	$(VENV)/bin/manifold-edge run pipeline.toml

@@ -1,4 +1,4 @@
-"""`manifold-edge` (also `python -m pipeline`): run, status, targets, bench, schema.
+"""`manifold-edge` (also `python -m pipeline`): run, status, report, compare, targets, bench, schema.
 
 Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1 an internal error,
 130 interrupted (rerun the same command to resume).
@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set distill.epochs=3 (repeatable)")
     run.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    report = sub.add_parser("report", help="rebuild a run's report.json/.md/.html and plots from its artifacts")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/default")
+    compare = sub.add_parser("compare", help="two runs side by side (config changes, accuracy, latency)")
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.add_argument("--out", metavar="FILE", help="also write the comparison (.md, or .html)")
     targets = sub.add_parser("targets", help="list the target profiles (built-in and [targets.NAME])")
     bench = sub.add_parser("bench", help="profile model files (.onnx, OpenVINO .xml, .mlpackage) on targets")
     bench.add_argument("models", nargs="+", metavar="MODEL", help="model file(s); give an fp32 and an INT8 "
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
             return 0
+        if args.command == "report":
+            return _report(args.run_dir)
+        if args.command == "compare":
+            return _compare(args.run_a, args.run_b, args.out)
         if args.command in ("targets", "bench"):
             return _targets_or_bench(args)
         cfg = load_config(args.config, args.overrides)
@@ -66,6 +76,35 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print("internal error: please report it with the traceback above", file=sys.stderr)
         return 1
+
+
+def _report(run_dir: str) -> int:
+    from pathlib import Path
+
+    from pipeline.report import rebuild_report
+
+    rebuild_report(Path(run_dir))
+    print(f"rebuilt {Path(run_dir) / 'report.html'}, report.md, report.json and plots/ from the artifacts")
+    return 0
+
+
+def _compare(run_a: str, run_b: str, out: str | None) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from pipeline.compare import compare_markdown
+    from pipeline.fileio import write_text
+    from pipeline.html import render_html
+
+    text = compare_markdown(run_a, run_b)
+    Console().print(Markdown(text))
+    if out:
+        path = Path(out)
+        write_text(path, render_html(f"{run_a} vs {run_b}", text, path.parent) if path.suffix == ".html" else text)
+        print(f"wrote {path}")
+    return 0
 
 
 def _targets_or_bench(args) -> int:
@@ -115,6 +154,6 @@ def _run(cfg, force: str | None, until: str | None) -> int:
     with Progress() as progress:
         records = pipeline.run(progress, force=force, until=until)
         report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device)
-        progress.log(f"report: {pipeline.run_dir / 'report.md'} and report.json "
+        progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "
                      f"({report['run']['wall_s']:.0f} s)")
     return 0

@@ -145,7 +145,7 @@ class Pipeline:
 
 def _explain_change(before: dict, stage: PlannedStage) -> str:
     changes = [f"{k}: {_short(v0)} -> {_short(v1)}" for k, (v0, v1) in
-               _diff(_flatten(before.get("config", {})), _flatten(stage.config)).items()]
+               _diff(flatten(before.get("config", {})), flatten(stage.config)).items()]
     changes += [f"input '{dep}' changed" for dep, key in stage.inputs.items()
                 if before.get("inputs", {}).get(dep) != key]
     if not changes:
@@ -153,12 +153,12 @@ def _explain_change(before: dict, stage: PlannedStage) -> str:
     return "changed since the last run: " + "; ".join(changes)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, name + "."))
+            flat.update(flatten(value, name + "."))
         else:
             flat[name] = value
     return flat

@@ -10,8 +10,9 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.fileio import write_json, write_text
-from pipeline.graph import RunRecord
+from pipeline.errors import UserError
+from pipeline.fileio import read_json, write_json, write_text
+from pipeline.graph import Pipeline, RunRecord
 from targets.coreml import NEEDS_MACOS
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
@@ -44,6 +45,16 @@ def _curves(record: RunRecord | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _stage_parts(records: list[RunRecord], by_name: dict[str, RunRecord]) -> dict:
+    return {
+        "stages": {r.name: {"key": r.key, "cached": r.cached, "wall_s": round(r.wall_s, 2),
+                            "artifact": str(r.path), "summary": r.summary} for r in records},
+        "evaluation": by_name["evaluate"].summary if "evaluate" in by_name else None,
+        "latency": by_name["benchmark"].summary if "benchmark" in by_name else None,
+        "curves": {"teacher": _curves(by_name.get("teacher")), "distill": _curves(by_name.get("distill"))},
+    }
+
+
 def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, wall_s: float,
                  device: str) -> dict:
     by_name = {r.name: r for r in records}
@@ -52,16 +63,70 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
                 "git_commit": git_commit(), "versions": package_versions(), "wall_s": round(wall_s, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "stages": {r.name: {"key": r.key, "cached": r.cached, "wall_s": round(r.wall_s, 2),
-                            "artifact": str(r.path), "summary": r.summary} for r in records},
-        "evaluation": by_name["evaluate"].summary if "evaluate" in by_name else None,
-        "latency": by_name["benchmark"].summary if "benchmark" in by_name else None,
-        "curves": {"teacher": _curves(by_name.get("teacher")), "distill": _curves(by_name.get("distill"))},
+        **_stage_parts(records, by_name),
         "config": cfg.model_dump(mode="json"),
     }
-    write_json(run_dir / "report.json", report)
-    write_text(run_dir / "report.md", render_markdown(cfg.report.title, report))
+    write_report(report, run_dir)
     return report
+
+
+def write_report(report: dict, run_dir: Path) -> None:
+    """report.json, the plots (plots/*.png), report.md and the self-contained report.html."""
+    from pipeline.html import render_html
+
+    plots = make_plots(report, run_dir)
+    write_json(run_dir / "report.json", report)
+    title = report["config"]["report"]["title"]
+    markdown = render_markdown(title, report, plots)
+    write_text(run_dir / "report.md", markdown)
+    write_text(run_dir / "report.html", render_html(title, markdown, run_dir))
+
+
+def rebuild_report(run_dir: Path) -> dict:
+    """Rebuild a run's report from its artifacts (state.json + each stage's manifest), running nothing.
+    Run-level facts (wall time, peak memory, device) are kept from the previous report.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "report.json").is_file() or not (run_dir / "state.json").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no report.json / state.json); give runs/<name> of a "
+                        "finished `manifold-edge run`")
+    report = read_json(run_dir / "report.json")
+    cfg = PipelineConfig.model_validate(report["config"])
+    store = Pipeline(cfg).store
+    records = []
+    for name, entry in read_json(run_dir / "state.json").items():
+        state, reason = store.check(name, entry["key"])
+        if state != "cached":
+            raise UserError(f"{run_dir}: the {name} artifact is {state} ({reason}); rerun `manifold-edge run` "
+                            "to rebuild it")
+        manifest = store.manifest(name, entry["key"])
+        records.append(RunRecord(name, entry["key"], report["stages"].get(name, {}).get("cached", True),
+                                 manifest["wall_s"], store.path(name, entry["key"]), manifest["summary"]))
+    by_name = {r.name: r for r in records}
+    report.update(_stage_parts(records, by_name))
+    report["run"]["rebuilt"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_report(report, run_dir)
+    return report
+
+
+def make_plots(report: dict, run_dir: Path) -> dict[str, str]:
+    """Draw every plot the data allows into run_dir/plots/; name -> path relative to run_dir."""
+    from pipeline import plots
+
+    folder = run_dir / "plots"
+    made = {"curves": plots.training_curves(report["curves"], folder / "curves.png")}
+    latency, evaluation = report.get("latency") or {}, report.get("evaluation") or {}
+    top1 = {r["artifact"]: r["top1"] for r in evaluation.get("artifacts", [])}
+    floor = top1["torch_fp32"] - report["config"]["quantize"]["max_drop"] if "torch_fp32" in top1 else None
+    for name, target in (latency.get("targets") or {}).items():
+        rows = [r for r in latency["rows"] if r["target"] == name]
+        made[f"pareto:{name}"] = plots.pareto(name, rows, top1, target["latency_budget_ms"], floor,
+                                              folder / f"pareto_{name}.png")
+        made[f"layers:{name}"] = plots.layer_bars(name, rows, folder / f"layers_{name}.png")
+    made = {k: str(v.relative_to(run_dir)) for k, v in made.items() if v is not None}
+    for stale in folder.glob("*.png") if folder.is_dir() else []:
+        if str(stale.relative_to(run_dir)) not in made.values():
+            stale.unlink()
+    return made
 
 
 def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
@@ -105,7 +170,7 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
     return lines
 
 
-def render_markdown(title: str, report: dict) -> str:
+def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
     run = report["run"]
     lines = [f"# {title}", "",
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
@@ -122,8 +187,9 @@ def render_markdown(title: str, report: dict) -> str:
                          f"| {r['top5']:.2f} | {r['checkpoint_bytes'] / 1e6:.2f} |")
         lines.append("")
         lines += _artifact_lines(evaluation.get("artifacts", []), report["stages"].get("quantize", {}).get("summary"))
+    plots = plots or {}
     if report.get("latency"):
-        lines += latency_lines(report["latency"], evaluation)
+        lines += latency_lines(report["latency"], evaluation, plots)
     distill = report["stages"].get("distill", {}).get("summary")
     if distill:
         cfg = report["config"]["distill"]
@@ -143,6 +209,8 @@ def render_markdown(title: str, report: dict) -> str:
             lines.append(f"| {row['epoch']} | " + " | ".join(f"{row[t]:.4f}" for t in terms)
                          + f" | {row['val_top1']:.2f} | {row['images_per_s']:.0f} |")
         lines.append("")
+    if "curves" in plots:
+        lines += [f"![Training curves: each loss term and validation top-1 per epoch]({plots['curves']})", ""]
     lines += ["## Stages", "", "| stage | result | wall s | artifact |", "|---|---|---:|---|"]
     for name, stage in report["stages"].items():
         lines.append(f"| {name} | {'reused (cached)' if stage['cached'] else 'ran'} | {stage['wall_s']:.1f} "
@@ -157,7 +225,7 @@ LABELS = {"measured": "measured on the device", "proxy": "this host standing in 
           "it needs is not here", "error": "the benchmark failed"}
 
 
-def latency_lines(latency: dict, evaluation: dict | None) -> list[str]:
+def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str]) -> list[str]:
     """The latency table (artifact x target), budgets, recommendations, per-layer tops and INT8 diagnoses."""
     rows = latency["rows"]
     if not rows:
@@ -192,6 +260,11 @@ def latency_lines(latency: dict, evaluation: dict | None) -> list[str]:
     for name, runtime in latency.get("no_artifact", {}).items():
         lines.append(f"- **{name}**: no {runtime} artifact in this run (enable its export).")
     lines.append("")
+    pareto = [(name, plots[f"pareto:{name}"]) for name in latency["targets"] if f"pareto:{name}" in plots]
+    if pareto:
+        lines += ["### Accuracy vs latency per target", ""]
+        lines += [f"![{name}: test top-1 vs p90 latency, Pareto front and budgets]({path})" for name, path in pareto]
+        lines.append("")
     profiled = [r for r in rows if "profile" in r]
     if profiled:
         lines += ["### Where the time goes (per-layer profile, share of the layers' time)", ""]
@@ -200,6 +273,9 @@ def latency_lines(latency: dict, evaluation: dict | None) -> list[str]:
             ops = ", ".join(f"{e['op_type']}{' (int8)' if e['precision'] == 'int8' else ''} {100 * e['share']:.0f}%"
                             for e in p["by_op_type"][:5])
             lines.append(f"- {r['target']} / `{r['artifact']}` ({p['layers_ms']:.3f} ms in layers): {ops}")
+        lines.append("")
+        bars = [(name, plots[f"layers:{name}"]) for name in latency["targets"] if f"layers:{name}" in plots]
+        lines += [f"![{name}: time per op type, int8 / float / conversion]({path})" for name, path in bars]
         lines.append("")
     diagnosed = [r for r in rows if "diagnosis" in r]
     if diagnosed:

@@ -1,0 +1,120 @@
+"""report.html as a person sees it (headless Chromium), `report` rebuilding from artifacts, `compare`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import cli_args, read_report
+from pipeline.cli import main
+from pipeline.html import render_html
+from pipeline.plots import pareto_front
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make test-tools` installs it (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return path
+
+
+def render(page: Path, tmp_path: Path) -> tuple[str, str, Path]:
+    """The DOM after load, Chromium's console log, and a full-page screenshot."""
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120)
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    return dom.stdout, dom.stderr, shot
+
+
+def health(dom: str) -> dict:
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body))
+
+
+def console_errors(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "CONSOLE" in line and re.search(r"error|uncaught", line, re.I)]
+
+
+def test_report_html_renders_in_chromium(trained_run, tmp_path):
+    run_dir = trained_run / "runs" / "default"
+    page = run_dir / "report.html"
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and 'src="plots/' not in text  # self-contained
+    dom, log, shot = render(page, tmp_path)
+    assert health(dom) == {"ready": "1", "errors": "0", "broken-images": "0"}
+    assert not console_errors(log)
+    for heading in ("Accuracy on the held-out", "Student artifacts", "Latency per target", "Accuracy vs latency",
+                    "Why is INT8", "Stages"):
+        assert heading in dom
+    report = read_report(trained_run)
+    timed_targets = {r["target"] for r in report["latency"]["rows"] if "latency_ms" in r}
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', dom)
+    assert len(images) >= 1 + 2 * len(timed_targets)  # curves + a Pareto plot and layer bars per timed target
+    tables = re.findall(r"<table>.*?</table>", dom, re.S)
+    assert len(tables) >= 4 and all(t.count("<tr>") >= 2 for t in tables)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280) and pixels.std() > 20  # text, tables and plots, not a blank page
+
+
+def test_the_health_check_sees_a_broken_page(tmp_path):
+    """The checks above can fail: a script error and a missing image are reported by the page itself."""
+    page = tmp_path / "broken.html"
+    page.write_text(render_html("broken", "# t\n\n![missing](plots/none.png)\n", tmp_path)
+                    .replace("</main>", "</main><script>undefinedFunction();</script>"))
+    dom, log, _ = render(page, tmp_path)
+    state = health(dom)
+    assert state["ready"] == "1" and state["errors"] == "1" and state["broken-images"] == "1"
+    assert console_errors(log)
+
+
+def test_report_command_rebuilds_from_artifacts(trained_run, capsys):
+    run_dir = trained_run / "runs" / "default"
+    before = (run_dir / "report.md").read_text()
+    state = (run_dir / "state.json").read_text()
+    for path in [run_dir / "report.html", run_dir / "report.md", *run_dir.glob("plots/*.png")]:
+        path.unlink()
+    assert main(["report", str(run_dir)]) == 0
+    after = (run_dir / "report.md").read_text()
+    strip = lambda t: re.sub(r"wall time \d+ s|commit `\w+`", "", t)  # noqa: E731
+    assert strip(after) == strip(before)
+    assert (run_dir / "report.html").stat().st_size > 10_000 and list(run_dir.glob("plots/pareto_*.png"))
+    assert (run_dir / "state.json").read_text() == state and "rebuilt" in read_report(trained_run)["run"]
+
+
+def test_report_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_compare_puts_two_runs_side_by_side(trained_run, tmp_path, capsys):
+    from conftest import TRAINED
+
+    args = cli_args(trained_run, "run", *TRAINED, "quantize.calibration_images=100000", "run.name='more-runs'",
+                    "benchmark.runs=30")
+    assert main(args) == 0
+    out = tmp_path / "compare.html"
+    runs = trained_run / "runs"
+    capsys.readouterr()
+    assert main(["compare", str(runs / "default"), str(runs / "more-runs"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "benchmark.runs: 20 -> 30" in printed and "onnx_int8_static" in printed and "wearos-watch" in printed
+    assert "<table>" in out.read_text()
+    assert json.loads((runs / "more-runs" / "report.json").read_text())["stages"]["distill"]["cached"]
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(1.0, 80.0), (2.0, 85.0), (1.5, 79.0), (3.0, 84.0), (0.5, 70.0)]
+    assert pareto_front(points) == [(0.5, 70.0), (1.0, 80.0), (2.0, 85.0)]
