@@ -4,7 +4,7 @@ manifold loss, and with KD + each manifold term alone, over several seeds, from 
 patch grid and a CNN teacher (one seed). Every run goes through the pipeline's cache, so a rerun
 reuses finished variants. Writes JSON and prints a table.
 
-    .venv/bin/python bench/distill_quality.py [CONFIG] [--quick] [--out bench/results/distill_quality.json]
+    .venv/bin/python bench/distill_quality.py [CONFIG] [--quick] [--threads 1] [--out PATH]
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from stages.training import accuracy  # noqa: E402
 # Reduced setting: the students train on a subset for fewer epochs than pipeline.toml, so that
 # 8 variants x 3 seeds + 2 extra teachers and their students fit in an hour on 2 CPU cores.
 SETTINGS = {
-    "full": {"subset": 12_000, "test_subset": 0, "epochs": 8, "seeds": [0, 1, 2]},
+    "full": {"subset": 10_000, "test_subset": 0, "epochs": 6, "seeds": [0, 1, 2]},
     "quick": {"subset": 2_000, "test_subset": 2_000, "epochs": 1, "seeds": [0]},
 }
 ALL_BLOCKS = "[0, 1, 2, 3]"
@@ -63,23 +63,25 @@ TEACHERS = {
 }
 
 
-def default_teacher(config: str, progress: Progress) -> tuple[list[str], dict]:
-    """Run (or reuse) pipeline.toml up to its teacher; overrides that pin that teacher and its input scaling."""
-    records = {r.name: r for r in Pipeline(load_config(config)).run(progress, until="teacher")}
+def default_teacher(config: str, threads: int, progress: Progress) -> tuple[list[str], list[str], dict]:
+    """Run (or reuse) pipeline.toml up to its teacher. Returns overrides pinning that teacher, overrides fixing
+    the input scaling to the one it was trained with, and its record."""
+    records = {r.name: r for r in Pipeline(load_config(config, [f"run.threads={threads}"])).run(
+        progress, until="teacher")}
     teacher, meta = records["teacher"], records["data"].summary
-    pin = [f"teacher.checkpoint='{teacher.path / 'model.pt'}'", "teacher.epochs=0",
-           f"data.mean={meta['mean']}", f"data.std={meta['std']}"]
-    return pin, {"key": teacher.key, "path": str(teacher.path), "summary": teacher.summary}
+    pin = [f"teacher.checkpoint='{teacher.path / 'model.pt'}'", "teacher.epochs=0"]
+    scaling = [f"data.mean={meta['mean']}", f"data.std={meta['std']}"]
+    return pin, scaling, {"key": teacher.key, "path": str(teacher.path), "summary": teacher.summary}
 
 
 def run_variant(config: str, overrides: list[str], progress: Progress) -> dict:
     """Train one student through the cache and measure its test top-1 (and its teacher's)."""
     records = {r.name: r for r in Pipeline(load_config(config, overrides)).run(progress, until="distill")}
-    distill = records["distill"]
-    return {"top1": test_top1(distill.path, records["data"].path), "teacher_top1": test_top1(*(
-            records[stage].path for stage in ("teacher", "data"))),
-            "wall_s": round(distill.wall_s, 1), "train_s": distill.summary["train_seconds"],
-            "cached": distill.cached, "val_top1": distill.summary["val_top1"]}
+    data, teacher, distill = records["data"], records["teacher"], records["distill"]
+    return {"top1": test_top1(distill.path, data.path), "teacher_top1": test_top1(teacher.path, data.path),
+            "val_top1": distill.summary["val_top1"], "wall_s": round(distill.wall_s, 1),
+            "train_s": distill.summary["train_seconds"], "teacher_wall_s": round(teacher.wall_s, 1),
+            "cached": distill.cached}
 
 
 @functools.cache
@@ -96,61 +98,69 @@ def summarise(runs: list[dict]) -> dict:
 
 def host() -> dict:
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def print_table(result: dict) -> None:
     s = result["setting"]
-    table = Table(title=f"student test top-1 ({s['subset']} images incl. val, {s['epochs']} epochs, "
-                        f"seeds {s['seeds']})")
-    for col in ("variant", "teacher", "seeds", "top-1 %", "std", "per seed", "s / run"):
+    table = Table(title=f"student test top-1, {s['subset']} training images (val included), {s['epochs']} epochs")
+    for col in ("variant", "teacher", "teacher %", "seeds", "top-1 %", "std", "per seed", "s / run"):
         table.add_column(col, justify="left" if col in ("variant", "teacher") else "right")
+    refused = []
     for name, v in result["variants"].items():
         if "error" in v:
-            table.add_row(name, v["teacher"], "-", "refused", "", v["error"][:60], "")
+            table.add_row(name, v["teacher"], "", "", "refused")
+            refused.append(f"{name}: {v['error']}")
             continue
         std = "-" if v["std"] is None else f"{v['std']:.2f}"
-        teacher = f"{v['teacher']} ({v['runs'][0]['teacher_top1']:.2f}%)"
-        table.add_row(name, teacher, str(len(v["runs"])), f"{v['mean']:.2f}", std,
-                      " ".join(f"{r['top1']:.2f}" for r in v["runs"]), f"{v['mean_wall_s']:.0f}")
-    Console().print(table)
+        table.add_row(name, v["teacher"], f"{v['runs'][0]['teacher_top1']:.2f}", str(len(v["runs"])),
+                      f"{v['mean']:.2f}", std, " ".join(f"{r['top1']:.2f}" for r in v["runs"]),
+                      f"{v['mean_wall_s']:.0f}")
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    for line in refused:
+        console.print(f"refused: {line}")
+
+
+def run_all(config: str, s: dict, out: Path, progress: Progress) -> dict:
+    """Every variant in turn; the JSON is rewritten after each, so an interrupted run leaves the finished ones."""
+    start = time.perf_counter()
+    pin, scaling, teacher = default_teacher(config, s["threads"], progress)
+    common = ["run.name=bench-distill", f"run.threads={s['threads']}", f"data.subset={s['subset']}",
+              f"data.test_subset={s['test_subset']}", f"distill.epochs={s['epochs']}"] + scaling
+    teachers = {"default": pin, **{k: v + [f"teacher.epochs={s['epochs']}"] for k, v in TEACHERS.items()}}
+    result = {"setting": s, "config": config, "common_overrides": common, "teachers": teachers,
+              "default_teacher": teacher, "host": host(), "variants": {}, "complete": False}
+    for name, (which, extra) in VARIANTS.items():
+        seeds = s["seeds"] if which == "default" else s["seeds"][:1]
+        entry = {"teacher": which, "overrides": extra}
+        try:
+            runs = [{"seed": seed, **run_variant(config, common + teachers[which] + extra + [f"run.seed={seed}"],
+                                                 progress)} for seed in seeds]
+            entry.update(runs=runs, **summarise(runs))
+        except UserError as exc:  # a case the distill stage refuses: recorded, not hidden
+            entry["error"] = str(exc)
+        result["variants"][name] = entry
+        progress.log(f"{name}: {entry.get('mean', entry.get('error'))}")
+        result["wall_s"] = round(time.perf_counter() - start, 1)
+        write_json(out, result)
+    result["complete"] = True
+    write_json(out, result)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="pipeline.toml")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny subset, 1 epoch, 1 seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared 2-core host)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     out = Path(args.out or f"bench/results/distill_quality{'_quick' if args.quick else ''}.json")
-    s = SETTINGS[mode]
-    start = time.perf_counter()
     with Progress() as progress:
-        pin, teacher = default_teacher(args.config, progress)
-        common = ["run.name=bench-distill", f"data.subset={s['subset']}", f"data.test_subset={s['test_subset']}",
-                  f"distill.epochs={s['epochs']}"]
-        teachers = {"default": pin, **{k: v + [f"teacher.epochs={s['epochs']}"] + pin[2:] for k, v in TEACHERS.items()}}
-        result = {"mode": mode, "config": args.config, "setting": s, "default_teacher": teacher,
-                  "teachers": teachers, "common_overrides": common, "host": host(), "variants": {},
-                  "complete": False}
-        for name, (which, extra) in VARIANTS.items():
-            seeds = s["seeds"] if which == "default" else s["seeds"][:1]
-            overrides = common + teachers[which] + extra
-            entry = {"teacher": which, "overrides": extra}
-            try:
-                runs = [{"seed": seed, **run_variant(args.config, overrides + [f"run.seed={seed}"], progress)}
-                        for seed in seeds]
-                entry.update(runs=runs, **summarise(runs))
-            except UserError as exc:  # a case the distill stage refuses (stated in the result)
-                entry["error"] = str(exc)
-            result["variants"][name] = entry
-            progress.log(f"{name}: {entry.get('mean', entry.get('error'))}")
-            result["wall_s"] = round(time.perf_counter() - start, 1)
-            write_json(out, result)
-    result["complete"] = True
-    write_json(out, result)
+        result = run_all(args.config, {"mode": mode, **SETTINGS[mode], "threads": args.threads}, out, progress)
     print_table(result)
     print(f"total {result['wall_s']:.0f} s; wrote {out}")
 
