@@ -6,8 +6,11 @@ Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -50,8 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: partial work stays resumable
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
@@ -72,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last completed epoch", file=sys.stderr)
         return 130
-    except Exception:  # an internal error: show where, so it can be reported
+    except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: disk full ({getattr(exc, 'filename', None) or exc}): free space and rerun the same "
+                  "command to resume; completed stages are kept", file=sys.stderr)
+            return 2
         traceback.print_exc()
         print("internal error: please report it with the traceback above", file=sys.stderr)
         return 1
@@ -81,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 def _report(run_dir: str) -> int:
     from pathlib import Path
 
+    from pipeline.lock import run_lock
     from pipeline.report import rebuild_report
 
-    rebuild_report(Path(run_dir))
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{run_dir}: no such run folder; give runs/<name> of a finished run")
+    with run_lock(Path(run_dir)):
+        rebuild_report(Path(run_dir))
     print(f"rebuilt {Path(run_dir) / 'report.html'}, report.md, report.json and plots/ from the artifacts")
     return 0
 
@@ -143,6 +160,7 @@ def _status(cfg) -> int:
 def _run(cfg, force: str | None, until: str | None) -> int:
     from pipeline.fileio import write_json
     from pipeline.graph import Pipeline, check_stage_name
+    from pipeline.lock import run_lock
     from pipeline.progress import Progress
     from pipeline.report import build_report
 
@@ -150,8 +168,8 @@ def _run(cfg, force: str | None, until: str | None) -> int:
     check_stage_name(until, "--until")
     start = time.perf_counter()
     pipeline = Pipeline(cfg)
-    write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
-    with Progress() as progress:
+    with run_lock(pipeline.run_dir), Progress() as progress:
+        write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
         records = pipeline.run(progress, force=force, until=until)
         report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device)
         progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "

@@ -68,6 +68,8 @@ class TrainConfig(Section):
     warmup_epochs: float = Field(0.5, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm; unset = no clipping")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many consecutive steps with a NaN/inf "
+                                                          "loss (each such step is skipped)")
 
 
 class ModelConfig(Section):
@@ -204,6 +206,8 @@ class QuantizeConfig(Section):
                                                            "validation images before layers fall back to float")
     validation_images: int = Field(1000, ge=1, description="validation images for max_drop and sensitivity")
     max_fallback_layers: int = Field(8, ge=0, description="at most this many layers kept in float")
+    on_over_budget: Literal["warn", "stop"] = Field("warn", description="an INT8 model still over max_drop after "
+                                                    "the fallback: flag it in the report, or stop the run")
     coreml: CoreMLQuantizeConfig = Field(default_factory=CoreMLQuantizeConfig)
 
 
@@ -369,6 +373,8 @@ def _describe(err: dict) -> str:
     if err["type"] == "value_error":
         msg = err["msg"].removeprefix("Value error, ")
         return f"{loc}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
+    if err["type"] == "missing":
+        return f"{loc} is required and missing"
     msg = err["msg"][0].lower() + err["msg"][1:]
     return f"{loc}: got {err['input']!r}, but {msg}"
 

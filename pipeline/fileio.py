@@ -1,11 +1,15 @@
 """Atomic writes: a file is either the old version or the complete new one, never half written."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from pipeline.errors import UserError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -18,7 +22,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except Exception as exc:  # torch.save and numpy wrap ENOSPC in their own errors
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or disk_full(path.parent):
+                raise UserError(f"disk full while writing {path}: free space in {path.parent} and rerun (the "
+                                f"previous {path.name}, if any, is intact)") from None
+            raise
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual permissions
@@ -26,6 +36,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
 
 
 def write_text(path: Path, text: str) -> None:

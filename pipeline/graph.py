@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
+from pipeline.lock import wait_lock
 from pipeline.progress import Progress
 from pipeline.stage import Stage, StageContext
 from pipeline.store import ArtifactStore, cache_key
@@ -108,23 +109,29 @@ class Pipeline:
         records: dict[str, RunRecord] = {}
         for index, stage in enumerate(self.plan()[: last + 1], start=1):
             label = f"[{index}/{last + 1}] {stage.name}"
-            check, reason = self.store.check(stage.name, stage.key)
-            if check == "cached" and stage.name not in forced:
-                manifest = self.store.manifest(stage.name, stage.key)
-                progress.log(f"{label}: reused, cached ({reason})")
-                records[stage.name] = RunRecord(stage.name, stage.key, True, manifest["wall_s"],
-                                                self.store.path(stage.name, stage.key), manifest["summary"])
-            else:
-                if check == "damaged":
-                    progress.log(f"[yellow]{label}: cached artifact damaged ({reason}); rerunning[/]")
-                why = "forced" if stage.name in forced else reason
-                progress.log(f"{label}: running ({why})")
-                self.store.discard(stage.name, stage.key, partial=stage.name in forced)
-                records[stage.name] = self._execute(stage, records, device, progress)
-                progress.log(f"{label}: done in {records[stage.name].wall_s:.1f} s")
+            with wait_lock(self.store.lock_path(stage.name, stage.key),
+                           lambda: progress.log(f"{label}: another run is building this artifact; waiting")):
+                records[stage.name] = self._stage(stage, label, forced, records, device, progress)
             state[stage.name] = {"key": stage.key, "config": stage.config, "inputs": stage.inputs}
             write_json(self.state_path, state)
         return list(records.values())
+
+    def _stage(self, stage: PlannedStage, label: str, forced: set[str], records: dict[str, RunRecord], device: str,
+               progress: Progress) -> RunRecord:
+        """Reuse the cached artifact, or (re)build it."""
+        check, reason = self.store.check(stage.name, stage.key)
+        if check == "cached" and stage.name not in forced:
+            manifest = self.store.manifest(stage.name, stage.key)
+            progress.log(f"{label}: reused, cached ({reason})")
+            return RunRecord(stage.name, stage.key, True, manifest["wall_s"], self.store.path(stage.name, stage.key),
+                             manifest["summary"])
+        if check == "damaged":
+            progress.log(f"[yellow]{label}: cached artifact damaged ({reason}); rerunning[/]")
+        progress.log(f"{label}: running ({'forced' if stage.name in forced else reason})")
+        self.store.discard(stage.name, stage.key, partial=stage.name in forced)
+        record = self._execute(stage, records, device, progress)
+        progress.log(f"{label}: done in {record.wall_s:.1f} s")
+        return record
 
     def _execute(self, stage: PlannedStage, done: dict[str, RunRecord], device: str,
                  progress: Progress) -> RunRecord:

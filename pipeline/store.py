@@ -36,6 +36,9 @@ class ArtifactStore:
     def path(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key[:16]}"
 
+    def lock_path(self, stage: str, key: str) -> Path:
+        return self.root / ".locks" / f"{stage}-{key[:16]}.lock"
+
     def partial(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key[:16]}.partial"
 

@@ -84,8 +84,13 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     with progress.bar(f"  {label} epochs", cfg.epochs) as epochs_bar:
         epochs_bar.advance(start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
-            row = _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng, device,
-                               progress, f"  {label} epoch {epoch + 1}/{cfg.epochs}")
+            try:
+                row = _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng, device,
+                                   progress, f"  {label} epoch {epoch + 1}/{cfg.epochs}")
+            except torch.OutOfMemoryError:
+                raise UserError(f"{label}: out of {device} memory at batch_size {cfg.batch_size}: set "
+                                f"{label}.batch_size = {max(cfg.batch_size // 2, 1)} (and the lr about half), "
+                                f"or run.device = 'cpu'; the run resumes from epoch {epoch}") from None
             row = {"epoch": epoch + 1, **row, "val_top1": round(accuracy(model, val, device)[1], 3)}
             rows.append(row)
             progress.log(f"  {label} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
@@ -102,14 +107,15 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
 def _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng, device, progress, title):
     model.train()
     sums: dict[str, float] = {}
-    seen, start = 0, time.perf_counter()
+    seen, start, nonfinite = 0, time.perf_counter(), 0
     with progress.bar(title, train.num_batches(cfg.batch_size)) as bar:
-        for x, y in train.iterate(cfg.batch_size, device, generator=rng, shift=shift, flip=flip):
+        for index, (x, y) in enumerate(train.iterate(cfg.batch_size, device, generator=rng, shift=shift, flip=flip)):
             with _autocast(device):
                 loss, terms = step(x, y, rng)
             if not torch.isfinite(loss):
-                raise UserError(f"{title.strip()}: the loss became {loss.item()} at lr "
-                                f"{schedule.get_last_lr()[0]:.2e}: lower lr or set grad_clip")
+                nonfinite = _skip_nonfinite(loss, terms, nonfinite + 1, index, cfg, schedule, progress, title)
+                continue
+            nonfinite = 0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -121,6 +127,19 @@ def _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng,
             seen += len(y)
             bar.advance(info=f"loss {loss.item():.3f}  {seen / (time.perf_counter() - start):.0f} img/s")
     elapsed = time.perf_counter() - start
+    if not seen:
+        raise UserError(f"{title.strip()}: every step had a non-finite loss; lower lr or set grad_clip")
     row = {name: round(total / seen, 6) for name, total in sums.items()}
     return {**row, "lr": schedule.get_last_lr()[0], "images_per_s": round(seen / elapsed, 1),
             "seconds": round(elapsed, 2)}
+
+
+def _skip_nonfinite(loss, terms, count, index, cfg, schedule, progress, title) -> int:
+    """A NaN/inf loss: skip the step (no update), warn, and stop after cfg.max_nonfinite_steps in a row."""
+    values = ", ".join(f"{name} {value.item():.4g}" for name, value in {"loss": loss, **terms}.items())
+    where = f"{title.strip()}, step {index + 1}, lr {schedule.get_last_lr()[0]:.2e}"
+    if count >= cfg.max_nonfinite_steps:
+        raise UserError(f"{where}: the loss was non-finite for {count} steps in a row ({values}); lower lr, "
+                        "set grad_clip, or check the loss weights and temperature")
+    progress.log(f"[yellow]{where}: non-finite loss ({values}); step skipped[/]")
+    return count

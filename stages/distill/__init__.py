@@ -63,6 +63,8 @@ class DistillStage(Stage):
         taps = (TokenTap(student, layers[0], "student"), TokenTap(teacher, layers[1], "teacher")) \
             if use_manifold else ()
         pool = grid_pooler(grid_of(student), grid_of(teacher)) if use_manifold else None
+        if use_manifold and cfg.w_random > 0:
+            _check_k(cfg, grid_of(student))
 
         def step(x, y, rng):
             student_tokens, teacher_tokens = [], []
@@ -108,3 +110,11 @@ class DistillStage(Stage):
         if not depth_s or not depth_t:
             raise UserError("distill.manifold needs blocks in both models; set distill.manifold = false")
         return default_layer_map(depth_s, depth_t)
+
+
+def _check_k(cfg: DistillConfig, grid: tuple[int, int]) -> None:
+    """The random-sampled term draws K of the B*N tokens of a batch."""
+    tokens = cfg.batch_size * grid[0] * grid[1]
+    if cfg.k > tokens:
+        raise UserError(f"distill.k = {cfg.k} is larger than the B*N = {cfg.batch_size}*{grid[0] * grid[1]} = "
+                        f"{tokens} student tokens of a batch: set distill.k <= {tokens} (or a larger batch_size)")

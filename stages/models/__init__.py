@@ -74,15 +74,29 @@ def load_weights(field: str, model: nn.Module, path: str) -> None:
     try:
         record = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"{field}.checkpoint = {path!r} is not a torch checkpoint: {exc}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{field}.checkpoint = {path!r} is not a torch checkpoint ({reason})") from None
     if isinstance(record, dict):
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(record.get(key), dict):
                 record = record[key]
                 break
-    try:
-        model.load_state_dict(record)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise UserError(f"{field}.checkpoint = {path!r} does not fit the configured model "
-                        f"({first[0] if first else exc}); check {field}.model and {field}.overrides") from None
+    if not isinstance(record, dict) or not all(isinstance(v, torch.Tensor) for v in record.values()):
+        raise UserError(f"{field}.checkpoint = {path!r} holds no state dict (a {type(record).__name__}); give "
+                        "a model.pt of ours, a timm/DeiT checkpoint or a plain state dict")
+    mismatch = first_mismatch(model.state_dict(), record)
+    if mismatch:
+        raise UserError(f"{field}.checkpoint = {path!r} does not fit {field}.model: {mismatch}; check "
+                        f"{field}.model and {field}.overrides")
+    model.load_state_dict(record)
+
+
+def first_mismatch(expected: dict, given: dict) -> str | None:
+    """The first tensor that is missing, unexpected or of another shape, in words."""
+    for name, tensor in expected.items():
+        if name not in given:
+            return f"tensor '{name}' {tuple(tensor.shape)} is missing"
+        if given[name].shape != tensor.shape:
+            return f"tensor '{name}' is {tuple(given[name].shape)}, the model needs {tuple(tensor.shape)}"
+    extra = next((name for name in given if name not in expected), None)
+    return f"tensor '{extra}' is not in the model" if extra else None

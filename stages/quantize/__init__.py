@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from pipeline.config import QuantizeConfig
+from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
@@ -90,6 +91,16 @@ class QuantizeStage(Stage):
                 notes.append(f"Core ML W8A8 was asked for but {NEEDS_MACOS_W8A8}" if not IS_MACOS else
                              "Core ML W8A8 is not implemented yet on macOS either")
                 ctx.progress.log(f"[yellow]  {notes[-1]}[/]")
+        over = {key: a["fallback"] for key, a in artifacts.items() if a.get("fallback") and not a["fallback"]["met"]}
+        for key, fb in over.items():
+            drop = fb["steps"][-1]["drop"] if "steps" in fb else fb["drop"]
+            message = (f"{key} loses {drop:.2f} top-1 points on validation images, over quantize.max_drop = "
+                       f"{cfg.max_drop}, even with layers kept in float")
+            if cfg.on_over_budget == "stop":
+                raise UserError(f"{message}: raise max_drop or max_fallback_layers, try another calibration_method, "
+                                "or set quantize.on_over_budget = 'warn' to keep it flagged")
+            notes.append(message)
+            ctx.progress.log(f"[bold red]  {message}: flagged in the report[/]")
         for key, artifact in artifacts.items():
             artifact["bytes"] = artifact_bytes(ctx.out / artifact["file"])
             ctx.progress.log(f"  {key}: {artifact['bytes'] / 1e6:.2f} MB in {artifact['seconds']:.1f} s; "

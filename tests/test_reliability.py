@@ -1,0 +1,179 @@
+"""Interruption, concurrent runs, a full disk, non-finite losses, out-of-memory and budget failures:
+each stops or flags clearly, loses nothing, and the next run resumes."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import artifact_folder, cli_args, read_report, tiny_config
+from pipeline.cli import main
+from pipeline.errors import UserError
+from pipeline.fileio import write_text
+from stages.batches import load_dataset
+from stages.training import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW_DISTILL = ("data.subset=1200", "distill.epochs=8", "benchmark.enabled=false")  # time to catch it mid-way
+
+
+def start(tmp_path: Path, *extra: str, until: str | None = "distill") -> subprocess.Popen:
+    args = [*cli_args(tmp_path, "run", *extra), *(["--until", until] if until else [])]
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        found = next(root.glob(path_glob), None)
+        if found:
+            return found
+        time.sleep(0.01)
+    raise AssertionError(f"{path_glob} never appeared under {root} (exit {proc.poll()})")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum):
+    proc = start(tmp_path, *SLOW_DISTILL)
+    wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
+    proc.send_signal(signum)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted: rerun the same command" in output and "Traceback" not in output
+    cache = tmp_path / "runs" / ".cache"
+    assert not [p for p in cache.glob("distill-*") if p.is_dir() and p.suffix != ".partial"]  # nothing in place
+    resumed = start(tmp_path, *SLOW_DISTILL)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming after epoch" in output and "teacher: reused" in output
+
+
+def test_a_second_run_of_the_same_run_folder_refuses(tmp_path, capsys):
+    first = start(tmp_path, *SLOW_DISTILL)
+    try:
+        wait_for("distill-*.partial", tmp_path / "runs" / ".cache", first)
+        assert main([*cli_args(tmp_path, "run", *SLOW_DISTILL), "--until", "distill"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by pid {first.pid}" in err and "another run.name" in err
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_two_runs_sharing_the_cache_build_each_artifact_once(tmp_path):
+    a = start(tmp_path, *SLOW_DISTILL, "run.name='a'")
+    b = start(tmp_path, *SLOW_DISTILL, "run.name='b'")
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert "another run is building this artifact; waiting" in out_a + out_b
+    states = [json.loads((tmp_path / "runs" / name / "state.json").read_text()) for name in "ab"]
+    assert states[0]["distill"]["key"] == states[1]["distill"]["key"]
+    assert len([p for p in (tmp_path / "runs" / ".cache").glob("distill-*") if p.is_dir()]) == 1
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB tmpfs (root only; CI runs as root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def fill(disk: Path, leave: int) -> None:
+    (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - leave))
+
+
+def test_disk_full_keeps_the_previous_file_and_says_so(tiny_disk):
+    report = tiny_disk / "report.json"
+    write_text(report, "the previous report\n")
+    fill(tiny_disk, 64 * 1024)
+    with pytest.raises(UserError, match=r"disk full while writing .*report.json: free space in"):
+        write_text(report, "x" * 200_000)
+    assert report.read_text() == "the previous report\n"
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler", "report.json"]  # no temporary file left
+
+
+def test_disk_full_during_a_run_is_one_line(tiny_disk, tmp_path, capsys):
+    fill(tiny_disk, 32 * 1024)
+    assert main([*cli_args(tmp_path, "run", f"run.output_dir='{tiny_disk}'"), "--until", "data"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full while writing" in errors[0] and "Traceback" not in err
+
+
+def test_nonfinite_losses_stop_with_the_step_and_terms(tmp_path, capsys):
+    # temperature 1e-40 (a float32 denormal) turns KD logits into +-inf: the KD term is NaN from the first step
+    assert main([*cli_args(tmp_path, "run", "distill.temperature=1e-40"), "--until", "distill"]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite for 3 steps in a row" in err and "step 3" in err and "kd nan" in err
+    assert "Traceback" not in err
+
+
+def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path):
+    cfg = tiny_config(tmp_path)
+    main([*cli_args(tmp_path, "run"), "--until", "data"])
+    data = load_dataset(artifact_folder(tmp_path, "data"))
+
+    def step(x, y, rng):  # what a too-large batch raises on a GPU
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    from pipeline.progress import Progress
+
+    with pytest.raises(UserError, match=r"distill: out of cpu memory at batch_size 64: set distill.batch_size = 32"):
+        fit(torch.nn.Linear(2, 2), step, data.train, data.val, cfg.distill, 0, False, tmp_path, "cpu", 0, Progress(),
+            "distill")
+
+
+def test_k_larger_than_the_batch_tokens_is_a_user_error(tmp_path, capsys):
+    assert main([*cli_args(tmp_path, "run", "distill.k=1000000"), "--until", "distill"]) == 2
+    err = capsys.readouterr().err
+    assert "distill.k = 1000000 is larger than the B*N = 64*49 = 3136 student tokens" in err
+
+
+def test_int8_over_budget_stops_when_asked(tmp_path, capsys):
+    extra = ("quantize.max_drop=0.0", "quantize.max_fallback_layers=0", "quantize.on_over_budget='stop'",
+             "quantize.onnx_dynamic=false", "quantize.openvino=false", "export.openvino=false",
+             "export.coreml.enabled=false", "quantize.coreml.enabled=false", "quantize.calibration_method='Percentile'")
+    code = main([*cli_args(tmp_path, "run", *extra), "--until", "quantize"])
+    err = capsys.readouterr().err
+    if code == 0:  # INT8 happened to lose nothing on these validation images: the budget was met
+        summary = json.loads(next((tmp_path / "runs" / ".cache").glob("quantize-*/quantize.json")).read_text())
+        assert summary["artifacts"]["onnx_int8_static"]["fallback"]["met"]
+    else:
+        assert code == 2 and "over quantize.max_drop = 0.0" in err and "on_over_budget = 'warn'" in err
+
+
+def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
+    """Chaos: SIGKILL at random moments of a real run, rerun after each; the result equals a clean run's."""
+    extra = ("distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
+             "quantize.coreml.enabled=false", "export.openvino=false", "quantize.openvino=false")
+    clean, chaos = tmp_path / "clean", tmp_path / "chaos"
+    clean.mkdir(), chaos.mkdir()
+    reference = start(clean, *extra, until=None)
+    output, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, output
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = start(chaos, *extra, until=None)
+        time.sleep(rng.uniform(1.0, 10.0))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    final = start(chaos, *extra, until=None)
+    output, _ = final.communicate(timeout=600)
+    assert final.returncode == 0, output
+    assert read_report(chaos)["evaluation"] == read_report(clean)["evaluation"]
