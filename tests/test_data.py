@@ -79,6 +79,9 @@ def test_imagefolder_reads_class_folders(tmp_path):
     assert train_x.shape == (6, 8, 8, 3) and train_y.tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(UserError, match="one folder per class"):
         load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path / "cat")))
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(UserError, match=r"data.path: cannot read image .*dog/broken.png"):
+        load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path), img_size=8, channels=3))
 
 
 def test_split_is_deterministic_disjoint_and_subsettable():

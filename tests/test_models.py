@@ -47,8 +47,16 @@ def test_checkpoint_errors_name_the_field(tmp_path):
         load_weights("teacher", model, str(tmp_path / "nope.pt"))
     other, _ = create_model("teacher", "vit_tiny_patch16_224", {**VIT, "embed_dim": 48}, DATA)
     torch.save(other.state_dict(), tmp_path / "other.pt")
-    with pytest.raises(UserError, match="does not fit the configured model"):
+    with pytest.raises(UserError, match=r"does not fit teacher.model: tensor 'cls_token' is \(1, 1, 48\), the "
+                                        r"model needs \(1, 1, 32\)"):
         load_weights("teacher", model, str(tmp_path / "other.pt"))
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(UserError, match="holds no state dict"):
+        load_weights("teacher", model, str(tmp_path / "list.pt"))
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match=r"teacher.checkpoint = .*text.pt' is not a torch checkpoint \(") as info:
+        load_weights("teacher", model, str(tmp_path / "text.pt"))
+    assert "\n" not in str(info.value)
 
 
 def test_timm_pretrained_true_loads_a_local_weights_file(tmp_path):
@@ -96,3 +104,13 @@ def test_incompatible_token_grids_are_a_config_error(tmp_path, capsys):
     args = cli_args(tmp_path, "run", "student.model='vit_tiny_patch16_224'", "student.overrides.patch_size=2")
     assert main(args + ["--until", "distill"]) == 2
     assert "cannot be pooled onto the student's 14x14" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layers, expected", [
+    (("distill.student_layers=[0, 9]", "distill.teacher_layers=[0, 1]"), "distill.student_layers: [9] out of range"),
+    (("distill.student_layers=[0]", "distill.teacher_layers=[0, 1]"), "must pair up"),
+])
+def test_bad_layer_maps_are_user_errors(tmp_path, capsys, layers, expected):
+    assert main(cli_args(tmp_path, "run", *layers) + ["--until", "distill"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
