@@ -71,8 +71,8 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     rows: list[dict] = []
     start_epoch = 0
     checkpoint = workdir / CHECKPOINT
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = _resume_state(checkpoint, progress, label)
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -102,6 +102,18 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
             atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
             epochs_bar.advance()
     return rows
+
+
+def _resume_state(checkpoint: Path, progress: Progress, label: str) -> dict | None:
+    """The saved training state, or None (none yet, or a damaged file: then training starts over)."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated or edited by hand: never resume from it
+        progress.log(f"[yellow]  {label}: {checkpoint} is damaged ({type(exc).__name__}); starting over[/]")
+        checkpoint.unlink()
+        return None
 
 
 def _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng, device, progress, title):

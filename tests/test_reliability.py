@@ -41,20 +41,24 @@ def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"{path_glob} never appeared under {root} (exit {proc.poll()})")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum):
+@pytest.mark.parametrize("signum, damage", [(signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum, damage):
+    """... and a damaged epoch checkpoint is never resumed from: training starts over."""
     proc = start(tmp_path, *SLOW_DISTILL)
-    wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
+    checkpoint = wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
     proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
     assert "interrupted: rerun the same command" in output and "Traceback" not in output
     cache = tmp_path / "runs" / ".cache"
     assert not [p for p in cache.glob("distill-*") if p.is_dir() and p.suffix != ".partial"]  # nothing in place
+    if damage:
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     resumed = start(tmp_path, *SLOW_DISTILL)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "resuming after epoch" in output and "teacher: reused" in output
+    assert ("is damaged" in output and "starting over" in output) if damage else "resuming after epoch" in output
+    assert "teacher: reused" in output
 
 
 def test_a_second_run_of_the_same_run_folder_refuses(tmp_path, capsys):
