@@ -35,7 +35,7 @@ class Progress:
         self._rich.stop()
 
     def log(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(message, soft_wrap=True)  # a log line is one line, also in files and CI logs
 
     @contextmanager
     def bar(self, description: str, total: int) -> Iterator[Bar]:
