@@ -92,7 +92,7 @@ class Pipeline:
         previous = self._previous()
         result = []
         for stage in self.plan():
-            state, reason = self.store.check(stage.name, stage.key)
+            state, reason = self.store.check(stage.name, stage.key, stage.cls.scratch)
             before = previous.get(stage.name)
             if state == "missing" and before and before["key"] != stage.key:
                 state, reason = "stale", _explain_change(before, stage)
@@ -119,7 +119,7 @@ class Pipeline:
     def _stage(self, stage: PlannedStage, label: str, forced: set[str], records: dict[str, RunRecord], device: str,
                progress: Progress) -> RunRecord:
         """Reuse the cached artifact, or (re)build it."""
-        check, reason = self.store.check(stage.name, stage.key)
+        check, reason = self.store.check(stage.name, stage.key, stage.cls.scratch)
         if check == "cached" and stage.name not in forced:
             manifest = self.store.manifest(stage.name, stage.key)
             progress.log(f"{label}: reused, cached ({reason})")

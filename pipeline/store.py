@@ -42,13 +42,16 @@ class ArtifactStore:
     def partial(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key[:16]}.partial"
 
-    def check(self, stage: str, key: str) -> tuple[str, str]:
-        """('cached' | 'missing' | 'damaged', reason)."""
+    def check(self, stage: str, key: str, scratch: tuple[str, ...] = ()) -> tuple[str, str]:
+        """('cached' | 'missing' | 'damaged', reason); `scratch` names the stage's resumable checkpoints."""
         final = self.path(stage, key)
         manifest_path = final / MANIFEST
         if not manifest_path.is_file():
-            if self.partial(stage, key).is_dir():
+            work = self.partial(stage, key)
+            if any((work / name).is_file() for name in scratch):
                 return "missing", "an interrupted run left a checkpoint: the next run resumes it"
+            if work.is_dir():
+                return "missing", "an earlier run of it did not finish"
             return "missing", "never run with this configuration"
         try:
             manifest = read_json(manifest_path)
