@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import signal
 import sys
 import threading
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set distill.epochs=3 (repeatable)")
     run.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    run.add_argument("--nproc", type=int, metavar="N", help="train in N processes under torchrun (run.nproc)")
     report = sub.add_parser("report", help="rebuild a run's report.json/.md/.html and plots from its artifacts")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/default")
     compare = sub.add_parser("compare", help="two runs side by side (config changes, accuracy, latency)")
@@ -58,7 +60,9 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    quiet = "RANK" in os.environ and os.environ["RANK"] != "0"  # in a multi-process run rank 0 speaks for all
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -71,15 +75,18 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args.run_a, args.run_b, args.out)
         if args.command in ("targets", "bench"):
             return _targets_or_bench(args)
-        cfg = load_config(args.config, args.overrides)
+        nproc = [f"run.nproc={args.nproc}"] if getattr(args, "nproc", None) else []
+        cfg = load_config(args.config, [*args.overrides, *nproc])
         if args.command == "status":
             return _status(cfg)
-        return _run(cfg, args.force, args.until)
+        return _run(cfg, args.force, args.until, argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last completed epoch", file=sys.stderr)
+        if not quiet:
+            print("interrupted: rerun the same command to resume from the last completed epoch", file=sys.stderr)
         return 130
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
@@ -157,7 +164,10 @@ def _status(cfg) -> int:
     return 0
 
 
-def _run(cfg, force: str | None, until: str | None) -> int:
+def _run(cfg, force: str | None, until: str | None, argv: list[str]) -> int:
+    from contextlib import nullcontext
+
+    from pipeline import distributed
     from pipeline.fileio import write_json
     from pipeline.graph import Pipeline, check_stage_name
     from pipeline.lock import run_lock
@@ -166,9 +176,15 @@ def _run(cfg, force: str | None, until: str | None) -> int:
 
     check_stage_name(force, "--force")
     check_stage_name(until, "--until")
+    if cfg.run.nproc > 1 and not distributed.under_launcher():
+        return distributed.launch(cfg.run.nproc, argv, cfg.run.threads)
+    here = distributed.world()
     start = time.perf_counter()
     pipeline = Pipeline(cfg)
-    with run_lock(pipeline.run_dir), Progress() as progress:
+    with run_lock(pipeline.run_dir) if here.main else nullcontext(), Progress(quiet=not here.main) as progress:
+        if not here.main:
+            pipeline.run(progress, force=force, until=until)
+            return 0
         write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
         records = pipeline.run(progress, force=force, until=until)
         report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device)

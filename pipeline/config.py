@@ -24,7 +24,14 @@ class RunConfig(Section):
     seed: int = Field(0, ge=0, description="seed for the data split, initialisation and batches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
     output_dir: str = Field("runs", description="where runs and the shared artifact cache live")
-    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
+    threads: int = Field(0, ge=0, description="CPU threads for torch (per process); 0 = all cores "
+                                              "(shared out between processes when nproc > 1)")
+    nproc: int = Field(1, ge=1, le=1024, description="processes for the teacher and distill stages (DDP under "
+                                                     "torchrun): one per GPU, or e.g. 2 on a CPU")
+    compile: bool = Field(False, description="torch.compile the model being trained (the teacher and distill "
+                                             "stages; pays off on long GPU runs)")
+    channels_last: bool = Field(False, description="channels-last memory format on CUDA (helps conv stems "
+                                                   "under bf16)")
 
 
 class DataConfig(Section):
@@ -70,6 +77,9 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many consecutive steps with a NaN/inf "
                                                           "loss (each such step is skipped)")
+    lr_scaling: Literal["none", "linear"] = Field("none", description="linear: the lr used is lr x batch_size "
+                                                                   "/ 512, as in DeiT and the reference "
+                                                                   "(batch_size is the global batch)")
 
 
 class ModelConfig(Section):

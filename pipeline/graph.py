@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import importlib
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import distributed
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
 from pipeline.lock import wait_lock
 from pipeline.progress import Progress
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Accel, Stage, StageContext
 from pipeline.store import ArtifactStore, cache_key
 
 # Stage name -> implementing class, in run order (every stage's inputs come before it).
@@ -80,6 +82,8 @@ class Pipeline:
             config = {section: self.cfg.section(section) for section in cls.sections}
             if cls.uses_seed:
                 config["run.seed"] = self.cfg.run.seed
+            if cls.distributed and self.world_size() > 1:  # DDP's result differs a little from one process's
+                config["world_size"] = self.world_size()
             inputs = {dep: keys[dep] for dep in cls.inputs}
             keys[name] = cache_key(name, cls.version, config, inputs)
             planned.append(PlannedStage(name, cls, keys[name], config, inputs))
@@ -99,50 +103,80 @@ class Pipeline:
             result.append(StageStatus(stage.name, state, reason, stage.key))
         return result
 
+    def world_size(self) -> int:
+        """Processes of the distributed stages: torchrun's, or run.nproc before the launch."""
+        return distributed.world().size if distributed.under_launcher() else self.cfg.run.nproc
+
     def run(self, progress: Progress, force: str | None = None, until: str | None = None) -> list[RunRecord]:
+        """Run (or reuse) the stages in order. In a multi-process run every rank calls this: rank 0
+        decides, locks and writes; the others join the distributed stages, then return."""
         self.device = device = _resolve_device(self.cfg.run.device)
         _set_threads(self.cfg.run.threads)
+        here = distributed.start(device)
         names = list(STAGES)
         last = names.index(until) if until else len(names) - 1
         forced = set(names[names.index(force):]) if force else set()
-        state = self._previous()
+        plan = self.plan()[: last + 1]
+        shared = max((i for i, s in enumerate(plan) if s.cls.distributed), default=-1) if here.size > 1 else last
+        state = self._previous() if here.main else {}
         records: dict[str, RunRecord] = {}
-        for index, stage in enumerate(self.plan()[: last + 1], start=1):
+        for index, stage in enumerate(plan, start=1):
+            if index - 1 > shared:  # the other ranks' part is over
+                distributed.stop()
+                if not here.main:
+                    break
             label = f"[{index}/{last + 1}] {stage.name}"
-            with wait_lock(self.store.lock_path(stage.name, stage.key),
-                           lambda: progress.log(f"{label}: another run is building this artifact; waiting")):
-                records[stage.name] = self._stage(stage, label, forced, records, device, progress)
-            state[stage.name] = {"key": stage.key, "config": stage.config, "inputs": stage.inputs}
-            write_json(self.state_path, state)
+            lock = wait_lock(self.store.lock_path(stage.name, stage.key),
+                             lambda: progress.log(f"{label}: another run is building this artifact; waiting")) \
+                if here.main else nullcontext()
+            with lock:
+                records[stage.name] = self._stage(stage, label, forced, records, device, progress, here)
+            if here.main:
+                state[stage.name] = {"key": stage.key, "config": stage.config, "inputs": stage.inputs}
+                write_json(self.state_path, state)
+        distributed.stop()
         return list(records.values())
 
     def _stage(self, stage: PlannedStage, label: str, forced: set[str], records: dict[str, RunRecord], device: str,
-               progress: Progress) -> RunRecord:
-        """Reuse the cached artifact, or (re)build it."""
-        check, reason = self.store.check(stage.name, stage.key, stage.cls.scratch)
-        if check == "cached" and stage.name not in forced:
-            manifest = self.store.manifest(stage.name, stage.key)
-            progress.log(f"{label}: reused, cached ({reason})")
-            return RunRecord(stage.name, stage.key, True, manifest["wall_s"], self.store.path(stage.name, stage.key),
-                             manifest["summary"])
-        if check == "damaged":
-            progress.log(f"[yellow]{label}: cached artifact damaged ({reason}); rerunning[/]")
-        progress.log(f"{label}: running ({'forced' if stage.name in forced else reason})")
-        self.store.discard(stage.name, stage.key, partial=stage.name in forced)
-        record = self._execute(stage, records, device, progress)
+               progress: Progress, here: distributed.World) -> RunRecord:
+        """Reuse the cached artifact, or (re)build it; rank 0 decides and every rank gets its record."""
+        cached = None
+        if here.main:
+            check, reason = self.store.check(stage.name, stage.key, stage.cls.scratch)
+            if check == "cached" and stage.name not in forced:
+                manifest = self.store.manifest(stage.name, stage.key)
+                progress.log(f"{label}: reused, cached ({reason})")
+                cached = RunRecord(stage.name, stage.key, True, manifest["wall_s"],
+                                   self.store.path(stage.name, stage.key), manifest["summary"])
+            else:
+                if check == "damaged":
+                    progress.log(f"[yellow]{label}: cached artifact damaged ({reason}); rerunning[/]")
+                processes = f" in {here.size} processes" if stage.cls.distributed and here.size > 1 else ""
+                progress.log(f"{label}: running{processes} ({'forced' if stage.name in forced else reason})")
+                self.store.discard(stage.name, stage.key, partial=stage.name in forced)
+                self.store.begin(stage.name, stage.key)
+        cached = distributed.from_main(cached)
+        if cached:
+            return cached
+        record = self._execute(stage, records, device, progress, here) \
+            if here.main or stage.cls.distributed else None
+        record = distributed.from_main(record)
         progress.log(f"{label}: done in {record.wall_s:.1f} s")
         return record
 
-    def _execute(self, stage: PlannedStage, done: dict[str, RunRecord], device: str,
-                 progress: Progress) -> RunRecord:
-        out = self.store.begin(stage.name, stage.key)
+    def _execute(self, stage: PlannedStage, done: dict[str, RunRecord], device: str, progress: Progress,
+                 here: distributed.World) -> RunRecord | None:
+        """Run the stage in its work folder; rank 0 commits the artifact and returns its record."""
         ctx = StageContext(
             config={section: getattr(self.cfg, section) for section in stage.cls.sections},
             inputs={dep: done[dep].path for dep in stage.cls.inputs},
-            out=out, seed=self.cfg.run.seed, device=device, progress=progress, key=stage.key)
+            out=self.store.partial(stage.name, stage.key), seed=self.cfg.run.seed, device=device,
+            progress=progress, key=stage.key, accel=Accel(self.cfg.run.compile, self.cfg.run.channels_last))
         start = time.perf_counter()
         summary = stage.cls().run(ctx)
         wall = time.perf_counter() - start
+        if not here.main:
+            return None
         manifest = {"stage": stage.name, "version": stage.cls.version, "config": stage.config,
                     "inputs": stage.inputs, "summary": summary, "wall_s": round(wall, 2),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -21,8 +21,8 @@ class Bar:
 class Progress:
     """Bars go to stderr; `log` lines stay in the scrollback (and in CI logs)."""
 
-    def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True, highlight=False)
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        self.console = console or Console(stderr=True, highlight=False, quiet=quiet)
         self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                                   console=self.console)

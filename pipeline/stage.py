@@ -10,6 +10,13 @@ from pydantic import BaseModel
 from pipeline.progress import Progress
 
 
+@dataclass(frozen=True)
+class Accel:
+    """How training runs, not what it computes (so not part of any cache key)."""
+    compile: bool = False
+    channels_last: bool = False
+
+
 @dataclass
 class StageContext:
     """What a stage may see: its own config sections, its inputs' artifact folders, a folder to write."""
@@ -21,6 +28,7 @@ class StageContext:
     device: str
     progress: Progress
     key: str = ""  # this run's cache key, for provenance written into artifacts
+    accel: Accel = Accel()  # how training runs (compile, memory format): not part of the key
 
 
 class Stage:
@@ -28,7 +36,9 @@ class Stage:
 
     `sections` are the pipeline.toml sections it reads, `inputs` the upstream stages whose
     artifacts it reads, `version` is bumped when its code changes what it writes (invalidating
-    the cache), `scratch` names working files removed when the stage completes.
+    the cache), `scratch` names working files removed when the stage completes. A `distributed`
+    stage runs in every process of a multi-process run (rank 0 alone writes); the others run on
+    rank 0 only.
     """
 
     name: ClassVar[str]
@@ -37,6 +47,7 @@ class Stage:
     inputs: ClassVar[tuple[str, ...]] = ()
     uses_seed: ClassVar[bool] = True
     scratch: ClassVar[tuple[str, ...]] = ()
+    distributed: ClassVar[bool] = False
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Write the artifact files into ctx.out; return a JSON-able summary for the manifest."""

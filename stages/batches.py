@@ -33,31 +33,56 @@ class Batches:
         return x.numpy(), y.numpy()
 
     def iterate(self, batch_size: int, device: str = "cpu", generator: torch.Generator | None = None,
-                shift: int = 0, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in order, or shuffled (and augmented when asked) when a generator is given."""
-        order = torch.randperm(len(self), generator=generator) if generator is not None else None
+                shift: int = 0, flip: bool = False, shard: tuple[int, int] = (0, 1)
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in order, or shuffled (and augmented when asked) when a generator is given.
+
+        With shard = (rank, processes), each global batch of batch_size is split between the processes
+        (this one gets every processes-th image from its rank on); the shuffle and the augmentation are
+        drawn for the whole batch from the shared generator, so the processes together see exactly the
+        batches one process would. A training epoch's last batch is trimmed to a multiple of the processes.
+        """
+        rank, processes = shard
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            idx = order[start:start + batch_size]
+            if generator is not None and processes > 1:
+                idx = idx[: len(idx) - len(idx) % processes]
+            if not len(idx):
+                continue
             x = self.images[idx].float().div_(255)
+            mine = slice(rank, None, processes)
             if generator is not None and (shift or flip):
-                x = augment(x, generator, shift, flip)
+                x = augment(x, generator, shift, flip, mine)
+            else:
+                x = x[mine]
             x = (x - self.mean) / self.std
-            yield x.to(device, non_blocking=True), self.labels[idx].to(device, non_blocking=True)
+            y = self.labels[idx][mine]
+            if device == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool) -> torch.Tensor:
-    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips, per image."""
+def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool, keep: slice = slice(None)
+            ) -> torch.Tensor:
+    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips, per image;
+    drawn for every image of x, applied to (and returning) x[keep]."""
+    n = len(x)
+    dy = dx = flipped = None
+    if shift:
+        dy = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)[keep]
+        dx = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)[keep]
+    if flip:
+        flipped = (torch.rand(n, generator=generator) < 0.5)[keep]
+    x = x[keep]
     n, _, h, w = x.shape
     if shift:
         padded = F.pad(x, (shift, shift, shift, shift))
-        dy = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)
-        dx = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)
         rows = (torch.arange(h).view(1, h, 1) + dy).expand(n, h, w)
         cols = (torch.arange(w).view(1, 1, w) + dx).expand(n, h, w)
         batch = torch.arange(n).view(n, 1, 1).expand(n, h, w)
         x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     if flip:
-        flipped = torch.rand(n, generator=generator) < 0.5
         x = torch.where(flipped.view(n, 1, 1, 1), x.flip(-1), x)
     return x.contiguous()
 

@@ -129,7 +129,7 @@ def to_nchw(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # copies only a read-only array
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     if x.shape[1] != channels:
         x = x.float().mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)

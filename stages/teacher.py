@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import DataConfig, TeacherConfig
+from pipeline.distributed import world
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.models import create_model, data_kwargs, load_weights, save_model
@@ -16,6 +17,7 @@ class TeacherStage(Stage):
     sections = ("teacher", "data")
     inputs = ("data",)
     scratch = (CHECKPOINT,)
+    distributed = True
 
     def run(self, ctx: StageContext) -> dict:
         cfg: TeacherConfig = ctx.config["teacher"]
@@ -29,17 +31,18 @@ class TeacherStage(Stage):
         source = "checkpoint" if cfg.checkpoint else "pretrained" if cfg.pretrained else "scratch"
         rows = []
         if cfg.epochs:
-            def step(x, y, rng):
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+            def step(forward, x, y, rng):
+                loss = F.cross_entropy(forward(x), y, label_smoothing=cfg.label_smoothing)
                 return loss, {"ce": loss.detach()}
 
             rows = fit(model, step, data.train, data.val, cfg, data_cfg.augment_shift, data_cfg.augment_flip,
-                       ctx.out, ctx.device, ctx.seed, ctx.progress, "teacher")
+                       ctx.out, ctx.device, ctx.seed, ctx.progress, "teacher", ctx.accel)
         model.to(ctx.device)
         val = accuracy(model, data.val, ctx.device)[1]
-        save_model(ctx.out / "model.pt", model, cfg.model, kwargs)
+        if world().main:
+            save_model(ctx.out / "model.pt", model, cfg.model, kwargs)
         ctx.progress.log(f"  teacher {cfg.model} ({source}): val top-1 {val:.2f}%")
         return {"model": cfg.model, "source": source, "epochs": cfg.epochs, "val_top1": round(val, 3),
                 "params": sum(p.numel() for p in model.parameters()),
-                "train_seconds": round(sum(r["seconds"] for r in rows), 1),
+                "train_seconds": round(sum(r["seconds"] for r in rows), 1), "processes": world().size,
                 "metrics_file": METRICS if rows else None}

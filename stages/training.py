@@ -3,9 +3,11 @@ bf16 autocast on CUDA, per-epoch validation, metrics.jsonl, and an atomic checkp
 from which an interrupted run resumes bit-for-bit (model, optimiser, schedule, RNG, epoch)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -13,18 +15,23 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
+from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import TrainConfig
+from pipeline.distributed import World, active, all_sum, gather, world
 from pipeline.errors import UserError
 from pipeline.fileio import atomic_write, write_text
 from pipeline.progress import Progress
+from pipeline.stage import Accel
 from stages.batches import Batches
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
-# step(x, y, rng) -> (loss to minimise, {term name: value for the logs})
-StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# step(forward, x, y, rng) -> (loss to minimise, {term name: value for the logs}); `forward` is the model to
+# call (DDP-wrapped or compiled as the run asks), so gradients are synchronised across processes.
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator],
+                  tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
@@ -40,17 +47,19 @@ def warmup_cosine(total_steps: int, warmup_steps: int, floor: float) -> Callable
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Batches, device: str, batch_size: int = 512, topk: tuple[int, ...] = (1,)
              ) -> dict[int, float]:
-    """Top-k accuracy in percent over a whole split (eval mode)."""
+    """Top-k accuracy in percent over a whole split (eval mode); each rank of a multi-process run
+    scores its share and the hits are summed."""
     was_training = model.training
     model.eval()
-    hits = dict.fromkeys(topk, 0)
-    for x, y in data.iterate(batch_size, device):
+    hits = torch.zeros(len(topk), dtype=torch.float64, device=device)
+    here = world() if active() else World()
+    for x, y in data.iterate(batch_size, device, shard=(here.rank, here.size)):
         with _autocast(device):
             top = model(x).topk(max(topk), dim=1).indices
-        for k in topk:
-            hits[k] += (top[:, :k] == y[:, None]).any(dim=1).sum().item()
+        for i, k in enumerate(topk):
+            hits[i] += (top[:, :k] == y[:, None]).any(dim=1).sum()
     model.train(was_training)
-    return {k: 100.0 * v / len(data) for k, v in hits.items()}
+    return {k: 100.0 * v / len(data) for k, v in zip(topk, all_sum(hits).tolist())}
 
 
 def _autocast(device: str):
@@ -58,35 +67,45 @@ def _autocast(device: str):
 
 
 def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: TrainConfig, shift: int,
-        flip: bool, workdir: Path, device: str, seed: int, progress: Progress, label: str) -> list[dict]:
+        flip: bool, workdir: Path, device: str, seed: int, progress: Progress, label: str,
+        accel: Accel = Accel()) -> list[dict]:
     """Train `model` for cfg.epochs with `step`, resuming from workdir/checkpoint.pt when present.
 
-    Returns one metrics row per epoch (also written to workdir/metrics.jsonl).
+    In a multi-process run (torchrun) each rank trains on its share of every global batch of
+    cfg.batch_size under DDP; rank 0 writes the checkpoint and metrics. Returns one metrics row per
+    epoch (also written to workdir/metrics.jsonl).
     """
+    here = world() if active() else World()
+    if cfg.batch_size % here.size:
+        raise UserError(f"{label}.batch_size = {cfg.batch_size} (the global batch) does not split over "
+                        f"{here.size} processes: use a multiple of {here.size}")
     steps_per_epoch = train.num_batches(cfg.batch_size)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.lr)
+    lr = cfg.lr * cfg.batch_size / 512 if cfg.lr_scaling == "linear" else cfg.lr
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr))
-    rng = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)  # the same on every rank: one shuffle, one augmentation
     rows: list[dict] = []
     start_epoch = 0
     checkpoint = workdir / CHECKPOINT
-    state = _resume_state(checkpoint, progress, label)
+    state = _resume_state(checkpoint, progress, label, here)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         rng.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"][here.rank])
         rows, start_epoch = state["rows"], state["epoch"]
         progress.log(f"  {label}: resuming after epoch {start_epoch}/{cfg.epochs} from {checkpoint}")
-    model.to(device)
+    if cfg.lr_scaling == "linear":
+        progress.log(f"  {label}: lr {cfg.lr:g} x {cfg.batch_size}/512 = {lr:.3g} (linear scaling)")
+    forward = _prepare(model, device, here, accel)
     with progress.bar(f"  {label} epochs", cfg.epochs) as epochs_bar:
         epochs_bar.advance(start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
             try:
-                row = _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng, device,
-                                   progress, f"  {label} epoch {epoch + 1}/{cfg.epochs}")
+                row = _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, rng,
+                                   device, here, progress, f"  {label} epoch {epoch + 1}/{cfg.epochs}")
             except torch.OutOfMemoryError:
                 raise UserError(f"{label}: out of {device} memory at batch_size {cfg.batch_size}: set "
                                 f"{label}.batch_size = {max(cfg.batch_size // 2, 1)} (and the lr about half), "
@@ -94,37 +113,82 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
             row = {"epoch": epoch + 1, **row, "val_top1": round(accuracy(model, val, device)[1], 3)}
             rows.append(row)
             progress.log(f"  {label} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
-                         f"val top-1 {row['val_top1']:.2f}%, {row['images_per_s']:.0f} img/s")
-            write_text(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "rng": rng.get_state(),
-                     "torch_rng": torch.get_rng_state(), "rows": rows, "epoch": epoch + 1}
-            atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
+                         f"val top-1 {row['val_top1']:.2f}%, {row['images_per_s']:.0f} img/s"
+                         + (f", {row['gpu_memory_gb']:.2f} GB GPU" if "gpu_memory_gb" in row else ""))
+            torch_rng = gather(torch.get_rng_state())  # dropout draws differ by rank: keep each rank's
+            if here.main:
+                write_text(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "rng": rng.get_state(), "torch_rng": torch_rng,
+                         "rows": rows, "epoch": epoch + 1, "world_size": here.size}
+                atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
             epochs_bar.advance()
+    if here.size > 1:
+        _check_in_sync(model, here, progress, label)
     return rows
 
 
-def _resume_state(checkpoint: Path, progress: Progress, label: str) -> dict | None:
-    """The saved training state, or None (none yet, or a damaged file: then training starts over)."""
-    if not checkpoint.is_file():
-        return None
-    try:
-        return torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or edited by hand: never resume from it
-        progress.log(f"[yellow]  {label}: {checkpoint} is damaged ({type(exc).__name__}); starting over[/]")
+def _prepare(model: nn.Module, device: str, here: World, accel: Accel) -> nn.Module:
+    """The module the step calls: on the device, DDP-wrapped across ranks, compiled when asked."""
+    if device == "cuda" and accel.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.to(device)
+    forward = model
+    if here.size > 1:
+        if device == "cuda":
+            forward = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place for a model without top BN
+        # 1x1 conv weights (C x C' x 1 x 1) make DDP warn about strides that only differ on size-1 dims
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        forward = DistributedDataParallel(forward, device_ids=[here.local_rank] if device == "cuda" else None)
+    return torch.compile(forward) if accel.compile else forward
+
+
+def _check_in_sync(model: nn.Module, here: World, progress: Progress, label: str) -> None:
+    """DDP keeps every rank's weights identical; prove it at the end (a hash of every parameter; buffers
+    such as BatchNorm's running statistics are rank 0's, as DDP broadcasts them before each forward)."""
+    digest = hashlib.sha256()
+    for tensor in model.parameters():
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    hashes = gather(digest.hexdigest())
+    if len(set(hashes)) != 1:
+        raise RuntimeError(f"{label}: the ranks' weights differ after training ({hashes})")
+    progress.log(f"  {label}: weights identical on all {here.size} processes")
+
+
+def _resume_state(checkpoint: Path, progress: Progress, label: str, here: World) -> dict | None:
+    """The saved training state, or None (none yet, or a damaged file: then training starts over).
+    Every rank reads the same file; a checkpoint from another number of processes is not resumed."""
+    state, why = None, None
+    if checkpoint.is_file():
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        except Exception as exc:  # truncated or edited by hand: never resume from it
+            why = f"is damaged ({type(exc).__name__})"
+        else:
+            if state.get("world_size", 1) != here.size:
+                state, why = None, f"was written by {state.get('world_size', 1)} processes, not {here.size}"
+    if not all(gather(state is not None)):  # all ranks resume, or none
+        state = None
+    if why and here.main:
+        progress.log(f"[yellow]  {label}: {checkpoint} {why}; starting over[/]")
         checkpoint.unlink()
-        return None
+    return state
 
 
-def _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng, device, progress, title):
+def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, rng, device, here, progress,
+                 title):
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     seen, start, nonfinite = 0, time.perf_counter(), 0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with progress.bar(title, train.num_batches(cfg.batch_size)) as bar:
-        for index, (x, y) in enumerate(train.iterate(cfg.batch_size, device, generator=rng, shift=shift, flip=flip)):
+        batches = train.iterate(cfg.batch_size, device, generator=rng, shift=shift, flip=flip,
+                                shard=(here.rank, here.size))
+        for index, (x, y) in enumerate(batches):
             with _autocast(device):
-                loss, terms = step(x, y, rng)
-            if not torch.isfinite(loss):
+                loss, terms = step(forward, x, y, rng)
+            if not _finite_everywhere(loss):  # every rank skips together, or DDP would hang
                 nonfinite = _skip_nonfinite(loss, terms, nonfinite + 1, index, cfg, schedule, progress, title)
                 continue
             nonfinite = 0
@@ -135,15 +199,28 @@ def _train_epoch(model, step, train, cfg, shift, flip, optimizer, schedule, rng,
             optimizer.step()
             schedule.step()
             for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + value.item() * len(y)
+                sums[name] = sums.get(name, 0.0) + value.detach().float() * len(y)
             seen += len(y)
-            bar.advance(info=f"loss {loss.item():.3f}  {seen / (time.perf_counter() - start):.0f} img/s")
+            if index % 10 == 0:  # reading the loss waits for the GPU: not every step
+                bar.advance(10 if index else 1,
+                            info=f"loss {loss.item():.3f}  {here.size * seen / (time.perf_counter() - start):.0f} img/s")
     elapsed = time.perf_counter() - start
-    if not seen:
+    total = all_sum(torch.tensor([float(seen)], dtype=torch.float64)).item()
+    if not total:
         raise UserError(f"{title.strip()}: every step had a non-finite loss; lower lr or set grad_clip")
-    row = {name: round(total / seen, 6) for name, total in sums.items()}
-    return {**row, "lr": schedule.get_last_lr()[0], "images_per_s": round(seen / elapsed, 1),
-            "seconds": round(elapsed, 2)}
+    row = {name: round(all_sum(value.double().cpu().reshape(1)).item() / total, 6) for name, value in sums.items()}
+    row.update(lr=schedule.get_last_lr()[0], images_per_s=round(total / elapsed, 1), seconds=round(elapsed, 2))
+    if here.size > 1:
+        row["processes"] = here.size
+    if device == "cuda":
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], dtype=torch.float64)
+        row["gpu_memory_gb"] = round(max(gather(peak.item())), 3)
+    return row
+
+
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    finite = torch.isfinite(loss.detach()).to("cpu", torch.float64).reshape(1)
+    return all_sum(finite).item() == (world().size if active() else 1)
 
 
 def _skip_nonfinite(loss, terms, count, index, cfg, schedule, progress, title) -> int:

@@ -132,7 +132,7 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path):
     main([*cli_args(tmp_path, "run"), "--until", "data"])
     data = load_dataset(artifact_folder(tmp_path, "data"))
 
-    def step(x, y, rng):  # what a too-large batch raises on a GPU
+    def step(forward, x, y, rng):  # what a too-large batch raises on a GPU
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     from pipeline.progress import Progress

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import DataConfig, DistillConfig, StudentConfig
+from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
@@ -42,6 +43,7 @@ class DistillStage(Stage):
     sections = ("student", "distill", "data")
     inputs = ("data", "teacher")
     scratch = (CHECKPOINT,)
+    distributed = True
 
     def run(self, ctx: StageContext) -> dict:
         cfg: DistillConfig = ctx.config["distill"]
@@ -66,13 +68,15 @@ class DistillStage(Stage):
         if use_manifold and cfg.w_random > 0:
             _check_k(cfg, grid_of(student))
 
-        def step(x, y, rng):
+        def step(forward, x, y, rng):
             student_tokens, teacher_tokens = [], []
             if needs_teacher:
-                with torch.no_grad(), _capture(taps, 1, teacher_tokens):
+                with torch.inference_mode(), _capture(taps, 1, teacher_tokens):
                     teacher_logits = teacher.eval()(x)
+                # inference tensors cannot be saved for the student's backward: clone them out of that mode
+                teacher_logits, teacher_tokens = teacher_logits.clone(), [t.clone() for t in teacher_tokens]
             with _capture(taps, 0, student_tokens):
-                out = student(x)
+                out = forward(x)
             cls_logits, kd_logits = out if distilled else (out, out)
             ce = F.cross_entropy(cls_logits, y, label_smoothing=cfg.label_smoothing)
             terms = {}
@@ -88,19 +92,21 @@ class DistillStage(Stage):
 
         try:
             rows = fit(student, step, data.train, data.val, cfg, data_cfg.augment_shift, data_cfg.augment_flip,
-                       ctx.out, ctx.device, ctx.seed, ctx.progress, "distill")
+                       ctx.out, ctx.device, ctx.seed, ctx.progress, "distill", ctx.accel)
         finally:
             for tap in taps:
                 tap.close()
         if distilled:
             student.set_distilled_training(False)
         val = accuracy(student, data.val, ctx.device)[1]
-        save_model(ctx.out / "model.pt", student, student_cfg.model, kwargs)
+        if world().main:
+            save_model(ctx.out / "model.pt", student, student_cfg.model, kwargs)
         ctx.progress.log(f"  student {student_cfg.model}: val top-1 {val:.2f}%")
         return {"model": student_cfg.model, "val_top1": round(val, 3), "kd": cfg.kd, "manifold": use_manifold,
                 "student_layers": layers[0], "teacher_layers": layers[1], "distilled_head": distilled,
                 "params": sum(p.numel() for p in student.parameters()),
-                "train_seconds": round(sum(r["seconds"] for r in rows), 1), "metrics_file": METRICS}
+                "train_seconds": round(sum(r["seconds"] for r in rows), 1), "processes": world().size,
+                "metrics_file": METRICS}
 
     @staticmethod
     def _layer_map(cfg: DistillConfig, student, teacher) -> tuple[list[int], list[int]]:

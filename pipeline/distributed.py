@@ -1,0 +1,114 @@
+"""Data-parallel training on PyTorch's own engine: torchrun launches the processes, torch.distributed
+(gloo on CPU, NCCL on CUDA) connects them, DDP all-reduces the gradients.
+
+`run.nproc = N` relaunches `manifold-edge run` under torchrun's launcher on this machine; a user's own
+`torchrun --nnodes ... -m pipeline run` works the same way. Rank 0 alone writes; see pipeline/graph.py.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# A rank waits this long for rank 0 (e.g. while it builds the data stage) before giving up.
+TIMEOUT = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def world() -> World:
+    """This process's place, from the variables torchrun sets (a single process without them)."""
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def under_launcher() -> bool:
+    return "WORLD_SIZE" in os.environ
+
+
+def active() -> bool:
+    """A process group of more than one process is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def start(device: str) -> World:
+    """Join the process group when launched with more than one process; pin this rank's GPU."""
+    here = world()
+    if here.size > 1 and not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(here.local_rank)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
+    return here
+
+
+def stop() -> None:
+    """Leave the process group: rank 0 goes on alone with the single-process stages."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's value on every rank (the value itself in a single process)."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's value, in rank order, on every rank."""
+    if not active():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (in place; the tensor itself in a single process)."""
+    if active():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def launch(nproc: int, argv: list[str], threads: int) -> int:
+    """Run `python -m pipeline ARGV` in nproc processes under torchrun's launcher; their exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks print their own errors
+    threads_before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = threads_before or str(threads or max(1, (os.cpu_count() or 1) // nproc))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
+    try:
+        elastic_launch(config, sys.executable)("-m", "pipeline", *argv)
+    except ChildFailedError as exc:  # each rank has printed its own error line
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        return codes.get(0) or next(iter(codes.values()))
+    except SignalException:
+        raise KeyboardInterrupt from None
+    finally:
+        if threads_before is None:
+            del os.environ["OMP_NUM_THREADS"]
+    return 0
