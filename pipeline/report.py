@@ -171,6 +171,8 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
 
 
 def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
+    from pipeline.plots import NOT_TERMS
+
     run = report["run"]
     lines = [f"# {title}", "",
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
@@ -202,12 +204,16 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
     for role, rows in report["curves"].items():
         if not rows:
             continue
-        terms = [k for k in rows[0] if k not in ("epoch", "lr", "images_per_s", "seconds", "val_top1")]
-        lines += [f"### {role} training", "", "| epoch | " + " | ".join(terms) + " | val top-1 % | img/s |",
-                  "|---:|" + "---:|" * (len(terms) + 2)]
+        terms = [k for k in rows[0] if k not in NOT_TERMS]
+        gpu = "gpu_memory_gb" in rows[0]
+        processes = f" ({rows[-1]['processes']} processes)" if rows[-1].get("processes", 1) > 1 else ""
+        lines += [f"### {role} training{processes}", "",
+                  "| epoch | " + " | ".join(terms) + " | val top-1 % | img/s |" + (" GPU GB |" if gpu else ""),
+                  "|---:|" + "---:|" * (len(terms) + 2 + gpu)]
         for row in rows:
             lines.append(f"| {row['epoch']} | " + " | ".join(f"{row[t]:.4f}" for t in terms)
-                         + f" | {row['val_top1']:.2f} | {row['images_per_s']:.0f} |")
+                         + f" | {row['val_top1']:.2f} | {row['images_per_s']:.0f} |"
+                         + (f" {row.get('gpu_memory_gb', 0):.2f} |" if gpu else ""))
         lines.append("")
     if "curves" in plots:
         lines += [f"![Training curves: each loss term and validation top-1 per epoch]({plots['curves']})", ""]

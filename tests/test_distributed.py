@@ -76,6 +76,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, capfd
     assert worst <= TOLERANCE, f"1 vs 2 processes: weights differ by up to {worst:.3g}"
     manifest = (artifact_folder(tmp_path / "two", "distill") / "manifest.json").read_text()
     assert '"processes": 2' in manifest and '"world_size": 2' in manifest
+    report = (tmp_path / "two" / "runs" / "default" / "report.md").read_text()
+    header = report.split("### distill training (2 processes)\n\n")[1].splitlines()[0]
+    assert header.startswith("| epoch | loss | ce | kd |") and "processes" not in header  # a count, not a loss term
 
 
 def test_only_rank_0_writes(tmp_path, monkeypatch):
