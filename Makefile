@@ -48,6 +48,7 @@ bench: setup data
 	$(VENV)/bin/python bench/loss_cost.py
 	$(VENV)/bin/python bench/quantization.py
 	$(VENV)/bin/python bench/latency.py
+	$(VENV)/bin/python bench/distill_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

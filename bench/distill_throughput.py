@@ -47,6 +47,13 @@ def last_epoch(out: Path, stage: str) -> dict:
     return json.loads((newest / "metrics.jsonl").read_text().splitlines()[-1])
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 3,000-image subset (about a minute on 2 cores)")
@@ -82,7 +89,7 @@ def main() -> None:
     for nproc in args.nproc:
         kd, both = (next(r for r in rows if r["processes"] == nproc and r["variant"] == v) for v in VARIANTS)
         both["manifold_cost"] = round(kd["images_per_s"] / both["images_per_s"], 2)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     result = {"setting": {"subset": subset, "epochs_measured": "last of 2", "overrides": base,
                           "device": device, "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "command": " ".join(["bench/distill_throughput.py", *sys.argv[1:]])},

@@ -1,6 +1,7 @@
 """Data-parallel training through torchrun: real 2-process runs on CPU (gloo)."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -106,3 +107,17 @@ def test_an_interrupted_distributed_run_resumes_from_its_checkpoint(tmp_path, te
     assert resumed.returncode == 0, resumed.stderr
     assert "distill: resuming after epoch" in resumed.stderr
     assert "weights identical on all 2 processes" in resumed.stderr
+
+
+def test_compiled_training_computes_what_eager_training_does(tmp_path, teacher):
+    """run.compile = true: torch.compile'd student (the manifold taps' hooks included), same losses."""
+    extra = (*SAME_MATH, teacher, "distill.epochs=1")
+    rows = []
+    for name, compiled in (("eager", "false"), ("compiled", "true")):
+        (tmp_path / name).mkdir()
+        assert main(cli_args(tmp_path / name, "run", *extra, f"run.compile={compiled}") + ["--until", "distill"]) == 0
+        metrics = (artifact_folder(tmp_path / name, "distill") / "metrics.jsonl").read_text()
+        rows.append(json.loads(metrics.splitlines()[-1]))
+    eager, compiled = rows
+    for term in ("loss", "ce", "kd", "intra", "inter", "random"):
+        assert compiled[term] == pytest.approx(eager[term], rel=1e-3), term
