@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import UserError
+
 # A rank waits this long for rank 0 (e.g. while it builds the data stage) before giving up.
 TIMEOUT = timedelta(hours=2)
 
@@ -52,6 +54,9 @@ def start(device: str) -> World:
     here = world()
     if here.size > 1 and not dist.is_initialized():
         if device == "cuda":
+            if here.local_rank >= torch.cuda.device_count():
+                raise UserError(f"run.nproc: this machine runs more processes than its {torch.cuda.device_count()} "
+                                "GPU(s); use one process per GPU (nproc or torchrun --nproc-per-node)")
             torch.cuda.set_device(here.local_rank)
         dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
     return here
@@ -83,10 +88,12 @@ def gather(value: Any) -> list[Any]:
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum over ranks (in place; the tensor itself in a single process)."""
-    if active():
-        dist.all_reduce(tensor)
-    return tensor
+    """The sum over ranks, on the tensor's device (the tensor itself in a single process)."""
+    if not active():
+        return tensor
+    summed = tensor.to("cuda" if dist.get_backend() == "nccl" else "cpu")  # NCCL reduces CUDA tensors only
+    dist.all_reduce(summed)
+    return summed.to(tensor.device)
 
 
 def launch(nproc: int, argv: list[str], threads: int) -> int:
@@ -106,8 +113,8 @@ def launch(nproc: int, argv: list[str], threads: int) -> int:
     except ChildFailedError as exc:  # each rank has printed its own error line
         codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
         return codes.get(0) or next(iter(codes.values()))
-    except SignalException:
-        raise KeyboardInterrupt from None
+    except SignalException:  # Ctrl-C or SIGTERM: the launcher stopped the ranks; rank 0 said so
+        return 130
     finally:
         if threads_before is None:
             del os.environ["OMP_NUM_THREADS"]
