@@ -202,8 +202,8 @@ def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, sched
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * len(y)
             seen += len(y)
             if index % 10 == 0:  # reading the loss waits for the GPU: not every step
-                bar.advance(10 if index else 1,
-                            info=f"loss {loss.item():.3f}  {here.size * seen / (time.perf_counter() - start):.0f} img/s")
+                speed = here.size * seen / (time.perf_counter() - start)
+                bar.advance(10 if index else 1, info=f"loss {loss.item():.3f}  {speed:.0f} img/s")
     elapsed = time.perf_counter() - start
     total = all_sum(torch.tensor([float(seen)], dtype=torch.float64)).item()
     if not total:

@@ -68,7 +68,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, capfd
     extra = (*SAME_MATH, teacher, *(KD_AND_INTRA if manifold else ("distill.manifold=false",)))
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     assert main(cli_args(tmp_path / "one", "run", *extra) + ["--until", "distill"]) == 0
-    assert main(cli_args(tmp_path / "two", "run", *extra, "run.threads=1") + ["--until", "distill", "--nproc", "2"]) == 0
+    two = cli_args(tmp_path / "two", "run", *extra, "run.threads=1")
+    assert main([*two, "--until", "distill", "--nproc", "2"]) == 0
     out = capfd.readouterr()
     assert "distill: running in 2 processes" in out.err and "weights identical on all 2 processes" in out.err
     assert out.err.count("distill epoch 1/2") == 2  # one line per run: rank 1 stays quiet
