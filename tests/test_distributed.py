@@ -122,3 +122,11 @@ def test_compiled_training_computes_what_eager_training_does(tmp_path, teacher):
     eager, compiled = rows
     for term in ("loss", "ce", "kd", "intra", "inter", "random"):
         assert compiled[term] == pytest.approx(eager[term], rel=1e-3), term
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, capfd):
+    args = cli_args(tmp_path, "run", "teacher.batch_size=63", "run.threads=1", "benchmark.enabled=false")
+    assert main([*args, "--until", "teacher", "--nproc", "2"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("error: teacher.batch_size = 63 (the global batch) does not split over 2 processes") == 1
+    assert "Traceback" not in err
