@@ -100,6 +100,16 @@ def test_ablations_distilled_student_and_pooled_teacher_grid(tmp_path):
     assert main(cli_args(tmp_path, "run", *pooled) + ["--until", "distill"]) == 0
 
 
+def test_a_cnn_teacher_distils_with_kd_and_is_refused_for_the_manifold_terms(tmp_path, capsys):
+    """timm CNNs take no img_size keyword: built without it; the manifold loss needs ViT tokens."""
+    cnn = ["teacher.model='resnet10t'", "teacher.overrides={}"]
+    assert main(cli_args(tmp_path, "run", *cnn, "distill.manifold=false") + ["--until", "distill"]) == 0
+    teacher = read_report(tmp_path)["stages"]["teacher"]["summary"]
+    assert teacher["model"] == "resnet10t" and teacher["params"] > 1_000_000
+    assert main(cli_args(tmp_path, "run", *cnn) + ["--until", "distill"]) == 2
+    assert "is not a ViT-family model" in capsys.readouterr().err
+
+
 def test_incompatible_token_grids_are_a_config_error(tmp_path, capsys):
     args = cli_args(tmp_path, "run", "student.model='vit_tiny_patch16_224'", "student.overrides.patch_size=2")
     assert main(args + ["--until", "distill"]) == 2

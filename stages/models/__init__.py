@@ -44,7 +44,13 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             raise UserError(f"{field}.pretrained_file = {pretrained_file!r} does not exist")
         extra["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
     try:
-        model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
+        except TypeError as exc:  # CNNs take any image size and have no img_size keyword
+            if "img_size" not in str(exc) or "img_size" in overrides:
+                raise
+            kwargs.pop("img_size")
+            model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except TypeError as exc:
         raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {kwargs}: {exc}") from None
     except (AssertionError, ValueError) as exc:
