@@ -1,6 +1,7 @@
 """Data-parallel training through torchrun: real 2-process runs on CPU (gloo)."""
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 
 import pytest
 import torch
+from rich.console import Console
 
 from conftest import artifact_folder, cli_args
 from pipeline.cli import main
@@ -130,3 +132,19 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_p
     err = capfd.readouterr().err
     assert err.count("error: teacher.batch_size = 63 (the global batch) does not split over 2 processes") == 1
     assert "Traceback" not in err
+
+
+def test_a_checkpoint_from_another_process_count_is_not_resumed(tmp_path):
+    from pipeline.distributed import World
+    from pipeline.progress import Progress
+    from stages.training import _resume_state
+
+    checkpoint, log = tmp_path / "checkpoint.pt", io.StringIO()
+    torch.save({"world_size": 2, "epoch": 3}, checkpoint)
+    with Progress(Console(file=log, width=300)) as progress:
+        assert _resume_state(checkpoint, progress, "distill", World()) is None
+    assert "was written by 2 processes, not 1; starting over" in log.getvalue()
+    assert not checkpoint.exists()  # removed: training starts over
+    torch.save({"world_size": 1, "epoch": 3}, checkpoint)
+    with Progress() as progress:
+        assert _resume_state(checkpoint, progress, "distill", World())["epoch"] == 3
