@@ -49,6 +49,11 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def joined() -> World:
+    """This process's place in the running process group (a single process when none is up)."""
+    return world() if active() else World()
+
+
 def start(device: str) -> World:
     """Join the process group when launched with more than one process; pin this rank's GPU."""
     here = world()

@@ -50,31 +50,30 @@ class Batches:
                 idx = idx[: len(idx) - len(idx) % processes]
             if not len(idx):
                 continue
-            x = self.images[idx].float().div_(255)
             mine = slice(rank, None, processes)
+            x = self.images[idx[mine]].float().div_(255)
             if generator is not None and (shift or flip):
-                x = augment(x, generator, shift, flip, mine)
-            else:
-                x = x[mine]
+                x = augment(x, generator, shift, flip, drawn=len(idx), keep=mine)
             x = (x - self.mean) / self.std
-            y = self.labels[idx][mine]
+            y = self.labels[idx[mine]]
             if device == "cuda":
                 x, y = x.pin_memory(), y.pin_memory()
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool, keep: slice = slice(None)
-            ) -> torch.Tensor:
-    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips, per image;
-    drawn for every image of x, applied to (and returning) x[keep]."""
-    n = len(x)
-    dy = dx = flipped = None
+def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool, drawn: int | None = None,
+            keep: slice = slice(None)) -> torch.Tensor:
+    """Random translation by up to `shift` pixels (zero fill) and random horizontal flips, per image.
+
+    The draws are made for `drawn` images (default: x's) and x gets the `keep` share of them: one
+    process's images out of a whole batch, augmented as a single process would augment them.
+    """
+    drawn = len(x) if drawn is None else drawn
     if shift:
-        dy = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)[keep]
-        dx = torch.randint(0, 2 * shift + 1, (n, 1, 1), generator=generator)[keep]
+        dy = torch.randint(0, 2 * shift + 1, (drawn, 1, 1), generator=generator)[keep]
+        dx = torch.randint(0, 2 * shift + 1, (drawn, 1, 1), generator=generator)[keep]
     if flip:
-        flipped = (torch.rand(n, generator=generator) < 0.5)[keep]
-    x = x[keep]
+        flipped = (torch.rand(drawn, generator=generator) < 0.5)[keep]
     n, _, h, w = x.shape
     if shift:
         padded = F.pad(x, (shift, shift, shift, shift))

@@ -18,7 +18,7 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import TrainConfig
-from pipeline.distributed import World, active, all_sum, gather, world
+from pipeline.distributed import World, all_sum, gather, joined
 from pipeline.errors import UserError
 from pipeline.fileio import atomic_write, write_text
 from pipeline.progress import Progress
@@ -52,7 +52,7 @@ def accuracy(model: nn.Module, data: Batches, device: str, batch_size: int = 512
     was_training = model.training
     model.eval()
     hits = torch.zeros(len(topk), dtype=torch.float64, device=device)
-    here = world() if active() else World()
+    here = joined()
     for x, y in data.iterate(batch_size, device, shard=(here.rank, here.size)):
         with _autocast(device):
             top = model(x).topk(max(topk), dim=1).indices
@@ -75,7 +75,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     cfg.batch_size under DDP; rank 0 writes the checkpoint and metrics. Returns one metrics row per
     epoch (also written to workdir/metrics.jsonl).
     """
-    here = world() if active() else World()
+    here = joined()
     if cfg.batch_size % here.size:
         raise UserError(f"{label}.batch_size = {cfg.batch_size} (the global batch) does not split over "
                         f"{here.size} processes: use a multiple of {here.size}")
@@ -220,7 +220,7 @@ def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, sched
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
     finite = torch.isfinite(loss.detach()).to("cpu", torch.float64).reshape(1)
-    return all_sum(finite).item() == (world().size if active() else 1)
+    return all_sum(finite).item() == joined().size
 
 
 def _skip_nonfinite(loss, terms, count, index, cfg, schedule, progress, title) -> int:
