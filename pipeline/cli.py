@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 
+from pipeline import __version__
 from pipeline.config import json_schema, load_config
 from pipeline.errors import UserError
 
@@ -23,6 +24,7 @@ DEFAULT_CONFIG = "pipeline.toml"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manifold-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"manifold-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline (reusing cached stages)")
     status = sub.add_parser("status", help="each stage: cached, stale, missing or damaged, and why")

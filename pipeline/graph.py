@@ -126,8 +126,8 @@ class Pipeline:
                 if not here.main:
                     break
             label = f"[{index}/{last + 1}] {stage.name}"
-            lock = wait_lock(self.store.lock_path(stage.name, stage.key),
-                             lambda: progress.log(f"{label}: another run is building this artifact; waiting")) \
+            waiting = f"{label}: another run is building this artifact; waiting"
+            lock = wait_lock(self.store.lock_path(stage.name, stage.key), lambda w=waiting: progress.log(w)) \
                 if here.main else nullcontext()
             with lock:
                 records[stage.name] = self._stage(stage, label, forced, records, device, progress, here)

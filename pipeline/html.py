@@ -23,7 +23,8 @@ img{max-width:100%;border:1px solid #dde1e7;margin:4px 0}p:has(img){display:flex
 th[data-sort=asc]::after{content:" \\25B2"}th[data-sort=desc]::after{content:" \\25BC"}
 """
 
-HEAD_JS = """window.__errors=0;window.addEventListener('error',function(e){if(e instanceof ErrorEvent)window.__errors++;},true);"""
+HEAD_JS = ("window.__errors=0;"
+           "window.addEventListener('error',function(e){if(e instanceof ErrorEvent)window.__errors++;},true);")
 
 TAIL_JS = """
 document.querySelectorAll('table').forEach(function(table){

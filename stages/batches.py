@@ -1,9 +1,9 @@
 """Reading the data stage's artifact and iterating over it in normalised, optionally augmented batches."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -8,9 +8,9 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -12,8 +12,8 @@ import json
 import platform
 import tempfile
 import warnings
-from contextlib import contextmanager
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np

@@ -6,8 +6,9 @@ Runtime packages are imported on first use, and a missing one names the pip extr
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import numpy as np
 

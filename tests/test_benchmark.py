@@ -5,11 +5,11 @@ import json
 
 import pytest
 
+from conftest import artifact_folder, read_report
 from pipeline.cli import main
 from pipeline.config import load_config
 from targets.diagnosis import diagnose
 from targets.profiles import builtin_profiles
-from conftest import artifact_folder, read_report
 
 
 def test_builtin_profiles_cover_phones_and_watches():

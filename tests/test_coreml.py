@@ -15,8 +15,7 @@ from pipeline.errors import UserError
 from stages.batches import load_dataset
 from stages.export import export_coreml
 from stages.models import load_model
-from targets.coreml import (IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, coremltools, inspect_package,
-                            read_weights)
+from targets.coreml import IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, coremltools, inspect_package, read_weights
 
 
 @pytest.fixture(scope="module")

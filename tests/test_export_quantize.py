@@ -16,6 +16,7 @@ from stages.models import load_model
 from stages.quantize.onnx_int8 import static_with_fallback
 from targets.runtimes import require
 
+
 def test_exports_match_torch_on_real_images(trained_run):
     artifacts = json.loads((artifact_folder(trained_run, "export") / "export.json").read_text())["artifacts"]
     for key in ("onnx", "openvino"):

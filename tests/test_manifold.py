@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from stages.distill.features import default_layer_map, grid_pooler
-from stages.distill.manifold import (ManifoldLoss, inter_image_loss, intra_image_loss,
-                                     random_sampled_loss)
+from stages.distill.manifold import ManifoldLoss, inter_image_loss, intra_image_loss, random_sampled_loss
 
 
 def _tokens(b=3, n=5, ds=4, dt=7, seed=0):

@@ -6,8 +6,8 @@ average-pooled to the student's; any other mismatch is a config error.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn as nn

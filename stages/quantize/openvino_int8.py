@@ -3,8 +3,8 @@ to NNCF's accuracy-control search when the plain result loses more than `max_dro
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
