@@ -13,9 +13,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.errors import UserError
 
+NOT_IN_KEY = "x-not-in-cache-key"
+
+
+def not_in_key(default: Any, description: str, **constraints: Any) -> Any:
+    """A field that cannot change any result (where data is downloaded from, thread counts): left out
+    of the cache keys, so changing it reuses every artifact. The schema marks it with NOT_IN_KEY."""
+    return Field(default, description=description, json_schema_extra={NOT_IN_KEY: True}, **constraints)
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+    def key_fields(self) -> dict:
+        """The section as it enters a cache key: every field but those marked not_in_key."""
+        dump = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            if (info.json_schema_extra or {}).get(NOT_IN_KEY):
+                del dump[name]
+            elif isinstance(getattr(self, name), Section):
+                dump[name] = getattr(self, name).key_fields()
+        return dump
 
 
 class RunConfig(Section):
@@ -37,9 +55,9 @@ class RunConfig(Section):
 class DataConfig(Section):
     dataset: Literal["fashion-mnist", "digits", "imagefolder"] = "fashion-mnist"
     path: str | None = Field(None, description="IDX folder (fashion-mnist) or class folders (imagefolder)")
-    url: str = Field("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                     description="mirror to download fashion-mnist from when no local copy exists")
-    cache_dir: str = Field("~/.cache/manifold-edge/datasets", description="where downloads are kept")
+    url: str = not_in_key("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                          "mirror to download fashion-mnist from when no local copy exists")
+    cache_dir: str = not_in_key("~/.cache/manifold-edge/datasets", "where downloads are kept")
     img_size: int = Field(28, ge=4, le=1024, description="images are resized to img_size x img_size")
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the training split held out")
@@ -223,7 +241,7 @@ class QuantizeConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: int = Field(256, ge=1, description="batch size for running every artifact")
-    threads: int = Field(0, ge=0, description="runtime threads; 0 = the runtime's default")
+    threads: int = not_in_key(0, "runtime threads; 0 = the runtime's default", ge=0)
 
 
 class TargetProfile(Section):
@@ -328,8 +346,8 @@ class PipelineConfig(Section):
             from targets.profiles import resolve
 
             names = self.benchmark.targets if self.benchmark.enabled else []
-            return {n: p.model_dump(mode="json") for n, p in resolve(names, self.targets).items()}
-        return getattr(self, name).model_dump(mode="json")
+            return {n: p.key_fields() for n, p in resolve(names, self.targets).items()}
+        return getattr(self, name).key_fields()
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -11,6 +11,7 @@ from pipeline import distributed
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
+from pipeline.fingerprint import code_digest, code_fingerprint
 from pipeline.lock import wait_lock
 from pipeline.progress import Progress
 from pipeline.stage import Accel, Stage, StageContext
@@ -33,6 +34,11 @@ def stage_class(name: str) -> type[Stage]:
     return getattr(importlib.import_module(module), attr)
 
 
+def stage_code(name: str) -> dict[str, str]:
+    """{file: hash} of the code that computes the stage's artifact."""
+    return code_fingerprint(STAGES[name].partition(":")[0], stage_class(name).scripts)
+
+
 def check_stage_name(name: str | None, option: str) -> None:
     if name is not None and name not in STAGES:
         raise UserError(f"{option} {name!r}: no such stage; stages are {', '.join(STAGES)}")
@@ -45,6 +51,7 @@ class PlannedStage:
     key: str
     config: dict
     inputs: dict[str, str]
+    code: dict[str, str]
 
 
 @dataclass
@@ -85,8 +92,9 @@ class Pipeline:
             if cls.distributed and self.world_size() > 1:  # DDP's result differs a little from one process's
                 config["world_size"] = self.world_size()
             inputs = {dep: keys[dep] for dep in cls.inputs}
-            keys[name] = cache_key(name, cls.version, config, inputs)
-            planned.append(PlannedStage(name, cls, keys[name], config, inputs))
+            code = stage_code(name)
+            keys[name] = cache_key(name, code_digest(code), config, inputs)
+            planned.append(PlannedStage(name, cls, keys[name], config, inputs, code))
         return planned
 
     def _previous(self) -> dict:
@@ -132,7 +140,8 @@ class Pipeline:
             with lock:
                 records[stage.name] = self._stage(stage, label, forced, records, device, progress, here)
             if here.main:
-                state[stage.name] = {"key": stage.key, "config": stage.config, "inputs": stage.inputs}
+                state[stage.name] = {"key": stage.key, "config": stage.config, "inputs": stage.inputs,
+                                     "code": stage.code}
                 write_json(self.state_path, state)
         distributed.stop()
         return list(records.values())
@@ -177,7 +186,7 @@ class Pipeline:
         wall = time.perf_counter() - start
         if not here.main:
             return None
-        manifest = {"stage": stage.name, "version": stage.cls.version, "config": stage.config,
+        manifest = {"stage": stage.name, "code": stage.code, "config": stage.config,
                     "inputs": stage.inputs, "summary": summary, "wall_s": round(wall, 2),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = self.store.commit(stage.name, stage.key, manifest, scratch=stage.cls.scratch)
@@ -187,10 +196,14 @@ class Pipeline:
 def _explain_change(before: dict, stage: PlannedStage) -> str:
     changes = [f"{k}: {_short(v0)} -> {_short(v1)}" for k, (v0, v1) in
                _diff(flatten(before.get("config", {})), flatten(stage.config)).items()]
+    code = before.get("code", {})
+    edited = sorted(path for path in code.keys() | stage.code.keys() if code.get(path) != stage.code.get(path))
+    if edited:
+        changes.append(f"code changed ({', '.join(edited)})")
     changes += [f"input '{dep}' changed" for dep, key in stage.inputs.items()
                 if before.get("inputs", {}).get(dep) != key]
     if not changes:
-        changes = ["stage code version changed"]
+        changes = ["code changed (the run that built it recorded no code fingerprint)"]
     return "changed since the last run: " + "; ".join(changes)
 
 

@@ -35,14 +35,15 @@ class Stage:
     """A pipeline step. Subclasses set the class attributes and implement `run`.
 
     `sections` are the pipeline.toml sections it reads, `inputs` the upstream stages whose
-    artifacts it reads, `version` is bumped when its code changes what it writes (invalidating
-    the cache), `scratch` names working files removed when the stage completes. A `distributed`
+    artifacts it reads, `scripts` the project modules it runs as programs rather than imports (their
+    code counts in its cache key like the modules it imports: see pipeline/fingerprint.py),
+    `scratch` names working files removed when the stage completes. A `distributed`
     stage runs in every process of a multi-process run (rank 0 alone writes); the others run on
     rank 0 only.
     """
 
     name: ClassVar[str]
-    version: ClassVar[int] = 1
+    scripts: ClassVar[tuple[str, ...]] = ()
     sections: ClassVar[tuple[str, ...]] = ()
     inputs: ClassVar[tuple[str, ...]] = ()
     uses_seed: ClassVar[bool] = True

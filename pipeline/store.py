@@ -16,8 +16,9 @@ from pipeline.fileio import read_json, write_json
 MANIFEST = "manifest.json"
 
 
-def cache_key(stage: str, version: int, config: dict, inputs: dict[str, str]) -> str:
-    payload = {"stage": stage, "version": version, "config": config, "inputs": inputs}
+def cache_key(stage: str, code: str, config: dict, inputs: dict[str, str]) -> str:
+    """The artifact's identity: the stage, the digest of its code, the config it reads and its inputs' keys."""
+    payload = {"stage": stage, "code": code, "config": config, "inputs": inputs}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -33,6 +33,7 @@ class BenchmarkStage(Stage):
     sections = ("benchmark", "targets")
     inputs = ("export", "quantize")
     uses_seed = False
+    scripts = ("targets.agent",)  # copied to the device and run there
 
     def run(self, ctx: StageContext) -> dict:
         cfg: BenchmarkConfig = ctx.config["benchmark"]
