@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 
-from pipeline import __version__
+from pipeline import __version__, exits
 from pipeline.config import json_schema, load_config
 from pipeline.errors import UserError
 
@@ -64,7 +64,6 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    quiet = "RANK" in os.environ and os.environ["RANK"] != "0"  # in a multi-process run rank 0 speaks for all
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -83,21 +82,22 @@ def main(argv: list[str] | None = None) -> int:
             return _status(cfg)
         return _run(cfg, args.force, args.until, argv)
     except UserError as exc:
-        if not quiet:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(2, f"error: {exc}")
     except KeyboardInterrupt:
-        if not quiet:
-            print("interrupted: rerun the same command to resume from the last completed epoch", file=sys.stderr)
-        return 130
+        return _fail(exits.INTERRUPTED, exits.INTERRUPTED_MESSAGE)
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            print(f"error: disk full ({getattr(exc, 'filename', None) or exc}): free space and rerun the same "
-                  "command to resume; completed stages are kept", file=sys.stderr)
-            return 2
-        traceback.print_exc()
-        print("internal error: please report it with the traceback above", file=sys.stderr)
-        return 1
+            return _fail(2, f"error: disk full ({getattr(exc, 'filename', None) or exc}): free space and rerun "
+                            "the same command to resume; completed stages are kept")
+        return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")
+
+
+def _fail(code: int, message: str) -> int:
+    """Say why the command stops, once: a process of `run --nproc` leaves it to the launcher, and under a
+    user's own torchrun rank 0 speaks for all."""
+    if not exits.record(code, message) and os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+    return code
 
 
 def _report(run_dir: str) -> int:
@@ -178,11 +178,15 @@ def _run(cfg, force: str | None, until: str | None, argv: list[str]) -> int:
 
     check_stage_name(force, "--force")
     check_stage_name(until, "--until")
+    pipeline = Pipeline(cfg)
+    pipeline.check(until)  # config problems: before any stage runs or any process starts
     if cfg.run.nproc > 1 and not distributed.under_launcher():
-        return distributed.launch(cfg.run.nproc, argv, cfg.run.threads)
+        code, message = distributed.launch(cfg.run.nproc, argv, cfg.run.threads)
+        if message:
+            print(message, file=sys.stderr)
+        return code
     here = distributed.world()
     start = time.perf_counter()
-    pipeline = Pipeline(cfg)
     with run_lock(pipeline.run_dir) if here.main else nullcontext(), Progress(quiet=not here.main) as progress:
         if not here.main:
             pipeline.run(progress, force=force, until=until)

@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from pipeline import exits
 from pipeline.errors import UserError
 
 # A rank waits this long for rank 0 (e.g. while it builds the data stage) before giving up.
@@ -101,26 +105,44 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     return summed.to(tensor.device)
 
 
-def launch(nproc: int, argv: list[str], threads: int) -> int:
-    """Run `python -m pipeline ARGV` in nproc processes under torchrun's launcher; their exit code."""
+def launch(nproc: int, argv: list[str], threads: int) -> tuple[int, str | None]:
+    """Run `python -m pipeline ARGV` in nproc processes under torchrun's launcher: the exit code, and the
+    message of the first process that failed (see pipeline/exits.py)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks print their own errors
-    threads_before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = threads_before or str(threads or max(1, (os.cpu_count() or 1) // nproc))
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the processes' own messages say what happened
+    threads = os.environ.get("OMP_NUM_THREADS") or str(threads or max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
+    with tempfile.TemporaryDirectory(prefix="manifold-edge-exits-") as folder, \
+            _environment(OMP_NUM_THREADS=threads, **{exits.FOLDER_ENV: folder}):
+        try:
+            elastic_launch(config, sys.executable)("-m", "pipeline", *argv)
+        except ChildFailedError as exc:
+            first = exits.first_failure(Path(folder))
+            if first:
+                return first["code"], first["message"]
+            rank, failure = min(exc.failures.items(), key=lambda item: item[1].timestamp)
+            how = f"signal {-failure.exitcode}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+            return 1, f"internal error: process {rank} of {nproc} ended with {how} before it could say why"
+        except SignalException:  # Ctrl-C or SIGTERM: the launcher stopped the processes
+            return exits.INTERRUPTED, exits.INTERRUPTED_MESSAGE
+    return 0, None
+
+
+@contextmanager
+def _environment(**values: str):
+    """Set environment variables for the processes started inside the block; restore them after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
-        elastic_launch(config, sys.executable)("-m", "pipeline", *argv)
-    except ChildFailedError as exc:  # each rank has printed its own error line
-        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
-        return codes.get(0) or next(iter(codes.values()))
-    except SignalException:  # Ctrl-C or SIGTERM: the launcher stopped the ranks; rank 0 said so
-        return 130
+        yield
     finally:
-        if threads_before is None:
-            del os.environ["OMP_NUM_THREADS"]
-    return 0
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

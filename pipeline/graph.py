@@ -97,6 +97,12 @@ class Pipeline:
             planned.append(PlannedStage(name, cls, keys[name], config, inputs, code))
         return planned
 
+    def check(self, until: str | None = None) -> None:
+        """Each stage's config check, up to `until`: raises UserError before anything runs."""
+        names = list(STAGES)
+        for name in names[: names.index(until) + 1 if until else len(names)]:
+            stage_class(name).check(self.cfg, self.world_size())
+
     def _previous(self) -> dict:
         return read_json(self.state_path) if self.state_path.is_file() else {}
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from pipeline.progress import Progress
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class Stage:
     uses_seed: ClassVar[bool] = True
     scratch: ClassVar[tuple[str, ...]] = ()
     distributed: ClassVar[bool] = False
+
+    @classmethod
+    def check(cls, cfg: PipelineConfig, world_size: int) -> None:
+        """Raise UserError for a config problem found without running anything (paths, shapes, batch splits):
+        called for every stage before the first one runs, and before torchrun starts any process."""
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Write the artifact files into ctx.out; return a JSON-able summary for the manifest."""

@@ -108,8 +108,8 @@ def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Sp
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def load_imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
-    """`path/<class>/*.png`, or `path/train/<class>/` with `path/test/<class>/` as the test split."""
+def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str]]:
+    """(the training root, whether path/train + path/test split it, the class names), checked."""
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise UserError(f"data.path = {cfg.path!r} is not a folder")
@@ -119,6 +119,13 @@ def load_imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
     if len(classes) < 2:
         raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two), "
                         f"found {len(classes)}")
+    return train_root, has_splits, classes
+
+
+def load_imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
+    """`path/<class>/*.png`, or `path/train/<class>/` with `path/test/<class>/` as the test split."""
+    train_root, has_splits, classes = imagefolder_layout(cfg)
+    root = Path(cfg.path).expanduser()
     train = _read_folder(train_root, classes, cfg.channels, cfg.img_size)
     test = _read_folder(root / "test", classes, cfg.channels, cfg.img_size) if has_splits else None
     return train, test, classes
@@ -161,6 +168,13 @@ def split(train: Split, test: Split | None, cfg: DataConfig, seed: int) -> dict[
 class DataStage(Stage):
     name = "data"
     sections = ("data",)
+
+    @classmethod
+    def check(cls, cfg, world_size: int) -> None:
+        if cfg.data.dataset == "imagefolder":
+            imagefolder_layout(cfg.data)
+        elif cfg.data.dataset == "fashion-mnist" and cfg.data.path:
+            fashion_mnist_dir(cfg.data)  # with data.path set: only checks the four files are there
 
     def run(self, ctx: StageContext) -> dict:
         cfg: DataConfig = ctx.config["data"]

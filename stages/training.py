@@ -66,6 +66,12 @@ def _autocast(device: str):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
 
 
+def check_batch_split(label: str, batch_size: int, processes: int) -> None:
+    if batch_size % processes:
+        raise UserError(f"{label}.batch_size = {batch_size} (the global batch) does not split over "
+                        f"{processes} processes: use a multiple of {processes}")
+
+
 def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: TrainConfig, shift: int,
         flip: bool, workdir: Path, device: str, seed: int, progress: Progress, label: str,
         accel: Accel = Accel()) -> list[dict]:
@@ -76,9 +82,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     epoch (also written to workdir/metrics.jsonl).
     """
     here = joined()
-    if cfg.batch_size % here.size:
-        raise UserError(f"{label}.batch_size = {cfg.batch_size} (the global batch) does not split over "
-                        f"{here.size} processes: use a multiple of {here.size}")
+    check_batch_split(label, cfg.batch_size, here.size)
     steps_per_epoch = train.num_batches(cfg.batch_size)
     lr = cfg.lr * cfg.batch_size / 512 if cfg.lr_scaling == "linear" else cfg.lr
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=lr)

@@ -127,11 +127,40 @@ def test_compiled_training_computes_what_eager_training_does(tmp_path, teacher):
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, capfd):
-    args = cli_args(tmp_path, "run", "teacher.batch_size=63", "run.threads=1", "benchmark.enabled=false")
+    """Found in the parent before torchrun starts: no stage runs, no process is launched."""
+    args = cli_args(tmp_path, "run", "distill.batch_size=63", "run.threads=1", "benchmark.enabled=false")
+    assert main([*args, "--until", "distill", "--nproc", "2"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("error: distill.batch_size = 63 (the global batch) does not split over 2 processes") == 1
+    assert "Traceback" not in err and "running" not in err
+    assert not (tmp_path / "runs" / ".cache").exists()
+
+
+@pytest.mark.slow
+def test_a_failure_inside_the_processes_is_reported_once_with_its_exit_code(tmp_path, capfd):
+    """Every process finds the checkpoint unreadable; torchrun then stops the slower one. The user sees the
+    first failure's line and exit code, once, whatever the launcher did to the other process."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    args = cli_args(tmp_path, "run", f"teacher.checkpoint='{junk}'", "run.threads=1", "benchmark.enabled=false")
     assert main([*args, "--until", "teacher", "--nproc", "2"]) == 2
     err = capfd.readouterr().err
-    assert err.count("error: teacher.batch_size = 63 (the global batch) does not split over 2 processes") == 1
-    assert "Traceback" not in err
+    assert err.count("is not a torch checkpoint") == 1 and err.count("error:") == 1, err
+    assert "Traceback" not in err and "interrupted" not in err
+
+
+def test_the_launcher_reports_the_first_failure_not_the_interruption_it_caused(tmp_path, monkeypatch):
+    from pipeline import exits
+
+    monkeypatch.setenv(exits.FOLDER_ENV, str(tmp_path))
+    for rank, code, message in ((1, 2, "error: the cause"), (0, 130, exits.INTERRUPTED_MESSAGE), (2, 0, "")):
+        monkeypatch.setenv("RANK", str(rank))
+        assert exits.record(code, message)
+        time.sleep(0.01)
+    assert exits.first_failure(tmp_path) == {"rank": 1, "code": 2, "message": "error: the cause",
+                                             "time": pytest.approx(time.time(), abs=60)}
+    (tmp_path / "1.json").unlink()
+    assert exits.first_failure(tmp_path)["code"] == 130  # only an interruption: that is what happened
 
 
 def test_a_checkpoint_from_another_process_count_is_not_resumed(tmp_path):

@@ -11,10 +11,10 @@ from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.distill.features import TokenTap, blocks_of, default_layer_map, grid_of, grid_pooler
+from stages.distill.features import TokenTap, blocks_of, checked_blocks, default_layer_map, grid_of, grid_pooler
 from stages.distill.manifold import ManifoldLoss
-from stages.models import create_model, data_kwargs, load_model, save_model
-from stages.training import CHECKPOINT, METRICS, accuracy, fit
+from stages.models import architecture, create_model, data_kwargs, load_model, save_model
+from stages.training import CHECKPOINT, METRICS, accuracy, check_batch_split, fit
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float
@@ -45,6 +45,15 @@ class DistillStage(Stage):
     scratch = (CHECKPOINT,)
     distributed = True
 
+    @classmethod
+    def check(cls, cfg, world_size: int) -> None:
+        check_batch_split("distill", cfg.distill.batch_size, world_size)
+        data = cfg.data.channels, cfg.data.img_size
+        student = architecture("student", cfg.student.model, cfg.student.overrides, *data)
+        teacher = architecture("teacher", cfg.teacher.model, cfg.teacher.overrides, *data)
+        if student is not None and teacher is not None:
+            manifold_layers(cfg.distill, student, teacher)
+
     def run(self, ctx: StageContext) -> dict:
         cfg: DistillConfig = ctx.config["distill"]
         student_cfg: StudentConfig = ctx.config["student"]
@@ -58,15 +67,13 @@ class DistillStage(Stage):
         if distilled:
             student.set_distilled_training(True)
 
-        layers = self._layer_map(cfg, student, teacher) if cfg.manifold else ([], [])
+        layers = manifold_layers(cfg, student, teacher)
         manifold = ManifoldLoss(cfg.w_intra, cfg.w_inter, cfg.w_random, cfg.k, cfg.beta)
-        use_manifold = cfg.manifold and any((cfg.w_intra, cfg.w_inter, cfg.w_random)) and cfg.beta > 0
+        use_manifold = uses_manifold(cfg)
         needs_teacher = cfg.kd != "none" or use_manifold
         taps = (TokenTap(student, layers[0], "student"), TokenTap(teacher, layers[1], "teacher")) \
             if use_manifold else ()
         pool = grid_pooler(grid_of(student), grid_of(teacher)) if use_manifold else None
-        if use_manifold and cfg.w_random > 0:
-            _check_k(cfg, grid_of(student))
 
         def step(forward, x, y, rng):
             student_tokens, teacher_tokens = [], []
@@ -108,14 +115,31 @@ class DistillStage(Stage):
                 "train_seconds": round(sum(r["seconds"] for r in rows), 1), "processes": world().size,
                 "metrics_file": METRICS}
 
-    @staticmethod
-    def _layer_map(cfg: DistillConfig, student, teacher) -> tuple[list[int], list[int]]:
-        if cfg.student_layers is not None:
-            return cfg.student_layers, cfg.teacher_layers
+
+
+def uses_manifold(cfg: DistillConfig) -> bool:
+    return cfg.manifold and any((cfg.w_intra, cfg.w_inter, cfg.w_random)) and cfg.beta > 0
+
+
+def manifold_layers(cfg: DistillConfig, student, teacher) -> tuple[list[int], list[int]]:
+    """The (student, teacher) blocks to match, checked against both models, their token grids and distill.k;
+    ([], []) with distill.manifold off."""
+    if not cfg.manifold:
+        return [], []
+    if cfg.student_layers is not None:
+        layers = cfg.student_layers, cfg.teacher_layers
+    else:
         depth_s, depth_t = len(blocks_of(student, "student")), len(blocks_of(teacher, "teacher"))
         if not depth_s or not depth_t:
             raise UserError("distill.manifold needs blocks in both models; set distill.manifold = false")
-        return default_layer_map(depth_s, depth_t)
+        layers = default_layer_map(depth_s, depth_t)
+    if uses_manifold(cfg):
+        checked_blocks(student, layers[0], "student")
+        checked_blocks(teacher, layers[1], "teacher")
+        grid_pooler(grid_of(student), grid_of(teacher))
+        if cfg.w_random > 0:
+            _check_k(cfg, grid_of(student))
+    return layers
 
 
 def _check_k(cfg: DistillConfig, grid: tuple[int, int]) -> None:

@@ -38,15 +38,21 @@ def default_layer_map(student_depth: int, teacher_depth: int) -> tuple[list[int]
     return ends(student_depth), ends(teacher_depth)
 
 
+def checked_blocks(model: nn.Module, layers: list[int], field: str) -> nn.ModuleList:
+    """The model's blocks, after checking that `layers` index them."""
+    blocks = blocks_of(model, field)
+    bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
+    if bad:
+        raise UserError(f"distill.{field}_layers: {bad} out of range for {len(blocks)} blocks "
+                        f"(valid 0..{len(blocks) - 1})")
+    return blocks
+
+
 class TokenTap:
     """Captures the outputs of `layers` blocks during a forward pass as (B, N_patches, D) tensors."""
 
     def __init__(self, model: nn.Module, layers: list[int], field: str):
-        blocks = blocks_of(model, field)
-        bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
-        if bad:
-            raise UserError(f"distill.{field}_layers: {bad} out of range for {len(blocks)} blocks "
-                            f"(valid 0..{len(blocks) - 1})")
+        blocks = checked_blocks(model, layers, field)
         self.prefix = int(getattr(model, "num_prefix_tokens", 0))
         self.outputs: list[torch.Tensor] | None = None
         self.handles = [blocks[i].register_forward_hook(self._hook) for i in layers]

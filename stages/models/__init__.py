@@ -58,6 +58,19 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
     return model, kwargs
 
 
+def architecture(field: str, name: str, overrides: dict, channels: int, img_size: int) -> nn.Module | None:
+    """The model's modules on the meta device (no weights, no memory), to check a config before anything runs;
+    None when timm cannot build it there (the stage then checks it when it builds the real model)."""
+    data = {"in_chans": channels, "num_classes": overrides.get("num_classes", 10), "img_size": img_size}
+    try:
+        with torch.device("meta"):
+            return create_model(field, name, overrides, data)[0]
+    except UserError:
+        raise
+    except Exception:  # some model's initialisation needs real tensors
+        return None
+
+
 def save_model(path: Path, model: nn.Module, name: str, kwargs: dict) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "model": name, "kwargs": kwargs, "state_dict": state}
