@@ -55,12 +55,28 @@ def artifact_folder(tmp_path: Path, stage: str) -> Path:
     return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
 
 
+def pytest_collection_modifyitems(items):
+    """A test on the shared trained run pays for that run (about a minute): it is slow."""
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """One full pipeline run (every stage) of a small trained student, shared by the runtime tests."""
+    """One full pipeline run (every stage) of a small trained student, shared by the runtime tests.
+
+    Read-only: a test that runs the pipeline on it must copy it first (checked after the session)."""
     tmp_path = tmp_path_factory.mktemp("trained")
     assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
-    return tmp_path
+    before = _fingerprint(tmp_path)
+    yield tmp_path
+    assert _fingerprint(tmp_path) == before, "a test changed the shared trained_run: copy it (shutil.copytree)"
 
 
 @pytest.fixture(scope="session", autouse=True)

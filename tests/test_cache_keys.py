@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import cli_args, tiny_config
 from pipeline.config import NOT_IN_KEY, json_schema
 from pipeline.fingerprint import code_fingerprint
@@ -49,6 +51,7 @@ def _status(src: Path, args: list[str]) -> dict[str, str]:
     return {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 3}
 
 
+@pytest.mark.slow
 def test_editing_a_stage_s_code_makes_status_say_so(tmp_path):
     """In a copy of the source tree: a comment changes nothing; a code change in a module the teacher imports
     (but the data stage does not) makes the teacher stale, naming the file."""

@@ -65,6 +65,7 @@ def _weights(tmp_path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("manifold", [False, True], ids=["kd", "kd+intra"])
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, capfd, teacher, manifold):
     extra = (*SAME_MATH, teacher, *(KD_AND_INTRA if manifold else ("distill.manifold=false",)))
@@ -95,6 +96,7 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_an_interrupted_distributed_run_resumes_from_its_checkpoint(tmp_path, teacher):
     extra = (*SAME_MATH, teacher, "distill.epochs=6", "data.subset=1500", "run.threads=1")
     args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
@@ -112,6 +114,7 @@ def test_an_interrupted_distributed_run_resumes_from_its_checkpoint(tmp_path, te
     assert "weights identical on all 2 processes" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_compiled_training_computes_what_eager_training_does(tmp_path, teacher):
     """run.compile = true: torch.compile'd student (the manifold taps' hooks included), same losses."""
     extra = (*SAME_MATH, teacher, "distill.epochs=1")

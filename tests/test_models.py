@@ -78,6 +78,7 @@ def test_model_errors_are_user_errors():
         create_model("student", "vit_tiny_patch16_224", {"in_chans": 3}, DATA)
 
 
+@pytest.mark.slow
 def test_ablations_distilled_student_and_pooled_teacher_grid(tmp_path):
     """Every ablation runs; a DeiT distilled student; a patch-2 teacher pooled onto a patch-4 student."""
     for extra in (["distill.kd='none'"], ["distill.kd='hard'", "distill.manifold=false"],

@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.graph import STAGES, Pipeline
+
+# The cache tests need stages, not every runtime: ONNX Runtime only, no benchmark.
+LEAN = ("benchmark.enabled=false", "export.coreml.enabled=false", "quantize.coreml.enabled=false",
+        "export.openvino=false", "quantize.openvino=false")
 
 
 def _states(tmp_path, *extra):
     return {s.name: s for s in Pipeline(tiny_config(tmp_path, *extra)).status()}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys):
     assert main(cli_args(tmp_path, "run")) == 0
     report = read_report(tmp_path)
@@ -36,15 +43,16 @@ def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys):
     assert capsys.readouterr().err.count("reused, cached") == len(STAGES)
 
 
+@pytest.mark.slow
 def test_config_change_invalidates_only_downstream_and_says_why(tmp_path):
-    assert main(cli_args(tmp_path, "run")) == 0
-    states = _states(tmp_path, "distill.w_intra=0.0")
+    assert main(cli_args(tmp_path, "run", *LEAN)) == 0
+    states = _states(tmp_path, *LEAN, "distill.w_intra=0.0")
     assert states["data"].state == "cached" and states["teacher"].state == "cached"
     assert states["distill"].state == "stale"
     assert "distill.w_intra: 4.0 -> 0.0" in states["distill"].reason
     assert states["evaluate"].state == "stale" and "input 'distill' changed" in states["evaluate"].reason
 
-    assert main(cli_args(tmp_path, "run", "distill.w_intra=0.0")) == 0
+    assert main(cli_args(tmp_path, "run", *LEAN, "distill.w_intra=0.0")) == 0
     stages = read_report(tmp_path)["stages"]
     assert stages["teacher"]["cached"] and not stages["distill"]["cached"]
     assert "intra" not in stages["distill"]["summary"] and "intra" not in read_report(tmp_path)["curves"]["distill"][0]
@@ -62,9 +70,10 @@ def test_damaged_artifact_is_never_reused(tmp_path):
     assert _states(tmp_path)["teacher"].state == "cached"
 
 
+@pytest.mark.slow
 def test_force_reruns_the_stage_and_everything_after(tmp_path):
-    assert main(cli_args(tmp_path, "run")) == 0
-    assert main(cli_args(tmp_path, "run") + ["--force", "distill"]) == 0
+    assert main(cli_args(tmp_path, "run", *LEAN)) == 0
+    assert main(cli_args(tmp_path, "run", *LEAN) + ["--force", "distill"]) == 0
     stages = read_report(tmp_path)["stages"]
     assert stages["data"]["cached"] and stages["teacher"]["cached"]
     assert not stages["distill"]["cached"] and not stages["evaluate"]["cached"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import artifact_folder, cli_args, read_report, tiny_config
+from conftest import TRAINED, artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.fileio import write_text
@@ -41,6 +42,7 @@ def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"{path_glob} never appeared under {root} (exit {proc.poll()})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, damage", [(signal.SIGINT, False), (signal.SIGTERM, True)])
 def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum, damage):
     """... and a damaged epoch checkpoint is never resumed from: training starts over."""
@@ -61,6 +63,7 @@ def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum, damage):
     assert "teacher: reused" in output
 
 
+@pytest.mark.slow
 def test_a_second_run_of_the_same_run_folder_refuses(tmp_path, capsys):
     first = start(tmp_path, *SLOW_DISTILL)
     try:
@@ -73,6 +76,7 @@ def test_a_second_run_of_the_same_run_folder_refuses(tmp_path, capsys):
         first.wait()
 
 
+@pytest.mark.slow
 def test_two_runs_sharing_the_cache_build_each_artifact_once(tmp_path):
     a = start(tmp_path, *SLOW_DISTILL, "run.name='a'")
     b = start(tmp_path, *SLOW_DISTILL, "run.name='b'")
@@ -148,21 +152,22 @@ def test_k_larger_than_the_batch_tokens_is_a_user_error(tmp_path, capsys):
     assert "distill.k = 1000000 is larger than the B*N = 64*49 = 3136 student tokens" in err
 
 
-def test_int8_over_budget_stops_when_asked(tmp_path, capsys):
-    extra = ("quantize.max_drop=0.0", "quantize.max_fallback_layers=0", "quantize.on_over_budget='stop'",
-             "quantize.onnx_dynamic=false", "quantize.openvino=false", "export.openvino=false",
-             "export.coreml.enabled=false", "quantize.coreml.enabled=false", "quantize.calibration_method='Percentile'")
-    code = main([*cli_args(tmp_path, "run", *extra), "--until", "quantize"])
+def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys):
+    """The trained student calibrated on a single image loses points in INT8 (3 of 300 validation images
+    measured); with no fallback allowed and on_over_budget = 'stop', the run stops and says so."""
+    shutil.copytree(trained_run / "runs", tmp_path / "runs")
+    extra = (*TRAINED, "quantize.calibration_images=1", "quantize.per_channel=false", "quantize.max_drop=0.0",
+             "quantize.max_fallback_layers=0", "quantize.on_over_budget='stop'", "quantize.onnx_dynamic=false",
+             "quantize.openvino=false", "quantize.coreml.enabled=false")
+    assert main([*cli_args(tmp_path, "run", *extra), "--until", "quantize"]) == 2
     err = capsys.readouterr().err
-    if code == 0:  # INT8 happened to lose nothing on these validation images: the budget was met
-        summary = json.loads(next((tmp_path / "runs" / ".cache").glob("quantize-*/quantize.json")).read_text())
-        assert summary["artifacts"]["onnx_int8_static"]["fallback"]["met"]
-    else:
-        assert code == 2 and "over quantize.max_drop = 0.0" in err and "on_over_budget = 'warn'" in err
+    assert "over quantize.max_drop = 0.0" in err and "on_over_budget = 'warn'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
-    """Chaos: SIGKILL at random moments of a real run, rerun after each; the result equals a clean run's."""
+    """Chaos: SIGKILL in the teacher's training, in the distillation (after an epoch checkpoint) and in the
+    quantize stage, a little after each point shows on disk; rerun after each; the result equals a clean run's."""
     extra = ("distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
              "quantize.coreml.enabled=false", "export.openvino=false", "quantize.openvino=false")
     clean, chaos = tmp_path / "clean", tmp_path / "chaos"
@@ -171,12 +176,13 @@ def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
     output, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, output
     rng = random.Random(7)
-    for _ in range(3):
+    for point in ("teacher-*.partial", "distill-*.partial/checkpoint.pt", "quantize-*.partial"):
         proc = start(chaos, *extra, until=None)
-        time.sleep(rng.uniform(1.0, 10.0))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        wait_for(point, chaos / "runs" / ".cache", proc)
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill at {point}: {output}"
     final = start(chaos, *extra, until=None)
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output

@@ -99,6 +99,7 @@ def test_report_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_puts_two_runs_side_by_side(trained_run, tmp_path, capsys):
     from conftest import TRAINED
 

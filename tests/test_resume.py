@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import cli_args
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA = ("data.subset=2400", "distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
@@ -18,8 +21,9 @@ EXTRA = ("data.subset=2400", "distill.epochs=3", "benchmark.enabled=false", "exp
 
 
 def _run(tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *EXTRA)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [*cli_args(tmp_path, "run", *EXTRA), "--until", "distill"]
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _student_weights(tmp_path: Path) -> dict:
