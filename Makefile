@@ -1,13 +1,13 @@
 # Two commands on a fresh Debian/Ubuntu machine with Python 3.11:
 #   make run   set up .venv (pinned dependencies) and the dataset, then run pipeline.toml
-#   make test  the same set-up, then the whole test suite
+#   make test  the same set-up, then the whole test suite (make test-fast: without the tests marked slow)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data test-tools run test bench clean
+.PHONY: setup data test-tools run test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,9 @@ run: setup data
 
 test: setup data test-tools
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup data test-tools
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: setup data
 	$(VENV)/bin/python bench/loss_cost.py

@@ -1,6 +1,7 @@
 """Shared helpers: a tiny, fast pipeline configuration on real data (Fashion-MNIST subset or digits)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -62,8 +63,8 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
-    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+def _fingerprint(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and ".locks" not in p.parts}
 
 
@@ -76,7 +77,9 @@ def trained_run(tmp_path_factory):
     assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
     before = _fingerprint(tmp_path)
     yield tmp_path
-    assert _fingerprint(tmp_path) == before, "a test changed the shared trained_run: copy it (shutil.copytree)"
+    after = _fingerprint(tmp_path)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a test changed the shared trained_run ({changed[:5]}): copy it first (shutil.copytree)"
 
 
 @pytest.fixture(scope="session", autouse=True)
