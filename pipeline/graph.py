@@ -202,15 +202,16 @@ class Pipeline:
 def _explain_change(before: dict, stage: PlannedStage) -> str:
     changes = [f"{k}: {_short(v0)} -> {_short(v1)}" for k, (v0, v1) in
                _diff(flatten(before.get("config", {})), flatten(stage.config)).items()]
-    code = before.get("code", {})
-    edited = sorted(path for path in code.keys() | stage.code.keys() if code.get(path) != stage.code.get(path))
-    if edited:
-        changes.append(f"code changed ({', '.join(edited)})")
+    if "code" not in before:
+        changes.append("code changed (built by a version that did not record its code)")
+    else:
+        code = before["code"]
+        edited = sorted(path for path in code.keys() | stage.code.keys() if code.get(path) != stage.code.get(path))
+        if edited:
+            changes.append(f"code changed ({', '.join(edited)})")
     changes += [f"input '{dep}' changed" for dep, key in stage.inputs.items()
                 if before.get("inputs", {}).get(dep) != key]
-    if not changes:
-        changes = ["code changed (the run that built it recorded no code fingerprint)"]
-    return "changed since the last run: " + "; ".join(changes)
+    return "changed since the last run: " + "; ".join(changes or ["its cache key"])
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
