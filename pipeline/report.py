@@ -10,9 +10,11 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
+from pipeline.deploy import write_deploy
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import Pipeline, RunRecord
+from pipeline.ship import choose_all
 from targets.coreml import NEEDS_MACOS
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
@@ -71,9 +73,12 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
 
 
 def write_report(report: dict, run_dir: Path) -> None:
-    """report.json, the plots (plots/*.png), report.md and the self-contained report.html."""
+    """The ship choice per target and the deploy folder, report.json, the plots (plots/*.png), report.md and
+    the self-contained report.html."""
     from pipeline.html import render_html
 
+    report["ship"] = choose_all(report) if report.get("evaluation") and report.get("latency") else {}
+    report["deploy"] = write_deploy(report, run_dir) if report["ship"] else {}
     plots = make_plots(report, run_dir)
     write_json(run_dir / "report.json", report)
     title = report["config"]["report"]["title"]
@@ -178,6 +183,7 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
              f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {run['wall_s']:.0f} s, "
              f"peak memory {run['peak_rss_mb']:.0f} MB.", ""]
+    lines += ship_lines(report)
     evaluation = report["evaluation"]
     if evaluation:
         lines += [f"## Accuracy on the held-out {evaluation['split']} split ({evaluation['images']} images)", "",
@@ -226,13 +232,37 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
     return "\n".join(lines)
 
 
+def ship_lines(report: dict) -> list[str]:
+    """The first screen: per target, the file to ship (under deploy/), its accuracy and speed, and why."""
+    ship = report.get("ship") or {}
+    if not ship:
+        return []
+    lines = ["## Ship", "", "Per target, by one rule: within quantize.max_drop top-1 points of the fp32 student and "
+             "the target's budgets, the fastest p90 (within 5% counts as equal), then the smaller file. "
+             "Each folder holds the model, labels.txt, preprocess.json and MODEL_CARD.md.", "",
+             "| target | ship | precision | top-1 % (Δ vs fp32, 95% interval) | p50 / p90 ms | size MB | why |",
+             "|---|---|---|---|---|---:|---|"]
+    for name, c in ship.items():
+        if not c.get("artifact"):
+            lines.append(f"| {name} | - | - | - | - | - | {c['why']} |")
+            continue
+        lo, hi = c["delta_interval"]
+        noise = ", equal within noise" if c["within_noise"] else ""
+        speed = f"{c['latency_ms']['p50']:.3f} / {c['latency_ms']['p90']:.3f} ({c['label']})" if c["latency_ms"] \
+            else c["label"]
+        lines.append(f"| {name} | `deploy/{name}/` `{c['artifact']}` | {c['precision']} | {c['top1']:.2f} "
+                     f"({c['delta_top1']:+.2f}, {lo:+.2f} to {hi:+.2f}{noise}; {c['evaluation']}) | {speed} "
+                     f"| {c['bytes'] / 1e6:.2f} | {c['why']} |")
+    return [*lines, ""]
+
+
 LABELS = {"measured": "measured on the device", "proxy": "this host standing in for the device, with the "
           "profile's threads: a proxy, not the device's speed", "needs-device": "not timed: the device or OS "
           "it needs is not here", "error": "the benchmark failed"}
 
 
 def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str]) -> list[str]:
-    """The latency table (artifact x target), budgets, recommendations, per-layer tops and INT8 diagnoses."""
+    """The latency table (artifact x target), budgets, per-layer tops and INT8 diagnoses."""
     rows = latency["rows"]
     if not rows:
         return []
@@ -258,11 +288,6 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
     lines += [f"Labels: {'; '.join(f'*{label}* = {LABELS[label]}' for label in labels)}.", ""]
     for note in dict.fromkeys(r[k] for r in rows for k in ("note", "error") if r.get(k)):
         lines += [f"- {note}"]
-    for name, target in latency["targets"].items():
-        pick = target.get("recommended")
-        timed = any("latency_ms" in r for r in rows if r["target"] == name)
-        verdict = f"ship `{pick}`." if pick else ("no artifact meets both budgets." if timed else "nothing timed.")
-        lines.append(f"- **{name}** ({target['description'] or target['runtime']}): {verdict}")
     for name, runtime in latency.get("no_artifact", {}).items():
         lines.append(f"- **{name}**: no {runtime} artifact in this run (enable its export).")
     lines.append("")

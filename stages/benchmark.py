@@ -13,7 +13,7 @@ from rich.markup import escape
 from pipeline.config import BenchmarkConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
-from targets.benchmark import Model, add_diagnoses, measure, recommend
+from targets.benchmark import Model, add_diagnoses, measure
 from targets.diagnosis import int8_instructions
 from targets.profiles import resolve
 
@@ -50,9 +50,7 @@ class BenchmarkStage(Stage):
                 bar.advance(info=f"{name}: {model.key}")
                 ctx.progress.log("  " + describe(row))
         add_diagnoses(rows)
-        targets = {name: {**p.model_dump(mode="json"),
-                          "recommended": recommend([r for r in rows if r["target"] == name], p)}
-                   for name, p in profiles.items()}
+        targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
         unmatched = [n for n, p in profiles.items() if not any(m.runtime == p.runtime for m in models)]
         result = {"targets": targets, "rows": rows, "host": int8_instructions(),
                   "no_artifact": {n: profiles[n].runtime for n in unmatched}}

@@ -76,17 +76,3 @@ def add_diagnoses(rows: list[dict]) -> None:
         if floats:
             row["diagnosis"] = diagnose(row, floats[0], host if row["label"] == "proxy" else None)
             row["diagnosis"]["baseline"] = floats[0]["artifact"]
-
-
-def recommend(rows: list[dict], profile: TargetProfile) -> str | None:
-    """The artifact to ship on this target: within both budgets, the profile's preferred precision first,
-    then the fastest."""
-    fits = [r for r in rows if r.get("budget") and r["budget"]["latency_ok"] and r["budget"]["memory_ok"]]
-    if not fits:
-        return None
-    preferred = [r for r in fits if _precision_class(r["precision"]) == profile.precision]
-    return min(preferred or fits, key=lambda r: r["latency_ms"]["p50"])["artifact"]
-
-
-def _precision_class(precision: str) -> str:
-    return "int8" if is_quantized(precision) else ("fp16" if "fp16" in precision else "fp32")

@@ -27,14 +27,14 @@ def chromium() -> str:
     return path
 
 
-def render(page: Path, tmp_path: Path) -> tuple[str, str, Path]:
-    """The DOM after load, Chromium's console log, and a full-page screenshot."""
+def render(page: Path, tmp_path: Path, height: int = 2400) -> tuple[str, str, Path]:
+    """The DOM after load, Chromium's console log, and a screenshot of the first `height` pixels at 1280 wide."""
     flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
                           page.as_uri()], capture_output=True, text=True, timeout=120)
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+    subprocess.run([*flags, f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     return dom.stdout, dom.stderr, shot
 
