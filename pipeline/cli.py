@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 
 from pipeline import __version__, exits
@@ -37,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, metavar="N", help="train in N processes under torchrun (run.nproc)")
     report = sub.add_parser("report", help="rebuild a run's report.json/.md/.html and plots from its artifacts")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/default")
+    for p in (run, report):
+        p.add_argument("--out", metavar="DIR", help="write the deploy folders (one per target) to DIR instead of "
+                                                    "<run folder>/deploy")
     compare = sub.add_parser("compare", help="two runs side by side (config changes, accuracy, latency)")
     compare.add_argument("run_a", metavar="RUN_A")
     compare.add_argument("run_b", metavar="RUN_B")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(json_schema(), indent=2))
             return 0
         if args.command == "report":
-            return _report(args.run_dir)
+            return _report(args.run_dir, args.out)
         if args.command == "compare":
             return _compare(args.run_a, args.run_b, args.out)
         if args.command in ("targets", "bench"):
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, [*args.overrides, *nproc])
         if args.command == "status":
             return _status(cfg)
-        return _run(cfg, args.force, args.until, argv)
+        return _run(cfg, args.force, args.until, args.out, argv)
     except UserError as exc:
         return _fail(2, f"error: {exc}")
     except KeyboardInterrupt:
@@ -100,17 +102,21 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _report(run_dir: str) -> int:
+def _report(run_dir: str, out: str | None) -> int:
     from pathlib import Path
 
+    from pipeline.deploy import check_folder
     from pipeline.lock import run_lock
-    from pipeline.report import rebuild_report
+    from pipeline.report import rebuild_report, ship_summary
 
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such run folder; give runs/<name> of a finished run")
+    if out:
+        check_folder(Path(out))
     with run_lock(Path(run_dir)):
-        rebuild_report(Path(run_dir))
+        report = rebuild_report(Path(run_dir), Path(out) if out else None)
     print(f"rebuilt {Path(run_dir) / 'report.html'}, report.md, report.json and plots/ from the artifacts")
+    print("\n".join(ship_summary(report)))
     return 0
 
 
@@ -166,34 +172,15 @@ def _status(cfg) -> int:
     return 0
 
 
-def _run(cfg, force: str | None, until: str | None, argv: list[str]) -> int:
-    from contextlib import nullcontext
-
+def _run(cfg, force: str | None, until: str | None, out: str | None, argv: list[str]) -> int:
     from pipeline import distributed
-    from pipeline.fileio import write_json
-    from pipeline.graph import Pipeline, check_stage_name
-    from pipeline.lock import run_lock
-    from pipeline.progress import Progress
-    from pipeline.report import build_report
+    from pipeline.api import execute, prepare
 
-    check_stage_name(force, "--force")
-    check_stage_name(until, "--until")
-    pipeline = Pipeline(cfg)
-    pipeline.check(until)  # config problems: before any stage runs or any process starts
+    pipeline = prepare(cfg, force, until, out)  # config problems: before any stage runs or any process starts
     if cfg.run.nproc > 1 and not distributed.under_launcher():
         code, message = distributed.launch(cfg.run.nproc, argv, cfg.run.threads)
         if message:
             print(message, file=sys.stderr)
         return code
-    here = distributed.world()
-    start = time.perf_counter()
-    with run_lock(pipeline.run_dir) if here.main else nullcontext(), Progress(quiet=not here.main) as progress:
-        if not here.main:
-            pipeline.run(progress, force=force, until=until)
-            return 0
-        write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
-        records = pipeline.run(progress, force=force, until=until)
-        report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device)
-        progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "
-                     f"({report['run']['wall_s']:.0f} s)")
+    execute(pipeline, cfg, force, until, out)
     return 0

@@ -1,6 +1,7 @@
 """The pipeline.toml schema (pydantic v2), loading with `--set` overrides, and readable errors."""
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -353,10 +354,13 @@ class PipelineConfig(Section):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> PipelineConfig:
-    """Read a pipeline.toml (or the defaults when path is None), apply `key=value` overrides, validate."""
+def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> PipelineConfig:
+    """Read a pipeline.toml (a dict of its tables, or the defaults when path is None), apply `key=value`
+    overrides, validate."""
     raw: dict[str, Any] = {}
-    if path is not None:
+    if isinstance(path, dict):
+        raw, path = copy.deepcopy(path), None
+    elif path is not None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file {path} not found: pass a pipeline.toml path or run from the "

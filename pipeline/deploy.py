@@ -7,12 +7,31 @@ built next to the old one and swapped in, so a reader never sees half of it. No 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
 
 SIDE_FILES = {".xml": (".bin",), ".onnx": (".onnx.data",)}  # a model file's companions, by suffix
+MARKER = ".manifold-edge-deploy"  # marks a folder this tool wrote, so it may replace it
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a deploy folder that is a file, holds files this tool did not write, or cannot be written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder}: is a file; give a folder (new, empty, or one this tool wrote)")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        raise UserError(f"--out {folder}: holds files manifold-edge did not write; give a new or empty folder "
+                        "(nothing was changed)")
+    parent = folder if folder.is_dir() else next((p for p in folder.parents if p.exists()), Path("."))
+    probe = parent / f".manifold-edge-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise UserError(f"--out {folder}: cannot write there ({exc.strerror}); give a writable folder") from None
 
 
 def model_files(report: dict, artifact: str) -> list[Path]:
@@ -81,17 +100,26 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
 def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[str, str]:
     """Write deploy/<target>/ for every target with a choice; target -> folder. `out` replaces run_dir/deploy."""
     folder = Path(out) if out else Path(run_dir) / "deploy"
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: the deploy folder's place holds a file; remove it or give another --out")
+    check_folder(folder)
     building = folder.with_name(folder.name + ".partial")
     shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    (building / MARKER).write_text("written by manifold-edge: replaced whole by the next run or report\n")
     classes = report["stages"]["data"]["summary"]["classes"]
     written = {}
     for name, choice in (report.get("ship") or {}).items():
-        if not choice.get("artifact"):
-            continue
         target = building / name
         target.mkdir(parents=True)
+        written[name] = str(folder / name)
+        if not choice.get("artifact"):
+            (target / "README.md").write_text(f"# Nothing ships on {name}\n\n{choice['why']}.\n")
+            continue
+        if not choice.get("latency_ms"):
+            row = next((r for r in report["latency"]["rows"] if r["target"] == name
+                        and r["artifact"] == choice["artifact"]), {})
+            (target / "README.md").write_text(
+                f"# {choice['artifact']} was not timed on {name}\n\n{row.get('error') or choice['label']}.\n\n"
+                f"It ships as the smallest file within the accuracy budget; see MODEL_CARD.md.\n")
         files = []
         for source in model_files(report, choice["artifact"]):
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, target / source.name)
@@ -99,12 +127,10 @@ def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[s
         (target / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
         (target / "preprocess.json").write_text(json.dumps(preprocess(report, choice["runtime"]), indent=2) + "\n")
         (target / "MODEL_CARD.md").write_text(model_card(report, choice, files))
-        written[name] = str(folder / name)
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
-    if building.exists():
-        building.rename(folder)
+    building.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
     return written

@@ -58,7 +58,7 @@ def _stage_parts(records: list[RunRecord], by_name: dict[str, RunRecord]) -> dic
 
 
 def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, wall_s: float,
-                 device: str) -> dict:
+                 device: str, deploy_to: Path | None = None) -> dict:
     by_name = {r.name: r for r in records}
     report = {
         "run": {"name": cfg.run.name, "seed": cfg.run.seed, "device": device, "config_hash": cfg.digest(),
@@ -68,17 +68,17 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
         **_stage_parts(records, by_name),
         "config": cfg.model_dump(mode="json"),
     }
-    write_report(report, run_dir)
+    write_report(report, run_dir, deploy_to)
     return report
 
 
-def write_report(report: dict, run_dir: Path) -> None:
+def write_report(report: dict, run_dir: Path, deploy_to: Path | None = None) -> None:
     """The ship choice per target and the deploy folder, report.json, the plots (plots/*.png), report.md and
     the self-contained report.html."""
     from pipeline.html import render_html
 
     report["ship"] = choose_all(report) if report.get("evaluation") and report.get("latency") else {}
-    report["deploy"] = write_deploy(report, run_dir) if report["ship"] else {}
+    report["deploy"] = write_deploy(report, run_dir, deploy_to) if report["ship"] else {}
     plots = make_plots(report, run_dir)
     write_json(run_dir / "report.json", report)
     title = report["config"]["report"]["title"]
@@ -87,7 +87,7 @@ def write_report(report: dict, run_dir: Path) -> None:
     write_text(run_dir / "report.html", render_html(title, markdown, run_dir))
 
 
-def rebuild_report(run_dir: Path) -> dict:
+def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
     """Rebuild a run's report from its artifacts (state.json + each stage's manifest), running nothing.
     Run-level facts (wall time, peak memory, device) are kept from the previous report.json."""
     run_dir = Path(run_dir)
@@ -109,7 +109,7 @@ def rebuild_report(run_dir: Path) -> dict:
     by_name = {r.name: r for r in records}
     report.update(_stage_parts(records, by_name))
     report["run"]["rebuilt"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_report(report, run_dir)
+    write_report(report, run_dir, deploy_to)
     return report
 
 
@@ -230,6 +230,21 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
     versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items() if v)
     lines += ["", f"Versions: {versions}.", ""]
     return "\n".join(lines)
+
+
+def ship_summary(report: dict) -> list[str]:
+    """The console's last lines: where the deploy folder is, and one line per target."""
+    if not report.get("deploy"):
+        return []
+    folder = Path(next(iter(report["deploy"].values()))).parent
+    lines = [f"deploy: {folder}/<target>/ (model, labels.txt, preprocess.json, MODEL_CARD.md)"]
+    for name, c in report["ship"].items():
+        if not c.get("artifact"):
+            lines.append(f"  {name}: nothing ships ({c['why']})")
+            continue
+        speed = f"p90 {c['latency_ms']['p90']:.3f} ms {c['label']}" if c["latency_ms"] else c["label"]
+        lines.append(f"  {name}: {c['artifact']} ({c['precision']}, top-1 {c['top1']:.2f}%, {speed})")
+    return lines
 
 
 def ship_lines(report: dict) -> list[str]:

@@ -108,5 +108,6 @@ def choose_all(report: dict) -> dict[str, dict]:
     for name, target in (latency.get("targets") or {}).items():
         rows = [r for r in latency["rows"] if r["target"] == name]
         ship[name] = choose(name, target, rows, evaluation, max_drop) or \
-            {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact in this run"}
+            {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact in this run: enable its "
+                                                      "export (and quantize) section"}
     return ship

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import artifact_folder, read_report
+from conftest import artifact_folder, cli_args, read_report, tiny_overrides
+from pipeline.cli import main
 from pipeline.ship import choose, difference_interval
 from test_report import render
 
@@ -119,3 +122,41 @@ def test_the_first_screen_is_the_ship_table(trained_run, tmp_path):
     for target in read_report(trained_run)["ship"]:
         assert f"deploy/{target}/" in table
     assert shot.stat().st_size > 10_000
+
+
+def test_out_refuses_a_file_a_foreign_folder_and_a_read_only_place(tmp_path, capsys):
+    """Each is one line and exit 2 before anything runs, and nothing there is touched."""
+    afile, foreign, readonly = tmp_path / "model.onnx", tmp_path / "photos", tmp_path / "ro"
+    afile.write_text("mine")
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_text("mine")
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                             capture_output=True).returncode == 0
+    try:
+        cases = [(afile, "is a file"), (foreign, "holds files manifold-edge did not write")]
+        cases += [(readonly / "deploy", "cannot write there")] if mounted else []
+        for out, message in cases:
+            assert main([*cli_args(tmp_path, "run"), "--out", str(out)]) == 2
+            err = capsys.readouterr().err
+            assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(readonly)], capture_output=True)
+    assert afile.read_text() == "mine" and [p.name for p in foreign.iterdir()] == ["cat.jpg"]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_python_api_runs_a_dict_config_and_returns_the_report_and_deploy_folders(tmp_path):
+    from pipeline import run
+
+    config = {"export": {"coreml": {"enabled": False}, "openvino": False},
+              "quantize": {"coreml": {"enabled": False}, "openvino": False}}
+    report = run(config, tiny_overrides(tmp_path), out=tmp_path / "app-models", quiet=True)
+    assert report["ship"]["android-phone"]["runtime"] == "onnxruntime"
+    phone = Path(report["deploy"]["android-phone"])
+    assert phone.parent == tmp_path / "app-models" and next(phone.glob("*.onnx")).is_file()
+    iphone = Path(report["deploy"]["iphone"])  # no Core ML export in this run: the folder says so
+    assert "no coreml artifact in this run" in (iphone / "README.md").read_text()
+    assert json.loads((tmp_path / "runs" / "default" / "report.json").read_text())["deploy"] == report["deploy"]

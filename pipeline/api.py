@@ -1,0 +1,69 @@
+"""The Python face of `manifold-edge run`, for notebooks and scripts: `from pipeline import run`."""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from pipeline import distributed
+from pipeline.config import PipelineConfig, load_config
+from pipeline.deploy import check_folder
+from pipeline.errors import UserError
+from pipeline.fileio import write_json
+from pipeline.graph import Pipeline, check_stage_name
+from pipeline.lock import run_lock
+from pipeline.progress import Progress
+from pipeline.report import build_report, ship_summary
+
+
+def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+        force: str | None = None, until: str | None = None, out: str | Path | None = None,
+        quiet: bool = False) -> dict:
+    """Run the pipeline in this process, reusing the cache like the CLI, and return report.json as a dict.
+
+    `config`: a pipeline.toml path, a dict with the same tables, or None for the defaults; `overrides`:
+    `section.key=value` strings as with `--set`; `force`, `until`, `out`: as the CLI's options. The
+    deploy folder of each target is `report["deploy"][target]`. A config mistake raises UserError with the
+    CLI's one-line message. Several processes (`run.nproc`) need the CLI, which launches them.
+    """
+    cfg = load_config(config, list(overrides))
+    if cfg.run.nproc > 1:
+        raise UserError("run.nproc > 1 starts processes under torchrun: use `manifold-edge run --nproc N`")
+    pipeline = prepare(cfg, force, until, out)
+    return execute(pipeline, cfg, force, until, out, quiet)
+
+
+def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str | Path | None) -> Pipeline:
+    """Every check that needs no stage to run: the options, the deploy folder, each stage's config."""
+    check_stage_name(force, "--force")
+    check_stage_name(until, "--until")
+    if out:
+        check_folder(Path(out))  # before hours of training, not after
+    pipeline = Pipeline(cfg)
+    pipeline.check(until)
+    return pipeline
+
+
+def execute(pipeline: Pipeline, cfg: PipelineConfig, force: str | None, until: str | None,
+            out: str | Path | None, quiet: bool = False) -> dict | None:
+    """Run (or reuse) the stages and write the report and deploy folders; the report on rank 0, None on the
+    other processes of a multi-process run."""
+    here = distributed.world()
+    start = time.perf_counter()
+    with run_lock(pipeline.run_dir) if here.main else nullcontext(), \
+            Progress(quiet=quiet or not here.main) as progress:
+        if not here.main:
+            pipeline.run(progress, force=force, until=until)
+            return None
+        write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
+        records = pipeline.run(progress, force=force, until=until)
+        report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device,
+                              Path(out) if out else None)
+        progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "
+                     f"({report['run']['wall_s']:.0f} s)")
+        for line in ship_summary(report):
+            progress.log(escape(line))
+    return report
