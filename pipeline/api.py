@@ -40,9 +40,8 @@ def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str 
     """Every check that needs no stage to run: the options, the deploy folder, each stage's config."""
     check_stage_name(force, "--force")
     check_stage_name(until, "--until")
-    if out:
-        check_folder(Path(out))  # before hours of training, not after
     pipeline = Pipeline(cfg)
+    check_folder(Path(out) if out else pipeline.run_dir / "deploy")  # before hours of training, not after
     pipeline.check(until)
     return pipeline
 

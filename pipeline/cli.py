@@ -163,11 +163,12 @@ def _status(cfg) -> int:
 
     pipeline = Pipeline(cfg)
     table = Table(title=f"run '{cfg.run.name}' ({pipeline.run_dir})")
-    for column in ("stage", "state", "key", "why"):
-        table.add_column(column)
+    for column in ("stage", "state", "key", "why", "artifact"):
+        table.add_column(column, overflow="fold")
     colours = {"cached": "green", "stale": "yellow", "missing": "cyan", "damaged": "red"}
     for s in pipeline.status():
-        table.add_row(s.name, f"[{colours[s.state]}]{s.state}[/]", s.key[:12], s.reason)
+        path = str(pipeline.store.path(s.name, s.key)) if s.state == "cached" else ""
+        table.add_row(s.name, f"[{colours[s.state]}]{s.state}[/]", s.key[:12], s.reason, path)
     Console().print(table)
     return 0
 

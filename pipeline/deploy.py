@@ -97,6 +97,40 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
         f"`{run['config_hash'][:12]}`, seed {run['seed']}; licence: {cfg['export']['coreml']['license']}.", ""])
 
 
+def embed_metadata(path: Path, runtime: str, meta: dict[str, str]) -> None:
+    """Write `meta` into the (copied) model file where its format has a place for it: ONNX metadata_props,
+    OpenVINO rt_info (under manifold_edge), Core ML user_defined_metadata. Each is saved beside and renamed."""
+    if runtime == "onnxruntime":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        kept = [p for p in model.metadata_props if p.key not in meta]
+        del model.metadata_props[:]
+        model.metadata_props.extend([*kept, *(onnx.StringStringEntryProto(key=k, value=v) for k, v in meta.items())])
+        onnx.save(model, str(path.with_name("tmp-" + path.name)))
+        path.with_name("tmp-" + path.name).replace(path)
+    elif runtime == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        for key, value in meta.items():
+            model.set_rt_info(value, ["manifold_edge", key])
+        tmp = path.with_name("tmp-" + path.name)
+        ov.save_model(model, str(tmp), compress_to_fp16=False)
+        tmp.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        tmp.replace(path)
+    elif runtime == "coreml":
+        from targets.coreml import coremltools, quiet
+
+        with quiet():  # coremltools' import and save notices
+            model = coremltools().models.MLModel(str(path), skip_model_load=True)
+            model.user_defined_metadata.update(meta)
+            tmp = path.with_name("tmp-" + path.name)
+            model.save(str(tmp))
+        shutil.rmtree(path)
+        tmp.rename(path)
+
+
 def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[str, str]:
     """Write deploy/<target>/ for every target with a choice; target -> folder. `out` replaces run_dir/deploy."""
     folder = Path(out) if out else Path(run_dir) / "deploy"
@@ -124,9 +158,13 @@ def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[s
         for source in model_files(report, choice["artifact"]):
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, target / source.name)
             files.append(source.name)
+        spec = preprocess(report, choice["runtime"])
+        card = model_card(report, choice, files)
         (target / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
-        (target / "preprocess.json").write_text(json.dumps(preprocess(report, choice["runtime"]), indent=2) + "\n")
-        (target / "MODEL_CARD.md").write_text(model_card(report, choice, files))
+        (target / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
+        (target / "MODEL_CARD.md").write_text(card)
+        embed_metadata(target / files[0], choice["runtime"], {"labels": json.dumps(classes),
+                                                              "preprocess": json.dumps(spec), "model_card": card})
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

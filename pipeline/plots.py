@@ -57,8 +57,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def pareto(target: str, rows: list[dict], top1: dict[str, float], budget_ms: float, min_top1: float | None,
-           path: Path) -> Path | None:
-    """Test top-1 vs p90 latency of every timed artifact on one target, the front, and the budgets."""
+           path: Path, chosen: str | None = None) -> Path | None:
+    """Test top-1 vs p90 latency of every timed artifact on one target, the front, the budgets and the
+    artifact that ships there."""
     points = [(r["latency_ms"]["p90"], top1[r["artifact"]], r["artifact"]) for r in rows
               if "latency_ms" in r and r["artifact"] in top1]
     if not points:
@@ -67,6 +68,10 @@ def pareto(target: str, rows: list[dict], top1: dict[str, float], budget_ms: flo
     ax.scatter([p[0] for p in points], [p[1] for p in points], color="#264653", zorder=3)
     for x, y, name in points:
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for x, y, name in points:
+        if name == chosen:
+            ax.scatter([x], [y], s=260, marker="*", color="#e9c46a", edgecolor="#264653", zorder=4,
+                       label=f"ships: {name}")
     front = pareto_front([(x, y) for x, y, _ in points])
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#2a9d8f", label="Pareto front")
     if budget_ms <= 3 * max(p[0] for p in points):

@@ -97,7 +97,10 @@ def test_the_deploy_folder_alone_classifies_test_images_as_evaluated(trained_run
         card = (folder / "MODEL_CARD.md").read_text()
         assert choice["artifact"] and f"{choice['top1']:.2f}%" in card and "test split" in card
         if choice["runtime"] == "coreml":
-            assert next(folder.glob("*.mlpackage")).is_dir() and spec["input_name"] == "image"
+            import coremltools as ct
+
+            package = ct.models.MLModel(str(next(folder.glob("*.mlpackage"))), skip_model_load=True)
+            assert json.loads(package.user_defined_metadata["labels"]) == names and spec["input_name"] == "image"
             continue
         c = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
         s = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
@@ -105,10 +108,12 @@ def test_the_deploy_folder_alone_classifies_test_images_as_evaluated(trained_run
         if choice["runtime"] == "onnxruntime":
             session = ort.InferenceSession(str(next(folder.glob("*.onnx"))))
             logits = session.run([spec["output_name"]], {spec["input_name"]: x})[0]
+            embedded = session.get_modelmeta().custom_metadata_map
         else:
-            compiled = ov.Core().compile_model(str(next(folder.glob("*.xml"))), "CPU",
-                                               {"INFERENCE_PRECISION_HINT": "f32"})
-            logits = compiled(x)[0]
+            model = ov.Core().read_model(str(next(folder.glob("*.xml"))))
+            embedded = {k: model.get_rt_info(["manifold_edge", k]).astype(str) for k in ("labels", "preprocess")}
+            logits = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+        assert json.loads(embedded["labels"]) == names and json.loads(embedded["preprocess"]) == spec
         predicted = [names[i] for i in logits.argmax(1)]
         top1 = 100 * np.mean([p == names[y] for p, y in zip(predicted, labels)])
         assert top1 == pytest.approx(choice["top1"], abs=0.01), target
