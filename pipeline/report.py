@@ -319,7 +319,11 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
             p = r["profile"]
             ops = ", ".join(f"{e['op_type']}{' (int8)' if e['precision'] == 'int8' else ''} {100 * e['share']:.0f}%"
                             for e in p["by_op_type"][:5])
-            lines.append(f"- {r['target']} / `{r['artifact']}` ({p['layers_ms']:.3f} ms in layers): {ops}")
+            over = p["layers_ms"] > r["latency_ms"]["p50"]
+            timing = (f"{p['layers_ms']:.3f} ms in layers, more than the p50 of {r['latency_ms']['p50']:.3f} ms: the "
+                      "profiler's own overhead; read the shares, not the ms" if over
+                      else f"{p['layers_ms']:.3f} ms in layers")
+            lines.append(f"- {r['target']} / `{r['artifact']}` ({timing}): {ops}")
         lines.append("")
         bars = [(name, plots[f"layers:{name}"]) for name in latency["targets"] if f"layers:{name}" in plots]
         lines += [f"![{name}: time per op type, int8 / float / conversion]({path})" for name, path in bars]
