@@ -1,6 +1,7 @@
 """Patch tokens from chosen transformer blocks (forward hooks), aligned between student and teacher.
 
-Prefix tokens (CLS, distillation token, registers: timm's `num_prefix_tokens`) are dropped. When the
+Prefix tokens (CLS, distillation token, registers) are dropped: a block's last H*W tokens are its patch
+tokens, whether or not the family carries prefix tokens through its blocks (CaiT does not). When the
 teacher's patch grid is an integer multiple of the student's (patch 2 vs patch 4), its token grid is
 average-pooled to the student's; any other mismatch is a config error.
 """
@@ -53,13 +54,16 @@ class TokenTap:
 
     def __init__(self, model: nn.Module, layers: list[int], field: str):
         blocks = checked_blocks(model, layers, field)
-        self.prefix = int(getattr(model, "num_prefix_tokens", 0))
+        height, width = grid_of(model)
+        self.patches = height * width
         self.outputs: list[torch.Tensor] | None = None
         self.handles = [blocks[i].register_forward_hook(self._hook) for i in layers]
 
     def _hook(self, module, args, output) -> None:
+        # The patch tokens are the last H*W: prefix tokens (class, distillation, registers) come first, and
+        # some families carry none in these blocks (CaiT adds its class token after them).
         if self.outputs is not None:
-            self.outputs.append(output[:, self.prefix:])
+            self.outputs.append(output[:, output.shape[1] - self.patches:])
 
     @contextmanager
     def capture(self) -> Iterator[list[torch.Tensor]]:
