@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+from targets.benchmark import is_quantized
+
 SAME_SPEED = 1.05  # p90 within 5% of the fastest counts as equally fast
 Z95 = 1.96
 
@@ -31,7 +33,7 @@ def difference_interval(top1: float, reference: float, agreement: float, images:
 
 
 def _precision_class(precision: str) -> str:
-    if precision.startswith("int8") or "palette" in precision:
+    if is_quantized(precision):
         return "int8"
     return "fp16" if "fp16" in precision else "fp32"
 

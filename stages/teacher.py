@@ -1,17 +1,14 @@
 """Teacher stage: a timm model trained here, fine-tuned from a local checkpoint, or from timm's weights."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from pipeline.config import DataConfig, TeacherConfig
 from pipeline.distributed import world
-from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.models import architecture, create_model, data_kwargs, load_weights, save_model
+from stages.models import architecture, create_model, data_kwargs, existing_file, load_weights, save_model
 from stages.training import CHECKPOINT, METRICS, accuracy, check_batch_split, fit
 
 
@@ -27,10 +24,9 @@ class TeacherStage(Stage):
         teacher = cfg.teacher
         if teacher.epochs:
             check_batch_split("teacher", teacher.batch_size, world_size)
-        if teacher.checkpoint and not Path(teacher.checkpoint).expanduser().is_file():
-            raise UserError(f"teacher.checkpoint = {teacher.checkpoint!r} does not exist")
-        if teacher.pretrained_file and not Path(teacher.pretrained_file).expanduser().is_file():
-            raise UserError(f"teacher.pretrained_file = {teacher.pretrained_file!r} does not exist")
+        for key in ("checkpoint", "pretrained_file"):
+            if getattr(teacher, key):
+                existing_file(f"teacher.{key}", getattr(teacher, key))
         architecture("teacher", teacher.model, teacher.overrides, cfg.data.channels, cfg.data.img_size)
 
     def run(self, ctx: StageContext) -> dict:

@@ -18,6 +18,14 @@ from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* 
 FORMAT = "manifold-edge/model-v1"
 
 
+def existing_file(key: str, path: str) -> Path:
+    """The file a config field names, or a UserError naming the field."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{key} = {path!r} does not exist")
+    return file
+
+
 def data_kwargs(meta: dict) -> dict:
     """The model keywords fixed by the data stage's meta.json."""
     return {"in_chans": meta["channels"], "num_classes": meta["num_classes"], "img_size": meta["img_size"]}
@@ -40,9 +48,7 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
     kwargs = {**data_kwargs, **overrides}
     extra = {}
     if pretrained_file:
-        if not Path(pretrained_file).expanduser().is_file():
-            raise UserError(f"{field}.pretrained_file = {pretrained_file!r} does not exist")
-        extra["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+        extra["pretrained_cfg_overlay"] = {"file": str(existing_file(f"{field}.pretrained_file", pretrained_file))}
     try:
         try:
             model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
@@ -87,9 +93,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
 
 def load_weights(field: str, model: nn.Module, path: str) -> None:
     """Load a local checkpoint: our model.pt, a timm/DeiT-style {'model'|'state_dict': ...}, or a state dict."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"{field}.checkpoint = {path!r} does not exist")
+    file = existing_file(f"{field}.checkpoint", path)
     try:
         record = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
