@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
+from targets.devices import model_files as with_sidecars
 
-SIDE_FILES = {".xml": (".bin",), ".onnx": (".onnx.data",)}  # a model file's companions, by suffix
 MARKER = ".manifold-edge-deploy"  # marks a folder this tool wrote, so it may replace it
 
 
@@ -40,10 +40,14 @@ def model_files(report: dict, artifact: str) -> list[Path]:
         entry = report["stages"].get(stage)
         record = (entry or {}).get("summary", {}).get("artifacts", {}).get(artifact)
         if record:
-            main = Path(entry["artifact"]) / record["file"]
-            sides = [main.with_suffix(suffix) for suffix in SIDE_FILES.get(main.suffix, ())]
-            return [main, *[p for p in sides if p.exists()]]
+            return with_sidecars(Path(entry["artifact"]) / record["file"])
     raise KeyError(artifact)
+
+
+def latency_row(report: dict, target: str, artifact: str) -> dict:
+    """The benchmark row of one artifact on one target ({} when there is none)."""
+    return next((r for r in (report.get("latency") or {}).get("rows", [])
+                 if r["target"] == target and r["artifact"] == artifact), {})
 
 
 def preprocess(report: dict, runtime: str) -> dict:
@@ -71,9 +75,7 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
     distill = report["stages"]["distill"]["summary"]
     lo, hi = choice["delta_interval"]
     latency = choice.get("latency_ms")
-    row = next((r for r in (report.get("latency") or {}).get("rows", [])
-                if r["target"] == choice["target"] and r["artifact"] == choice["artifact"]), {})
-    host = row.get("host") or {}
+    host = latency_row(report, choice["target"], choice["artifact"]).get("host") or {}
     where = {"proxy": f"proxy: {host.get('cpu') or 'the build host'} standing in for the device, not its speed",
              "measured": "measured on the device"}.get(choice["label"], choice["label"])
     speed = f"p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f} ms at batch 1 ({where})" if latency \
@@ -149,10 +151,9 @@ def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[s
             (target / "README.md").write_text(f"# Nothing ships on {name}\n\n{choice['why']}.\n")
             continue
         if not choice.get("latency_ms"):
-            row = next((r for r in report["latency"]["rows"] if r["target"] == name
-                        and r["artifact"] == choice["artifact"]), {})
+            error = latency_row(report, name, choice["artifact"]).get("error") or choice["label"]
             (target / "README.md").write_text(
-                f"# {choice['artifact']} was not timed on {name}\n\n{row.get('error') or choice['label']}.\n\n"
+                f"# {choice['artifact']} was not timed on {name}\n\n{error}.\n\n"
                 f"It ships as the smallest file within the accuracy budget; see MODEL_CARD.md.\n")
         files = []
         for source in model_files(report, choice["artifact"]):
