@@ -141,9 +141,10 @@ class DistillConfig(TrainConfig):
     w_random: float = Field(0.2, ge=0, description="random-sampled relation weight")
     k: int = Field(192, ge=1, description="tokens sampled for the random-sampled term")
     beta: float = Field(1.0, ge=0, description="overall manifold weight")
-    student_layers: list[int] | None = Field(None, description="student blocks to match (default: "
-                                             "first and last quarter)")
-    teacher_layers: list[int] | None = Field(None, description="teacher blocks, paired in order")
+    student_layers: list[int] | None = Field(None, description="student units to match: blocks of a ViT/DeiT/CaiT, "
+                                             "stages (timm feature_info) of hierarchical models and CNNs "
+                                             "(default: first and last quarter)")
+    teacher_layers: list[int] | None = Field(None, description="teacher units, paired in order")
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:

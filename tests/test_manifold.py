@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.distill.features import default_layer_map, grid_pooler
+from stages.distill.features import aligned_tokens, default_layer_map
 from stages.distill.manifold import ManifoldLoss, inter_image_loss, intra_image_loss, random_sampled_loss
 
 
@@ -107,7 +107,19 @@ def test_default_layer_map_first_and_last_quarter():
     assert default_layer_map(2, 2) == ([0, 1], [0, 1])
 
 
-def test_teacher_grid_pooled_onto_student_grid():
-    tokens = torch.arange(16, dtype=torch.float64).view(1, 16, 1)  # a 4x4 grid, row-major
-    pooled = grid_pooler((2, 2), (4, 4))(tokens)
-    assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+def test_the_finer_grid_is_pooled_onto_the_coarser_whichever_side_it_is_on():
+    fine = torch.arange(16, dtype=torch.float64).view(1, 4, 4, 1)  # a 4x4 grid, row-major
+    coarse = torch.zeros(1, 2, 2, 3, dtype=torch.float64)
+    for student, teacher in ((coarse, fine), (fine, coarse)):
+        s, t = aligned_tokens(student, teacher)
+        pooled = t if teacher is fine else s
+        assert s.shape[:2] == t.shape[:2] == (1, 4)
+        assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
+def test_non_integer_grid_ratios_pool_adaptively():
+    s, t = aligned_tokens(torch.randn(2, 7, 7, 5), torch.ones(2, 4, 4, 3))
+    assert s.shape == (2, 16, 5) and t.shape == (2, 16, 3)
+    mean = torch.arange(49.0).view(1, 7, 7, 1)
+    cells = aligned_tokens(mean, torch.zeros(1, 4, 4, 1))[0].flatten()
+    assert cells[0] == mean[0, :2, :2].mean() and cells[-1] == mean[0, 5:, 5:].mean()  # overlapping 2x2 windows

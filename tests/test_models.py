@@ -1,6 +1,8 @@
 """Teacher sources (scratch, local checkpoint, timm pretrained from a local file) and student variants."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import timm
 import torch
@@ -8,6 +10,7 @@ import torch
 from conftest import cli_args, read_report
 from pipeline.cli import main
 from pipeline.errors import UserError
+from stages.distill.families import units_of
 from stages.models import create_model, load_model, load_weights, save_model
 
 DATA = {"in_chans": 1, "num_classes": 10, "img_size": 28}
@@ -101,24 +104,32 @@ def test_ablations_distilled_student_and_pooled_teacher_grid(tmp_path):
     assert main(cli_args(tmp_path, "run", *pooled) + ["--until", "distill"]) == 0
 
 
-def test_a_cnn_teacher_distils_with_kd_and_is_refused_for_the_manifold_terms(tmp_path, capsys):
-    """timm CNNs take no img_size keyword: built without it; the manifold loss needs ViT tokens."""
+def test_a_cnn_teacher_distils_with_the_manifold_terms_on_its_stages(tmp_path):
+    """timm CNNs take no img_size keyword: built without it; their feature_info stages are the teacher's units,
+    NCHW maps read as token grids and pooled onto the student's 7x7 patch grid."""
     cnn = ["teacher.model='resnet10t'", "teacher.overrides={}"]
-    assert main(cli_args(tmp_path, "run", *cnn, "distill.manifold=false") + ["--until", "distill"]) == 0
-    teacher = read_report(tmp_path)["stages"]["teacher"]["summary"]
+    assert main(cli_args(tmp_path, "run", *cnn) + ["--until", "distill"]) == 0
+    report = read_report(tmp_path)
+    teacher, distill = report["stages"]["teacher"]["summary"], report["stages"]["distill"]["summary"]
     assert teacher["model"] == "resnet10t" and teacher["params"] > 1_000_000
-    assert main(cli_args(tmp_path, "run", *cnn) + ["--until", "distill"]) == 2
-    assert "is not a ViT-family model" in capsys.readouterr().err
+    assert distill["teacher_layers"] == [0, 4] and distill["student_layers"] == [0, 1]
+    assert all(report["curves"]["distill"][0][term] > 0 for term in ("intra", "inter", "random"))
 
 
-def test_incompatible_token_grids_are_a_config_error(tmp_path, capsys):
-    args = cli_args(tmp_path, "run", "student.model='vit_tiny_patch16_224'", "student.overrides.patch_size=2")
-    assert main(args + ["--until", "distill"]) == 2
-    assert "cannot be pooled onto the student's 14x14" in capsys.readouterr().err
+def test_a_teacher_on_a_coarser_grid_than_the_student_is_matched_on_the_teacher_s_grid(tmp_path):
+    args = cli_args(tmp_path, "run", "data.img_size=32", "teacher.overrides.patch_size=8")
+    assert main(args + ["--until", "distill"]) == 0
+    assert read_report(tmp_path)["curves"]["distill"][0]["intra"] > 0
+
+
+def test_a_family_without_an_adapter_is_named_in_one_line():
+    with pytest.raises(UserError, match=r"no token adapter knows this family \(its modules: stem, head\)"):
+        units_of(torch.nn.Sequential(OrderedDict(stem=torch.nn.Conv2d(1, 4, 3), head=torch.nn.Flatten())), "student")
 
 
 @pytest.mark.parametrize("layers, expected", [
-    (("distill.student_layers=[0, 9]", "distill.teacher_layers=[0, 1]"), "distill.student_layers: [9] out of range"),
+    (("distill.student_layers=[0, 9]", "distill.teacher_layers=[0, 1]"),
+     "distill.student_layers: [9] out of range for 2 units (valid 0..1: blocks.0..blocks.1)"),
     (("distill.student_layers=[0]", "distill.teacher_layers=[0, 1]"), "must pair up"),
 ])
 def test_bad_layer_maps_are_user_errors(tmp_path, capsys, layers, expected):

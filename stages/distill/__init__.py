@@ -11,7 +11,8 @@ from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.distill.features import TokenTap, blocks_of, checked_blocks, default_layer_map, grid_of, grid_pooler
+from stages.distill.families import units_of
+from stages.distill.features import TokenTap, aligned_tokens, checked_units, default_layer_map, estimated_tokens
 from stages.distill.manifold import ManifoldLoss
 from stages.models import architecture, create_model, data_kwargs, load_model, save_model
 from stages.training import CHECKPOINT, METRICS, accuracy, check_batch_split, fit
@@ -52,7 +53,7 @@ class DistillStage(Stage):
         student = architecture("student", cfg.student.model, cfg.student.overrides, *data)
         teacher = architecture("teacher", cfg.teacher.model, cfg.teacher.overrides, *data)
         if student is not None and teacher is not None:
-            manifold_layers(cfg.distill, student, teacher)
+            manifold_layers(cfg.distill, student, teacher, cfg.data.img_size)
 
     def run(self, ctx: StageContext) -> dict:
         cfg: DistillConfig = ctx.config["distill"]
@@ -67,13 +68,12 @@ class DistillStage(Stage):
         if distilled:
             student.set_distilled_training(True)
 
-        layers = manifold_layers(cfg, student, teacher)
+        layers = manifold_layers(cfg, student, teacher, data.meta["img_size"])
         manifold = ManifoldLoss(cfg.w_intra, cfg.w_inter, cfg.w_random, cfg.k, cfg.beta)
         use_manifold = uses_manifold(cfg)
         needs_teacher = cfg.kd != "none" or use_manifold
         taps = (TokenTap(student, layers[0], "student"), TokenTap(teacher, layers[1], "teacher")) \
             if use_manifold else ()
-        pool = grid_pooler(grid_of(student), grid_of(teacher)) if use_manifold else None
 
         def step(forward, x, y, rng):
             student_tokens, teacher_tokens = [], []
@@ -93,7 +93,8 @@ class DistillStage(Stage):
                 terms["ce"] = (1 - cfg.alpha) * ce
                 terms["kd"] = cfg.alpha * kd_loss(kd_logits, teacher_logits, cfg.kd, cfg.temperature)
             if use_manifold:
-                terms.update(manifold(student_tokens, [pool(t) for t in teacher_tokens], rng))
+                pairs = [aligned_tokens(s, t) for s, t in zip(student_tokens, teacher_tokens)]
+                terms.update(manifold([s for s, _ in pairs], [t for _, t in pairs], rng))
             loss = sum(terms.values())
             return loss, {name: value.detach() for name, value in terms.items()}
 
@@ -116,35 +117,29 @@ class DistillStage(Stage):
                 "metrics_file": METRICS}
 
 
-
 def uses_manifold(cfg: DistillConfig) -> bool:
     return cfg.manifold and any((cfg.w_intra, cfg.w_inter, cfg.w_random)) and cfg.beta > 0
 
 
-def manifold_layers(cfg: DistillConfig, student, teacher) -> tuple[list[int], list[int]]:
-    """The (student, teacher) blocks to match, checked against both models, their token grids and distill.k;
+def manifold_layers(cfg: DistillConfig, student, teacher, img_size: int) -> tuple[list[int], list[int]]:
+    """The (student, teacher) units to match, checked against both models' families and distill.k;
     ([], []) with distill.manifold off."""
     if not cfg.manifold:
         return [], []
     if cfg.student_layers is not None:
         layers = cfg.student_layers, cfg.teacher_layers
     else:
-        depth_s, depth_t = len(blocks_of(student, "student")), len(blocks_of(teacher, "teacher"))
-        if not depth_s or not depth_t:
-            raise UserError("distill.manifold needs blocks in both models; set distill.manifold = false")
-        layers = default_layer_map(depth_s, depth_t)
+        layers = default_layer_map(len(units_of(student, "student")), len(units_of(teacher, "teacher")))
     if uses_manifold(cfg):
-        checked_blocks(student, layers[0], "student")
-        checked_blocks(teacher, layers[1], "teacher")
-        grid_pooler(grid_of(student), grid_of(teacher))
+        pairs = zip(checked_units(student, layers[0], "student"), checked_units(teacher, layers[1], "teacher"))
         if cfg.w_random > 0:
-            _check_k(cfg, grid_of(student))
+            _check_k(cfg, max(min(estimated_tokens(s, img_size), estimated_tokens(t, img_size)) for s, t in pairs))
     return layers
 
 
-def _check_k(cfg: DistillConfig, grid: tuple[int, int]) -> None:
-    """The random-sampled term draws K of the B*N tokens of a batch."""
-    tokens = cfg.batch_size * grid[0] * grid[1]
-    if cfg.k > tokens:
-        raise UserError(f"distill.k = {cfg.k} is larger than the B*N = {cfg.batch_size}*{grid[0] * grid[1]} = "
-                        f"{tokens} student tokens of a batch: set distill.k <= {tokens} (or a larger batch_size)")
+def _check_k(cfg: DistillConfig, tokens: int) -> None:
+    """The random-sampled term draws K of a pair's B*N tokens (K is clamped on pairs with fewer)."""
+    total = cfg.batch_size * tokens
+    if cfg.k > total:
+        raise UserError(f"distill.k = {cfg.k} is larger than the B*N = {cfg.batch_size}*{tokens} = {total} tokens "
+                        f"of a batch at the finest matched grid: set distill.k <= {total} (or a larger batch_size)")

@@ -1,12 +1,14 @@
-"""Patch tokens from chosen transformer blocks (forward hooks), aligned between student and teacher.
+"""Token grids from chosen blocks or stages (forward hooks), aligned between student and teacher.
 
-Prefix tokens (CLS, distillation token, registers) are dropped: a block's last H*W tokens are its patch
-tokens, whether or not the family carries prefix tokens through its blocks (CaiT does not). When the
-teacher's patch grid is an integer multiple of the student's (patch 2 vs patch 4), its token grid is
-average-pooled to the student's; any other mismatch is a config error.
+Each family adapter (stages/distill/families) names a model's units and reads a unit's output as a grid
+(B, H, W, D), prefix tokens dropped. A student/teacher pair whose grids differ, either way and by any ratio,
+is average-pooled (adaptive pooling) onto the coarser grid per side before the relation maps: the finer
+model's relations are then those of its r x r cell means, and the intra-image and random terms see fewer,
+coarser tokens.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,22 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import UserError
-
-
-def blocks_of(model: nn.Module, field: str) -> nn.ModuleList:
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)) or not hasattr(model, "patch_embed"):
-        raise UserError(f"{field}.model = {type(model).__name__} is not a ViT-family model (no .blocks / "
-                        ".patch_embed): use a timm VisionTransformer family model, or distill.manifold = false")
-    return blocks
-
-
-def grid_of(model: nn.Module) -> tuple[int, int]:
-    return tuple(model.patch_embed.grid_size)
+from stages.distill.families import Unit, units_of
 
 
 def default_layer_map(student_depth: int, teacher_depth: int) -> tuple[list[int], list[int]]:
-    """The first and last quarter of blocks of each network, paired in order (at least one each)."""
+    """The first and last quarter of units of each network, paired in order (at least one each)."""
     n = max(1, min(student_depth, teacher_depth) // 4)
 
     def ends(depth: int) -> list[int]:
@@ -39,35 +30,40 @@ def default_layer_map(student_depth: int, teacher_depth: int) -> tuple[list[int]
     return ends(student_depth), ends(teacher_depth)
 
 
-def checked_blocks(model: nn.Module, layers: list[int], field: str) -> nn.ModuleList:
-    """The model's blocks, after checking that `layers` index them."""
-    blocks = blocks_of(model, field)
-    bad = [i for i in layers if not -len(blocks) <= i < len(blocks)]
+def checked_units(model: nn.Module, layers: list[int], field: str) -> list[Unit]:
+    """The units `layers` index, after checking that they are in range."""
+    units = units_of(model, field)
+    bad = [i for i in layers if not -len(units) <= i < len(units)]
     if bad:
-        raise UserError(f"distill.{field}_layers: {bad} out of range for {len(blocks)} blocks "
-                        f"(valid 0..{len(blocks) - 1})")
-    return blocks
+        names = f"{units[0].name}..{units[-1].name}" if len(units) > 1 else units[0].name
+        raise UserError(f"distill.{field}_layers: {bad} out of range for {len(units)} units "
+                        f"(valid 0..{len(units) - 1}: {names})")
+    return [units[i] for i in layers]
+
+
+def estimated_tokens(unit: Unit, img_size: int) -> int:
+    """A unit's grid cells for a square image, from its reduction (exact for patch grids)."""
+    return math.ceil(img_size / unit.reduction) ** 2
 
 
 class TokenTap:
-    """Captures the outputs of `layers` blocks during a forward pass as (B, N_patches, D) tensors."""
+    """Captures the chosen units' outputs during a forward pass as (B, H, W, D) grids."""
 
     def __init__(self, model: nn.Module, layers: list[int], field: str):
-        blocks = checked_blocks(model, layers, field)
-        height, width = grid_of(model)
-        self.patches = height * width
+        self.units = checked_units(model, layers, field)
         self.outputs: list[torch.Tensor] | None = None
-        self.handles = [blocks[i].register_forward_hook(self._hook) for i in layers]
+        self.handles = [unit.module.register_forward_hook(self._hook(unit)) for unit in self.units]
 
-    def _hook(self, module, args, output) -> None:
-        # The patch tokens are the last H*W: prefix tokens (class, distillation, registers) come first, and
-        # some families carry none in these blocks (CaiT adds its class token after them).
-        if self.outputs is not None:
-            self.outputs.append(output[:, output.shape[1] - self.patches:])
+    def _hook(self, unit: Unit):
+        def hook(module, args, output) -> None:
+            if self.outputs is not None:
+                # without autograd nothing would notice a later in-place op on this output: keep a copy
+                self.outputs.append(unit.grid(output if output.requires_grad else output.clone()))
+        return hook
 
     @contextmanager
     def capture(self) -> Iterator[list[torch.Tensor]]:
-        """Record the tapped blocks' patch tokens for the forward passes inside the block only."""
+        """Record the tapped units' grids for the forward passes inside the block only."""
         self.outputs = []
         try:
             yield self.outputs
@@ -79,20 +75,13 @@ class TokenTap:
             handle.remove()
 
 
-def grid_pooler(student_grid: tuple[int, int], teacher_grid: tuple[int, int]):
-    """A function mapping teacher tokens (B, Ht*Wt, D) onto the student's grid (B, Hs*Ws, D)."""
-    (hs, ws), (ht, wt) = student_grid, teacher_grid
-    if (hs, ws) == (ht, wt):
-        return lambda tokens: tokens
-    if ht % hs or wt % ws:
-        raise UserError(f"teacher patch grid {ht}x{wt} cannot be pooled onto the student's {hs}x{ws}: "
-                        "the teacher's grid must be the student's times an integer (e.g. patch 2 vs 4); "
-                        "change teacher.overrides.patch_size or student.overrides.patch_size")
-    kernel = (ht // hs, wt // ws)
+def aligned_tokens(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grids (B, Hs, Ws, Ds) and (B, Ht, Wt, Dt) as tokens (B, N, D) on the common, coarser grid."""
+    size = min(student.shape[1], teacher.shape[1]), min(student.shape[2], teacher.shape[2])
+    return _tokens(student, size), _tokens(teacher, size)
 
-    def pool(tokens: torch.Tensor) -> torch.Tensor:
-        b, _, d = tokens.shape
-        grid = tokens.transpose(1, 2).reshape(b, d, ht, wt)
-        return F.avg_pool2d(grid, kernel).flatten(2).transpose(1, 2)
 
-    return pool
+def _tokens(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(grid.shape[1:3]) != size:
+        grid = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+    return grid.flatten(1, 2)
