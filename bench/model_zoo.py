@@ -1,9 +1,25 @@
 """The model zoo: small configs of real timm families, each through distill -> export -> quantize -> evaluate.
 
-Shrunk (a few blocks, narrow widths, 32-64 px Fashion-MNIST) so the whole zoo runs in minutes on a laptop CPU.
-`python bench/model_zoo.py` writes bench/results/model_zoo.json, the source of the README's models table.
+Shrunk (a few blocks, narrow widths, 32-64 px Fashion-MNIST, one epoch on 600 images) so the whole zoo runs
+in minutes on a laptop CPU: it checks that each family goes through every stage (manifold units, export
+parity, INT8 and Core ML rows), not what accuracy a trained model reaches. Writes JSON and prints the
+README's models table:
+
+    .venv/bin/python bench/model_zoo.py [--out bench/results/model_zoo.json] [--only NAME ...]
 """
 from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline import run  # noqa: E402
+from pipeline.fileio import write_json  # noqa: E402
+from targets.agent import cpu_name  # noqa: E402
+from targets.diagnosis import int8_instructions  # noqa: E402
 
 # name -> (timm model, overrides, img_size)
 ZOO: dict[str, tuple[str, dict, int]] = {
@@ -19,3 +35,87 @@ ZOO: dict[str, tuple[str, dict, int]] = {
     "mobilenetv3_small": ("mobilenetv3_small_050", {}, 32),
     "resnet18": ("resnet18", dict(layers=(1, 1, 1, 1)), 32),
 }
+
+# the teacher: the default conv-stem ViT, shrunk; one per image size, shared through the artifact cache
+SETTINGS = [
+    "data.subset=600", "data.test_subset=200", "run.threads=2",
+    "teacher.overrides={embed_dim=32, depth=2, num_heads=2}", "teacher.epochs=1", "teacher.batch_size=64",
+    "distill.epochs=1", "distill.batch_size=64", "distill.k=32",
+    "export.parity_images=128", "quantize.calibration_images=64", "quantize.validation_images=200",
+    "quantize.coreml.variants=[{name='int8', kind='linear', granularity='per_channel'}]",
+]
+
+
+def _toml(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def overrides(name: str, output_dir: Path) -> list[str]:
+    model, student, img_size = ZOO[name]
+    return [*SETTINGS, f"run.output_dir='{output_dir}'", f"run.name='{name}'", f"data.img_size={img_size}",
+            f"student.model='{model}'", f"student.overrides={_toml(student)}"]
+
+
+def run_model(name: str, output_dir: Path, extra: tuple[str, ...] = ()) -> dict:
+    """One zoo model through the pipeline up to evaluate (`extra`: more --set overrides); its report.json."""
+    return run(None, [*overrides(name, output_dir), *extra], until="evaluate", quiet=True)
+
+
+def row(name: str, report: dict) -> dict:
+    """What the models table shows for one zoo model."""
+    distill = report["stages"]["distill"]["summary"]
+    export = report["stages"]["export"]["summary"]["artifacts"]
+    evaluation = report["evaluation"]
+    return {"name": name, "model": ZOO[name][0], "params": distill["params"],
+            "family": distill.get("families", {}).get("student"),
+            "matched_units": distill.get("matched_units", []),
+            "student_top1": evaluation["student"]["top1"],
+            "parity": {key: a["parity"] for key, a in export.items()},
+            "artifacts": {r["artifact"]: {k: r.get(k) for k in ("runtime", "precision", "evaluation", "top1",
+                                                                   "delta_top1", "agreement", "reason")}
+                          for r in evaluation["artifacts"]}}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | family | units matched (student -> teacher) | ONNX / OpenVINO / Core ML parity, max abs diff "
+             "| INT8 ORT static / dynamic / OpenVINO / Core ML, agreement with fp32 |", "|---|---|---|---|---|"]
+    for r in rows:
+        units = ", ".join(f"{s}->{t}" for s, t in r["matched_units"])
+        parity = " / ".join(f"{r['parity'][k]['max_abs_diff']:.1e}" if k in r["parity"] else "-"
+                            for k in ("onnx", "openvino", "coreml"))
+        int8 = " / ".join(_agreement(r["artifacts"].get(k)) for k in ("onnx_int8_static", "onnx_int8_dynamic",
+                                                                         "openvino_int8", "coreml_int8"))
+        lines.append(f"| `{r['model']}` | {r['family']} | {units} | {parity} | {int8} |")
+    return "\n".join(lines)
+
+
+def _agreement(artifact: dict | None) -> str:
+    if artifact is None:
+        return "-"
+    if artifact.get("top1") is None:
+        return "not simulated"
+    return f"{100 * artifact['agreement']:.0f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "model_zoo.json")
+    parser.add_argument("--only", nargs="*", choices=sorted(ZOO), help="run these zoo models only")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="manifold-edge-zoo-") as tmp:
+        for name in args.only or ZOO:
+            start = time.perf_counter()
+            rows.append({**row(name, run_model(name, Path(tmp))), "wall_s": round(time.perf_counter() - start, 1)})
+            print(f"{name}: {rows[-1]['wall_s']} s", flush=True)
+    host = {"cpu": cpu_name(), **int8_instructions()}
+    write_json(args.out, {"host": host, "command": " ".join(sys.argv), "models": rows})
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

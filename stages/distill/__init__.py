@@ -11,7 +11,7 @@ from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.distill.families import units_of
+from stages.distill.families import family_of, units_of
 from stages.distill.features import TokenTap, aligned_tokens, checked_units, default_layer_map, estimated_tokens
 from stages.distill.manifold import ManifoldLoss
 from stages.models import architecture, create_model, data_kwargs, load_model, save_model
@@ -112,9 +112,18 @@ class DistillStage(Stage):
         ctx.progress.log(f"  student {student_cfg.model}: val top-1 {val:.2f}%")
         return {"model": student_cfg.model, "val_top1": round(val, 3), "kd": cfg.kd, "manifold": use_manifold,
                 "student_layers": layers[0], "teacher_layers": layers[1], "distilled_head": distilled,
+                **_matching(taps, student, teacher),
                 "params": sum(p.numel() for p in student.parameters()),
                 "train_seconds": round(sum(r["seconds"] for r in rows), 1), "processes": world().size,
                 "metrics_file": METRICS}
+
+
+def _matching(taps: tuple[TokenTap, ...], student, teacher) -> dict:
+    """The families and the unit names matched, for the report (nothing without the manifold loss)."""
+    if not taps:
+        return {}
+    return {"families": {"student": family_of(student, "student").name, "teacher": family_of(teacher, "teacher").name},
+            "matched_units": [[s.name, t.name] for s, t in zip(taps[0].units, taps[1].units)]}
 
 
 def uses_manifold(cfg: DistillConfig) -> bool:

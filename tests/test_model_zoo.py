@@ -1,0 +1,36 @@
+"""The model zoo (bench/model_zoo.py): every family through distill (manifold loss) -> export -> quantize ->
+evaluate, on shrunk configs; OpenVINO's NNCF INT8 and the accuracy fallback are left to the bench and to
+tests/test_export_quantize.py, to keep the zoo inside the suite's time."""
+from __future__ import annotations
+
+import pytest
+
+from bench.model_zoo import ZOO, row, run_model
+
+FAMILIES = {"deit_tiny_distilled": "vit", "cait_xxs24": "cait", "vit_registers": "vit"}
+LEANER = ("quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.max_drop=100.0")
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    """One output folder for the zoo: the teacher of each image size is trained once and reused."""
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_a_zoo_family_goes_through_every_stage(name, zoo_dir):
+    report = run_model(name, zoo_dir, LEANER)
+    r = row(name, report)
+    assert r["family"] == FAMILIES.get(name, "hierarchical")
+    assert r["matched_units"] and all(s and t for s, t in r["matched_units"])
+    terms = report["curves"]["distill"][0]
+    assert all(terms[t] > 0 for t in ("intra", "inter", "random")), terms
+    assert set(r["parity"]) == {"onnx", "openvino", "coreml"}
+    for key, parity in r["parity"].items():
+        assert parity["argmax_agreement"] >= 0.99, (key, parity)
+    artifacts = r["artifacts"]
+    assert {"torch_fp32", "onnx", "openvino", "coreml", "onnx_int8_static", "coreml_int8"} <= set(artifacts)
+    for key, artifact in artifacts.items():
+        assert artifact["top1"] is not None and 0 <= artifact["agreement"] <= 1, (key, artifact)
+    assert artifacts["onnx"]["agreement"] == 1.0
