@@ -1,6 +1,7 @@
 """Core ML packages (.mlpackage, ML program): the deployable wrapper, reading a package back as far
-as Linux allows (spec, op set, weights), and runners: Core ML itself on macOS ("measured"), and on
-Linux a torch model carrying the package's own decompressed weights ("simulated").
+as Linux allows (spec, op set, weights, the MIL program), and runners: Core ML itself on macOS
+("measured"), and on Linux the package's own MIL program interpreted in torch ("simulated",
+targets.coreml_program).
 
 Only macOS has the Core ML runtime; coremltools on Linux reads and writes packages but cannot predict.
 """
@@ -10,7 +11,6 @@ import contextlib
 import io
 import json
 import platform
-import tempfile
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from pipeline.errors import UserError
+from targets.coreml_program import MILProgram, UnsupportedOps
 from targets.runtimes import artifact_bytes, require
 
 IS_MACOS = platform.system() == "Darwin"
-NEEDS_MACOS = "Core ML prediction needs macOS: numbers from the package's weights in torch (simulated)"
+NEEDS_MACOS = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in torch, "
+               "fp16 tensors rounded to fp16 (simulated)")
 
 
 def coremltools():
@@ -40,28 +42,17 @@ def quiet():
 
 
 class Deployable(nn.Module):
-    """The student with BatchNorm folded into the preceding convolutions and the input normalisation
-    baked in: it takes raw 0-255 pixels. Folding first gives every weight a parameter name, so the
-    package's weights can be matched back to the torch model."""
+    """The student with the input normalisation baked in: it takes raw 0-255 pixels. (coremltools
+    fuses BatchNorm into the preceding convolutions itself.)"""
 
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
         super().__init__()
-        self.model = fold_batchnorm(model.eval())
+        self.model = model.eval()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model((pixels - self.mean) / self.std)
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every Conv2d -> BatchNorm2d pair inside an nn.Sequential (eval mode) into the conv."""
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq) - 1):
-            if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
-                seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
-                seq[i + 1] = nn.Identity()
-    return model
 
 
 def mil_program(path: Path):
@@ -81,22 +72,30 @@ def _ops(path: Path):
         yield from function.operations
 
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """Every float weight of the package, decompressed (int8 / palettized weights expanded)."""
+def decompressed_program(path: Path):
+    """The package's MIL program with compressed weights (constexpr_* ops: int8, palettes) expanded to
+    constants: coremltools.optimize.coreml.decompress_weights' own graph pass, without saving a package
+    (then dead code elimination drops the compressed data and scales it leaves behind)."""
     ct = coremltools()
-    import coremltools.optimize.coreml as cto
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as model_utils
+    from coremltools.optimize.coreml._quantization_passes import WeightDecompressor
 
     model = ct.models.MLModel(str(path), skip_model_load=True)
-    with tempfile.TemporaryDirectory(prefix="manifold-edge-coreml-") as tmp:
-        decompressed = Path(tmp) / "decompressed.mlpackage"
-        with quiet():
-            cto.decompress_weights(model).save(str(decompressed))
-        weights = {}
-        for op in _ops(decompressed):
+    passes = [WeightDecompressor(op_selector=lambda op: True), PASS_REGISTRY["common::dead_code_elimination"]]
+    with quiet():
+        return model_utils._apply_graph_pass(model, passes, return_pymil_prog=True)
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every float weight of the package, decompressed (int8 / palettized weights expanded)."""
+    weights = {}
+    for function in decompressed_program(path).functions.values():
+        for op in function.operations:
             value = op.val.val if op.op_type == "const" else None
             if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size > 1:
                 weights[op.name] = value
-        return weights
+    return weights
 
 
 def inspect_package(path: Path, target: str) -> dict:
@@ -140,54 +139,39 @@ def package_metadata(path: Path) -> dict[str, str]:
     return dict(spec.description.metadata.userDefined)
 
 
+class NotSimulated(UserError):
+    """A package whose program has an op the Linux simulation lacks: its rows say so, and the run goes on."""
+
+
+def _scaling(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std in pixel units, from the package metadata: normalised images -> raw pixels."""
+    spec = json.loads(package_metadata(path)["manifold_edge.model"])
+    return (np.array(spec["mean"], np.float32).reshape(1, -1, 1, 1) * 255,
+            np.array(spec["std"], np.float32).reshape(1, -1, 1, 1) * 255)
+
+
 class CoreMLSimulatedRunner:
-    """Linux: rebuild the torch student named in the package's metadata, load the package's own
-    (decompressed) weights, and compute in the package's precision (fp16 -> torch half on CPU).
-    It simulates weight storage and fp16 arithmetic, not Core ML's kernels or the Neural Engine."""
+    """Linux: the package's own ML program (weights decompressed) interpreted op by op in torch, with
+    every fp16 tensor rounded to fp16; targets.coreml_program says what this does not simulate."""
 
     runtime = "coreml"
     evaluation = "simulated"
 
     def __init__(self, path: Path, threads: int = 0):
-        import timm
-
-        import stages.models  # noqa: F401  (registers our timm families)
-
-        metadata = package_metadata(path)
-        spec = json.loads(metadata["manifold_edge.model"])
-        student = timm.create_model(spec["model"], **spec["kwargs"])
-        self.model = Deployable(student, spec["mean"], spec["std"]).eval()
-        load_package_weights(self.model, read_weights(path))
-        self.half = metadata.get("manifold_edge.precision") == "fp16"
-        if self.half:
-            self.model.half()
-        self.mean, self.std = self.model.mean.float(), self.model.std.float()
+        try:
+            self.program = MILProgram(decompressed_program(path))
+        except UnsupportedOps as exc:
+            raise NotSimulated(f"{Path(path).name} cannot be simulated: op {', '.join(exc.op_types)} (the Linux "
+                               "Core ML simulation has no implementation of it; a Mac can measure it)") from None
+        self.mean, self.std = _scaling(path)
+        if threads:
+            torch.set_num_threads(threads)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x: normalised images, as for every runner; the package takes raw pixels."""
-        pixels = torch.from_numpy(x) * self.std + self.mean
-        with torch.no_grad():
-            return self.model(pixels.half() if self.half else pixels).float().numpy()
-
-
-def load_package_weights(model: Deployable, weights: dict[str, np.ndarray]) -> None:
-    """Copy package weights into the matching torch parameters (MIL names are the torch names with
-    dots as underscores plus suffixes such as `_to_fp16`); every parameter must be found."""
-    missing = []
-    state = model.state_dict()
-    for name, tensor in state.items():
-        if name in ("mean", "std") or "num_batches_tracked" in name or name.endswith(("running_mean", "running_var")):
-            continue
-        stem = name.replace(".", "_")
-        match = [w for key, w in weights.items() if (key == stem or key.startswith(stem + "_"))
-                 and w.size == tensor.numel()]
-        if not match:
-            missing.append(name)
-            continue
-        state[name] = torch.from_numpy(np.asarray(match[0], dtype=np.float32).reshape(tensor.shape))
-    if missing:
-        raise ValueError(f"the package has no weights for {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    model.load_state_dict(state)
+        """x: normalised images, as for every runner; the package takes raw pixels, whole numbers 0-255
+        (as CoreMLRunner feeds Core ML)."""
+        pixels = np.clip(np.round(x * self.std + self.mean), 0, 255)
+        return self.program(torch.from_numpy(np.ascontiguousarray(pixels, np.float32))).numpy()
 
 
 class CoreMLRunner:
@@ -200,8 +184,7 @@ class CoreMLRunner:
         ct = coremltools()
         self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
         spec = json.loads(package_metadata(path)["manifold_edge.model"])
-        self.mean = np.array(spec["mean"], np.float32).reshape(1, -1, 1, 1) * 255
-        self.std = np.array(spec["std"], np.float32).reshape(1, -1, 1, 1) * 255
+        self.mean, self.std = _scaling(path)
         self.input = self.model.get_spec().description.input[0]
         self.classes = spec["classes"]
 
@@ -216,9 +199,10 @@ class CoreMLRunner:
                 feed = Image.fromarray(image[0] if mode == "L" else image.transpose(1, 2, 0), mode)
             else:
                 feed = image[None].astype(np.float32)
-            probs = self.model.predict({self.input.name: feed})
-            table = next(v for v in probs.values() if isinstance(v, dict))
-            rows.append([np.log(max(table[c], 1e-12)) for c in self.classes])
+            outputs = self.model.predict({self.input.name: feed})
+            # The classifier's "probabilities" are the program's logits, passed through unchanged.
+            table = next(v for v in outputs.values() if isinstance(v, dict))
+            rows.append([table[c] for c in self.classes])
         return np.asarray(rows, np.float32)
 
 

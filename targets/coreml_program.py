@@ -1,0 +1,416 @@
+"""Run a Core ML ML program (its MIL ops, as coremltools loads them) with torch on the CPU.
+
+Core ML cannot predict on Linux, so the simulated Core ML runner interprets the package's own program
+instead: every op in order, each through a small torch function from `OPS` (semantics and defaults
+as coremltools' op definitions, coremltools/converters/mil/mil/ops/defs, state them). Weights are the
+package's own, decompressed first (int8 and palettized constexpr ops expanded to constants).
+
+Precision: arithmetic is float32 torch kernels; the output of every op that the program types fp16 is
+rounded to fp16 (x.half().float()), so fp16 storage of every intermediate tensor is emulated and the
+CPU stays fast. This simulates the program's ops and the fp16 rounding of each tensor, not Core ML's
+own kernels, their accumulation order or precision inside an op, nor the Neural Engine.
+
+Batching: the program was traced for one image, with constant shapes. A (B, C, H, W) batch runs as B
+programs at once under torch.func.vmap (each sample sees the (1, C, H, W) it was traced for), or, if
+vmap cannot run an op, one image at a time. Every op's result is checked against the shape the
+program states for it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SKIPPED = {"const", "classify"}  # constants are read where used; classify only attaches the labels
+
+
+class UnsupportedOps(ValueError):
+    """The program has ops this interpreter has no torch function for."""
+
+    def __init__(self, op_types: list[str]):
+        self.op_types = sorted(set(op_types))
+        super().__init__(f"Core ML simulation has no implementation of MIL op(s) {', '.join(self.op_types)}")
+
+
+OPS: dict[str, Callable] = {}
+
+
+def op(*names: str):
+    """Register a torch implementation: fn(inputs, shapes) -> tensor or tuple of tensors, where inputs
+    maps the op's input names to values and shapes are the program's static output shapes."""
+    def register(fn):
+        OPS.update(dict.fromkeys(names, fn))
+        return fn
+    return register
+
+
+def _ints(v) -> list[int]:
+    return [int(i) for i in v]
+
+
+# Elementwise (numpy broadcasting, as MIL).
+BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "real_div": torch.div, "pow": torch.pow,
+          "maximum": torch.maximum, "minimum": torch.minimum,
+          "floor_div": lambda x, y: torch.div(x, y, rounding_mode="floor")}
+UNARY = {"relu": torch.relu, "sigmoid": torch.sigmoid, "silu": F.silu, "tanh": torch.tanh, "exp": torch.exp,
+         "sqrt": torch.sqrt, "abs": torch.abs, "erf": torch.erf, "square": torch.square, "floor": torch.floor,
+         "ceil": torch.ceil, "round": torch.round, "sign": torch.sign, "sin": torch.sin, "cos": torch.cos,
+         "softsign": F.softsign, "relu6": lambda x: x.clamp(0, 6),
+         "softplus": lambda x: torch.log1p(torch.exp(-x.abs())) + x.clamp(min=0)}
+
+
+def _tensor(v) -> torch.Tensor:
+    return v if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.float32)
+
+
+for _name, _fn in BINARY.items():
+    op(_name)(lambda v, shapes, fn=_fn: fn(_tensor(v["x"]), _tensor(v["y"])))
+for _name, _fn in UNARY.items():
+    op(_name)(lambda v, shapes, fn=_fn: fn(v["x"]))
+
+
+@op("rsqrt")
+def _rsqrt(v, shapes):
+    return torch.rsqrt(v["x"] + v["epsilon"])
+
+
+@op("inverse")
+def _inverse(v, shapes):
+    return torch.reciprocal(v["x"] + v["epsilon"])
+
+
+@op("log")
+def _log(v, shapes):
+    return torch.log(v["x"] + v["epsilon"])
+
+
+@op("clip")
+def _clip(v, shapes):
+    return torch.minimum(torch.maximum(v["x"], _tensor(v["alpha"])), _tensor(v["beta"]))
+
+
+# Activations with parameters: iOS15/activation.py.
+@op("sigmoid_hard")
+def _sigmoid_hard(v, shapes):
+    return (v["alpha"] * v["x"] + v["beta"]).clamp(0, 1)
+
+
+@op("thresholded_relu")
+def _thresholded_relu(v, shapes):
+    return torch.where(v["x"] >= v["alpha"], v["x"], 0.0)
+
+
+@op("leaky_relu")
+def _leaky_relu(v, shapes):
+    return torch.where(v["x"] < 0, v["x"] * v["alpha"], v["x"])
+
+
+@op("elu")
+def _elu(v, shapes):
+    return torch.where(v["x"] < 0, v["alpha"] * torch.expm1(v["x"]), v["x"])
+
+
+@op("gelu")
+def _gelu(v, shapes):
+    x, mode = v["x"], v["mode"]
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * torch.sigmoid(1.702 * x)
+    return F.gelu(x, approximate="tanh" if mode == "TANH_APPROXIMATION" else "none")
+
+
+@op("softmax")
+def _softmax(v, shapes):
+    return torch.softmax(v["x"], int(v["axis"]))
+
+
+# Linear algebra and normalisation.
+@op("linear")
+def _linear(v, shapes):
+    return F.linear(v["x"], v["weight"], v["bias"])
+
+
+@op("matmul")
+def _matmul(v, shapes):
+    x, y = _tensor(v["x"]), _tensor(v["y"])
+    x = x.transpose(-1, -2) if v["transpose_x"] else x
+    y = y.transpose(-1, -2) if v["transpose_y"] else y
+    return torch.matmul(x, y)
+
+
+@op("scaled_dot_product_attention")
+def _attention(v, shapes):
+    """iOS18: softmax(Q K^T / sqrt(E) + mask) V; a bool mask marks the keys that take part (as torch's)."""
+    return F.scaled_dot_product_attention(v["query"], v["key"], v["value"], attn_mask=v.get("attn_mask"))
+
+
+@op("layer_norm")
+def _layer_norm(v, shapes):
+    """Normalise over `axes` (default: all), gamma/beta shaped x.shape[axes]: move them last for F.layer_norm."""
+    x = v["x"]
+    axes = sorted(a % x.dim() for a in (_ints(v["axes"]) if v["axes"] is not None else range(x.dim())))
+    last = list(range(x.dim() - len(axes), x.dim()))
+    y = x.movedim(axes, last)
+    shape = y.shape[-len(axes):]
+    gamma = None if v["gamma"] is None else v["gamma"].reshape(shape)
+    beta = None if v["beta"] is None else v["beta"].reshape(shape)
+    return F.layer_norm(y, shape, gamma, beta, float(v["epsilon"])).movedim(last, axes)
+
+
+@op("batch_norm")
+def _batch_norm(v, shapes):
+    return F.batch_norm(v["x"], v["mean"], v["variance"], v["gamma"], v["beta"], training=False,
+                        eps=float(v["epsilon"]))
+
+
+def _reducer(fn):
+    def reduce(v, shapes):
+        x = v["x"]
+        axes = tuple(_ints(v["axes"])) if v["axes"] is not None else tuple(range(x.dim()))
+        return fn(x, dim=axes, keepdim=bool(v["keep_dims"]))
+    return reduce
+
+
+for _name, _fn in {"reduce_mean": torch.mean, "reduce_sum": torch.sum, "reduce_max": torch.amax,
+                   "reduce_min": torch.amin}.items():
+    OPS[_name] = _reducer(_fn)
+
+
+# Convolution and pooling: iOS15/conv.py, pool.py, and aggregated_pad in defs/_utils.py.
+def _pads(v, x: torch.Tensor, kernel: list[int], dilations: list[int]) -> list[tuple[int, int]]:
+    """(before, after) padding per spatial dim for pad_type valid / custom / same / same_lower."""
+    kind = str(v["pad_type"]).lower()
+    if kind == "valid":
+        return [(0, 0)] * len(kernel)
+    if kind == "custom":
+        pad = _ints(v["pad"])
+        return [(pad[2 * i], pad[2 * i + 1]) for i in range(len(kernel))]
+    pads = []
+    for size, k, s, d in zip(x.shape[2:], kernel, _ints(v["strides"]), dilations):
+        total = max(0, s * math.ceil(size / s) - size + (k - 1) * d + 1 - s)
+        small, large = total // 2, total - total // 2
+        pads.append((large, small) if kind == "same_lower" else (small, large))
+    return pads
+
+
+def _torch_pad(pads: list[tuple[int, int]]) -> list[int]:
+    """F.pad's order: last dimension first."""
+    return [p for pair in reversed(pads) for p in pair]
+
+
+@op("conv")
+def _conv(v, shapes):
+    x, weight = v["x"], v["weight"]
+    dims = x.dim() - 2
+    dilations = _ints(v["dilations"])
+    pads = _pads(v, x, list(weight.shape[2:]), dilations)
+    symmetric = all(a == b for a, b in pads)
+    if not symmetric:
+        x = F.pad(x, _torch_pad(pads))
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    return conv(x, weight, v["bias"], stride=_ints(v["strides"]),
+                padding=[a for a, _ in pads] if symmetric else 0, dilation=dilations, groups=int(v["groups"]))
+
+
+def _pool(v, average: bool):
+    """Pads explicitly (-inf for max, 0 for average; an average that excludes padding divides by the
+    count of real pixels), except with ceil_mode, where coremltools requires symmetric padding."""
+    x, kernel, strides = v["x"], _ints(v["kernel_sizes"]), _ints(v["strides"])
+    dims = x.dim() - 2
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1] if average else \
+        (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+    pads = _pads(v, x, kernel, [1] * dims)
+    if v["ceil_mode"]:
+        extra = {"count_include_pad": not v["exclude_padding_from_average"]} if average else {}
+        return pool(x, kernel, strides, [a for a, _ in pads], ceil_mode=True, **extra)
+    out = pool(F.pad(x, _torch_pad(pads), value=0.0 if average else -math.inf), kernel, strides)
+    if average and v["exclude_padding_from_average"]:
+        out = out / pool(F.pad(torch.ones_like(x), _torch_pad(pads)), kernel, strides)
+    return out
+
+
+op("max_pool")(lambda v, shapes: _pool(v, average=False))
+op("avg_pool")(lambda v, shapes: _pool(v, average=True))
+
+
+# Shapes and indexing: iOS15-17 tensor_transformation.py, tensor_operation.py, scatter_gather.py.
+@op("reshape", "squeeze", "expand_dims", "reshape_like", "flatten2d")
+def _reshape(v, shapes):
+    """The program's own output shape: its type inference resolved 0, -1 and the axes already."""
+    return v["x"].reshape(shapes[0])
+
+
+@op("transpose")
+def _transpose(v, shapes):
+    return v["x"].permute(_ints(v["perm"]))
+
+
+@op("concat")
+def _concat(v, shapes):
+    values = [_tensor(t) for t in v["values"]]
+    axis = int(v["axis"]) % values[0].dim()
+    if v["interleave"]:
+        return torch.stack(values, axis + 1).reshape(shapes[0])
+    return torch.cat(values, axis)
+
+
+@op("split")
+def _split(v, shapes):
+    axis = int(v["axis"])
+    return torch.split(v["x"], [s[axis] for s in shapes], dim=axis)
+
+
+@op("slice_by_index")
+def _slice_by_index(v, shapes):
+    from coremltools.converters.mil.mil.ops.defs._utils import solve_slice_by_index_slice
+
+    x = v["x"]
+    rank = x.dim()
+    masks = {name: None if v[name] is None else [bool(m) for m in v[name]]
+             for name in ("begin_mask", "end_mask", "squeeze_mask")}
+    stride = _ints(v["stride"]) if v["stride"] is not None else [1] * rank
+    slices = solve_slice_by_index_slice(x.shape, _ints(v["begin"]), _ints(v["end"]), stride, **masks)
+    for dim, part in enumerate(slices):
+        picked = range(x.shape[dim])[part]
+        if picked.step > 0:
+            x = x.narrow(dim, picked.start, len(picked)) if picked.step == 1 else \
+                x[(slice(None),) * dim + (slice(picked.start, picked.stop, picked.step),)]
+        else:
+            x = x.index_select(dim, torch.tensor(list(picked), dtype=torch.long))
+    return x.reshape(shapes[0])
+
+
+@op("slice_by_size")
+def _slice_by_size(v, shapes):
+    x = v["x"]
+    for dim, (begin, size) in enumerate(zip(_ints(v["begin"]), _ints(v["size"]))):
+        begin %= x.shape[dim]
+        x = x.narrow(dim, begin, x.shape[dim] - begin if size < 0 else size)
+    return x
+
+
+@op("gather")
+def _gather(v, shapes):
+    x, indices, axis = v["x"], v["indices"], int(v["axis"]) % v["x"].dim()
+    if int(v.get("batch_dims") or 0):
+        raise NotImplementedError("gather with batch_dims > 0")
+    indices = torch.as_tensor(indices).long() % x.shape[axis]
+    return x.index_select(axis, indices.reshape(-1)).reshape(shapes[0])
+
+
+@op("tile")
+def _tile(v, shapes):
+    return v["x"].repeat(_ints(v["reps"]))
+
+
+@op("pad")
+def _pad(v, shapes):
+    pad = _ints(v["pad"])
+    pairs = [(pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+    mode = str(v["mode"])
+    if mode == "constant":
+        return F.pad(v["x"], _torch_pad(pairs), value=float(v["constant_val"]))
+    return F.pad(v["x"], _torch_pad(pairs), mode=mode)
+
+
+CAST = {"fp16": torch.float32, "fp32": torch.float32, "int32": torch.int32, "bool": torch.bool}
+
+
+@op("cast")
+def _cast(v, shapes):
+    """fp16 is held as float32 and rounded after the op, like every fp16 output."""
+    return v["x"].to(CAST[str(v["dtype"])])
+
+
+@dataclass
+class Step:
+    op_type: str
+    fn: Callable
+    consts: dict           # input name -> value (constants and coremltools' defaults)
+    refs: dict             # input name -> var name, or a list of (var name or constant) for tuple inputs
+    outputs: list[str]
+    shapes: list[tuple]    # static output shapes, as the program states them
+    fp16: list[bool]       # outputs the program types fp16: rounded to fp16 after the op
+
+
+class Ref(str):
+    """The name of a value computed earlier (as opposed to a constant)."""
+
+
+def _constant(val):
+    """A MIL constant as torch (float arrays as float32) or a Python scalar / string."""
+    if isinstance(val, np.ndarray):
+        array = np.ascontiguousarray(val)
+        return torch.from_numpy(array.astype(np.float32) if array.dtype.kind == "f" else array)
+    if isinstance(val, np.generic):
+        return val.item()
+    return val
+
+
+def _input(var):
+    return Ref(var.name) if var.val is None else _constant(var.val)
+
+
+def _step(op) -> Step:
+    from coremltools.converters.mil.mil import types
+
+    values = {name: _constant(value) for name, value in op.default_inputs().items()}
+    refs = {}
+    for name, var in op.inputs.items():
+        value = [_input(v) for v in var] if isinstance(var, (list, tuple)) else _input(var)
+        if isinstance(value, Ref) or (isinstance(value, list) and any(isinstance(i, Ref) for i in value)):
+            refs[name] = value
+        else:
+            values[name] = value
+    return Step(op.op_type, OPS[op.op_type], values, refs, [o.name for o in op.outputs],
+                [tuple(o.shape) for o in op.outputs], [o.dtype == types.fp16 for o in op.outputs])
+
+
+class MILProgram:
+    """An ML program's main function compiled to a list of torch steps; call it on raw pixels (B, C, H, W)."""
+
+    def __init__(self, program):
+        from coremltools.converters.mil.mil import types
+
+        function = program.functions["main"]
+        ops = list(function.operations)
+        unknown = [o.op_type for o in ops if o.op_type not in OPS and o.op_type not in SKIPPED]
+        if unknown:
+            raise UnsupportedOps(unknown)
+        (self.input, var), = function.inputs.items()
+        self.input_fp16 = var.dtype == types.fp16
+        self.steps = [_step(o) for o in ops if o.op_type not in SKIPPED]
+        classify = [o for o in ops if o.op_type == "classify"]
+        self.output = classify[0].inputs["probabilities"].name if classify else function.outputs[0].name
+        self.vmap = True
+
+    def run(self, pixels: torch.Tensor) -> torch.Tensor:
+        """One image, shaped as the program's input."""
+        env = {self.input: pixels.half().float() if self.input_fp16 else pixels}
+        for step in self.steps:
+            inputs = dict(step.consts)
+            for name, ref in step.refs.items():
+                inputs[name] = [env[r] if isinstance(r, Ref) else r for r in ref] if isinstance(ref, list) \
+                    else env[ref]
+            result = step.fn(inputs, step.shapes)
+            for name, value, shape, half in zip(step.outputs, result if isinstance(result, (tuple, list))
+                                                 else (result,), step.shapes, step.fp16):
+                if tuple(value.shape) != shape:
+                    raise ValueError(f"MIL {step.op_type} -> {name}: computed shape {tuple(value.shape)}, "
+                                     f"the program states {shape}")
+                env[name] = value.half().float() if half else value
+        return env[self.output]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes) for a batch of images, each run as the program's batch-1 input."""
+        samples = pixels[:, None]
+        with torch.no_grad():
+            if self.vmap:
+                try:
+                    return torch.func.vmap(self.run)(samples).flatten(1)
+                except (RuntimeError, NotImplementedError):  # an op without a vmap rule: one at a time
+                    self.vmap = False
+            return torch.stack([self.run(s) for s in samples]).flatten(1)
