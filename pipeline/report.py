@@ -120,7 +120,7 @@ def make_plots(report: dict, run_dir: Path) -> dict[str, str]:
     folder = run_dir / "plots"
     made = {"curves": plots.training_curves(report["curves"], folder / "curves.png")}
     latency, evaluation = report.get("latency") or {}, report.get("evaluation") or {}
-    top1 = {r["artifact"]: r["top1"] for r in evaluation.get("artifacts", [])}
+    top1 = {r["artifact"]: r["top1"] for r in evaluation.get("artifacts", []) if "top1" in r}
     floor = top1["torch_fp32"] - report["config"]["quantize"]["max_drop"] if "torch_fp32" in top1 else None
     for name, target in (latency.get("targets") or {}).items():
         rows = [r for r in latency["rows"] if r["target"] == name]
@@ -143,12 +143,17 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
              "| size MB | INT8 ops / compressed weights |", "|---|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         ops = ", ".join(f"{k} {v}" for k, v in (r.get("op_types") or {}).items()) or "-"
-        lines.append(f"| `{r['artifact']}` | {r['runtime']} | {r['precision']} | {r['evaluation']} | {r['top1']:.2f} | "
-                     f"{r['delta_top1']:+.2f} | {100 * r['agreement']:.2f}% | {r['bytes'] / 1e6:.2f} | {ops} |")
+        scores = (f"{r['top1']:.2f} | {r['delta_top1']:+.2f} | {100 * r['agreement']:.2f}%" if "top1" in r
+                  else "- | - | -")
+        lines.append(f"| `{r['artifact']}` | {r['runtime']} | {r['precision']} | {r['evaluation']} | {scores} | "
+                     f"{r['bytes'] / 1e6:.2f} | {ops} |")
     lines.append("")
+    for r in rows:
+        if "reason" in r:
+            lines += [f"Not simulated: {r['reason']}.", ""]
     if any(r["evaluation"] == "simulated" for r in rows):
-        lines += [f"Simulated rows: {NEEDS_MACOS}. They reflect the compressed weights and fp16 arithmetic, "
-                  "not Core ML's kernels; on-device numbers need a Mac.", ""]
+        lines += [f"Simulated rows: {NEEDS_MACOS}. They reflect the package's program, compressed weights and "
+                  "fp16 tensors, not Core ML's kernels or the Neural Engine; on-device numbers need a Mac.", ""]
     for note in (quantize or {}).get("notes", []):
         lines += [f"Note: {note}.", ""]
     hurt = [r for r in rows if r.get("worst_classes")]
@@ -282,7 +287,7 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
     rows = latency["rows"]
     if not rows:
         return []
-    top1 = {r["artifact"]: r["top1"] for r in (evaluation or {}).get("artifacts", [])}
+    top1 = {r["artifact"]: r["top1"] for r in (evaluation or {}).get("artifacts", []) if "top1" in r}
     lines = ["## Latency per target (batch 1)", "",
              "| target | artifact | precision | label | p50 ms | p90 ms | p99 ms | img/s (batch) | model RSS MB "
              "| top-1 % | budget (p90 ms / MB) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]

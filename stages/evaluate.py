@@ -1,9 +1,10 @@
 """Evaluate stage: every artifact run in its own runtime over the whole held-out split, batched.
 
 Teacher and student (torch): top-1/top-5, params, FLOPs, checkpoint size. Every exported and
-quantized student (Core ML on Linux: simulated from the package's own weights): top-1, the change
-vs torch fp32, argmax agreement with torch fp32, size on disk, and for compressed artifacts the
-classes compression hurts most.
+quantized student (Core ML on Linux: simulated by running the package's own ML program in torch):
+top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk, and for compressed
+artifacts the classes compression hurts most. A Core ML package the simulation cannot run gets a row
+with "evaluation": "not simulated" and a "reason", and no top-1.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.models import load_model
 from stages.training import accuracy
+from targets.coreml import NotSimulated
 from targets.runtimes import artifact_bytes, load_runner, predict
 
 
@@ -73,7 +75,14 @@ class EvaluateStage(Stage):
                 files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
         rows, reference, reference_class = [], None, None
         for key, path, runtime, precision, meta, stage in files:
-            runner = load_runner(path, cfg.threads)
+            try:
+                runner = load_runner(path, cfg.threads)
+            except NotSimulated as exc:  # a row without top-1, saying why
+                rows.append({"artifact": key, "runtime": runtime, "precision": precision, "file": path.name,
+                             "evaluation": "not simulated", "reason": str(exc), "bytes": artifact_bytes(path),
+                             "op_types": meta.get("op_types")})
+                ctx.progress.log(f"[yellow]  {key}: {exc}[/]")
+                continue
             batches = (x.numpy() for x, _ in data.test.iterate(cfg.batch_size))
             with ctx.progress.bar(f"  evaluating {key}", 1) as bar:
                 predictions = predict(runner, batches).argmax(1)
