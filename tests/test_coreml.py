@@ -1,5 +1,6 @@
 """Core ML packages, checked as far as Linux allows: spec, op set, compressed weights, and accuracy
-simulated from the package's own weights. Prediction through Core ML itself runs only on macOS."""
+simulated by interpreting the package's own ML program in torch. Prediction through Core ML itself
+runs only on macOS."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,121 @@ import shutil
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from conftest import artifact_folder, read_report
-from pipeline.config import load_config
+from pipeline.config import CoreMLExportConfig, CoreMLVariant, load_config
 from pipeline.errors import UserError
+from pipeline.report import _artifact_lines
+from pipeline.ship import choose
 from stages.batches import load_dataset
 from stages.export import export_coreml
 from stages.models import load_model
-from targets.coreml import IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, coremltools, inspect_package, read_weights
+from stages.quantize.coreml_compress import compress
+from targets import coreml_program
+from targets.coreml import (
+    IS_MACOS,
+    CoreMLRunner,
+    CoreMLSimulatedRunner,
+    NotSimulated,
+    coremltools,
+    inspect_package,
+    read_weights,
+)
+
+MEAN, STD = [0.286], [0.353]
+# Small timm families beyond the ViT student: conv+BN fused (CNNs), a folded relative position bias
+# (Swin), hard-swish and squeeze-excite (MobileNetV3): name -> (timm model, overrides, image size,
+# precisions converted; MobileNetV3 at fp16 only, to keep conversion time down).
+ZOO = {"resnet18": ("resnet18", dict(layers=(1, 1, 1, 1)), 32, ("fp32", "fp16")),
+       "swin": ("swin_tiny_patch4_window7_224",
+                dict(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 1, 1, 1),
+                     num_heads=(1, 1, 2, 2)), 32, ("fp32", "fp16")),
+       "mobilenetv3": ("mobilenetv3_small_050", {}, 32, ("fp16",))}
+
+
+class Scaled(torch.nn.Module):
+    """A randomly initialised model with its logits scaled to a trained model's range (std about 3),
+    so fp16 rounding is judged on realistic logits rather than near-ties around zero."""
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor):
+        super().__init__()
+        self.model = model.eval()
+        with torch.no_grad():
+            self.scale = 3 / float(model(images).std())
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+def convert(model, name: str, img: int, path, precision: str) -> None:
+    meta = {"mean": MEAN, "std": STD, "channels": 1, "img_size": img, "classes": [f"c{i}" for i in range(10)]}
+    export_coreml(model, {"model": name, "kwargs": {}}, meta, CoreMLExportConfig(precision=precision), path, "test")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Each model with 32 random images (normalised), its torch logits, and its packages by precision."""
+    folder = tmp_path_factory.mktemp("zoo")
+    models = {}
+    for key, (name, overrides, img, precisions) in ZOO.items():
+        torch.manual_seed(0)
+        pixels = torch.randint(0, 256, (32, 1, img, img), generator=torch.Generator().manual_seed(1)).float()
+        images = (pixels / 255 - MEAN[0]) / STD[0]
+        model = Scaled(timm.create_model(name, in_chans=1, num_classes=10, **overrides), images)
+        with torch.no_grad():
+            reference = model(images).numpy()
+        packages = {p: folder / f"{key}_{p}.mlpackage" for p in precisions}
+        for precision, path in packages.items():
+            convert(model, name, img, path, precision)
+        models[key] = {"images": images.numpy(), "reference": reference, **packages}
+    return models
+
+
+@pytest.mark.parametrize("key", list(ZOO))
+def test_simulation_runs_each_models_own_program(zoo, key):
+    """The interpreter runs the program itself, so models whose weights do not map back to torch
+    parameters (fused conv+BN, Swin's folded bias table) simulate too: fp32 matches torch closely,
+    fp16 within its rounding."""
+    case = zoo[key]
+    if "fp32" in case:
+        fp32 = CoreMLSimulatedRunner(case["fp32"])(case["images"])
+        assert np.abs(fp32 - case["reference"]).max() < 1e-3
+    fp16 = CoreMLSimulatedRunner(case["fp16"])(case["images"])
+    diff = np.abs(fp16 - case["reference"]).max()
+    assert 0 < diff < 0.05 and (fp16.argmax(1) == case["reference"].argmax(1)).mean() >= 0.9
+
+
+def test_vmap_and_per_image_runs_agree(zoo):
+    runner = CoreMLSimulatedRunner(zoo["swin"]["fp32"])
+    batched = runner(zoo["swin"]["images"])
+    runner.program.vmap = False
+    np.testing.assert_allclose(runner(zoo["swin"]["images"]), batched, atol=1e-5)
+
+
+def test_compressed_packages_run_with_their_decompressed_weights(zoo, tmp_path):
+    """INT8 and 4-bit palette packages run; each moves the logits away from the float package's, and
+    the 4-bit palette more than INT8."""
+    case = zoo["resnet18"]
+    fp32 = CoreMLSimulatedRunner(case["fp32"])(case["images"])
+    diffs = {}
+    for variant in (CoreMLVariant(name="int8", kind="linear"), CoreMLVariant(name="p4", kind="palettize", nbits=4,
+                                                                              granularity="per_tensor")):
+        package = tmp_path / f"{variant.name}.mlpackage"
+        compress(case["fp32"], package, variant)
+        assert inspect_package(package, "iOS17")["compressed_weights"]
+        logits = CoreMLSimulatedRunner(package)(case["images"])
+        diffs[variant.name] = np.abs(logits - fp32).max()
+        assert (logits.argmax(1) == fp32.argmax(1)).mean() >= 0.8
+    assert 0 < diffs["int8"] < diffs["p4"]
+
+
+def test_an_op_the_interpreter_lacks_is_named(zoo, monkeypatch):
+    for op_type in ("max_pool", "relu"):
+        monkeypatch.delitem(coreml_program.OPS, op_type)
+    with pytest.raises(NotSimulated, match=r"^resnet18_fp32.mlpackage cannot be simulated: op max_pool, relu \("):
+        CoreMLSimulatedRunner(zoo["resnet18"]["fp32"])
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +245,59 @@ def test_core_ml_prediction_matches_the_simulation_on_macos(trained_run, package
     measured = CoreMLRunner(packages["fp16"])(images)
     simulated = CoreMLSimulatedRunner(packages["fp16"])(images)
     assert (measured.argmax(1) == simulated.argmax(1)).mean() >= 0.95
+
+
+def test_a_not_simulated_row_is_reported_and_nothing_ships_in_its_runtime():
+    """Evaluate writes a row without top-1 for a package the simulation cannot run; the report lists it
+    with its reason, and the Core ML target says why nothing ships there."""
+    reason = "model.mlpackage cannot be simulated: op topk (the Linux Core ML simulation has no implementation of it)"
+    rows = [{"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "evaluation": "measured",
+             "top1": 88.0, "delta_top1": 0.0, "agreement": 1.0, "bytes": 10 ** 6},
+            {"artifact": "coreml", "runtime": "coreml", "precision": "fp16", "evaluation": "not simulated",
+             "reason": reason, "bytes": 5 * 10 ** 5, "op_types": None}]
+    table = "\n".join(_artifact_lines(rows, None))
+    assert "| `coreml` | coreml | fp16 | not simulated | - | - | - | 0.50 | - |" in table
+    assert f"Not simulated: {reason}." in table
+    choice = choose("iphone", {"runtime": "coreml"}, [], {"artifacts": rows, "images": 100}, max_drop=1.0)
+    assert choice["artifact"] is None and choice["why"] == f"no coreml artifact has a top-1: {reason}"
+
+
+def test_ops_no_zoo_model_uses_agree_with_coremltools_value_inference():
+    """Ops built on constants get their value from coremltools' own numpy value inference: the torch
+    table must give the same. (concat's value inference ignores interleave: its docstring example.)"""
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(0)
+    x, pos = rng.normal(size=(2, 3, 5, 6)).astype(np.float32), rng.uniform(0.1, 2, size=(2, 3)).astype(np.float32)
+    ints = lambda *v: np.array(v, np.int32)  # noqa: E731
+    built = []
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1,))], opset_version=coremltools().target.iOS17)
+    def program(unused):
+        built.extend(v.op for v in [
+            mb.pad(x=x, pad=ints(1, 2, 0, 3), constant_val=np.float32(0.5)),
+            mb.pad(x=x, pad=ints(1, 2, 2, 1), mode="reflect"),
+            mb.pad(x=x, pad=ints(0, 1, 2, 3, 1, 0), mode="replicate"), mb.tile(x=pos, reps=ints(2, 3)),
+            mb.gather(x=x, indices=np.array([[0, 2], [-1, 1]], np.int32), axis=1),
+            mb.slice_by_index(x=x, begin=ints(0, 1, 0, 5), end=ints(2, 3, 5, 0), stride=ints(1, 1, 2, -2)),
+            mb.slice_by_index(x=x, begin=ints(1, 0, 1, 0), end=ints(2, 3, 4, 6),
+                              squeeze_mask=[True, False, False, False], end_mask=[False, True, False, True]),
+            mb.slice_by_size(x=x, begin=ints(0, 1, -3, 2), size=ints(-1, 2, 2, -1)),
+            mb.layer_norm(x=x, axes=[1, 3], gamma=rng.normal(size=(3, 6)).astype(np.float32), epsilon=np.float32(1e-3)),
+            mb.gelu(x=x, mode="TANH_APPROXIMATION"), mb.gelu(x=x, mode="SIGMOID_APPROXIMATION"),
+            mb.thresholded_relu(x=x.copy(), alpha=np.float32(0.3)),  # its value inference writes into x
+            mb.clip(x=x, alpha=np.float32(-0.5), beta=np.float32(0.7)), mb.rsqrt(x=pos), mb.inverse(x=pos),
+            mb.log(x=pos), mb.elu(x=x, alpha=np.float32(0.7)), mb.softplus(x=x), mb.reduce_max(x=x, axes=[2]),
+            mb.reduce_sum(x=x, axes=[0, -1], keep_dims=True), mb.matmul(x=x, y=x, transpose_x=True),
+            mb.floor_div(x=x, y=np.float32(0.3)), mb.reshape(x=x, shape=[0, -1, 3, 2]),
+            mb.cast(x=x * 3, dtype="int32")])
+        return unused
+
+    for op in built:
+        step = coreml_program._step(op)
+        np.testing.assert_allclose(step.fn(step.consts, step.shapes).numpy(), op.outputs[0].val, atol=1e-5,
+                                   err_msg=op.op_type)
+    pairs = [np.array([[1, 2], [3, 4], [5, 6]], np.float32), np.array([[7, 8], [9, 10], [11, 12]], np.float32)]
+    interleaved = coreml_program.OPS["concat"]({"values": [torch.from_numpy(p) for p in pairs], "axis": 0,
+                                                "interleave": True}, [(6, 2)])
+    assert interleaved[:, 0].tolist() == [1, 7, 3, 9, 5, 11]
