@@ -1,5 +1,5 @@
-"""INT8 post-training quantization of the OpenVINO IR with NNCF (transformer model type), falling back
-to NNCF's accuracy-control search when the plain result loses more than `max_drop` top-1 points."""
+"""INT8 post-training quantization of the OpenVINO IR with NNCF (model type chosen by architecture), falling
+back to NNCF's accuracy-control search when the plain result loses more than `max_drop` top-1 points."""
 from __future__ import annotations
 
 import logging
@@ -20,6 +20,14 @@ def _accuracy(compiled, items) -> float:
     return hits / max(total, 1)
 
 
+def model_type(model):
+    """NNCF's transformer scheme (SmoothQuant, attention-aware placement) for a graph with attention;
+    None (NNCF's default scheme, meant for CNNs) otherwise."""
+    nncf = require("nncf", "openvino")
+    ops = {op.get_type_name() for op in model.get_ops()}
+    return nncf.ModelType.TRANSFORMER if ops & {"Softmax", "ScaledDotProductAttention"} else None
+
+
 def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
              cfg: QuantizeConfig, log: Callable[[str], None]) -> dict:
     ov = require("openvino", "openvino")
@@ -31,9 +39,11 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarr
     calib = nncf.Dataset([image[None] for image in calibration])
     items = [(image[None], int(label)) for image, label in zip(val_images, val_labels)]
     fp32 = 100 * _accuracy(core.compile_model(model, "CPU"), items)
-    quantized = nncf.quantize(model, calib, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    kind = model_type(model)
+    quantized = nncf.quantize(model, calib, model_type=kind, subset_size=len(calibration))
     drop = fp32 - 100 * _accuracy(core.compile_model(quantized, "CPU"), items)
-    result = {"fp32_top1": fp32, "plain_drop": round(drop, 3), "accuracy_control": False, "max_drop": cfg.max_drop}
+    result = {"fp32_top1": fp32, "plain_drop": round(drop, 3), "accuracy_control": False, "max_drop": cfg.max_drop,
+              "model_type": "transformer" if kind else "cnn"}
     if drop > cfg.max_drop:
         log(f"  OpenVINO INT8 loses {drop:.2f} top-1 points (max_drop {cfg.max_drop}): NNCF accuracy control")
         validation = nncf.Dataset(items, lambda item: item[0])
@@ -41,7 +51,7 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarr
             max_num_iterations=cfg.max_fallback_layers)
         quantized = nncf.quantize_with_accuracy_control(
             model, calib, validation, validation_fn=_accuracy, max_drop=cfg.max_drop / 100,
-            drop_type=nncf.DropType.ABSOLUTE, model_type=nncf.ModelType.TRANSFORMER,
+            drop_type=nncf.DropType.ABSOLUTE, model_type=kind,
             subset_size=len(calibration), advanced_accuracy_restorer_parameters=params)
         drop = fp32 - 100 * _accuracy(core.compile_model(quantized, "CPU"), items)
         result.update(accuracy_control=True)
