@@ -18,7 +18,7 @@ from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.models import load_model
 from targets.coreml import Deployable, NotSimulated, coremltools, inspect_package, quiet
-from targets.runtimes import artifact_bytes, load_runner, predict, require
+from targets.runtimes import artifact_bytes, load_runner, predict, require, unsupported
 
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
@@ -42,6 +42,17 @@ def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path,
                             "a model without this operator") from None
     onnx = require("onnx", "onnx")
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_openvino(src, dst, fp16: bool) -> None:
+    """The IR from the ONNX file, not from torch: the very graph that passed the ONNX checks, with no
+    second tracing of the model. An op the ONNX frontend cannot convert is one line naming it."""
+    ov = require("openvino", "openvino")
+    try:
+        model = ov.convert_model(str(src))
+    except ov.frontend.OpConversionFailure as exc:
+        raise unsupported("openvino", src, exc, "convert") from None
+    ov.save_model(model, str(dst), compress_to_fp16=fp16)
 
 
 def export_coreml(model: torch.nn.Module, record: dict, meta: dict, cfg: CoreMLExportConfig, path, key: str
@@ -113,11 +124,7 @@ class ExportStage(Stage):
                               "seconds": round(time.perf_counter() - start, 2)}}
         if cfg.openvino:
             start = time.perf_counter()
-            ov = require("openvino", "openvino")
-            # From the ONNX file, not from torch: the IR is then the very graph that passed the ONNX
-            # checks, with no second tracing of the model.
-            ov_model = ov.convert_model(str(ctx.out / ONNX_FILE))
-            ov.save_model(ov_model, str(ctx.out / OPENVINO_FILE), compress_to_fp16=cfg.openvino_fp16)
+            export_openvino(ctx.out / ONNX_FILE, ctx.out / OPENVINO_FILE, cfg.openvino_fp16)
             artifacts["openvino"] = {"file": OPENVINO_FILE, "runtime": "openvino",
                                      "precision": "fp16 weights" if cfg.openvino_fp16 else "fp32",
                                      "bytes": artifact_bytes(ctx.out / OPENVINO_FILE),

@@ -24,6 +24,14 @@ def require(module: str, extra: str):
                         f"(or `make setup`, which installs every pinned runtime)") from None
 
 
+def unsupported(runtime: str, path: Path, exc: BaseException, action: str = "run") -> UserError:
+    """A runtime's refusal of a graph (an op or type it has no kernel or conversion for) as one line."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    keys = ("implementation for", "conversion rule", "Unsupported operation", "not supported")
+    detail = next((line for line in lines if any(k in line for k in keys)), lines[-1] if lines else type(exc).__name__)
+    return UserError(f"{runtime} cannot {action} {Path(path).name}: {detail.split(' : ')[-1]}")
+
+
 class Runner(Protocol):
     runtime: str
     evaluation: str  # "measured" (the runtime itself) or "simulated" (Core ML on Linux)
@@ -59,7 +67,10 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except ort.capi.onnxruntime_pybind11_state.NotImplemented as exc:
+            raise unsupported("onnxruntime", path, exc) from None
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -82,7 +93,10 @@ class OpenVinoRunner:
         config = dict(OPENVINO_F32)
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except RuntimeError as exc:  # the CPU plugin's refusal of an op names it in one of many lines
+            raise unsupported("openvino", path, exc) from None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.compiled(x)[0]
