@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
+import timm
 import torch
 
 from conftest import TRAINED, artifact_folder, cli_args, read_report, tiny_config
@@ -12,10 +14,11 @@ from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
-from stages.export import export_onnx
+from stages.export import export_onnx, export_openvino
 from stages.models import load_model
-from stages.quantize.onnx_int8 import static_with_fallback
-from targets.runtimes import require
+from stages.quantize.onnx_int8 import quantize_dynamic, quantized_op_types, static_with_fallback
+from stages.quantize.openvino_int8 import model_type
+from targets.runtimes import artifact_bytes, load_runner, predict, require
 
 
 def test_exports_match_torch_on_real_images(trained_run):
@@ -113,3 +116,58 @@ def test_unsupported_op_at_export_names_the_op_and_the_model(tmp_path):
 
     with pytest.raises(UserError, match=r"ONNX export of odd_net failed: .*mystery"):
         export_onnx(Odd(), "odd_net", (1, 4, 4), tmp_path / "odd.onnx", 20)
+
+
+def _graph(tmp_path, op: str, dtype: int, domain: str = ""):
+    """A one-node ONNX file: `op` on a [1, 4] tensor of `dtype`."""
+    onnx = require("onnx", "onnx")
+    helper = onnx.helper
+    x, y = (helper.make_tensor_value_info(name, dtype, [1, 4]) for name in ("x", "y"))
+    opsets = [helper.make_opsetid("", 20)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name="n0", domain=domain)], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(tmp_path / "one.onnx"))
+    return tmp_path / "one.onnx"
+
+
+def test_a_kernel_onnxruntime_lacks_is_one_line_naming_the_op(tmp_path):
+    path = _graph(tmp_path, "Erf", require("onnx", "onnx").TensorProto.DOUBLE)  # ORT's CPU Erf is float only
+    with pytest.raises(UserError, match=r"^onnxruntime cannot run one.onnx: .*Erf\(13\)") as caught:
+        load_runner(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_op_openvino_cannot_convert_is_one_line_naming_the_op(tmp_path):
+    path = _graph(tmp_path, "Mystery", require("onnx", "onnx").TensorProto.FLOAT, domain="my.domain")
+    with pytest.raises(UserError, match=r"^openvino cannot convert one.onnx: .*my\.domain\.Mystery$"):
+        export_openvino(path, tmp_path / "one.xml", fp16=False)
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    """timm's test_resnet (BatchNorm folded at export) as ONNX and OpenVINO IR, with its torch logits."""
+    folder = tmp_path_factory.mktemp("cnn")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", in_chans=1, num_classes=10).eval()
+    images = torch.randn(32, 1, 32, 32)
+    export_onnx(model, "test_resnet", (1, 32, 32), folder / "m.onnx", 20)
+    export_openvino(folder / "m.onnx", folder / "m.xml", fp16=False)
+    with torch.no_grad():
+        return folder, images.numpy(), model(images).numpy()
+
+
+def test_dynamic_int8_quantizes_the_convolutions_of_a_cnn(small_cnn, tmp_path):
+    folder, images, reference = small_cnn
+    cfg = tiny_config(tmp_path).quantize
+    quantize_dynamic(folder / "m.onnx", tmp_path / "d.onnx", cfg)
+    assert quantized_op_types(tmp_path / "d.onnx").get("Conv", 0) >= 4  # ConvInteger, int8 weights
+    assert artifact_bytes(tmp_path / "d.onnx") < 0.5 * artifact_bytes(folder / "m.onnx")
+    logits = predict(load_runner(tmp_path / "d.onnx"), [images])
+    assert np.abs(logits - reference).max() < 0.1 * np.abs(reference).max()
+
+
+def test_nncf_model_type_follows_the_architecture(small_cnn, tmp_path):
+    ov, nncf = require("openvino", "openvino"), require("nncf", "openvino")
+    assert model_type(ov.Core().read_model(str(small_cnn[0] / "m.xml"))) is None  # NNCF's CNN default
+    vit = timm.create_model("test_vit", in_chans=1, num_classes=10, img_size=32, patch_size=8).eval()
+    export_onnx(vit, "test_vit", (1, 32, 32), tmp_path / "vit.onnx", 20)
+    assert model_type(ov.convert_model(str(tmp_path / "vit.onnx"))) == nncf.ModelType.TRANSFORMER
