@@ -25,7 +25,11 @@ from targets.runtimes import artifact_bytes, load_runner, predict
 
 
 def flops_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
-    """Forward FLOPs for one image (torch.utils.flop_counter counts a multiply-add as 2)."""
+    """Forward FLOPs for one image (torch.utils.flop_counter counts a multiply-add as 2).
+
+    Parameters are frozen first: the counter's module tracker hooks the gradients of every tensor a block
+    receives, and fails on a parameter passed as an argument (CaiT's class token)."""
+    model.requires_grad_(False)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, *shape))
