@@ -236,6 +236,44 @@ op("max_pool")(lambda v, shapes: _pool(v, average=False))
 op("avg_pool")(lambda v, shapes: _pool(v, average=True))
 
 
+# Resizing: iOS15/iOS16 image_resizing.py. The output size is the program's own (MIL recomputes the scale
+# factor from it); sample positions follow the op docs' grid formulas, one spatial axis at a time.
+def _positions(size_in: int, size_out: int, align_corners: bool, half_pixel: bool) -> torch.Tensor:
+    i = torch.arange(size_out, dtype=torch.float32)
+    if align_corners:
+        pos = i * ((size_in - 1) / (size_out - 1)) if size_out > 1 else torch.zeros_like(i)
+    else:
+        pos = (i + 0.5) * (size_in / size_out) - 0.5 if half_pixel else i * (size_in / size_out)
+    return pos.clamp(0, size_in - 1)
+
+
+def _linear(x: torch.Tensor, axis: int, size_out: int, align_corners: bool, half_pixel: bool) -> torch.Tensor:
+    pos = _positions(x.shape[axis], size_out, align_corners, half_pixel)
+    low = pos.floor().long()
+    high = (low + 1).clamp(max=x.shape[axis] - 1)
+    weight = (pos - low).view(-1, *[1] * (-axis - 1))
+    return x.index_select(axis, low) * (1 - weight) + x.index_select(axis, high) * weight
+
+
+@op("upsample_bilinear")
+def _upsample_bilinear(v, shapes):
+    align = bool(v["align_corners"])
+    half = v.get("half_pixel_centers")
+    half = not align if half is None else bool(half)
+    x = _linear(v["x"], -2, shapes[0][-2], align, half)
+    return _linear(x, -1, shapes[0][-1], align, half)
+
+
+@op("upsample_nearest_neighbor")
+def _upsample_nearest(v, shapes):
+    x = v["x"]
+    for axis in (-2, -1):
+        size_in, size_out = x.shape[axis], shapes[0][axis]
+        index = (torch.arange(size_out) * size_in // size_out).clamp(max=size_in - 1)
+        x = x.index_select(axis, index)
+    return x
+
+
 # Shapes and indexing: iOS15-17 tensor_transformation.py, tensor_operation.py, scatter_gather.py.
 @op("reshape", "squeeze", "expand_dims", "reshape_like", "flatten2d")
 def _reshape(v, shapes):

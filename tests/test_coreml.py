@@ -94,6 +94,33 @@ def test_simulation_runs_each_models_own_program(zoo, key):
     assert 0 < diff < 0.05 and (fp16.argmax(1) == case["reference"].argmax(1)).mean() >= 0.9
 
 
+class Resizing(torch.nn.Module):
+    """Every resize a hybrid ViT uses (MobileViT interpolates when its patches do not tile the map):
+    bilinear to a non-integer size, half-pixel and aligned corners, and nearest by 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, stride=2)
+        self.head = torch.nn.Linear(4 * (10 * 10 + 9 * 9 + 14 * 14), 10)
+
+    def forward(self, x):
+        x = self.conv(x)  # 7x7
+        parts = [torch.nn.functional.interpolate(x, size=(10, 10), mode="bilinear", align_corners=False),
+                 torch.nn.functional.interpolate(x, size=(9, 9), mode="bilinear", align_corners=True),
+                 torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")]
+        return self.head(torch.cat([p.flatten(1) for p in parts], 1))
+
+
+def test_resizing_ops_follow_torch(tmp_path):
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (8, 1, 16, 16)).float()
+    model, images = Resizing().eval(), (pixels / 255 - MEAN[0]) / STD[0]
+    convert(model, "resizing", 16, tmp_path / "r.mlpackage", "fp32")
+    with torch.no_grad():
+        reference = model(images).numpy()
+    assert np.abs(CoreMLSimulatedRunner(tmp_path / "r.mlpackage")(images.numpy()) - reference).max() < 1e-4
+
+
 def test_vmap_and_per_image_runs_agree(zoo):
     runner = CoreMLSimulatedRunner(zoo["swin"]["fp32"])
     batched = runner(zoo["swin"]["images"])

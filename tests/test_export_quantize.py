@@ -54,7 +54,8 @@ def test_calibration_set_larger_than_the_data_is_clamped(trained_run):
 
 def test_a_downstream_change_reuses_the_export(trained_run, tmp_path):
     shutil.copytree(trained_run / "runs", tmp_path / "runs")  # the shared run stays as it is
-    extra = (*TRAINED, "quantize.calibration_images=100000", "quantize.calibration_method='Percentile'")
+    extra = (*TRAINED, "quantize.calibration_images=100000", "quantize.calibration_method='Percentile'",
+             "quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.coreml.enabled=false")
     states = {s.name: s for s in Pipeline(tiny_config(tmp_path, *extra)).status()}
     assert states["export"].state == "cached"
     assert states["quantize"].state == "stale" and "calibration_method" in states["quantize"].reason

@@ -34,3 +34,5 @@ def test_a_zoo_family_goes_through_every_stage(name, zoo_dir):
     for key, artifact in artifacts.items():
         assert artifact["top1"] is not None and 0 <= artifact["agreement"] <= 1, (key, artifact)
     assert artifacts["onnx"]["agreement"] == 1.0
+    if name == "deit_tiny_distilled":
+        assert report["stages"]["distill"]["summary"]["distilled_head"] is True

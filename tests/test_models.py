@@ -82,8 +82,8 @@ def test_model_errors_are_user_errors():
 
 
 @pytest.mark.slow
-def test_ablations_distilled_student_and_pooled_teacher_grid(tmp_path):
-    """Every ablation runs; a DeiT distilled student; a patch-2 teacher pooled onto a patch-4 student."""
+def test_ablations(tmp_path):
+    """Every ablation runs and logs its terms (a distilled DeiT student and other families: test_model_zoo)."""
     for extra in (["distill.kd='none'"], ["distill.kd='hard'", "distill.manifold=false"],
                   ["distill.kd='none'", "distill.manifold=false"],
                   ["distill.w_intra=0.0", "distill.w_inter=0.0"]):
@@ -92,16 +92,6 @@ def test_ablations_distilled_student_and_pooled_teacher_grid(tmp_path):
         assert ("kd" in row) == ("distill.kd='none'" not in extra)
         assert ("intra" in row) == (extra == ["distill.kd='none'"])
         assert ("random" in row) == ("distill.manifold=false" not in extra)
-
-    deit = ["student.model='deit_tiny_distilled_patch16_224'", "student.overrides.patch_size=4"]
-    assert main(cli_args(tmp_path, "run", *deit)) == 0
-    report = read_report(tmp_path)
-    assert report["stages"]["distill"]["summary"]["distilled_head"] is True
-    assert report["evaluation"]["student"]["model"] == "deit_tiny_distilled_patch16_224"
-
-    pooled = ["teacher.overrides.patch_size=2", "student.model='vit_tiny_patch16_224'",
-              "student.overrides.patch_size=4"]
-    assert main(cli_args(tmp_path, "run", *pooled) + ["--until", "distill"]) == 0
 
 
 def test_a_cnn_teacher_distils_with_the_manifold_terms_on_its_stages(tmp_path):
