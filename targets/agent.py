@@ -29,8 +29,21 @@ import tempfile
 import time
 
 PROFILE_RUNS = 50
-QUANTIZED_ONNX = ("QLinear", "Integer", "DynamicQuantize")  # op-type fragments of INT8 compute kernels
-CONVERSION_ONNX = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+# What each runtime's profile calls an INT8 compute kernel, a conversion (quantize, dequantize, layout
+# reorder, type convert) and, by elimination, a float kernel. All matched in lower case.
+# ONNX Runtime: the node's op type (contrib ops included) as its profiling JSON names it.
+ORT_INT8_OPS = {"qlinearmatmul", "qlinearconv", "qgemm", "matmulinteger", "matmulintegertofloat", "convinteger",
+                "dynamicquantizematmul", "qattention", "qlinearsoftmax", "qlinearadd", "qlinearmul",
+                "qlinearsigmoid", "qlinearleakyrelu", "qlinearconcat", "qlinearwhere", "qlinearaveragepool",
+                "qlinearglobalaveragepool", "qlinearreducemean", "qembedlayernormalization", "dynamicquantizelstm"}
+ORT_INT8_PREFIXES = ("qlinear", "qordered")  # QLinear* / QOrdered* kernels not listed above
+ORT_CONVERT_OPS = {"quantizelinear", "dequantizelinear", "dynamicquantizelinear", "cast", "reorderinput",
+                   "reorderoutput"}
+# OpenVINO CPU: layer types that only convert, and the precision tokens of exec_type, which names the
+# kernel and its runtime precision ("jit_gemm_i8", "brgemm_avx512_amx_I8", "ref_any_I8", "jit_avx512_FP32").
+OV_CONVERT_TYPES = {"fakequantize", "reorder", "convert", "quantize", "dequantize"}
+OV_INT8_PRECISIONS = {"i8", "u8", "int8", "uint8", "i4", "u4"}
+OV_FLOAT_PRECISIONS = {"f32", "fp32", "bf16", "f16", "fp16"}
 
 
 class AgentError(Exception):
@@ -133,9 +146,28 @@ class OnnxRuntime:
 
 
 def onnx_precision(op_type: str) -> str:
-    if op_type in CONVERSION_ONNX:
+    """int8 | convert | float for an ONNX Runtime node op type (QLinearMatMul, MatMulInteger, QGemm...)."""
+    op = op_type.lower()
+    if op in ORT_CONVERT_OPS:
         return "convert"
-    return "int8" if any(part in op_type for part in QUANTIZED_ONNX) else "float"
+    if op in ORT_INT8_OPS or op.startswith(ORT_INT8_PREFIXES) or "integer" in op:
+        return "int8"
+    return "float"
+
+
+def openvino_precision(layer_type: str, exec_type: str) -> str:
+    """int8 | convert | float for an OpenVINO CPU layer: the layer type says conversion (FakeQuantize,
+    Reorder, Convert); else exec_type's precision token (any case) says INT8 or float; a
+    "...Quantized..." layer type with no precision token in exec_type counts as INT8."""
+    layer = layer_type.lower()
+    if layer in OV_CONVERT_TYPES:
+        return "convert"
+    tokens = set(exec_type.lower().replace("-", "_").split("_"))
+    if tokens & OV_INT8_PRECISIONS:
+        return "int8"
+    if tokens & OV_FLOAT_PRECISIONS:
+        return "float"
+    return "int8" if "quantized" in layer else "float"
 
 
 class OpenVino:
@@ -175,12 +207,8 @@ class OpenVino:
             us = info.real_time.total_seconds() * 1e6
             if info.status.name != "EXECUTED" or us <= 0:
                 continue
-            exec_type = info.exec_type
-            precision = "int8" if ("I8" in exec_type or "U8" in exec_type) else "float"
-            if info.node_type == "FakeQuantize" or (info.node_type in ("Convert", "Reorder") and precision == "int8"):
-                precision = "convert"
             nodes.append({"name": info.node_name, "op_type": info.node_type, "us": us,
-                          "precision": precision, "kernel": exec_type})
+                          "precision": openvino_precision(info.node_type, info.exec_type), "kernel": info.exec_type})
         return summarise(nodes, 1, self.request.latency)
 
 
@@ -230,11 +258,15 @@ def summarise(nodes: list[dict], runs: int, total_ms: float | None) -> dict:
     by_op: dict[str, dict] = {}
     for n in nodes:
         entry = by_op.setdefault((n["op_type"], n["precision"]),
-                                 {"op_type": n["op_type"], "precision": n["precision"], "ms": 0.0, "count": 0})
+                                 {"op_type": n["op_type"], "precision": n["precision"], "ms": 0.0, "count": 0,
+                                  "kernels": {}})
         entry["ms"] += n["ms"]
         entry["count"] += 1
+        kernel = n.get("kernel") or n["op_type"]
+        entry["kernels"][kernel] = entry["kernels"].get(kernel, 0.0) + n["ms"]
     for entry in by_op.values():
         entry["share"] = entry["ms"] / layer_ms if layer_ms else 0.0
+        entry["kernel"] = max(entry.pop("kernels").items(), key=lambda item: item[1])[0]  # the one taking most time
     precision = {}
     for n in nodes:
         precision[n["precision"]] = precision.get(n["precision"], 0.0) + n["share"]

@@ -1,4 +1,4 @@
-"""Target profiles, the benchmark stage, `manifold-edge bench` / `targets`, and the INT8 diagnosis."""
+"""Target profiles, the benchmark stage, `manifold-edge bench` / `targets` (the INT8 diagnosis: test_diagnosis)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ import pytest
 from conftest import artifact_folder, read_report
 from pipeline.cli import main
 from pipeline.config import load_config
-from targets.diagnosis import diagnose
 from targets.profiles import builtin_profiles
 
 
@@ -49,29 +48,6 @@ def test_targets_command_lists_builtin_and_user_profiles(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("android-phone", "apple-watch", "my-board", "lab NUC"):
         assert name in out
-
-
-def result(p50: float, shares: dict | None = None, ops: list | None = None) -> dict:
-    row = {"latency_ms": {"p50": p50}}
-    if shares is not None:
-        row["profile"] = {"share_by_precision": shares, "by_op_type": ops or []}
-    return row
-
-
-def test_diagnosis_explains_slow_int8():
-    ops = [{"op_type": "Transpose", "precision": "float"}, {"op_type": "MatMul", "precision": "float"},
-           {"op_type": "QLinearMatMul", "precision": "int8"}]
-    d = diagnose(result(0.4, {"int8": 0.2, "convert": 0.3, "float": 0.5}, ops), result(0.2),
-                 host={"machine": "x86_64", "known": True, "int8_dot": []})
-    assert not d["faster"] and d["speedup"] == 0.5
-    for phrase in ("not faster", "20% of the time is in INT8", "30% goes to quantize/dequantize",
-                   "MatMul", "no INT8 dot-product", "too small"):
-        assert phrase in d["verdict"]
-
-
-def test_diagnosis_credits_fast_int8():
-    d = diagnose(result(5.0, {"int8": 0.8, "float": 0.2}), result(10.0))
-    assert d["faster"] and d["speedup"] == 2.0 and "2.00x faster" in d["verdict"]
 
 
 def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
