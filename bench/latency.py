@@ -1,5 +1,6 @@
 """Host latency of the default student, fp32 vs INT8, on ONNX Runtime and OpenVINO at 1 and 2 threads,
-against the floor set by its FLOPs and this host's measured matmul peak. Runs (or reuses from the
+against the floor set by its own GEMMs timed in ONNX Runtime's MatMul / MatMulInteger kernels
+(targets/floor.py). Runs (or reuses from the
 cache) pipeline.toml up to the quantize stage, writes JSON and prints a table.
 
     .venv/bin/python bench/latency.py [CONFIG] [--runs 2000] [--out bench/results/latency.json]
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -27,28 +26,9 @@ from stages.evaluate import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
 from targets.benchmark import add_diagnoses, is_quantized, measure  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
+from targets.floor import floor  # noqa: E402
 
 THREADS = (1, 2)
-SIZE = 1024  # square matmul for the peak
-
-
-def matmul_peak(threads: int, dtype: str, seconds: float = 1.0) -> float:
-    """Best GFLOP/s (GOP/s for int8) of a 1024^3 torch matmul on this host at `threads` threads."""
-    torch.set_num_threads(threads)
-    if dtype == "int8":
-        a = torch.randint(-128, 127, (SIZE, SIZE), dtype=torch.int8)
-        b = torch.randint(-128, 127, (SIZE, SIZE), dtype=torch.int8)
-        op = torch._int_mm  # oneDNN's int8 GEMM (VNNI where the CPU has it)
-    else:
-        a, b = torch.randn(SIZE, SIZE), torch.randn(SIZE, SIZE)
-        op = torch.mm
-    op(a, b)
-    best, end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        op(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * SIZE ** 3 / best / 1e9
 
 
 def main() -> None:
@@ -63,7 +43,8 @@ def main() -> None:
     model, _ = load_model(records["distill"].path / "model.pt")
     shape = (cfg.data.channels, cfg.data.img_size, cfg.data.img_size)
     flops = flops_per_image(model, shape)
-    peaks = {t: {"fp32": matmul_peak(t, "fp32"), "int8": matmul_peak(t, "int8")} for t in THREADS}
+    onnx_fp32 = records["export"].path / "model.onnx"
+    floors = {t: floor(onnx_fp32, t) for t in THREADS}  # fp32: MatMul, int8: MatMulInteger U8S8, CPU time and wall
     settings = BenchmarkConfig(runs=args.runs, max_seconds=20.0, warmup=50)
     models = [m for m in stage_models({"export": records["export"].path, "quantize": records["quantize"].path})
               if m.runtime in ("onnxruntime", "openvino")]
@@ -73,13 +54,14 @@ def main() -> None:
             profile = TargetProfile(runtime=m.runtime, threads=threads, latency_budget_ms=1e9, memory_budget_mb=1e9)
             row = measure(m, f"host-{threads}t", profile, settings)
             kind = "int8" if is_quantized(m.precision) else "fp32"
-            row["floor_ms"] = flops / (peaks[threads][kind] * 1e9) * 1000
+            row["floor_ms"] = floors[threads][kind]["floor_ms"]
+            row["floor_cpu_ms"] = floors[threads][kind]["floor_cpu_ms"]
             row["over_floor"] = row["latency_ms"]["p50"] / row["floor_ms"]
             rows.append(row)
     add_diagnoses(rows)
     for row in rows:
         row.pop("profile", None)
-    result = {"config": args.config, "flops_per_image": flops, "matmul_peak_gflops": peaks,
+    result = {"config": args.config, "flops_per_image": flops, "floor": floors,
               "host": {**rows[0]["host"], **int8_instructions()}, "runs": args.runs, "rows": rows}
     write_json(Path(args.out), result)
     table = Table(title=f"batch-1 host latency (proxy), {flops / 1e6:.1f} MFLOPs/image")
@@ -89,9 +71,12 @@ def main() -> None:
         lat = r["latency_ms"]
         speed = f"{r['diagnosis']['speedup']:.2f}x" if "diagnosis" in r else "-"
         table.add_row(str(r["threads"]), r["artifact"], r["runtime"], f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-                      f"{lat['p99']:.3f}", f"{r['floor_ms']:.4f}", f"{r['over_floor']:.0f}", speed)
+                      f"{lat['p99']:.3f}", f"{r['floor_ms']:.4f}", f"{r['over_floor']:.1f}", speed)
     Console(width=130).print(table)
-    print(f"matmul peak GFLOP/s: {peaks}")
+    for t in THREADS:
+        print(f"{t} thread(s): GEMM floor fp32 {floors[t]['fp32']['floor_cpu_ms']:.4f} ms, "
+              f"int8 {floors[t]['int8']['floor_cpu_ms']:.4f} ms CPU time ({floors[t]['gemm_flops'] / 1e6:.2f} MFLOPs "
+              f"in {len(floors[t]['gemms'])} GEMMs)")
     print(f"wrote {args.out}")
 
 
