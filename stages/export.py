@@ -97,7 +97,8 @@ def _root_cause(exc: BaseException) -> str:
 
 
 def parity(reference: np.ndarray, logits: np.ndarray) -> dict:
-    return {"max_abs_diff": float(np.abs(reference - logits).max()),
+    diff = float(np.abs(reference - logits).max())
+    return {"max_abs_diff": diff, "max_rel_diff": diff / max(float(np.abs(reference).max()), 1e-12),
             "argmax_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
             "images": int(len(reference))}
 
@@ -141,7 +142,8 @@ class ExportStage(Stage):
                                    "bytes": package["bytes"], "seconds": round(time.perf_counter() - start, 2),
                                    "package": package}
         for key, artifact in artifacts.items():
-            bound = coreml.parity_max_abs_diff if key == "coreml" else cfg.parity_max_abs_diff_fp16 \
+            relative = key == "coreml"  # an fp16 program: its error scales with the logits
+            bound = coreml.parity_max_rel_diff if relative else cfg.parity_max_abs_diff_fp16 \
                 if artifact["precision"].startswith("fp16") else cfg.parity_max_abs_diff
             agreement = coreml.parity_min_agreement if key == "coreml" else cfg.parity_min_agreement
             try:
@@ -155,9 +157,12 @@ class ExportStage(Stage):
             ctx.progress.log(f"  {artifact['runtime']} ({runner.evaluation}) vs torch on {check['images']} "
                              f"validation images: max |diff| "
                              f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
-            if check["max_abs_diff"] > bound or check["argmax_agreement"] < agreement:
+            measured = check["max_rel_diff" if relative else "max_abs_diff"]
+            if measured > bound or check["argmax_agreement"] < agreement:
+                allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"
                 raise UserError(f"{artifact['runtime']} export of {record['model']} fails the parity check: max "
-                                f"|logit diff| {check['max_abs_diff']:.3g} (allowed {bound:g}), argmax agreement "
+                                f"|logit diff| {check['max_abs_diff']:.3g} ({check['max_rel_diff']:.2%} of the "
+                                f"largest |logit|; allowed {allowed}), argmax agreement "
                                 f"{check['argmax_agreement']:.4f} (required {agreement:g}); "
                                 "nothing downstream uses it. Loosen [export] parity_* only if you accept this")
         write_json(ctx.out / "export.json", {"model": record["model"], "input_shape": [None, *shape],
