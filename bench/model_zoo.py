@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import run  # noqa: E402
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+from pipeline.fileio import read_json, write_json  # noqa: E402
 from targets.agent import cpu_name  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 
@@ -90,6 +91,9 @@ def table(rows: list[dict]) -> str:
              "parity, max abs diff | INT8 ORT static / dynamic / OpenVINO / Core ML, agreement with fp32 |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "refused" in r:
+            lines.append(f"| `{r['model']}` | | | | | refused: {r['refused']} | |")
+            continue
         units = ", ".join(f"{s}->{t}" for s, t in r["matched_units"])
         parity = " / ".join(f"{r['parity'][k]['max_abs_diff']:.1e}" if k in r["parity"] else "-"
                             for k in ("onnx", "openvino", "coreml"))
@@ -111,18 +115,24 @@ def _agreement(artifact: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "model_zoo.json")
-    parser.add_argument("--only", nargs="*", choices=sorted(ZOO), help="run these zoo models only")
+    parser.add_argument("--only", nargs="*", choices=sorted(ZOO), help="run these zoo models only (the other rows "
+                        "of an existing --out file are kept)")
     args = parser.parse_args()
-    rows = []
+    previous = read_json(args.out)["models"] if args.only and args.out.exists() else []
+    rows = {r["name"]: r for r in previous}
+    host = {"cpu": cpu_name(), **int8_instructions()}
     with tempfile.TemporaryDirectory(prefix="manifold-edge-zoo-") as tmp:
         for name in args.only or ZOO:
             start = time.perf_counter()
-            report = run_model(name, Path(tmp), TRAINED)
-            rows.append({**row(name, report), "wall_s": round(time.perf_counter() - start, 1)})
-            print(f"{name}: {rows[-1]['wall_s']} s", flush=True)
-    host = {"cpu": cpu_name(), **int8_instructions()}
-    write_json(args.out, {"host": host, "command": " ".join(sys.argv), "models": rows})
-    print(table(rows))
+            try:
+                rows[name] = row(name, run_model(name, Path(tmp), TRAINED))
+            except UserError as exc:  # a model a runtime refuses is a row of the table, not the end of the run
+                rows[name] = {"name": name, "model": ZOO[name][0], "refused": str(exc)}
+            rows[name]["wall_s"] = round(time.perf_counter() - start, 1)
+            print(f"{name}: {rows[name]['wall_s']} s", flush=True)
+            ordered = [rows[n] for n in ZOO if n in rows]
+            write_json(args.out, {"host": host, "command": " ".join(sys.argv), "models": ordered})
+    print(table(ordered))
 
 
 if __name__ == "__main__":
