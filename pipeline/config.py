@@ -230,6 +230,19 @@ class QuantizeConfig(Section):
     calibration_images: int = Field(512, ge=1, description="training images for calibration")
     calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     per_channel: bool = Field(True, description="per-channel weight scales (ONNX static)")
+    static_attention_float: bool = Field(True, description="ONNX static: keep the attention matmuls (Q K^T, "
+                                         "softmax x V) and so the Softmax in float; quantizing them forces an "
+                                         "INT8 softmax that costs more than it saves (bench/int8_variants.py)")
+    dynamic_per_channel: bool = Field(True, description="ONNX dynamic: per-channel weight scales")
+    reduce_range: Literal["auto", "on", "off"] = Field(
+        "auto", description="ONNX INT8 with 7-bit weights; auto = on for x86 CPUs without VNNI (ONNX Runtime's "
+                            "advice there: AVX2 INT8 sums can saturate), off elsewhere")
+    openvino_speed_check: bool = Field(True, description="time OpenVINO INT8 against fp32 on this host (1 "
+                                       "thread, CPU time, interleaved) and mark INT8 `ship: false` when it is "
+                                       "not faster")
+    openvino_weights: bool = Field(False, description="also an OpenVINO variant with INT8 weights only "
+                                   "(nncf.compress_weights), labelled 'int8 weights': about 4x smaller, float "
+                                   "activations; faster or not depends on the CPU (bench/int8_variants.py)")
     op_types: list[str] = Field(["MatMul", "Gemm", "Conv"], min_length=1,
                                 description="ONNX op types to quantize; LayerNorm, Softmax and GELU stay float")
     preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process before static quantization")

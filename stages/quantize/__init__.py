@@ -1,5 +1,7 @@
 """Quantize stage: INT8 variants of the exported student (ONNX Runtime static QDQ and dynamic, OpenVINO
-via NNCF), each kept within `max_drop` top-1 points of fp32 where possible by leaving layers in float."""
+via NNCF, optionally OpenVINO with INT8 weights only), each kept within `max_drop` top-1 points of fp32
+where possible by leaving layers in float. OpenVINO INT8 is timed against fp32 on this host and marked
+`ship: false`, with a note in the report, when it is not faster here."""
 from __future__ import annotations
 
 import time
@@ -11,6 +13,7 @@ from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.quantize import coreml_compress, onnx_int8, openvino_int8
 from targets.coreml import IS_MACOS, inspect_package
+from targets.diagnosis import int8_instructions
 from targets.runtimes import artifact_bytes
 
 PREPROCESSED = "model_preprocessed.onnx"
@@ -46,23 +49,32 @@ class QuantizeStage(Stage):
                 onnx_int8.preprocess(onnx_src, ctx.out / PREPROCESSED)
                 source = ctx.out / PREPROCESSED
             prep_s = time.perf_counter() - start
+        if cfg.onnx_static or cfg.onnx_dynamic:
+            host = int8_instructions()
+            settings = {"reduce_range": onnx_int8.reduce_range(cfg, host), "reduce_range_setting": cfg.reduce_range,
+                        "host_int8_dot": host["int8_dot"], "host_machine": host["machine"]}
         if cfg.onnx_static:
             start = time.perf_counter()
             file = ctx.out / "model_int8_static.onnx"
             fallback = onnx_int8.static_with_fallback(source, file, ctx.out, calibration, val_images, val_labels,
                                                       cfg, ctx.progress.log)
+            attention = onnx_int8.static_exclusions(source, cfg)
             artifacts["onnx_int8_static"] = {
-                "file": file.name, "runtime": "onnxruntime", "precision": "int8 static QDQ",
+                "file": file.name, "runtime": "onnxruntime",
+                "precision": "int8 static QDQ" + (", attention float" if attention else ""),
                 "op_types": onnx_int8.quantized_op_types(file), "fallback": fallback.as_dict(),
                 "calibration": {"images": n_calib, "method": cfg.calibration_method, "per_channel": cfg.per_channel},
+                **settings, "float_attention_matmuls": attention,
                 "seconds": round(time.perf_counter() - start + prep_s, 2)}
         if cfg.onnx_dynamic:
             start = time.perf_counter()
             file = ctx.out / "model_int8_dynamic.onnx"
             onnx_int8.quantize_dynamic(source, file, cfg)
             artifacts["onnx_int8_dynamic"] = {
-                "file": file.name, "runtime": "onnxruntime", "precision": "int8 dynamic",
-                "op_types": onnx_int8.quantized_op_types(file), "seconds": round(time.perf_counter() - start, 2)}
+                "file": file.name, "runtime": "onnxruntime",
+                "precision": "int8 dynamic" + (", per-channel" if cfg.dynamic_per_channel else ""),
+                "op_types": onnx_int8.quantized_op_types(file), "per_channel": cfg.dynamic_per_channel, **settings,
+                "seconds": round(time.perf_counter() - start, 2)}
         if cfg.openvino:
             start = time.perf_counter()
             file = ctx.out / "openvino_int8_model.xml"
@@ -72,6 +84,24 @@ class QuantizeStage(Stage):
                 "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)",
                 "op_types": openvino_int8.quantized_op_types(file), "fallback": control,
                 "seconds": round(time.perf_counter() - start, 2)}
+            if cfg.openvino_speed_check:
+                fp32 = ctx.inputs["export"] / exported["openvino"]["file"]
+                check = openvino_int8.speed_check(fp32, file, calibration[0])
+                artifacts["openvino_int8"].update(host_speed=check, ship=check["ship"])
+                s = check["speedup"]
+                if not check["ship"]:
+                    notes.append(f"`openvino_int8` is not faster than OpenVINO fp32 on this host ({s['x']:.2f}x, "
+                                 f"95% interval {s['interval'][0]:.2f}-{s['interval'][1]:.2f}, 1 thread, CPU time): "
+                                 "written but marked ship: false; the ship table still goes by each target's "
+                                 "measured latency")
+                    ctx.progress.log(f"[yellow]  {notes[-1]}[/]")
+        if cfg.openvino_weights:
+            start = time.perf_counter()
+            file = ctx.out / "openvino_int8_weights_model.xml"
+            openvino_int8.compress_weights(ctx.inputs["export"] / exported["openvino"]["file"], file)
+            artifacts["openvino_int8_weights"] = {
+                "file": file.name, "runtime": "openvino", "precision": "int8 weights",
+                "op_types": openvino_int8.compressed_weights(file), "seconds": round(time.perf_counter() - start, 2)}
         coreml = cfg.coreml
         if coreml.enabled:
             package = ctx.inputs["export"] / exported["coreml"]["file"]

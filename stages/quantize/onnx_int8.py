@@ -1,5 +1,9 @@
 """INT8 post-training quantization with ONNX Runtime: static QDQ (calibrated) and dynamic, and the
-accuracy-aware fallback that keeps the most sensitive layers in float until `max_drop` is met."""
+accuracy-aware fallback that keeps the most sensitive layers in float until `max_drop` is met.
+
+Static QDQ can leave the attention matmuls (Q K^T and softmax x V: MatMuls whose both inputs are
+activations) in float: quantizing them also forces the Softmax between them through Q/DQ, which
+costs more than their small INT8 matmuls save (bench/int8_variants.py)."""
 from __future__ import annotations
 
 import logging
@@ -47,23 +51,54 @@ def preprocess(src: Path, dst: Path) -> None:
     _quantization().shape_inference.quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
 
 
+def attention_matmuls(path: Path) -> list[str]:
+    """MatMuls whose second input is not a weight (an initializer or a Constant's output): in a ViT,
+    the Q K^T and softmax x V products of every attention block."""
+    onnx = require("onnx", "onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                       for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] not in constants]
+
+
+def reduce_range(cfg: QuantizeConfig, host: dict | None = None) -> bool:
+    """7-bit weights: ORT recommends them on x86 without VNNI, where the AVX2 U8S8 kernel's 16-bit
+    intermediate sums can saturate. `host`: targets.diagnosis.int8_instructions() (default: this host)."""
+    if cfg.reduce_range != "auto":
+        return cfg.reduce_range == "on"
+    from targets.diagnosis import int8_instructions
+
+    host = host or int8_instructions()
+    return host["known"] and host["machine"].lower() in ("x86_64", "amd64", "i686", "x86") and not host["int8_dot"]
+
+
+def static_exclusions(src: Path, cfg: QuantizeConfig) -> list[str]:
+    """Nodes static QDQ leaves in float before any accuracy fallback (the attention matmuls, when asked)."""
+    return attention_matmuls(src) if cfg.static_attention_float else []
+
+
 def quantize_static(src: Path, dst: Path, calibration: np.ndarray, cfg: QuantizeConfig, cache: Path,
                     exclude: list[str] = (), only: list[str] | None = None) -> None:
-    """QDQ, uint8 activations / int8 weights; calibration ranges computed once and kept in `cache`."""
+    """QDQ, uint8 activations / int8 weights; calibration ranges computed once and kept in `cache`.
+    `exclude` comes on top of static_exclusions()."""
     q = _quantization()
+    exclude = [*static_exclusions(src, cfg), *exclude]
     q.quantize_static(str(src), str(dst), _reader(calibration, _input_name(src)), quant_format=q.QuantFormat.QDQ,
                       op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
+                      reduce_range=reduce_range(cfg),
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                      nodes_to_exclude=list(exclude), nodes_to_quantize=only,
+                      nodes_to_exclude=exclude, nodes_to_quantize=only,
                       calibrate_method=getattr(q.CalibrationMethod, cfg.calibration_method),
                       calibration_cache_path=str(cache))
 
 
 def quantize_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
-    """int8 weights, activations quantized per batch at run time. Conv included (ORT's CPU ConvInteger
-    takes int8 weights): a CNN's work is almost all convolutions, and without them nothing shrinks."""
+    """int8 weights (per output channel with `dynamic_per_channel`), activations quantized per batch at
+    run time. Conv included (ORT's CPU ConvInteger takes int8 weights): a CNN's work is almost all
+    convolutions, and without them nothing shrinks."""
     q = _quantization()
-    q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(cfg.op_types), weight_type=q.QuantType.QInt8)
+    q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(cfg.op_types), weight_type=q.QuantType.QInt8,
+                       per_channel=cfg.dynamic_per_channel, reduce_range=reduce_range(cfg))
 
 
 def _input_name(path: Path) -> str:
@@ -132,7 +167,8 @@ def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.
     """Per-layer sensitivity: quantize one layer alone and measure how far the logits move from fp32
     (mean squared error relative to the fp32 logits' variance). Most harmful first."""
     scores = []
-    for node in candidate_nodes(src, list(cfg.op_types)):
+    fixed = set(static_exclusions(src, cfg))
+    for node in [n for n in candidate_nodes(src, list(cfg.op_types)) if n not in fixed]:
         probe = work / "probe.onnx"
         quantize_static(src, probe, calibration, cfg, cache, only=[node])
         logits = predict(OnnxRuntimeRunner(probe), [images])

@@ -73,3 +73,53 @@ def quantized_op_types(path: Path) -> dict[str, int]:
         if any(s.get_type_name() == "FakeQuantize" for s in sources):
             counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
     return dict(sorted(counts.items()))
+
+
+SPEED_CHECK_SECONDS = 4.0
+
+
+def speed_check(fp32: Path, int8: Path, image: np.ndarray, seconds: float = SPEED_CHECK_SECONDS) -> dict:
+    """fp32 and INT8 IR compiled on this host's CPU at 1 thread (f32 hint), timed interleaved by CPU time:
+    the speed-up's median and 95% interval, and whether INT8 is worth shipping from this host's view."""
+    ov = require("openvino", "openvino")
+    from stages.quantize.timing import interleaved, speedup, summary
+
+    core = ov.Core()
+    config = {**OPENVINO_F32, "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    x = np.ascontiguousarray(image[None], dtype=np.float32)
+    requests = {name: core.compile_model(str(path), "CPU", config).create_infer_request()
+                for name, path in (("fp32", fp32), ("int8", int8))}
+    samples = interleaved({name: (lambda r=r: r.infer([x])) for name, r in requests.items()}, seconds)
+    ratio = speedup(samples["fp32"]["cpu"], samples["int8"]["cpu"])
+    return {"threads": 1, "clock": "cpu", "fp32_ms": summary(samples["fp32"]["cpu"]),
+            "int8_ms": summary(samples["int8"]["cpu"]), "speedup": ratio,
+            "verdict": "faster here" if ratio["verdict"] == "faster" else "not faster here",
+            "ship": ratio["verdict"] == "faster"}
+
+
+def compress_weights(src: Path, dst: Path) -> None:
+    """INT8 weights only (nncf.compress_weights, per-channel symmetric): a smaller file, float compute."""
+    ov = require("openvino", "openvino")
+    nncf = require("nncf", "openvino")
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    model = ov.Core().read_model(str(src))
+    ov.save_model(nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM), str(dst),
+                  compress_to_fp16=False)
+
+
+def compressed_weights(path: Path) -> dict[str, int]:
+    """Op types whose weights are stored as INT8 (Constant i8/u8 -> Convert -> scale ... -> the op)."""
+    ov = require("openvino", "openvino")
+    model = ov.Core().read_model(str(path))
+    counts: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0).get_type_name() not in ("i8", "u8"):
+            continue
+        node = op
+        while node.get_type_name() in ("Constant", "Convert", "Subtract", "Multiply", "Reshape", "Transpose"):
+            consumers = list(node.output(0).get_target_inputs())
+            if len(consumers) != 1:
+                break
+            node = consumers[0].get_node()
+        counts[node.get_type_name()] = counts.get(node.get_type_name(), 0) + 1
+    return dict(sorted(counts.items()))
