@@ -290,11 +290,33 @@ class TargetProfile(Section):
     compute_units: Literal["CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"] = Field(
         "ALL", description="Core ML compute units")
     timeout_s: float = Field(300.0, gt=0, description="give up on the device after this long per model")
+    execution_provider: Literal["CPUExecutionProvider", "XnnpackExecutionProvider", "CoreMLExecutionProvider",
+                                "NnapiExecutionProvider"] | None = Field(
+        None, description="ONNX Runtime execution provider (CPU ops fall back to CPUExecutionProvider); "
+                          "default CPUExecutionProvider")
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] | None = Field(
+        None, description="ONNX Runtime graph optimisation level; default all (static QDQ INT8 needs extended "
+                          "or all to fuse into INT8 kernels)")
+    ov_precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
+        None, description="OpenVINO INFERENCE_PRECISION_HINT for float layers; default f32")
 
     @model_validator(mode="after")
     def _check(self) -> TargetProfile:
         if self.connection == "ssh" and not self.host:
             raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
+        for field, runtime in (("execution_provider", "onnxruntime"), ("graph_optimization_level", "onnxruntime"),
+                               ("ov_precision_hint", "openvino")):
+            if getattr(self, field) is not None and self.runtime != runtime:
+                raise ValueError(f"{field} applies to runtime = '{runtime}' only, not '{self.runtime}': remove it "
+                                 f"or set runtime = '{runtime}'")
+        if self.execution_provider == "NnapiExecutionProvider" and self.connection != "adb":
+            raise ValueError("execution_provider = 'NnapiExecutionProvider' runs on Android only: use "
+                             "connection = 'adb', or execution_provider = 'XnnpackExecutionProvider' / "
+                             "'CPUExecutionProvider'")
+        if self.execution_provider == "CoreMLExecutionProvider" and self.connection == "adb":
+            raise ValueError("execution_provider = 'CoreMLExecutionProvider' runs on Apple devices only, not over "
+                             "adb: use 'NnapiExecutionProvider', 'XnnpackExecutionProvider' or "
+                             "'CPUExecutionProvider'")
         return self
 
 

@@ -102,22 +102,35 @@ def _shape(dims, batch: int, size: int | None) -> list[int]:
     return shape
 
 
+ORT_OPTIMIZATION = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                    "all": "ORT_ENABLE_ALL"}
+
+
 class OnnxRuntime:
     name = "onnxruntime"
 
-    def __init__(self, path: str, threads: int, profile_dir: str | None = None):
+    def __init__(self, path: str, threads: int, profile_dir: str | None = None,
+                 provider: str = "CPUExecutionProvider", optimization: str = "all"):
         ort = _runtime("onnxruntime")
         self.version = ort.__version__
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_OPTIMIZATION[optimization])
         options.log_severity_level = 3
         if profile_dir:
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(profile_dir, "ort")
+        if provider not in ort.get_available_providers():
+            raise AgentError("runtime_missing", f"this onnxruntime build ({sys.executable}) has no {provider} "
+                                                f"(it has {', '.join(ort.get_available_providers())}): install "
+                                                "a build with it, or set the target's execution_provider = "
+                                                "'CPUExecutionProvider'")
+        providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+        self.provider, self.optimization = provider, optimization
         try:
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as exc:  # InvalidGraph, Fail, NoSuchFile...
             raise AgentError("bad_model", f"ONNX Runtime cannot load {os.path.basename(path)}: {exc}") from None
         self.input = self.session.get_inputs()[0]
@@ -278,7 +291,8 @@ def summarise(nodes: list[dict], runs: int, total_ms: float | None) -> dict:
 
 def load(args, profile_dir: str | None = None, profile: bool = False):
     if args.runtime == "onnxruntime":
-        return OnnxRuntime(args.model, args.threads, profile_dir)
+        return OnnxRuntime(args.model, args.threads, profile_dir, args.execution_provider,
+                           args.graph_optimization_level)
     if args.runtime == "openvino":
         return OpenVino(args.model, args.threads, args.openvino_precision, profile)
     return CoreML(args.model, args.threads, args.compute_units)
@@ -392,6 +406,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--throughput-batch", type=int, default=8)
     p.add_argument("--input-size", type=int, default=None, help="H = W for models with dynamic sizes")
     p.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16", "default"))
+    p.add_argument("--execution-provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
+    p.add_argument("--graph-optimization-level", default="all", choices=tuple(ORT_OPTIMIZATION),
+                   help="ONNX Runtime graph optimisation level")
     p.add_argument("--compute-units", default="ALL", choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"))
     p.add_argument("--profile", action="store_true", help="add a per-layer profile")
     return p.parse_args(argv)

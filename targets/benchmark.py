@@ -30,6 +30,11 @@ def agent_args(runtime: str, profile: TargetProfile, settings: BenchmarkConfig) 
             "--throughput-batch", str(settings.throughput_batch), "--compute-units", profile.compute_units]
     if profile.input_size:
         args += ["--input-size", str(profile.input_size)]
+    if runtime == "onnxruntime":
+        args += ["--execution-provider", profile.execution_provider or "CPUExecutionProvider",
+                 "--graph-optimization-level", profile.graph_optimization_level or "all"]
+    if runtime == "openvino":
+        args += ["--openvino-precision", profile.ov_precision_hint or "f32"]
     if settings.profile_layers and runtime != "coreml":
         args.append("--profile")
     return args
