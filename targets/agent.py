@@ -1,18 +1,26 @@
 """The benchmark agent: one self-contained script, run on the device itself (this host, an ssh board,
-an Android phone under Termux, a Mac), that measures one model file and prints one JSON object.
+an Android phone under Termux, a Mac), that measures one or more model files of one runtime and
+prints one JSON object.
 
 It needs only the Python standard library, numpy and the model's runtime, so it can be copied
 anywhere with scp or adb push. Usage:
 
-    python agent.py MODEL --runtime onnxruntime|openvino|coreml [--threads N] [--runs N]
-                    [--max-seconds S] [--warmup N] [--throughput-batch B] [--input-size H]
-                    [--compute-units ALL] [--profile]
+    python agent.py MODEL [MODEL...] --runtime onnxruntime|openvino|coreml [--threads N] [--runs N]
+                    [--max-seconds S] [--warmup N] [--block K] [--min-runs N] [--rel-interval F]
+                    [--throughput-batch B] [--input-size H] [--compute-units ALL] [--profile] [--raw]
 
-Measured: load/compile time, warm-up, then batch-1 latency over `--runs` runs or `--max-seconds`
-(whichever ends first): p50/p90/p99/mean/std/min/max in ms; throughput at `--throughput-batch`;
-peak RSS of this process and how much the model added to it (session, weights, buffers;
-the runtime library is imported before the baseline); model size on disk; with --profile,
-a per-layer profile (ONNX Runtime's profiling JSON, OpenVINO's per-layer counters).
+Measured: per model, load/compile time and warm-up (and the memory the model adds to the process,
+the runtime library imported before the baseline); then all models are timed interleaved at batch 1:
+round-robin, `--block` runs of each model per turn, until the 95% interval of every model's median
+(order statistics, distribution-free) is within `--rel-interval` of that median (when given; checked
+from `--min-runs` on), or `--runs` runs per model, or `--max-seconds` per model (all models together:
+max_seconds x models). Each run records wall time and the process's CPU time (all threads); the
+host's load average is read before and after. Per model: p50/p90/p99/mean/std/min/max ms with the
+median's interval, CPU ms, throughput at `--throughput-batch`, model size on disk; with --profile,
+a per-layer profile (ONNX Runtime's profiling JSON, OpenVINO's per-layer counters); with --raw,
+every run's wall and CPU ms.
+One model prints its result object (as before); several print {"ok": true, "results": [...]}, and
+both carry "schedule" (the model index of each timed block, in order).
 On failure it prints {"ok": false, "kind": ..., "error": ...} and exits 3.
 """
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import platform
 import resource
@@ -27,8 +36,11 @@ import statistics
 import sys
 import tempfile
 import time
+from statistics import NormalDist
 
 PROFILE_RUNS = 50
+CONFIDENCE = 0.95  # of the median's interval
+EXACT_RANKS = 5000  # up to this many runs the interval's ranks are exact binomial; above, the normal approximation
 # What each runtime's profile calls an INT8 compute kernel, a conversion (quantize, dequantize, layout
 # reorder, type convert) and, by elimination, a float kernel. All matched in lower case.
 # ONNX Runtime: the node's op type (contrib ops included) as its profiling JSON names it.
@@ -306,49 +318,214 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
 
 
-def measure(args) -> dict:
+def median_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """1-based ranks (l, n + 1 - l) of the order statistics that bracket the median with at least
+    `confidence`, whatever the distribution: l is the largest rank with P(B <= l - 1) <= (1 - confidence) / 2
+    for B ~ Binomial(n, 1/2). Exact up to EXACT_RANKS runs, the normal approximation above.
+    None when n is too small for any pair (n < 6 at 95%)."""
+    tail = (1 - confidence) / 2
+    if n > EXACT_RANKS:
+        z = NormalDist().inv_cdf(1 - tail)
+        low = int(math.floor(n / 2 + 0.5 - z * math.sqrt(n) / 2))
+        return (low, n + 1 - low) if low >= 1 else None
+    log_all = math.lgamma(n + 1) + n * math.log(0.5)
+    cdf, low = 0.0, 0
+    while low < n // 2:
+        pmf = math.exp(log_all - math.lgamma(low + 1) - math.lgamma(n - low + 1))  # P(B = low)
+        if cdf + pmf > tail:
+            break
+        cdf += pmf
+        low += 1
+    return (low, n + 1 - low) if low >= 1 else None
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> list[float] | None:
+    """The order-statistics interval of the median of values, or None for too few values."""
+    ranks = median_ranks(len(values), confidence)
+    if ranks is None:
+        return None
+    ordered = sorted(values)
+    return [ordered[ranks[0] - 1], ordered[ranks[1] - 1]]
+
+
+def half_width(values: list[float]) -> float | None:
+    """The larger side of the median's interval as a fraction of the median (None: no interval yet)."""
+    interval = median_interval(values)
+    median = percentile(values, 0.5)
+    if interval is None or median <= 0:
+        return None
+    return max(median - interval[0], interval[1] - median) / median
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50": percentile(values, 0.5), "p90": percentile(values, 0.9), "p99": percentile(values, 0.99),
+            "mean": statistics.fmean(values), "std": statistics.pstdev(values), "min": min(values),
+            "max": max(values), "p50_interval": median_interval(values), "confidence": CONFIDENCE,
+            "half_width": half_width(values)}
+
+
+def interleave(calls: list, runs: int, min_runs: int, block: int, seconds: float, rel: float,
+               clock=time.perf_counter, cpu_clock=time.process_time) -> dict:
+    """Time zero-argument calls round-robin, `block` runs of each per turn, so that every model sees the
+    same host conditions. Stops after a whole round once every call's median interval is within `rel` of
+    its median (rel > 0; checked from min_runs runs on, then at every ~10% more runs), at `runs` runs per call, or
+    after `seconds` x len(calls) seconds (at least one round). Wall and CPU ms per run; the schedule is the
+    call index of each block in order."""
+    wall: list[list[float]] = [[] for _ in calls]
+    cpu: list[list[float]] = [[] for _ in calls]
+    schedule: list[int] = []
+    min_runs = min(min_runs, runs)
+    deadline = clock() + seconds * len(calls)
+    next_check = min_runs
+    while True:
+        size = min(block, runs - len(wall[0]))
+        for i, call in enumerate(calls):
+            schedule.append(i)
+            for _ in range(size):
+                c0, t0 = cpu_clock(), clock()
+                call()
+                t1, c1 = clock(), cpu_clock()
+                wall[i].append((t1 - t0) * 1000)
+                cpu[i].append((c1 - c0) * 1000)
+        done = len(wall[0])
+        if done >= runs:
+            stopped = "runs"
+            break
+        if rel > 0 and done >= next_check:
+            widths = [half_width(w) for w in wall]
+            if all(w is not None and w <= rel for w in widths):
+                stopped = "interval"
+                break
+            next_check = max(done + 1, int(done * 1.1))
+        if clock() >= deadline:
+            stopped = "max_seconds"
+            break
+    return {"wall_ms": wall, "cpu_ms": cpu, "schedule": schedule, "block": block, "stopped": stopped}
+
+
+def host_load() -> list[float] | None:
+    """1, 5 and 15-minute load averages (runnable threads), None where the OS has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_info(before: list[float] | None, after: list[float] | None, threads: int) -> dict:
+    """The host's load around the timing, and whether the threads asked for exceed the free cores
+    (cores minus the 1-minute load before timing); threads 0 (the runtime's default) counts as all cores."""
+    cores = os.cpu_count() or 1
+    info = {"cores": cores, "before": before, "after": after, "threads": threads or cores}
+    if before is not None:
+        info["free_cores"] = round(max(cores - before[0], 0.0), 2)
+        info["oversubscribed"] = info["threads"] > info["free_cores"]
+    return info
+
+
+def thread_count() -> int | None:
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux/Android: writing 5 to clear_refs), so each model's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def measure(args) -> tuple[list[dict], list[int]]:
+    """Load every model (its own memory window), time them interleaved, then per model throughput and
+    the optional profile. Returns one result per model and the block schedule."""
     import numpy as np
 
-    if not os.path.exists(args.model):
-        raise AgentError("bad_model", f"{args.model}: no such file on the device")
+    for path in args.model:
+        if not os.path.exists(path):
+            raise AgentError("bad_model", f"{path}: no such file on the device")
     if args.runtime != "coreml":  # import the runtime first: model_rss_mb is what the model itself adds
         _runtime(args.runtime)
+    load_before = host_load()
     baseline = rss_mb()
-    start = time.perf_counter()
-    runner = load(args)
-    load_ms = (time.perf_counter() - start) * 1000
-    shape = runner.input_shape(1, args.input_size)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, shape).astype(np.float32)
-    if args.runtime == "coreml":
-        x *= 255
-    for _ in range(args.warmup):
-        runner(x)
-    times = []
-    deadline = time.perf_counter() + args.max_seconds
-    while len(times) < args.runs and (len(times) < 3 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        runner(x)
-        times.append((time.perf_counter() - t0) * 1000)
-    result = {
-        "ok": True, "runtime": runner.name, "runtime_version": runner.version,
-        "model": os.path.basename(args.model.rstrip("/")), "model_bytes": model_bytes(args.model),
-        "input_shape": shape, "threads": args.threads, "load_ms": load_ms, "warmup_runs": args.warmup,
-        "runs": len(times),
-        "latency_ms": {"p50": percentile(times, 0.5), "p90": percentile(times, 0.9),
-                       "p99": percentile(times, 0.99), "mean": statistics.fmean(times),
-                       "std": statistics.pstdev(times), "min": min(times), "max": max(times)},
-    }
-    result["throughput"] = throughput(runner, args, rng) if args.throughput_batch > 1 else \
-        {"batch": 1, "images_per_s": 1000 / result["latency_ms"]["mean"]}
-    result["process_threads"] = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
-    result["peak_rss_mb"] = rss_mb()
-    result["model_rss_mb"] = max(result["peak_rss_mb"] - baseline, 0.0)
-    result["host"] = {"system": platform.system(), "machine": platform.machine(), "cpu": cpu_name(),
-                      "cores": os.cpu_count(), "python": platform.python_version()}
-    if args.profile:
-        result["profile"] = profile_layers(args, x)
-    return result
+    base_threads = thread_count()
+    models = []
+    for path in args.model:
+        model_args = argparse.Namespace(**{**vars(args), "model": path})
+        before = current_rss_mb() if reset_peak_rss() else None
+        before = rss_mb() if before is None else before
+        threads_before = thread_count()
+        start = time.perf_counter()
+        runner = load(model_args)
+        load_ms = (time.perf_counter() - start) * 1000
+        shape = runner.input_shape(1, args.input_size)
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 1, shape).astype(np.float32)
+        if args.runtime == "coreml":
+            x *= 255
+        for _ in range(args.warmup):
+            runner(x)
+        added = max(rss_mb() - before, 0.0)
+        threads = None if base_threads is None else base_threads + thread_count() - threads_before
+        models.append({"args": model_args, "runner": runner, "x": x, "rng": rng, "shape": shape,
+                       "load_ms": load_ms, "rss": added, "threads": threads})
+    timing = interleave([(lambda m=m: m["runner"](m["x"])) for m in models], args.runs, args.min_runs,
+                        args.block, args.max_seconds, args.rel_interval)
+    host_load_info = load_info(load_before, host_load(), args.threads)
+    host = {"system": platform.system(), "machine": platform.machine(), "cpu": cpu_name(),
+            "cores": os.cpu_count(), "python": platform.python_version()}
+    names = [os.path.basename(m["args"].model.rstrip("/")) for m in models]
+    results = []
+    for i, m in enumerate(models):
+        wall, cpu = timing["wall_ms"][i], timing["cpu_ms"][i]
+        runner = m["runner"]
+        result = {
+            "ok": True, "runtime": runner.name, "runtime_version": runner.version,
+            "model": names[i], "model_bytes": model_bytes(m["args"].model),
+            "input_shape": m["shape"], "threads": args.threads, "load_ms": m["load_ms"], "warmup_runs": args.warmup,
+            "runs": len(wall), "latency_ms": summary(wall),
+            "cpu_ms": {k: v for k, v in summary(cpu).items() if k in ("p50", "mean", "p50_interval")},
+            "timing": {"interleaved_with": [n for j, n in enumerate(names) if j != i], "block": timing["block"],
+                       "stopped": timing["stopped"], "rel_interval": args.rel_interval, "min_runs": args.min_runs},
+        }
+        result["throughput"] = throughput(runner, m["args"], m["rng"]) if args.throughput_batch > 1 else \
+            {"batch": 1, "images_per_s": 1000 / result["latency_ms"]["mean"]}
+        result["process_threads"] = m["threads"]
+        result["model_rss_mb"] = m["rss"]
+        result["peak_rss_mb"] = baseline + m["rss"]  # what a process running only this model would peak at
+        result["host"] = host
+        result["host_load"] = host_load_info
+        result["warnings"] = warnings(result)
+        if args.raw:
+            result["samples"] = {"wall_ms": wall, "cpu_ms": cpu}
+        if args.profile:
+            result["profile"] = profile_layers(m["args"], m["x"])
+        results.append(result)
+    return results, timing["schedule"]
+
+
+def warnings(result: dict) -> list[str]:
+    out = []
+    load, width = result["host_load"], result["latency_ms"]["half_width"]
+    if load.get("oversubscribed"):
+        out.append(f"{load['threads']} thread(s) but only {load['free_cores']:g} of {load['cores']} cores free "
+                   f"(1-minute load {load['before'][0]:g} before timing): the timings share the CPU with other work")
+    if result["timing"]["rel_interval"] > 0 and (width is None or width > result["timing"]["rel_interval"]):
+        shown = "no interval (too few runs)" if width is None else f"+-{100 * width:.1f}%"
+        out.append(f"the median's 95% interval is {shown}, wider than +-{100 * result['timing']['rel_interval']:g}%"
+                   f" (timing stopped at {result['timing']['stopped'].replace('_', ' ')})")
+    return out
 
 
 def throughput(runner, args, rng) -> dict:
@@ -397,12 +574,17 @@ def profile_layers(args, x) -> dict:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="measure one model file on this device; prints JSON")
-    p.add_argument("model")
+    p.add_argument("model", nargs="+", help="one or more model files of --runtime, timed interleaved")
     p.add_argument("--runtime", required=True, choices=("onnxruntime", "openvino", "coreml"))
     p.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=200)
-    p.add_argument("--max-seconds", type=float, default=5.0)
+    p.add_argument("--runs", type=int, default=200, help="at most this many timed runs per model")
+    p.add_argument("--max-seconds", type=float, default=5.0, help="timing budget per model (all together: x models)")
+    p.add_argument("--block", type=int, default=5, help="runs of one model per round-robin turn")
+    p.add_argument("--min-runs", type=int, default=20, help="runs per model before the stopping rule is checked")
+    p.add_argument("--rel-interval", type=float, default=0.0,
+                   help="stop once every median's 95%% interval is within this fraction of the median "
+                        "(0: no early stop, time --runs or --max-seconds)")
     p.add_argument("--throughput-batch", type=int, default=8)
     p.add_argument("--input-size", type=int, default=None, help="H = W for models with dynamic sizes")
     p.add_argument("--openvino-precision", default="f32", choices=("f32", "bf16", "f16", "default"))
@@ -411,20 +593,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="ONNX Runtime graph optimisation level")
     p.add_argument("--compute-units", default="ALL", choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"))
     p.add_argument("--profile", action="store_true", help="add a per-layer profile")
+    p.add_argument("--raw", action="store_true", help="add every run's wall and CPU ms")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
-        result = measure(args)
+        results, schedule = measure(args)
     except AgentError as exc:
         print(json.dumps({"ok": False, "kind": exc.kind, "error": str(exc)}))
         return 3
     except Exception as exc:  # the runtime failed mid-run: report it as data, the caller decides
         print(json.dumps({"ok": False, "kind": "runtime_error", "error": f"{type(exc).__name__}: {exc}"}))
         return 3
-    print(json.dumps(result))
+    if len(results) == 1:
+        print(json.dumps({**results[0], "schedule": schedule}))
+    else:
+        print(json.dumps({"ok": True, "results": results, "schedule": schedule}))
     return 0
 
 

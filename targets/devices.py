@@ -1,7 +1,8 @@
 """Devices that run the benchmark agent (targets/agent.py): this host, an ssh board or Mac, an adb phone.
 
 Every device copies the agent and the model files to a fresh temp folder on the device, runs
-`<python> agent.py MODEL ARGS...` there, reads the JSON object it prints and removes the folder.
+`<python> agent.py MODEL [MODEL...] ARGS...` there (several models of one target in one call, timed
+interleaved; their file names must differ), reads the JSON object it prints and removes the folder.
 Commands are argument lists (never shell=True); the one string a remote shell sees is built with
 shlex.quote on every piece, and files are copied into a folder we name, so no file name, host or path
 can run as code.
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -43,7 +45,15 @@ class Device(Protocol):
 
     def check(self) -> None: ...
 
-    def run_agent(self, model: Path, agent_args: list[str], timeout: float) -> dict: ...
+    def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict: ...
+
+
+def as_list(model: Path | Sequence[Path]) -> list[Path]:
+    return [Path(model)] if isinstance(model, (str, Path)) else [Path(m) for m in model]
+
+
+def names_of(models: list[Path]) -> str:
+    return ", ".join(m.name for m in models)
 
 
 def model_files(path: Path) -> list[Path]:
@@ -134,12 +144,14 @@ class LocalDevice:
     def check(self) -> None:
         """This host is always there."""
 
-    def run_agent(self, model: Path, agent_args: list[str], timeout: float) -> dict:
+    def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
         target = f"target '{self.name}' (this host)"
-        files_for(target, model)
+        models = as_list(model)
+        for m in models:
+            files_for(target, m)
         try:
-            proc = run_command([sys.executable, str(AGENT), str(Path(model).absolute()), *agent_args], timeout,
-                               f"the benchmark of {Path(model).name}")
+            proc = run_command([sys.executable, str(AGENT), *(str(m.absolute()) for m in models), *agent_args],
+                               timeout, f"the benchmark of {names_of(models)}")
         except DeviceError as exc:
             raise DeviceError(exc.kind, f"{target}: {exc}; raise timeout_s in [targets.{self.name}]") from None
         return agent_result(target, self.name, sys.executable, proc)
@@ -201,18 +213,23 @@ class RemoteDevice:
         except DeviceError:  # the device went away: nothing more can be done, and the first error matters more
             pass
 
-    def run_agent(self, model: Path, agent_args: list[str], timeout: float) -> dict:
-        model = Path(model).absolute()
-        files = [AGENT, *files_for(self.target, model)]
+    def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
+        models = [m.absolute() for m in as_list(model)]
+        if len({m.name for m in models}) < len(models):
+            raise DeviceError("bad_model", f"{self.target}: models with the same file name ({names_of(models)}) "
+                                           "cannot share one temp folder; benchmark them in separate calls")
+        files = [AGENT, *(f for m in models for f in files_for(self.target, m))]
         deadline = Deadline(timeout)
         folder = self.make_temp_dir()
+        names = names_of(models)
         try:
-            copied = self.run(self.copy_command(files, folder), deadline.left(), f"copying {model.name}")
+            copied = self.run(self.copy_command(files, folder), deadline.left(), f"copying {names}")
             if copied.returncode != 0:
-                raise DeviceError("agent_failed", f"{self.target}: copying {model.name} to {folder} failed "
+                raise DeviceError("agent_failed", f"{self.target}: copying {names} to {folder} failed "
                                                   f"({last_line(copied.stderr)}); check free space there")
-            argv = [self.profile.python, f"{folder}/{AGENT.name}", f"{folder}/{model.name}", *agent_args]
-            proc = self.run(self.shell_command(argv), deadline.left(), f"the benchmark of {model.name}")
+            argv = [self.profile.python, f"{folder}/{AGENT.name}", *(f"{folder}/{m.name}" for m in models),
+                    *agent_args]
+            proc = self.run(self.shell_command(argv), deadline.left(), f"the benchmark of {names}")
             return agent_result(self.target, self.name, self.profile.python, proc)
         finally:
             self.remove(folder)
