@@ -11,7 +11,7 @@ from rich.table import Table
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import write_json
-from targets.benchmark import Model, add_diagnoses, measure
+from targets.benchmark import Model, add_diagnoses, describe_comparison, measure_target
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve
 
 RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml"}
@@ -59,9 +59,10 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
             others = [n for n, p in all_profiles(cfg.targets).items() if p.runtime in runtimes]
             raise UserError(f"--target {name} runs {profile.runtime}, but the model(s) need {', '.join(runtimes)}; "
                             f"targets that do: {', '.join(others)}")
-        for model in fitting:
-            with console.status(f"{name}: {model.key}"):
-                row = measure(model, name, profile, cfg.benchmark)
+        with console.status(f"{name}: {', '.join(m.key for m in fitting)}" +
+                            (" (interleaved)" if len(fitting) > 1 else "")):
+            timed = measure_target(fitting, name, profile, cfg.benchmark)
+        for row in timed:
             if row.get("error_kind") == "bad_model":
                 raise UserError(row["error"])
             if "profile" in row:
@@ -78,18 +79,22 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
 
 def print_rows(rows: list[dict], console: Console) -> None:
     table = Table(title="batch-1 latency (proxy = this host standing in for the device)")
-    for column in ("target", "model", "label", "p50 ms", "p90 ms", "p99 ms", "img/s", "RSS MB", "budget"):
-        table.add_column(column, justify="right" if column.endswith(("ms", "MB", "/s")) else "left")
+    for column in ("target", "model", "label", "p50 ms", "95% interval", "CPU p50 ms", "p90 ms", "p99 ms", "img/s",
+                   "RSS MB", "budget"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "MB", "/s", "interval")) else "left")
     for r in rows:
         if "latency_ms" not in r:
             short = "needs macOS" if r.get("error_kind") == "needs_macos" else "error (below)"
-            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 5, short)
+            table.add_row(r["target"], r["artifact"], r["label"], *["-"] * 7, short)
             continue
         lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
         ips = f"{tp['images_per_s']:.0f}" if tp.get("images_per_s") else "-"
         verdict = "[green]ok[/]" if b["latency_ok"] and b["memory_ok"] else "[red]over[/]"
-        table.add_row(r["target"], r["artifact"], r["label"], f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-                      f"{lat['p99']:.3f}", ips, f"{r['model_rss_mb']:.0f}", verdict)
+        ci = lat.get("p50_interval")
+        cpu = r.get("cpu_ms", {}).get("p50")
+        table.add_row(r["target"], r["artifact"], r["label"], f"{lat['p50']:.3f}",
+                      f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-", f"{cpu:.3f}" if cpu is not None else "-",
+                      f"{lat['p90']:.3f}", f"{lat['p99']:.3f}", ips, f"{r['model_rss_mb']:.0f}", verdict)
     console.print(table)
     for r in rows:
         head = f"{r['target']} / {r['artifact']}"
@@ -98,12 +103,29 @@ def print_rows(rows: list[dict], console: Console) -> None:
                 console.print(escape(f"{head}: {r[key]}"))
         if "latency_ms" in r:
             lat, b = r["latency_ms"], r["budget"]
-            console.print(escape(f"{head}: mean {lat['mean']:.3f} ± {lat['std']:.3f} ms over {r['runs']} runs, "
+            console.print(escape(f"{head}: mean {lat['mean']:.3f} ± {lat['std']:.3f} ms over {r['runs']} runs"
+                                 f"{timing_text(r)}, "
                                  f"load {r['load_ms']:.0f} ms, {r['model_bytes'] / 1e6:.2f} MB on disk, "
                                  f"budgets {b['latency_ms']:g} ms p90 / {b['memory_mb']:g} MB"))
         if "profile" in r:
             ops = ", ".join(f"{e['op_type']} ({e['precision']}) {100 * e['share']:.0f}%"
                             for e in r["profile"]["by_op_type"][:6])
             console.print(escape(f"{head} per-layer: {r['profile']['layers_ms']:.3f} ms in layers; {ops}"))
+        if "comparison" in r:
+            console.print(f"{escape(head)} vs {escape(r['comparison']['baseline'])}: "
+                          f"{escape(describe_comparison(r['comparison'])).replace('**', '')}")
         if "diagnosis" in r:
             console.print(escape(f"{head}: {r['diagnosis']['verdict']}"))
+
+
+def timing_text(r: dict) -> str:
+    """How the timing ended and the host's load around it."""
+    timing, load = r.get("timing") or {}, r.get("host_load") or {}
+    parts = []
+    if timing.get("interleaved_with"):
+        parts.append(f"interleaved with {', '.join(timing['interleaved_with'])}")
+    if timing.get("stopped"):
+        parts.append(f"stopped at {timing['stopped'].replace('_', ' ')}")
+    if load.get("before"):
+        parts.append(f"1-min load {load['before'][0]:g} -> {load['after'][0]:g} on {load['cores']} cores")
+    return f" ({'; '.join(parts)})" if parts else ""

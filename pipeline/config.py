@@ -326,9 +326,18 @@ class BenchmarkConfig(Section):
                                                         "x86-laptop"],
                                description="target profiles: built-in names (`manifold-edge targets`) or "
                                            "[targets.NAME] tables")
-    runs: int = Field(200, ge=3, le=1_000_000, description="timed batch-1 runs per artifact and target")
-    max_seconds: float = Field(5.0, gt=0, description="stop timing earlier after this many seconds")
-    warmup: int = Field(10, ge=0, description="untimed runs first")
+    runs: int = Field(200, ge=3, le=1_000_000, description="at most this many timed batch-1 runs per artifact "
+                                                            "and target (a target's artifacts are timed interleaved)")
+    max_seconds: float = Field(5.0, gt=0, description="timing budget per artifact: a target's artifacts, timed "
+                                                      "together, stop after max_seconds x their count (at least "
+                                                      "one round)")
+    warmup: int = Field(10, ge=0, description="untimed runs of each artifact first")
+    block_runs: int = Field(5, ge=1, le=10_000, description="runs of one artifact per round-robin turn")
+    min_runs: int = Field(20, ge=6, le=1_000_000, description="runs per artifact before the stopping rule is "
+                                                              "checked (6 is the fewest with a 95% interval)")
+    rel_interval: float = Field(0.05, gt=0, lt=1, description="stop once the 95% interval of every artifact's "
+                                                              "median is within this fraction of the median "
+                                                              "(else at runs or max_seconds)")
     throughput_batch: int = Field(8, ge=1, le=4096, description="batch size for the throughput figure")
     profile_layers: bool = Field(True, description="per-layer profile (ONNX Runtime, OpenVINO)")
     proxy_when_unreachable: bool = Field(True, description="when an ssh/adb device cannot be reached, measure "

@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import Pipeline, RunRecord
 from pipeline.ship import choose_all
+from targets.benchmark import describe_comparison
 from targets.coreml import NEEDS_MACOS
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
@@ -289,22 +290,27 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
         return []
     top1 = {r["artifact"]: r["top1"] for r in (evaluation or {}).get("artifacts", []) if "top1" in r}
     lines = ["## Latency per target (batch 1)", "",
-             "| target | artifact | precision | label | p50 ms | p90 ms | p99 ms | img/s (batch) | model RSS MB "
-             "| top-1 % | budget (p90 ms / MB) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| target | artifact | precision | label | p50 ms (95% interval) | CPU p50 ms | p90 ms | p99 ms | runs "
+             "| img/s (batch) | model RSS MB | top-1 % | budget (p90 ms / MB) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         acc = f"{top1[r['artifact']]:.2f}" if r["artifact"] in top1 else "-"
         if "latency_ms" not in r:
             short = "needs macOS" if r.get("error_kind") == "needs_macos" else "not timed (below)"
             lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | - | - | - | - | - "
-                         f"| {acc} | {short} |")
+                         f"| - | - | {acc} | {short} |")
             continue
         lat, tp, b = r["latency_ms"], r["throughput"], r["budget"]
         ips = f"{tp['images_per_s']:.0f} ({tp['batch']})" if tp.get("images_per_s") else "-"
         verdict = "pass" if b["latency_ok"] and b["memory_ok"] else "**fail**"
-        lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | {lat['p50']:.3f} "
-                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {ips} | {r['model_rss_mb']:.0f} | {acc} "
-                     f"| {verdict} ({b['latency_ms']:g} / {b['memory_mb']:g}) |")
+        ci = lat.get("p50_interval")
+        p50 = f"{lat['p50']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{lat['p50']:.3f} (no interval)"
+        cpu = f"{r['cpu_ms']['p50']:.3f}" if "cpu_ms" in r else "-"
+        lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | {p50} | {cpu} "
+                     f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {r.get('runs', '-')} | {ips} | {r['model_rss_mb']:.0f} "
+                     f"| {acc} | {verdict} ({b['latency_ms']:g} / {b['memory_mb']:g}) |")
     lines.append("")
+    lines += timing_lines(rows)
     labels = sorted({r["label"] for r in rows})
     lines += [f"Labels: {'; '.join(f'*{label}* = {LABELS[label]}' for label in labels)}.", ""]
     for note in dict.fromkeys(r[k] for r in rows for k in ("note", "error") if r.get(k)):
@@ -333,10 +339,49 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
         bars = [(name, plots[f"layers:{name}"]) for name in latency["targets"] if f"layers:{name}" in plots]
         lines += [f"![{name}: time per op type, int8 / float / conversion]({path})" for name, path in bars]
         lines.append("")
+    compared = [r for r in rows if "comparison" in r]
+    if compared:
+        lines += ["### Compressed vs float on the same target", "",
+                  "Faster or slower only when the interval of the speed-up (from the two medians' 95% intervals) "
+                  "excludes 1; otherwise equal within noise.", ""]
+        lines += [f"- {r['target']} / `{r['artifact']}` vs `{r['comparison']['baseline']}`: "
+                  f"{describe_comparison(r['comparison'])}" for r in compared]
+        lines.append("")
     diagnosed = [r for r in rows if "diagnosis" in r]
     if diagnosed:
         lines += ["### Why is INT8 (not) faster?", ""]
-        lines += [f"- {r['target']} / `{r['artifact']}` vs `{r['diagnosis']['baseline']}`: {r['diagnosis']['verdict']}"
+        lines += [f"- {r['target']} / `{r['artifact']}` vs `{r['diagnosis']['baseline']}`: "
+                  + (f"{r['comparison']['verdict']}; " if "comparison" in r else "") + r["diagnosis"]["verdict"]
                   for r in diagnosed]
         lines.append("")
     return lines
+
+
+def timing_lines(rows: list[dict]) -> list[str]:
+    """How each target was timed: interleaved or not, why timing stopped, the host's load around it, and a
+    warning where the threads exceed the free cores."""
+    lines = []
+    for target in dict.fromkeys(r["target"] for r in rows):
+        timed = [r for r in rows if r["target"] == target and "timing" in r]
+        if not timed:
+            continue
+        t, load = timed[0]["timing"], timed[0].get("host_load") or {}
+        how = (f"{len(timed)} artifacts timed interleaved ({t['block']} runs each per turn)" if len(timed) > 1
+               and t.get("interleaved_with") else f"{len(timed)} artifact(s) timed")
+        stops = sorted({r["timing"]["stopped"].replace("_", " ") for r in timed})
+        text = (f"- {target}: {how}, {min(r['runs'] for r in timed)}-{max(r['runs'] for r in timed)} runs each, "
+                f"stopped at {' / '.join(stops)} (goal: every median's 95% interval within "
+                f"+-{100 * t['rel_interval']:g}%)")
+        if load.get("before"):
+            text += (f"; 1-minute load {load['before'][0]:g} before, {load['after'][0]:g} after, on "
+                     f"{load['cores']} cores")
+            if load.get("oversubscribed"):
+                text += (f"; **warning**: {load['threads']} thread(s) but {load['free_cores']:g} cores free, "
+                         "the timings share the CPU with other work")
+        widths = {r["artifact"]: r["latency_ms"].get("half_width") for r in timed}
+        wide = [f"`{a}` ({'no interval' if w is None else f'+-{100 * w:.1f}%'})" for a, w in widths.items()
+                if w is None or w > t["rel_interval"]]
+        if wide:
+            text += f"; intervals wider than the goal: {', '.join(wide)}"
+        lines.append(text + ".")
+    return [*lines, ""] if lines else []

@@ -1,8 +1,9 @@
 """Benchmark stage: every exported and quantized student on every configured target profile.
 
-Each (artifact, target) pair is measured by the benchmark agent on the device (ssh/adb: measured),
-on this host with the profile's threads (local, or an unreachable device: proxy), or marked
-needs-device (Core ML off macOS). INT8 rows get a diagnosis against their float sibling.
+A target's artifacts are measured by one benchmark agent call, timed interleaved, on the device
+(ssh/adb: measured), on this host with the profile's threads (local, or an unreachable device: proxy),
+or marked needs-device (Core ML off macOS). INT8 rows get a noise-aware verdict and a diagnosis against
+their float sibling.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.markup import escape
 from pipeline.config import BenchmarkConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
-from targets.benchmark import Model, add_diagnoses, measure
+from targets.benchmark import Model, add_diagnoses, measure_target
 from targets.diagnosis import int8_instructions
 from targets.profiles import resolve
 
@@ -41,14 +42,15 @@ class BenchmarkStage(Stage):
             return {"targets": {}, "rows": []}
         profiles = resolve(cfg.targets, ctx.config["targets"])
         models = stage_models(ctx.inputs)
-        pairs = [(name, p, m) for name, p in profiles.items() for m in models if m.runtime == p.runtime]
+        work = [(name, p, [m for m in models if m.runtime == p.runtime]) for name, p in profiles.items()]
         rows = []
-        with ctx.progress.bar("  benchmarking", len(pairs)) as bar:
-            for name, profile, model in pairs:
-                row = measure(model, name, profile, cfg)
-                rows.append(row)
-                bar.advance(info=f"{name}: {model.key}")
-                ctx.progress.log("  " + describe(row))
+        with ctx.progress.bar("  benchmarking", sum(len(fitting) for *_, fitting in work)) as bar:
+            for name, profile, fitting in work:
+                bar.advance(0, info=f"{name}: {', '.join(m.key for m in fitting)} (interleaved)")
+                for row in measure_target(fitting, name, profile, cfg):
+                    rows.append(row)
+                    bar.advance(info=f"{name}: {row['artifact']}")
+                    ctx.progress.log("  " + describe(row))
         add_diagnoses(rows)
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
         unmatched = [n for n, p in profiles.items() if not any(m.runtime == p.runtime for m in models)]
@@ -64,5 +66,11 @@ def describe(row: dict) -> str:
         return escape(f"{head}: {row['label']} ({row['error']})")
     lat = row["latency_ms"]
     ok = "within" if row["budget"]["latency_ok"] else "[red]over[/]"
-    return (f"{head} ({row['label']}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms "
-            f"({ok} {row['budget']['latency_ms']} ms), model RSS {row['model_rss_mb']:.0f} MB")
+    return (f"{head} ({row['label']}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms {interval(lat)}, "
+            f"p90 {lat['p90']:.3f} ms ({ok} {row['budget']['latency_ms']} ms), {row['runs']} runs, "
+            f"model RSS {row['model_rss_mb']:.0f} MB")
+
+
+def interval(lat: dict) -> str:
+    ci = lat.get("p50_interval")
+    return f"(95% interval {ci[0]:.3f}-{ci[1]:.3f})" if ci else "(no interval: too few runs)"

@@ -1,5 +1,7 @@
 """Benchmark model files on target profiles: pick the device runner, fall back to a labelled host proxy
-when a device cannot be reached, and pair every INT8 result with its float sibling for the diagnosis."""
+when a device cannot be reached, time a target's artifacts interleaved in one agent call, and pair every
+INT8 result with its float sibling: a noise-aware verdict (faster / slower / equal within noise) and the
+diagnosis."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +12,8 @@ from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions
 
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)
+FASTER, SLOWER, EQUAL, UNKNOWN = "faster", "slower", "equal within noise", "unknown"
+RETRY_ALONE = {"bad_model", "agent_failed"}  # a group call failing so: time each model on its own
 
 
 @dataclass
@@ -27,6 +31,8 @@ def is_quantized(precision: str) -> bool:
 def agent_args(runtime: str, profile: TargetProfile, settings: BenchmarkConfig) -> list[str]:
     args = ["--runtime", runtime, "--threads", str(profile.threads), "--runs", str(settings.runs),
             "--max-seconds", str(settings.max_seconds), "--warmup", str(settings.warmup),
+            "--block", str(settings.block_runs), "--min-runs", str(settings.min_runs),
+            "--rel-interval", str(settings.rel_interval),
             "--throughput-batch", str(settings.throughput_batch), "--compute-units", profile.compute_units]
     if profile.input_size:
         args += ["--input-size", str(profile.input_size)]
@@ -40,27 +46,72 @@ def agent_args(runtime: str, profile: TargetProfile, settings: BenchmarkConfig) 
     return args
 
 
+def groups(models: list[Model]) -> list[list[Model]]:
+    """Models split into as few groups as possible with distinct file names (one agent call each: a remote
+    device copies a call's files into one folder)."""
+    out: list[list[Model]] = []
+    for m in models:
+        group = next((g for g in out if all(o.path.name != m.path.name for o in g)), None)
+        if group is None:
+            out.append([m])
+        else:
+            group.append(m)
+    return out
+
+
 def measure(model: Model, name: str, profile: TargetProfile, settings: BenchmarkConfig) -> dict:
-    """One artifact on one target: a row with the label measured / proxy / needs-device, or an error."""
-    row = {"target": name, "artifact": model.key, "runtime": model.runtime, "precision": model.precision,
-           "device": profile.device, "threads": profile.threads}
+    """One artifact on one target, timed on its own (see measure_target)."""
+    return measure_target([model], name, profile, settings)[0]
+
+
+def measure_target(models: list[Model], name: str, profile: TargetProfile, settings: BenchmarkConfig) -> list[dict]:
+    """A target's artifacts (all of its runtime), timed interleaved in one agent call per group of distinct
+    file names: one row each, labelled measured / proxy / needs-device, or an error."""
+    if not models:
+        return []
+    runtime = models[0].runtime
+    rows = [{"target": name, "artifact": m.key, "runtime": m.runtime, "precision": m.precision,
+             "device": profile.device, "threads": profile.threads} for m in models]
     device = make_device(profile, name)
     try:
         device.check()
     except DeviceError as exc:
-        if not settings.proxy_when_unreachable or model.runtime == "coreml":
-            return {**row, "label": "needs-device", "error": str(exc), "error_kind": exc.kind}
-        row["note"] = f"{exc}; measured on this host instead"
+        if not settings.proxy_when_unreachable or runtime == "coreml":
+            return [{**row, "label": "needs-device", "error": str(exc), "error_kind": exc.kind} for row in rows]
+        for row in rows:
+            row["note"] = f"{exc}; measured on this host instead"
         device = make_device(profile.model_copy(update={"connection": "local"}), name)
+    args = agent_args(runtime, profile, settings)
+    by_key = {}
+    for group in groups(models):
+        for model, result in zip(group, run_group(device, group, args, profile.timeout_s)):
+            by_key[model.key] = result
+    return [finish(row, by_key[row["artifact"]], device, name, profile) for row in rows]
+
+
+def run_group(device, group: list[Model], args: list[str], timeout_s: float) -> list[dict | DeviceError]:
+    """The agent's result per model of one call, or the DeviceError of each; when a call of several models
+    fails on one of them (a model the runtime refuses), each is run on its own so the others still get timed."""
     try:
-        result = device.run_agent(model.path, agent_args(model.runtime, profile, settings), profile.timeout_s)
+        out = device.run_agent([m.path for m in group], args, timeout_s * len(group))
     except DeviceError as exc:
-        label = "needs-device" if exc.kind == "needs_macos" else "error"
-        return {**row, "label": label, "error": str(exc), "error_kind": exc.kind}
+        if len(group) > 1 and exc.kind in RETRY_ALONE:
+            return [r for m in group for r in run_group(device, [m], args, timeout_s)]
+        return [exc] * len(group)
+    return out["results"] if "results" in out else [out]
+
+
+def finish(row: dict, result: dict | DeviceError, device, name: str, profile: TargetProfile) -> dict:
+    if isinstance(result, DeviceError):
+        label = "needs-device" if result.kind == "needs_macos" else "error"
+        return {**row, "label": label, "error": str(result), "error_kind": result.kind}
+    result = {k: v for k, v in result.items() if k not in ("schedule", "samples")}
+    notes = [row["note"]] if "note" in row else []
     if device.label == "proxy" and profile.threads > (result["host"]["cores"] or 1):
-        row["note"] = ((row.get("note", "") + "; ") if "note" in row else "") + (
-            f"target '{name}' asks for {profile.threads} threads but this host has {result['host']['cores']} "
-            "cores: its proxy latency is oversubscribed (expect a long tail)")
+        notes.append(f"target '{name}' asks for {profile.threads} threads but this host has "
+                     f"{result['host']['cores']} cores: its proxy latency is oversubscribed (expect a long tail)")
+    if notes:
+        row["note"] = "; ".join(notes)
     if "profile" in result:
         result["profile"]["layers"] = result["profile"]["layers"][:TOP_LAYERS]
     p90 = result["latency_ms"]["p90"]
@@ -70,8 +121,44 @@ def measure(model: Model, name: str, profile: TargetProfile, settings: Benchmark
                        "memory_ok": result["model_rss_mb"] <= profile.memory_budget_mb}}
 
 
+def compare_latency(candidate: dict, baseline: dict) -> dict:
+    """Candidate vs baseline on one target. speedup = baseline p50 / candidate p50; its interval comes from the
+    two medians' 95% intervals, [baseline low / candidate high, baseline high / candidate low]: when both
+    intervals hold, so does this one (so it holds with at least 90% probability; as a test, "faster" means
+    the two intervals do not overlap, which is stricter than a 5% test). The verdict is "faster" when the
+    whole interval is above 1, "slower" when below, "equal within noise" when it includes 1, "unknown" when a
+    row has too few runs for an interval.
+    cpu_speedup: the same ratio of CPU-time medians."""
+    c, b = candidate["latency_ms"], baseline["latency_ms"]
+    out = {"baseline": baseline["artifact"], "speedup": round(b["p50"] / c["p50"], 3),
+           "interleaved": baseline.get("model") in (candidate.get("timing") or {}).get("interleaved_with", [])}
+    if "cpu_ms" in candidate and "cpu_ms" in baseline and candidate["cpu_ms"]["p50"] > 0:
+        out["cpu_speedup"] = round(baseline["cpu_ms"]["p50"] / candidate["cpu_ms"]["p50"], 3)
+    ci, bi = c.get("p50_interval"), b.get("p50_interval")
+    if not ci or not bi or ci[0] <= 0:
+        return {**out, "interval": None, "verdict": UNKNOWN}
+    low, high = bi[0] / ci[1], bi[1] / ci[0]
+    verdict = FASTER if low > 1 else SLOWER if high < 1 else EQUAL
+    return {**out, "interval": [round(low, 3), round(high, 3)], "verdict": verdict}
+
+
+def describe_comparison(c: dict) -> str:
+    """One line: the verdict first, then the ratio and its interval."""
+    if c["interval"] is None:
+        return (f"{c['verdict']} (too few runs for an interval): p50 ratio {c['speedup']:.2f}x; "
+                f"raise benchmark.runs")
+    lo, hi = c["interval"]
+    text = (f"**{c['verdict']}**: {c['speedup']:.2f}x fp32's speed (interval {lo:.2f}-{hi:.2f}x from the two "
+            "medians' 95% intervals")
+    text += ", timed interleaved)" if c["interleaved"] else ", timed in separate calls)"
+    if "cpu_speedup" in c:
+        text += f"; by CPU time {c['cpu_speedup']:.2f}x"
+    return text
+
+
 def add_diagnoses(rows: list[dict]) -> None:
-    """Give every timed INT8 row a diagnosis against the float row of the same runtime and target."""
+    """Give every timed INT8 row a noise-aware comparison (row["comparison"]) and a diagnosis against the
+    float row of the same runtime and target."""
     host = int8_instructions()
     for row in rows:
         if "latency_ms" not in row or not is_quantized(row["precision"]):
@@ -79,5 +166,12 @@ def add_diagnoses(rows: list[dict]) -> None:
         floats = [r for r in rows if r["target"] == row["target"] and r["runtime"] == row["runtime"]
                   and "latency_ms" in r and not is_quantized(r["precision"])]
         if floats:
+            row["comparison"] = compare_latency(row, floats[0])
             row["diagnosis"] = diagnose(row, floats[0], host if row["label"] == "proxy" else None)
             row["diagnosis"]["baseline"] = floats[0]["artifact"]
+            claim = f"INT8 is {row['diagnosis']['speedup']:.2f}x faster than fp32"
+            if row["comparison"]["verdict"] != FASTER and row["diagnosis"]["verdict"].startswith(claim):
+                row["diagnosis"]["verdict"] = row["diagnosis"]["verdict"].replace(
+                    claim, f"INT8 is not measurably faster ({row['comparison']['verdict']}; "
+                           f"{row['diagnosis']['speedup']:.2f}x fp32 by p50 alone)", 1)
+            row["diagnosis"]["faster"] = row["comparison"]["verdict"] == FASTER  # only when the intervals say so
