@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -67,8 +68,17 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
     coreml = [r for r in rows if r["runtime"] == "coreml"]
     assert coreml and all(r["label"] == "needs-device" and "macOS" in r["error"] for r in coreml)
     assert any("diagnosis" in r for r in timed)
+    for r in timed:  # a target's artifacts are timed in one agent call, interleaved
+        same = {x["model"] for x in timed if x["target"] == r["target"] and x["model"] != r["model"]}
+        assert set(r["timing"]["interleaved_with"]) == same and r["runs"] >= 6
+        lo, hi = r["latency_ms"]["p50_interval"]
+        assert lo <= r["latency_ms"]["p50"] <= hi and "before" in r["host_load"]
+    compared = [r for r in timed if "comparison" in r]
+    assert compared and all(r["comparison"]["verdict"] in ("faster", "slower", "equal within noise")
+                            and r["comparison"]["interleaved"] for r in compared)
     md = (trained_run / "runs" / "default" / "report.md").read_text()
     assert "## Latency per target (batch 1)" in md and "Why is INT8" in md and "needs-device" in md
+    assert "p50 ms (95% interval)" in md and "Compressed vs float on the same target" in md
 
 
 def test_bench_command_profiles_user_files(trained_run, tmp_path, capsys):
@@ -129,3 +139,193 @@ def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime)
     one, two = json.loads(out.read_text())["rows"]
     assert (one["threads"], two["threads"]) == (1, 2)
     assert two["process_threads"] == one["process_threads"] + 1
+
+
+# --- noise-aware timing: the median's interval, interleaving, verdicts ---------------------------------------
+
+def direct_ranks(n: int) -> tuple[int, int] | None:
+    """The largest rank l with P(Binomial(n, 1/2) <= l - 1) <= 0.025 (= 1/40), in exact integers."""
+    low, count, term, total = 0, 0, 1, 2 ** n  # count = 2^n P(B <= low - 1), term = C(n, low)
+    while low < n // 2 and 40 * (count + term) <= total:
+        count += term
+        term = term * (n - low) // (low + 1)
+        low += 1
+    return (low, n + 1 - low) if low else None
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 7, 10, 20, 33, 100, 257, 1000, 5000])
+def test_median_interval_ranks_match_the_binomial(n):
+    from targets.agent import median_interval, median_ranks
+
+    assert median_ranks(n) == direct_ranks(n)
+    values = [float(v) for v in range(n)]
+    random.Random(n).shuffle(values)
+    ranks = direct_ranks(n)
+    assert median_interval(values) == (None if ranks is None else [ranks[0] - 1.0, ranks[1] - 1.0])
+
+
+def test_median_interval_normal_approximation_for_many_runs():
+    from scipy.stats import binom
+
+    from targets.agent import median_ranks
+
+    for n in (5001, 20_000, 1_000_000):
+        low, high = median_ranks(n)
+        exact = int(binom.ppf(0.025, n, 0.5))  # smallest k with P(B <= k) >= 0.025: rank l = k (or k + 1)
+        assert abs(low - exact) <= 1 and high == n + 1 - low
+
+
+class FakeClock:
+    """perf_counter / process_time stand-ins: each model's call advances them by its own fixed amounts."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+        self.calls: list[str] = []
+
+    def call(self, name: str, wall_ms: float, cpu_ms: float):
+        def run():
+            self.calls.append(name)
+            self.wall += wall_ms / 1000
+            self.cpu += cpu_ms / 1000
+        return run
+
+
+def test_interleave_alternates_models_and_stops_on_the_interval():
+    from targets.agent import interleave
+
+    clock = FakeClock()
+    out = interleave([clock.call("a", 2.0, 1.5), clock.call("b", 3.0, 3.0)], runs=1000, min_runs=20, block=5,
+                     seconds=1e6, rel=0.05, clock=lambda: clock.wall, cpu_clock=lambda: clock.cpu)
+    assert out["stopped"] == "interval"  # constant times: a zero-width interval at the first check
+    assert out["schedule"] == [0, 1] * 4 and clock.calls == (["a"] * 5 + ["b"] * 5) * 4
+    assert [len(w) for w in out["wall_ms"]] == [20, 20]
+    assert out["wall_ms"][0][0] == pytest.approx(2.0) and out["cpu_ms"][1][0] == pytest.approx(3.0)
+
+
+def test_interleave_stops_at_runs_or_time():
+    from targets.agent import interleave
+
+    clock = FakeClock()
+    jitter = iter([1.0, 1.3, 0.8, 1.6] * 1000)
+    calls = [lambda: setattr(clock, "wall", clock.wall + next(jitter) / 1000), clock.call("b", 1.0, 1.0)]
+    out = interleave(calls, runs=42, min_runs=20, block=5, seconds=1e6, rel=0.001, clock=lambda: clock.wall,
+                     cpu_clock=lambda: clock.cpu)
+    assert out["stopped"] == "runs" and [len(w) for w in out["wall_ms"]] == [42, 42]  # the last block is cut
+    out = interleave(calls, runs=1000, min_runs=20, block=5, seconds=0.001, rel=0.001, clock=lambda: clock.wall,
+                     cpu_clock=lambda: clock.cpu)
+    assert out["stopped"] == "max_seconds" and out["schedule"] == [0, 1]  # at least one whole round
+
+
+def timed(artifact: str, p50: float, interval: list[float] | None, model: str | None = None) -> dict:
+    return {"artifact": artifact, "model": model or artifact, "latency_ms": {"p50": p50, "p50_interval": interval},
+            "cpu_ms": {"p50": p50}, "timing": {"interleaved_with": []}}
+
+
+@pytest.mark.parametrize("candidate, verdict", [
+    ((5.0, [4.8, 5.2]), "faster"),              # intervals apart, INT8 lower
+    ((12.0, [11.5, 12.5]), "slower"),           # intervals apart, INT8 higher
+    ((10.0, [9.8, 10.2]), "equal within noise"),
+    ((9.3, [8.5, 9.9]), "equal within noise"),  # 1.08x by p50, but the intervals overlap
+    ((9.0, None), "unknown"),                   # too few runs for an interval
+])
+def test_comparison_verdicts_follow_the_intervals(candidate, verdict):
+    from targets.benchmark import compare_latency
+
+    baseline = timed("onnx", 10.0, [9.7, 10.4])
+    c = compare_latency(timed("onnx_int8", *candidate), baseline)
+    assert c["verdict"] == verdict and c["speedup"] == round(10.0 / candidate[0], 3)
+    if candidate[1]:
+        assert c["interval"] == [round(9.7 / candidate[1][1], 3), round(10.4 / candidate[1][0], 3)]
+        assert (c["interval"][0] <= 1 <= c["interval"][1]) == (verdict == "equal within noise")
+
+
+def test_same_verdicts_on_two_runs_of_crafted_timings():
+    """Timings drawn twice (different noise) from the same distributions give the same verdicts."""
+    import numpy as np
+
+    from targets.agent import summary
+    from targets.benchmark import compare_latency
+
+    def verdicts(seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        rows = {}
+        for name, ms in (("fp32", 10.0), ("int8_fast", 7.0), ("int8_same", 10.0), ("int8_slow", 13.0)):
+            noise = rng.lognormal(0, 0.05, 300) + rng.exponential(0.3, 300) * (rng.random(300) < 0.1)
+            rows[name] = {"artifact": name, "latency_ms": summary(list(ms * noise))}
+        return {n: compare_latency(rows[n], rows["fp32"])["verdict"] for n in rows if n != "fp32"}
+
+    first, second = verdicts(1), verdicts(2)
+    assert first == second == {"int8_fast": "faster", "int8_same": "equal within noise", "int8_slow": "slower"}
+
+
+def test_report_shows_intervals_and_no_speed_claim_within_noise():
+    from pipeline.report import latency_lines
+    from targets.benchmark import add_diagnoses
+
+    def row(artifact, precision, p50, interval):
+        return {**timed(artifact, p50, interval), "target": "watch", "runtime": "onnxruntime", "precision": precision,
+                "label": "proxy", "runs": 60, "throughput": {"batch": 1, "images_per_s": 100.0},
+                "model_rss_mb": 5.0, "budget": {"latency_ms": 30, "memory_mb": 40, "latency_ok": True,
+                                                 "memory_ok": True},
+                "timing": {"interleaved_with": ["x"], "block": 5, "stopped": "interval", "rel_interval": 0.05},
+                "host_load": {"cores": 2, "before": [2.5, 2, 2], "after": [2.7, 2, 2], "threads": 1, "free_cores": 0.0,
+                         "oversubscribed": True}}
+
+    rows = [row("onnx", "fp32", 10.0, [9.0, 11.0]), row("onnx_int8_static", "int8 static QDQ", 9.0, [8.5, 9.6])]
+    rows[0]["latency_ms"].update(p90=11.0, p99=12.0, half_width=0.1)
+    rows[1]["latency_ms"].update(p90=9.5, p99=10.0, half_width=0.067)
+    add_diagnoses(rows)
+    assert rows[1]["comparison"]["verdict"] == "equal within noise" and not rows[1]["diagnosis"]["faster"]
+    md = "\n".join(latency_lines({"rows": rows, "targets": {}}, None, {}))
+    assert "10.000 (9.000-11.000)" in md and "**equal within noise**: 1.11x" in md
+    assert "faster than fp32" not in md and "not measurably faster" in md
+    assert "**warning**: 1 thread(s) but 0 cores free" in md and "wider than the goal" in md
+
+
+def write_chain(path, layers: int, width: int):
+    """x (N, width) -> `layers` x (MatMul width x width, Relu): a float model of a chosen size."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, last = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.normal(size=(width, width)) / width).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [last, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        last = f"r{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_one_agent_call_times_two_onnx_models_interleaved(tmp_path):
+    """A real run: two ONNX models of one target in one agent process, round-robin, each row with the
+    median's interval; a model ~100x heavier is 'slower' both times it is timed (logic, not speed)."""
+    from pipeline.config import BenchmarkConfig, TargetProfile
+    from targets.benchmark import Model, compare_latency, measure_target
+    from targets.devices import make_device
+
+    small, big = write_chain(tmp_path / "small.onnx", 1, 32), write_chain(tmp_path / "big.onnx", 12, 384)
+    profile = TargetProfile(runtime="onnxruntime", threads=1, latency_budget_ms=1e3, memory_budget_mb=1e3)
+    raw = make_device(profile, "host").run_agent(
+        [small, big], ["--runtime", "onnxruntime", "--threads", "1", "--runs", "30", "--warmup", "2",
+                       "--throughput-batch", "1", "--raw"], timeout=120)
+    assert raw["ok"] and [r["model"] for r in raw["results"]] == ["small.onnx", "big.onnx"]
+    assert raw["schedule"] == [0, 1] * 6  # 30 runs in blocks of 5 (the last cut to 0 is no block)
+    for r in raw["results"]:
+        assert r["runs"] == len(r["samples"]["wall_ms"]) == len(r["samples"]["cpu_ms"]) == 30
+        assert r["timing"]["stopped"] == "runs" and r["host_load"]["cores"] == r["host"]["cores"]
+    settings = BenchmarkConfig(runs=200, max_seconds=1.0, warmup=2, throughput_batch=1, profile_layers=False)
+    models = [Model("small", small, "onnxruntime", "fp32"), Model("big", big, "onnxruntime", "fp32")]
+    verdicts = []
+    for _ in range(2):
+        rows = measure_target(models, "host", profile, settings)
+        for r in rows:
+            lo, hi = r["latency_ms"]["p50_interval"]
+            assert r["label"] == "proxy" and lo <= r["latency_ms"]["p50"] <= hi and r["cpu_ms"]["p50"] >= 0
+            assert r["timing"]["interleaved_with"] == [m.path.name for m in models if m.key != r["artifact"]]
+        verdicts.append(compare_latency(rows[1], rows[0])["verdict"])
+    assert verdicts == ["slower", "slower"]
