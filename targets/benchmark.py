@@ -169,9 +169,3 @@ def add_diagnoses(rows: list[dict]) -> None:
             row["comparison"] = compare_latency(row, floats[0])
             row["diagnosis"] = diagnose(row, floats[0], host if row["label"] == "proxy" else None)
             row["diagnosis"]["baseline"] = floats[0]["artifact"]
-            claim = f"INT8 is {row['diagnosis']['speedup']:.2f}x faster than fp32"
-            if row["comparison"]["verdict"] != FASTER and row["diagnosis"]["verdict"].startswith(claim):
-                row["diagnosis"]["verdict"] = row["diagnosis"]["verdict"].replace(
-                    claim, f"INT8 is not measurably faster ({row['comparison']['verdict']}; "
-                           f"{row['diagnosis']['speedup']:.2f}x fp32 by p50 alone)", 1)
-            row["diagnosis"]["faster"] = row["comparison"]["verdict"] == FASTER  # only when the intervals say so

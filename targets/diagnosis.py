@@ -21,7 +21,7 @@ import re
 # Float op types that carry the FLOPs: left in float, they cap what INT8 can save.
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "FullyConnected", "Convolution", "MatMulNBits", "FusedMatMul", "FusedGemm",
              "FusedConv"}
-FASTER = 1.05  # INT8 counts as faster only when it beats fp32 p50 by at least 5%
+FASTER = 1.05  # without a noise-aware comparison, INT8 counts as faster when it beats fp32 p50 by at least 5%
 SLOW_KERNEL = 0.9  # INT8 layers of a type that take >= 90% of fp32's time for that type are not paying off...
 MATTERS = 0.05  # ...when they are >= 5% of the INT8 model's layer time
 SOFTMAX_GROWTH = 1.5  # softmax/attention at >= 1.5x fp32's time...
@@ -146,10 +146,12 @@ def causes(quantized: dict, baseline: dict | None, host: dict | None = None) -> 
 
 def diagnose(quantized: dict, baseline: dict, host: dict | None = None) -> dict:
     """quantized/baseline: agent results (latency_ms, optional profile) for one target.
-    host: int8_instructions() when the numbers come from this host (a proxy), else None."""
+    host: int8_instructions() when the numbers come from this host (a proxy), else None. "Faster" follows the
+    row's noise-aware comparison (targets.benchmark.compare_latency) when it has one."""
     q50, f50 = quantized["latency_ms"]["p50"], baseline["latency_ms"]["p50"]
     speedup = f50 / q50
-    result = {"speedup": round(speedup, 3), "faster": speedup >= FASTER}
+    measured = (quantized.get("comparison") or {}).get("verdict")
+    result = {"speedup": round(speedup, 3), "faster": measured == "faster" if measured else speedup >= FASTER}
     profile = quantized.get("profile")
     shares = (profile or {}).get("share_by_precision", {})
     if profile:
@@ -162,11 +164,11 @@ def diagnose(quantized: dict, baseline: dict, host: dict | None = None) -> dict:
                                                   ("matmul", "conv")}),
                        "top_float_ops": [e["op_type"] for e in floats][:4],
                        "causes": causes(profile, baseline.get("profile"), host)})
-    result["verdict"] = _verdict(result, q50, f50)
+    result["verdict"] = _verdict(result, q50, f50, measured)
     return result
 
 
-def _verdict(d: dict, q50: float, f50: float) -> str:
+def _verdict(d: dict, q50: float, f50: float, measured: str | None) -> str:
     if d["faster"]:
         head = f"INT8 is {d['speedup']:.2f}x faster than fp32 (p50 {q50:.3f} ms vs {f50:.3f} ms)"
         if "int8_share" in d:
@@ -180,5 +182,6 @@ def _verdict(d: dict, q50: float, f50: float) -> str:
     if f50 < 1.0:
         reasons.append(f"at {f50:.2f} ms per image the runtime's fixed per-op cost is a large part: the model may be "
                        "too small for faster arithmetic to show")
-    head = f"INT8 is not faster here: {d['speedup']:.2f}x fp32's speed (p50 {q50:.3f} ms vs {f50:.3f} ms)"
+    head = f"INT8 is not faster here{f' ({measured})' if measured else ''}: {d['speedup']:.2f}x fp32's speed " \
+           f"(p50 {q50:.3f} ms vs {f50:.3f} ms)"
     return head + (": " + "; ".join(reasons) + "." if reasons else ".")

@@ -278,7 +278,7 @@ def test_report_shows_intervals_and_no_speed_claim_within_noise():
     assert rows[1]["comparison"]["verdict"] == "equal within noise" and not rows[1]["diagnosis"]["faster"]
     md = "\n".join(latency_lines({"rows": rows, "targets": {}}, None, {}))
     assert "10.000 (9.000-11.000)" in md and "**equal within noise**: 1.11x" in md
-    assert "faster than fp32" not in md and "not measurably faster" in md
+    assert "faster than fp32" not in md and "INT8 is not faster here (equal within noise)" in md
     assert "**warning**: 1 thread(s) but 0 cores free" in md and "wider than the goal" in md
 
 
