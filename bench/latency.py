@@ -5,7 +5,9 @@ cache) pipeline.toml up to the quantize stage, writes JSON and prints a table.
 
     .venv/bin/python bench/latency.py [CONFIG] [--runs 2000] [--out bench/results/latency.json]
 
-The numbers are this host's (a proxy for a device), measured with the same agent the pipeline uses.
+The numbers are this host's (a proxy for a device), measured with the same agent the pipeline uses: each
+runtime's artifacts timed interleaved until every median's 95% interval is within 5% (or the caps), and
+INT8 vs fp32 called faster / slower / equal within noise from those intervals.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pipeline.progress import Progress  # noqa: E402
 from stages.benchmark import stage_models  # noqa: E402
 from stages.evaluate import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
-from targets.benchmark import add_diagnoses, is_quantized, measure  # noqa: E402
+from targets.benchmark import add_diagnoses, is_quantized, measure_target  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 from targets.floor import floor  # noqa: E402
 
@@ -50,14 +52,16 @@ def main() -> None:
               if m.runtime in ("onnxruntime", "openvino")]
     rows = []
     for threads in THREADS:
-        for m in models:
-            profile = TargetProfile(runtime=m.runtime, threads=threads, latency_budget_ms=1e9, memory_budget_mb=1e9)
-            row = measure(m, f"host-{threads}t", profile, settings)
-            kind = "int8" if is_quantized(m.precision) else "fp32"
+        for runtime in ("onnxruntime", "openvino"):
+            profile = TargetProfile(runtime=runtime, threads=threads, latency_budget_ms=1e9, memory_budget_mb=1e9)
+            rows += measure_target([m for m in models if m.runtime == runtime], f"host-{threads}t", profile, settings)
+    for row in rows:
+        if "latency_ms" in row:
+            kind = "int8" if is_quantized(row["precision"]) else "fp32"
+            threads = row["threads"]
             row["floor_ms"] = floors[threads][kind]["floor_ms"]
             row["floor_cpu_ms"] = floors[threads][kind]["floor_cpu_ms"]
             row["over_floor"] = row["latency_ms"]["p50"] / row["floor_ms"]
-            rows.append(row)
     add_diagnoses(rows)
     for row in rows:
         row.pop("profile", None)
@@ -65,13 +69,17 @@ def main() -> None:
               "host": {**rows[0]["host"], **int8_instructions()}, "runs": args.runs, "rows": rows}
     write_json(Path(args.out), result)
     table = Table(title=f"batch-1 host latency (proxy), {flops / 1e6:.1f} MFLOPs/image")
-    for col in ("threads", "artifact", "runtime", "p50 ms", "p90 ms", "p99 ms", "floor ms", "x floor", "vs fp32"):
+    for col in ("threads", "artifact", "runtime", "p50 ms (95% interval)", "CPU p50 ms", "p90 ms", "floor ms",
+                "x floor", "vs fp32"):
         table.add_column(col, justify="right")
-    for r in rows:
-        lat = r["latency_ms"]
-        speed = f"{r['diagnosis']['speedup']:.2f}x" if "diagnosis" in r else "-"
-        table.add_row(str(r["threads"]), r["artifact"], r["runtime"], f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
-                      f"{lat['p99']:.3f}", f"{r['floor_ms']:.4f}", f"{r['over_floor']:.1f}", speed)
+    for r in (r for r in rows if "latency_ms" in r):
+        lat, c = r["latency_ms"], r.get("comparison")
+        low, high = lat.get("p50_interval") or (float("nan"), float("nan"))
+        speed = f"{c['verdict']}: {c['speedup']:.2f}x" + (f" ({c['interval'][0]:.2f}-{c['interval'][1]:.2f})"
+                                                          if c["interval"] else "") if c else "-"
+        table.add_row(str(r["threads"]), r["artifact"], r["runtime"], f"{lat['p50']:.3f} ({low:.3f}-{high:.3f})",
+                      f"{r['cpu_ms']['p50']:.3f}" if "cpu_ms" in r else "-", f"{lat['p90']:.3f}",
+                      f"{r['floor_ms']:.4f}", f"{r['over_floor']:.1f}", speed)
     Console(width=130).print(table)
     for t in THREADS:
         print(f"{t} thread(s): GEMM floor fp32 {floors[t]['fp32']['floor_cpu_ms']:.4f} ms, "
