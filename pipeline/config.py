@@ -173,7 +173,7 @@ class CoreMLExportConfig(Section):
     author: str = "manifold-edge"
     license: str = "Apache-2.0"
     version: str = "1"
-    parity_max_rel_diff: float = Field(1e-2, gt=0, description="max |logit diff| of the package vs torch, as a "
+    parity_max_rel_diff: float = Field(3e-2, gt=0, description="max |logit diff| of the package vs torch, as a "
                                        "fraction of the largest |logit| (fp16 error scales with the values)")
     parity_min_agreement: float = Field(0.99, ge=0, le=1)
 

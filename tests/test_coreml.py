@@ -112,7 +112,7 @@ class Resizing(torch.nn.Module):
 
 
 def test_core_ml_parity_is_relative_to_the_logits():
-    """fp16 error scales with the values: a 0.3 difference on logits near 200 is 0.15%, within the default 1%."""
+    """fp16 error scales with the values: a 0.3 difference on logits near 200 is 0.15%, within the default 3%."""
     reference = np.array([[200.0, -150.0, 3.0]])
     check = parity(reference, reference + [[0.3, 0.0, 0.0]])
     assert check["max_abs_diff"] == pytest.approx(0.3) and check["max_rel_diff"] == pytest.approx(0.0015)
