@@ -88,7 +88,7 @@ def row(name: str, report: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | family | params | units matched (student -> teacher) | top-1 % | ONNX / OpenVINO / Core ML "
-             "parity, max abs diff | INT8 ORT static / dynamic / OpenVINO / Core ML, agreement with fp32 |",
+             "parity, max abs diff | INT8 ORT static / dynamic / OpenVINO / Core ML: top-1 change (agreement) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:
@@ -109,7 +109,7 @@ def _agreement(artifact: dict | None) -> str:
         return "-"
     if artifact.get("top1") is None:
         return "not simulated"
-    return f"{100 * artifact['agreement']:.0f}%"
+    return f"{artifact['delta_top1']:+.1f} ({100 * artifact['agreement']:.0f}%)"
 
 
 def main() -> None:
