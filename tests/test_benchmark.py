@@ -128,7 +128,8 @@ def test_benchmark_settings_are_part_of_the_cache_key(tmp_path):
 
 @pytest.mark.parametrize("file, runtime", [("model.onnx", "onnxruntime"), ("openvino_model.xml", "openvino")])
 def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime):
-    """The runtime's worker threads grow with the profile's thread count (counted in /proc/self/task)."""
+    """The runtime's worker threads grow with the profile's thread count (counted in /proc/self/task): by exactly
+    one in ORT's intra-op pool; OpenVINO's TBB arena may start more than one extra worker."""
     model = artifact_folder(trained_run, "export") / file
     overrides = ["benchmark.runs=5", "benchmark.profile_layers=false"]
     for name, threads in (("one", 1), ("two", 2)):
@@ -138,7 +139,10 @@ def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime)
                  *[a for o in overrides for a in ("--set", o)]]) == 0
     one, two = json.loads(out.read_text())["rows"]
     assert (one["threads"], two["threads"]) == (1, 2)
-    assert two["process_threads"] == one["process_threads"] + 1
+    if runtime == "onnxruntime":
+        assert two["process_threads"] == one["process_threads"] + 1
+    else:
+        assert two["process_threads"] > one["process_threads"]
 
 
 # --- noise-aware timing: the median's interval, interleaving, verdicts ---------------------------------------
