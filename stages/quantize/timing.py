@@ -1,22 +1,20 @@
 """Quick, noise-aware speed comparison of a few compiled models on this host: interleaved rounds (each
 round runs every model a few times, the order rotating), CPU time per call beside wall time, and the
-median per model and of the per-round ratios with a distribution-free 95% interval."""
+median per model and of the per-round ratios with a distribution-free 95% interval (the agent's order-
+statistics interval, targets.agent.median_interval)."""
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
 
+from targets import agent
+
 
 def median_interval(values: list[float]) -> tuple[float, float, float]:
-    """Median and its 95% interval from order statistics (binomial, normal approximation)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    half = 1.96 * math.sqrt(n) / 2
-    low = max(int(math.floor(n / 2 - half)), 0)
-    high = min(int(math.ceil(n / 2 + half)), n - 1)
-    return statistics.median(ordered), ordered[low], ordered[high]
+    """Median and its 95% interval; at least 8 values (min_rounds), so the interval always exists."""
+    low, high = agent.median_interval(values)
+    return statistics.median(values), low, high
 
 
 def interleaved(fns: dict[str, Callable[[], object]], seconds: float, block: int = 3, warmup: int = 2,
