@@ -21,7 +21,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.fileio import write_json  # noqa: E402
 from stages.distill import kd_loss  # noqa: E402
-from stages.distill.features import TokenTap, aligned_tokens  # noqa: E402
+from stages.distill.features import TokenTap, aligned  # noqa: E402
 from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: E402
 
 SHAPES = {
@@ -56,8 +56,7 @@ def step_seconds(shape: dict, manifold: bool, device: str) -> float:
             s_logits = student(x)
         loss = kd_loss(s_logits, t_logits, "soft", 1.0)
         if manifold:
-            pairs = [aligned_tokens(s, t) for s, t in zip(s_tokens, t_tokens)]
-            loss = loss + sum(loss_fn([s for s, _ in pairs], [t for _, t in pairs], rng).values())
+            loss = loss + sum(loss_fn(*aligned(s_tokens, t_tokens), rng).values())
         opt.zero_grad()
         loss.backward()
         opt.step()

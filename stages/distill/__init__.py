@@ -12,7 +12,7 @@ from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.distill.families import family_of, units_of
-from stages.distill.features import TokenTap, aligned_tokens, checked_units, default_layer_map, estimated_tokens
+from stages.distill.features import TokenTap, aligned, checked_units, default_layer_map, estimated_tokens
 from stages.distill.manifold import ManifoldLoss
 from stages.models import architecture, create_model, data_kwargs, load_model, save_model
 from stages.training import CHECKPOINT, METRICS, accuracy, check_batch_split, fit
@@ -93,8 +93,7 @@ class DistillStage(Stage):
                 terms["ce"] = (1 - cfg.alpha) * ce
                 terms["kd"] = cfg.alpha * kd_loss(kd_logits, teacher_logits, cfg.kd, cfg.temperature)
             if use_manifold:
-                pairs = [aligned_tokens(s, t) for s, t in zip(student_tokens, teacher_tokens)]
-                terms.update(manifold([s for s, _ in pairs], [t for _, t in pairs], rng))
+                terms.update(manifold(*aligned(student_tokens, teacher_tokens), rng))
             loss = sum(terms.values())
             return loss, {name: value.detach() for name, value in terms.items()}
 

@@ -75,6 +75,12 @@ class TokenTap:
             handle.remove()
 
 
+def aligned(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every (student, teacher) pair of grids as tokens on its common grid, as the two lists the loss takes."""
+    pairs = [aligned_tokens(s, t) for s, t in zip(student, teacher)]
+    return [s for s, _ in pairs], [t for _, t in pairs]
+
+
 def aligned_tokens(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Grids (B, Hs, Ws, Ds) and (B, Ht, Wt, Dt) as tokens (B, N, D) on the common, coarser grid."""
     size = min(student.shape[1], teacher.shape[1]), min(student.shape[2], teacher.shape[2])
