@@ -64,16 +64,24 @@ class AgentError(Exception):
         self.kind = kind
 
 
-def rss_mb() -> float:
-    """Peak resident memory of this process so far. Linux/Android: VmHWM, because ru_maxrss keeps the
-    parent's high-water mark across fork+exec; macOS: ru_maxrss (bytes there)."""
+def status_mb(field: str) -> float | None:
+    """A memory line of /proc/self/status (Linux/Android), e.g. VmHWM or VmRSS, in MB; None elsewhere."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far. Linux/Android: VmHWM, because ru_maxrss keeps the
+    parent's high-water mark across fork+exec; macOS: ru_maxrss (bytes there)."""
+    peak = status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -436,15 +444,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def current_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def measure(args) -> tuple[list[dict], list[int]]:
@@ -463,7 +462,7 @@ def measure(args) -> tuple[list[dict], list[int]]:
     models = []
     for path in args.model:
         model_args = argparse.Namespace(**{**vars(args), "model": path})
-        before = current_rss_mb() if reset_peak_rss() else None
+        before = status_mb("VmRSS") if reset_peak_rss() else None
         before = rss_mb() if before is None else before
         threads_before = thread_count()
         start = time.perf_counter()
