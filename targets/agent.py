@@ -444,8 +444,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-
-
 def measure(args) -> tuple[list[dict], list[int]]:
     """Load every model (its own memory window), time them interleaved, then per model throughput and
     the optional profile. Returns one result per model and the block schedule."""
