@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_args, tiny_config
-from pipeline.config import NOT_IN_KEY, json_schema
+from pipeline.config import json_schema
 from pipeline.fingerprint import code_fingerprint
 from pipeline.graph import Pipeline
+from pipeline.section import NOT_IN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
