@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError
 from pipeline.section import Section, not_in_key
+from stages.formats.ort_mobile import OrtMobileConfig
 
 
 class RunConfig(Section):
@@ -200,6 +201,7 @@ class ExportConfig(Section):
     parity_max_abs_diff_fp16: float = Field(5e-2, gt=0, description="the same for fp16-compressed weights")
     parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax vs torch")
     coreml: CoreMLExportConfig = Field(default_factory=CoreMLExportConfig)
+    ort_mobile: OrtMobileConfig = Field(default_factory=OrtMobileConfig)
 
 
 class QuantizeConfig(Section):

@@ -35,12 +35,14 @@ def check_folder(folder: Path) -> None:
 
 
 def model_files(report: dict, artifact: str) -> list[Path]:
-    """The cached file(s) of an export or quantize artifact (an OpenVINO IR is .xml + .bin)."""
+    """The cached file(s) of an export or quantize artifact (an OpenVINO IR is .xml + .bin; an ONNX model
+    comes with its .ort)."""
     for stage in ("export", "quantize"):
         entry = report["stages"].get(stage)
         record = (entry or {}).get("summary", {}).get("artifacts", {}).get(artifact)
-        if record:
-            return with_sidecars(Path(entry["artifact"]) / record["file"])
+        if record:  # an ONNX model's .ort mobile sibling goes along: ORT Mobile apps load that one
+            mobile = [Path(entry["artifact"]) / record["mobile"]["file"]] if record.get("mobile") else []
+            return with_sidecars(Path(entry["artifact"]) / record["file"]) + mobile
     raise KeyError(artifact)
 
 

@@ -182,6 +182,37 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
     return lines
 
 
+def mobile_lines(report: dict) -> list[str]:
+    """ONNX Runtime Mobile: each .ort file and how much of its graph the phones' execution providers would take."""
+    records = [(key, a["mobile"]) for stage in ("export", "quantize")
+               for key, a in ((report["stages"].get(stage) or {}).get("summary", {}).get("artifacts") or {}).items()
+               if a.get("mobile")]
+    if not records:
+        return []
+    eps = list(records[0][1]["execution_providers"])
+    lines = ["## ONNX Runtime Mobile (.ort)", "",
+             "ORT's own usability check of each ONNX graph for the phone execution providers, with the input shape "
+             "fixed to batch 1 as an app would (nodes the provider takes / all nodes, in how many partitions; "
+             "YES / MAYBE / NO is ORT's verdict on whether it beats the CPU provider).", "",
+             "| artifact | .ort file | MB | .ort parity (vs torch; INT8: vs its .onnx) | " + " | ".join(eps) + " |",
+             "|---|---|---:|---|" + "---|" * len(eps)]
+    for key, m in records:
+        parity = m.get("parity") or {}
+        check = (f"max diff {parity['max_abs_diff']:.1e}, agreement {100 * parity['argmax_agreement']:.1f}%"
+                 if parity else "-")
+        cells = []
+        for ep in eps:
+            fixed = m["execution_providers"][ep]["fixed_shapes"]
+            cells.append(f"{fixed['supported_nodes']}/{fixed['nodes']} in {fixed['partitions']}: "
+                         f"{fixed['suitability']}")
+        lines.append(f"| `{key}` | `{m['file']}` | {m['bytes'] / 1e6:.2f} | {check} | " + " | ".join(cells) + " |")
+    ops = sorted({op for _, m in records for ep in eps for op in m["execution_providers"][ep]["fixed_shapes"]
+                  ["unsupported_ops"]})
+    if ops:
+        lines += ["", f"Ops a provider lacks (they run on the CPU, splitting the graph): {', '.join(ops)}."]
+    return lines + [""]
+
+
 def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
     from pipeline.plots import NOT_TERMS
 
@@ -202,6 +233,7 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
                          f"| {r['top5']:.2f} | {r['checkpoint_bytes'] / 1e6:.2f} |")
         lines.append("")
         lines += _artifact_lines(evaluation.get("artifacts", []), report["stages"].get("quantize", {}).get("summary"))
+        lines += mobile_lines(report)
     plots = plots or {}
     if report.get("latency"):
         lines += latency_lines(report["latency"], evaluation, plots)

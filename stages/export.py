@@ -16,6 +16,7 @@ from pipeline.errors import UserError
 from pipeline.fileio import write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
+from stages.formats import ort_mobile
 from stages.models import load_model
 from targets.coreml import Deployable, NotSimulated, coremltools, inspect_package, quiet
 from targets.runtimes import artifact_bytes, load_runner, predict, require, unsupported
@@ -123,6 +124,9 @@ class ExportStage(Stage):
         artifacts = {"onnx": {"file": ONNX_FILE, "runtime": "onnxruntime", "precision": "fp32",
                               "bytes": artifact_bytes(ctx.out / ONNX_FILE),
                               "seconds": round(time.perf_counter() - start, 2)}}
+        if cfg.ort_mobile.enabled:
+            artifacts["onnx"]["mobile"] = ort_mobile.mobile_record(ctx.out / ONNX_FILE, ctx.out,
+                                                                   cfg.ort_mobile.target_platform)
         if cfg.openvino:
             start = time.perf_counter()
             export_openvino(ctx.out / ONNX_FILE, ctx.out / OPENVINO_FILE, cfg.openvino_fp16)
@@ -146,25 +150,29 @@ class ExportStage(Stage):
             bound = coreml.parity_max_rel_diff if relative else cfg.parity_max_abs_diff_fp16 \
                 if artifact["precision"].startswith("fp16") else cfg.parity_max_abs_diff
             agreement = coreml.parity_min_agreement if key == "coreml" else cfg.parity_min_agreement
-            try:
-                runner = load_runner(ctx.out / artifact["file"])
-            except NotSimulated as exc:  # Core ML on Linux, an op the simulation lacks: recorded, the run goes on
-                artifact["parity"] = {"evaluation": "not simulated", "reason": str(exc)}
-                ctx.progress.log(f"[yellow]  {artifact['runtime']}: {exc}[/]")
-                continue
-            check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
-            artifact["parity"] = check
-            ctx.progress.log(f"  {artifact['runtime']} ({runner.evaluation}) vs torch on {check['images']} "
-                             f"validation images: max |diff| "
-                             f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
-            measured = check["max_rel_diff" if relative else "max_abs_diff"]
-            if measured > bound or check["argmax_agreement"] < agreement:
-                allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"
-                raise UserError(f"{artifact['runtime']} export of {record['model']} fails the parity check: max "
-                                f"|logit diff| {check['max_abs_diff']:.3g} ({check['max_rel_diff']:.2%} of the "
-                                f"largest |logit|; allowed {allowed}), argmax agreement "
-                                f"{check['argmax_agreement']:.4f} (required {agreement:g}); "
-                                "nothing downstream uses it. Loosen [export] parity_* only if you accept this")
+            checked = [(artifact["runtime"], artifact)]
+            if "mobile" in artifact:  # the .ort sibling: the same graph, optimised for the phone's CPU
+                checked.append((f"{artifact['runtime']} mobile (.ort)", artifact["mobile"]))
+            for name, entry in checked:
+                try:
+                    runner = load_runner(ctx.out / entry["file"])
+                except NotSimulated as exc:  # Core ML on Linux, an op the simulation lacks: recorded, run goes on
+                    entry["parity"] = {"evaluation": "not simulated", "reason": str(exc)}
+                    ctx.progress.log(f"[yellow]  {name}: {exc}[/]")
+                    continue
+                check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
+                entry["parity"] = check
+                ctx.progress.log(f"  {name} ({runner.evaluation}) vs torch on {check['images']} validation images: "
+                                 f"max |diff| {check['max_abs_diff']:.2e}, "
+                                 f"argmax agreement {100 * check['argmax_agreement']:.2f}%")
+                measured = check["max_rel_diff" if relative else "max_abs_diff"]
+                if measured > bound or check["argmax_agreement"] < agreement:
+                    allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"
+                    raise UserError(f"{name} export of {record['model']} fails the parity check: max |logit diff| "
+                                    f"{check['max_abs_diff']:.3g} ({check['max_rel_diff']:.2%} of the largest "
+                                    f"|logit|; allowed {allowed}), argmax agreement {check['argmax_agreement']:.4f} "
+                                    f"(required {agreement:g}); nothing downstream uses it. Loosen [export] "
+                                    "parity_* only if you accept this")
         write_json(ctx.out / "export.json", {"model": record["model"], "input_shape": [None, *shape],
                                               "opset": cfg.opset, "artifacts": artifacts})
         return {"artifacts": artifacts}

@@ -71,6 +71,9 @@ class OnnxRuntimeRunner:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except ort.capi.onnxruntime_pybind11_state.NotImplemented as exc:
             raise unsupported("onnxruntime", path, exc) from None
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:  # a damaged or foreign file
+            raise UserError(f"onnxruntime cannot load {Path(path).name}: {str(exc).splitlines()[0][-200:]}") from None
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -102,7 +105,7 @@ class OpenVinoRunner:
         return self.compiled(x)[0]
 
 
-RUNNERS = {".pt": TorchRunner, ".onnx": OnnxRuntimeRunner, ".xml": OpenVinoRunner}
+RUNNERS = {".pt": TorchRunner, ".onnx": OnnxRuntimeRunner, ".ort": OnnxRuntimeRunner, ".xml": OpenVinoRunner}
 
 
 def load_runner(path: Path, threads: int = 0) -> Runner:

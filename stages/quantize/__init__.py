@@ -5,20 +5,31 @@ where possible by leaving layers in float. OpenVINO INT8 is timed against fp32 o
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import numpy as np
 
 from pipeline.config import QuantizeConfig
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
+from stages.formats import ort_mobile
 from stages.quantize import coreml_compress, onnx_int8, openvino_int8
 from targets.coreml import IS_MACOS, inspect_package
 from targets.diagnosis import int8_instructions
-from targets.runtimes import artifact_bytes
+from targets.runtimes import artifact_bytes, load_runner, predict
 
 PREPROCESSED = "model_preprocessed.onnx"
 NEEDS_MACOS_W8A8 = ("activation quantization calibrates by running the model in Core ML, which needs macOS; "
                     "skipped (weights-only variants are above)")
+
+
+def parity_of(reference_runner, runner, images: np.ndarray) -> dict:
+    """Max |logit diff| and argmax agreement of `runner` against `reference_runner` on `images`."""
+    a, b = predict(reference_runner, [images]), predict(runner, [images])
+    return {"max_abs_diff": float(np.abs(a - b).max()), "argmax_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+            "images": len(images), "against": "its .onnx"}
 
 
 class QuantizeStage(Stage):
@@ -75,6 +86,11 @@ class QuantizeStage(Stage):
                 "precision": "int8 dynamic" + (", per-channel" if cfg.dynamic_per_channel else ""),
                 "op_types": onnx_int8.quantized_op_types(file), "per_channel": cfg.dynamic_per_channel, **settings,
                 "seconds": round(time.perf_counter() - start, 2)}
+        mobile = exported["onnx"].get("mobile")
+        for key in ("onnx_int8_static", "onnx_int8_dynamic"):
+            if mobile and key in artifacts:  # the export wrote an .ort: so do its INT8 variants
+                artifacts[key]["mobile"] = self._mobile(ctx.out / artifacts[key]["file"], ctx.out,
+                                                        mobile["target_platform"], val_images[:256])
         if cfg.openvino:
             start = time.perf_counter()
             file = ctx.out / "openvino_int8_model.xml"
@@ -137,3 +153,11 @@ class QuantizeStage(Stage):
                              f"INT8 op types {artifact['op_types']}")
         write_json(ctx.out / "quantize.json", {"artifacts": artifacts, "notes": notes})
         return {"artifacts": artifacts, "notes": notes}
+
+    @staticmethod
+    def _mobile(onnx_file: Path, out: Path, target_platform: str, images: np.ndarray) -> dict:
+        """The .ort sibling of an INT8 ONNX file, with its agreement with that file (an .ort optimised for ARM
+        fuses QDQ differently from x86, so its logits may differ slightly)."""
+        record = ort_mobile.mobile_record(onnx_file, out, target_platform)
+        record["parity"] = parity_of(load_runner(onnx_file), load_runner(out / record["file"]), images)
+        return record
