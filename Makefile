@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[onnx,openvino,coreml,test]'
+	$(VENV)/bin/pip install --quiet -e '.[onnx,openvino,coreml,executorch,litert,test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

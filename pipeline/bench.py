@@ -14,7 +14,8 @@ from pipeline.fileio import write_json
 from targets.benchmark import Model, add_diagnoses, describe_comparison, measure_target
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve
 
-RUNTIMES = {".onnx": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml"}
+RUNTIMES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml",
+            ".pte": "executorch", ".tflite": "litert"}
 
 
 def list_targets(cfg: PipelineConfig, console: Console) -> None:
@@ -42,8 +43,8 @@ def model_of(path: str) -> Model:
         raise UserError(f"{path}: no such model file")
     runtime = RUNTIMES.get(file.suffix)
     if runtime is None:
-        raise UserError(f"{path}: not a model file this tool benchmarks; give an .onnx, an OpenVINO .xml "
-                        "(with its .bin beside it) or a Core ML .mlpackage")
+        raise UserError(f"{path}: not a model file this tool benchmarks; give an .onnx or .ort, an OpenVINO .xml "
+                        "(with its .bin beside it), a Core ML .mlpackage, an ExecuTorch .pte or a LiteRT .tflite")
     return Model(file.name, file, runtime, "unknown")
 
 
@@ -53,15 +54,18 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
     profiles = resolve(target_names, cfg.targets)
     rows = []
     for name, profile in profiles.items():
-        fitting = [m for m in models if m.runtime == profile.runtime]
+        fitting = [m for m in models if m.runtime in profile.all_runtimes]
         if not fitting:
             runtimes = sorted({m.runtime for m in models})
-            others = [n for n, p in all_profiles(cfg.targets).items() if p.runtime in runtimes]
+            others = [n for n, p in all_profiles(cfg.targets).items() if set(p.all_runtimes) & set(runtimes)]
             raise UserError(f"--target {name} runs {profile.runtime}, but the model(s) need {', '.join(runtimes)}; "
                             f"targets that do: {', '.join(others)}")
-        with console.status(f"{name}: {', '.join(m.key for m in fitting)}" +
-                            (" (interleaved)" if len(fitting) > 1 else "")):
-            timed = measure_target(fitting, name, profile, cfg.benchmark)
+        timed = []
+        for runtime in profile.all_runtimes:
+            same = [m for m in fitting if m.runtime == runtime]
+            with console.status(f"{name}: {', '.join(m.key for m in same)}" +
+                                (" (interleaved)" if len(same) > 1 else "")):
+                timed += measure_target(same, name, profile, cfg.benchmark)
         for row in timed:
             if row.get("error_kind") == "bad_model":
                 raise UserError(row["error"])

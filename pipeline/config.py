@@ -241,12 +241,18 @@ class EvaluateConfig(Section):
     threads: int = not_in_key(0, "runtime threads; 0 = the runtime's default", ge=0)
 
 
+RUNTIME = Literal["onnxruntime", "openvino", "coreml", "executorch", "litert"]
+
+
 class TargetProfile(Section):
     """A device to benchmark on: what runs there, how to reach it, and its budgets."""
 
     description: str = Field("", description="what the device is")
     device: Literal["phone", "watch", "board", "laptop", "desktop"] = Field("board", description="device class")
-    runtime: Literal["onnxruntime", "openvino", "coreml"] = Field(description="the runtime the app ships")
+    runtime: RUNTIME = Field(description="the runtime the app ships")
+    runtimes: list[RUNTIME] = Field(default_factory=list, description="other runtimes the app could ship instead "
+                                    "(e.g. executorch, litert on Android): their artifacts are timed on this "
+                                    "target too and compete in the ship rule")
     precision: Literal["int8", "fp16", "fp32"] = Field("int8", description="preferred precision: the report "
                                                                           "recommends it when it meets the budgets")
     threads: int = Field(1, ge=1, le=256, description="runtime threads (batch-1 latency)")
@@ -281,8 +287,16 @@ class TargetProfile(Section):
     ov_precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
         None, description="OpenVINO INFERENCE_PRECISION_HINT for float layers; default f32")
 
+    @property
+    def all_runtimes(self) -> list[str]:
+        """`runtime` first, then `runtimes`."""
+        return [self.runtime, *(r for r in self.runtimes if r != self.runtime)]
+
     @model_validator(mode="after")
     def _check(self) -> TargetProfile:
+        if "coreml" in self.runtimes and self.runtime != "coreml":
+            raise ValueError("runtimes cannot add coreml to a target of another runtime: Core ML runs on Apple "
+                             "devices only; make a separate target with runtime = 'coreml'")
         if self.connection == "ssh" and not self.host:
             raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
         for field, runtime in (("execution_provider", "onnxruntime"), ("graph_optimization_level", "onnxruntime"),

@@ -103,7 +103,8 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
 
 def embed_metadata(path: Path, runtime: str, meta: dict[str, str]) -> None:
     """Write `meta` into the (copied) model file where its format has a place for it: ONNX metadata_props,
-    OpenVINO rt_info (under manifold_edge), Core ML user_defined_metadata. Each is saved beside and renamed."""
+    OpenVINO rt_info (under manifold_edge), Core ML user_defined_metadata. Each is saved beside and renamed.
+    ExecuTorch .pte and LiteRT .tflite files are left as written: labels.txt and preprocess.json say it."""
     if runtime == "onnxruntime":
         import onnx
 

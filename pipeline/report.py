@@ -338,7 +338,8 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
         ci = lat.get("p50_interval")
         p50 = f"{lat['p50']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{lat['p50']:.3f} (no interval)"
         cpu = f"{r['cpu_ms']['p50']:.3f}" if "cpu_ms" in r else "-"
-        lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {r['label']} | {p50} | {cpu} "
+        label = f"{r['label']}: {r['kernels']}" if r.get("kernels") else r["label"]
+        lines.append(f"| {r['target']} | `{r['artifact']}` | {r['precision']} | {label} | {p50} | {cpu} "
                      f"| {lat['p90']:.3f} | {lat['p99']:.3f} | {r.get('runs', '-')} | {ips} | {r['model_rss_mb']:.0f} "
                      f"| {acc} | {verdict} ({b['latency_ms']:g} / {b['memory_mb']:g}) |")
     lines.append("")

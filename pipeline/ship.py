@@ -40,11 +40,12 @@ def _precision_class(precision: str) -> str:
 
 def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop: float) -> dict | None:
     """The artifact to ship on one target, with the evidence and the reason in words (None: no artifact)."""
-    evaluated = [r for r in evaluation.get("artifacts", []) if r["runtime"] == target["runtime"]]
+    runtimes = [target["runtime"], *target.get("runtimes", [])]
+    evaluated = [r for r in evaluation.get("artifacts", []) if r["runtime"] in runtimes]
     scored = {r["artifact"]: r for r in evaluation.get("artifacts", []) if "top1" in r}
     reference = scored.get("torch_fp32")
     timed = {r["artifact"]: r for r in rows if "latency_ms" in r}
-    candidates = [a for a in scored.values() if a["runtime"] == target["runtime"]]
+    candidates = [a for a in scored.values() if a["runtime"] in runtimes]
     if evaluated and not candidates:
         return {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact has a top-1: "
                                                           f"{evaluated[0].get('reason', 'not evaluated')}"}

@@ -42,10 +42,13 @@ class BenchmarkStage(Stage):
             return {"targets": {}, "rows": []}
         profiles = resolve(cfg.targets, ctx.config["targets"])
         models = stage_models(ctx.inputs)
-        work = [(name, p, [m for m in models if m.runtime == p.runtime]) for name, p in profiles.items()]
+        work = [(name, p, [m for m in models if m.runtime == runtime]) for name, p in profiles.items()
+                for runtime in p.all_runtimes]  # one agent call per runtime: its artifacts timed interleaved
         rows = []
         with ctx.progress.bar("  benchmarking", sum(len(fitting) for *_, fitting in work)) as bar:
             for name, profile, fitting in work:
+                if not fitting:
+                    continue
                 bar.advance(0, info=f"{name}: {', '.join(m.key for m in fitting)} (interleaved)")
                 for row in measure_target(fitting, name, profile, cfg):
                     rows.append(row)
@@ -53,7 +56,7 @@ class BenchmarkStage(Stage):
                     ctx.progress.log("  " + describe(row))
         add_diagnoses(rows)
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
-        unmatched = [n for n, p in profiles.items() if not any(m.runtime == p.runtime for m in models)]
+        unmatched = [n for n, p in profiles.items() if not any(m.runtime in p.all_runtimes for m in models)]
         result = {"targets": targets, "rows": rows, "host": int8_instructions(),
                   "no_artifact": {n: profiles[n].runtime for n in unmatched}}
         write_json(ctx.out / LATENCY_FILE, result)
@@ -62,11 +65,12 @@ class BenchmarkStage(Stage):
 
 def describe(row: dict) -> str:
     head = f"{row['target']} / {row['artifact']}"
+    label = f"{row['label']}: {row['kernels']}" if row.get("kernels") else row["label"]
     if "latency_ms" not in row:
         return escape(f"{head}: {row['label']} ({row['error']})")
     lat = row["latency_ms"]
     ok = "within" if row["budget"]["latency_ok"] else "[red]over[/]"
-    return (f"{head} ({row['label']}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms {interval(lat)}, "
+    return (f"{head} ({label}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms {interval(lat)}, "
             f"p90 {lat['p90']:.3f} ms ({ok} {row['budget']['latency_ms']} ms), {row['runs']} runs, "
             f"model RSS {row['model_rss_mb']:.0f} MB")
 

@@ -5,7 +5,7 @@ prints one JSON object.
 It needs only the Python standard library, numpy and the model's runtime, so it can be copied
 anywhere with scp or adb push. Usage:
 
-    python agent.py MODEL [MODEL...] --runtime onnxruntime|openvino|coreml [--threads N] [--runs N]
+    python agent.py MODEL [MODEL...] --runtime onnxruntime|openvino|coreml|executorch|litert [--threads N] [--runs N]
                     [--max-seconds S] [--warmup N] [--block K] [--min-runs N] [--rel-interval F]
                     [--throughput-batch B] [--input-size H] [--compute-units ALL] [--profile] [--raw]
 
@@ -282,6 +282,75 @@ class CoreML:
         raise AgentError("unsupported", "per-layer profiles of Core ML need Xcode's Core ML Instruments")
 
 
+class LiteRT:
+    """A .tflite file in LiteRT's interpreter, which applies the XNNPACK delegate to float and INT8 graphs by
+    default (the kernels of an Android phone's CPU)."""
+
+    name = "litert"
+
+    def __init__(self, path: str, threads: int):
+        _runtime("ai_edge_litert")
+        from importlib.metadata import version
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.version = version("ai-edge-litert")
+        try:
+            self.interpreter = Interpreter(model_path=path, num_threads=threads or None)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise AgentError("bad_model", f"LiteRT cannot load {os.path.basename(path)}: "
+                                          f"{str(exc).splitlines()[0]}") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def input_shape(self, batch: int, size: int | None) -> list[int]:
+        return _shape([int(d) for d in self.input["shape"]], batch, size)
+
+    def __call__(self, x):
+        if list(x.shape) != [int(d) for d in self.interpreter.get_input_details()[0]["shape"]]:
+            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
+            self.interpreter.allocate_tensors()
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output)
+
+    def layers(self) -> dict:
+        raise AgentError("unsupported", "LiteRT's Python interpreter has no per-op profiler: use benchmark_model "
+                                        "--enable_op_profiling=true on the device")
+
+
+class ExecuTorch:
+    """A .pte program in ExecuTorch's runtime (Python bindings; they need torch, so this runs on hosts and
+    boards, while a phone uses ExecuTorch's own executor_runner)."""
+
+    name = "executorch"
+
+    def __init__(self, path: str, threads: int):
+        _runtime("executorch")
+        from importlib.metadata import version
+
+        import torch
+        from executorch.runtime import Runtime
+
+        self.version, self._torch = version("executorch"), torch
+        try:
+            self.method = Runtime.get().load_program(path).load_method("forward")
+        except (ValueError, RuntimeError) as exc:
+            raise AgentError("bad_model", f"ExecuTorch cannot load {os.path.basename(path)}: "
+                                          f"{str(exc).splitlines()[0]}") from None
+        self.sizes = list(self.method.metadata.input_tensor_meta(0).sizes())
+
+    def input_shape(self, batch: int, size: int | None) -> list[int]:
+        return _shape([1, *self.sizes[1:]], batch, size)
+
+    def __call__(self, x):
+        return self.method.execute([self._torch.from_numpy(x)])[0]
+
+    def layers(self) -> dict:
+        raise AgentError("unsupported", "per-op profiles of ExecuTorch need an ETDump build of executor_runner")
+
+
 def summarise(nodes: list[dict], runs: int, total_ms: float | None) -> dict:
     """Per-run times by layer and by op type, each with its share of the layers' sum."""
     layer_ms = sum(n["us"] for n in nodes) / runs / 1000
@@ -309,12 +378,20 @@ def summarise(nodes: list[dict], runs: int, total_ms: float | None) -> dict:
             "layers": sorted(nodes, key=lambda n: -n["ms"])}
 
 
+MOBILE = {"litert": LiteRT, "executorch": ExecuTorch}
+# What to import for a runtime before the memory baseline, where it is not the runtime's name (ExecuTorch's
+# Python runtime brings torch).
+RUNTIME_MODULES = {"litert": "ai_edge_litert.interpreter", "executorch": "executorch.runtime"}
+
+
 def load(args, profile_dir: str | None = None, profile: bool = False):
     if args.runtime == "onnxruntime":
         return OnnxRuntime(args.model, args.threads, profile_dir, args.execution_provider,
                            args.graph_optimization_level)
     if args.runtime == "openvino":
         return OpenVino(args.model, args.threads, args.openvino_precision, profile)
+    if args.runtime in MOBILE:
+        return MOBILE[args.runtime](args.model, args.threads)
     return CoreML(args.model, args.threads, args.compute_units)
 
 
@@ -453,7 +530,7 @@ def measure(args) -> tuple[list[dict], list[int]]:
         if not os.path.exists(path):
             raise AgentError("bad_model", f"{path}: no such file on the device")
     if args.runtime != "coreml":  # import the runtime first: model_rss_mb is what the model itself adds
-        _runtime(args.runtime)
+        _runtime(RUNTIME_MODULES.get(args.runtime, args.runtime))
     load_before = host_load()
     baseline = rss_mb()
     base_threads = thread_count()
@@ -572,7 +649,7 @@ def profile_layers(args, x) -> dict:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="measure one model file on this device; prints JSON")
     p.add_argument("model", nargs="+", help="one or more model files of --runtime, timed interleaved")
-    p.add_argument("--runtime", required=True, choices=("onnxruntime", "openvino", "coreml"))
+    p.add_argument("--runtime", required=True, choices=("onnxruntime", "openvino", "coreml", *MOBILE))
     p.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=200, help="at most this many timed runs per model")

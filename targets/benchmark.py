@@ -13,6 +13,7 @@ from targets.diagnosis import diagnose, int8_instructions
 
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)
 FASTER, SLOWER, EQUAL, UNKNOWN = "faster", "slower", "equal within noise", "unknown"
+XNNPACK_RUNTIMES = ("executorch", "litert")  # on a phone's CPU and on this host, both run XNNPACK's kernels
 RETRY_ALONE = {"bad_model", "agent_failed"}  # a group call failing so: time each model on its own
 
 
@@ -20,7 +21,7 @@ RETRY_ALONE = {"bad_model", "agent_failed"}  # a group call failing so: time eac
 class Model:
     key: str        # artifact name, e.g. onnx_int8_static
     path: Path
-    runtime: str    # onnxruntime | openvino | coreml
+    runtime: str    # onnxruntime | openvino | coreml | executorch | litert
     precision: str  # as the export/quantize stage wrote it, e.g. "int8 static QDQ"
 
 
@@ -114,6 +115,8 @@ def finish(row: dict, result: dict | DeviceError, device, name: str, profile: Ta
         row["note"] = "; ".join(notes)
     if "profile" in result:
         result["profile"]["layers"] = result["profile"]["layers"][:TOP_LAYERS]
+    if device.label == "proxy" and row["runtime"] in XNNPACK_RUNTIMES:
+        row["kernels"] = f"XNNPACK on {result['host']['machine']}"
     p90 = result["latency_ms"]["p90"]
     return {**row, "label": device.label, "connection": device.connection, **result,
             "budget": {"latency_ms": profile.latency_budget_ms, "memory_mb": profile.memory_budget_mb,
