@@ -293,6 +293,17 @@ class SshDevice(RemoteDevice):
                                              f"{proc.returncode} ({last_line(proc.stderr)}); check the device's shell")
 
 
+# Android has no Python runtime for these formats: each is timed by its project's own command-line tool,
+# built for arm64-v8a and pushed to the target's remote_dir.
+NATIVE_TOOLS = {
+    "litert": ("benchmark_model", "get the android_aarch64 benchmark_model binary from LiteRT's releases (or build "
+                                  "//tflite/tools/benchmark:benchmark_model for android_arm64)"),
+    "executorch": ("executor_runner", "build ExecuTorch's executor_runner with XNNPACK for Android (cmake "
+                                      "-DANDROID_ABI=arm64-v8a -DEXECUTORCH_BUILD_XNNPACK=ON; ExecuTorch's Android "
+                                      "docs)"),
+}
+
+
 def parse_adb_devices(text: str) -> dict[str, str]:
     """Serial -> state ('device', 'unauthorized', 'offline', ...) from `adb devices` output."""
     devices = {}
@@ -329,6 +340,22 @@ class AdbDevice(RemoteDevice):
             return None
         return DeviceError("unreachable", f"{self.target}: adb lost the device ({lost[-1]}); reconnect it and "
                                           "check `adb devices`")
+
+    def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
+        """ONNX Runtime (and OpenVINO) through the Python agent under Termux; ExecuTorch and LiteRT have no
+        Python runtime on Android: they need their own benchmark tool on the device (NATIVE_TOOLS)."""
+        runtime = agent_args[agent_args.index("--runtime") + 1]
+        if runtime in NATIVE_TOOLS:
+            tool, how = NATIVE_TOOLS[runtime]
+            path = f"{self.profile.remote_dir.rstrip('/')}/{tool}"
+            found = self.run(self.shell_command(["test", "-x", path]), SETUP_TIMEOUT_S, f"looking for {tool}")
+            if found.returncode:
+                raise DeviceError("tool_missing", f"{self.target}: {runtime} is timed on Android by {tool}, and "
+                                                  f"{path} is missing: {how}, then adb push {tool} {path} && adb "
+                                                  f"shell chmod +x {path}")
+            raise DeviceError("tool_missing", f"{self.target}: {path} is there, but manifold-edge cannot drive "
+                                              f"{tool} yet; time it by hand or with the host proxy")
+        return super().run_agent(model, agent_args, timeout)
 
     def check(self) -> None:
         """Raise DeviceError('unreachable') unless adb is installed and lists the device as ready."""

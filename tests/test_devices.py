@@ -332,3 +332,26 @@ def test_adb_device(adb_server, models):
     device.check()
     result = device.run_agent(models["onnx"], agent_args(), timeout=300)
     assert result["ok"] and result["runs"] == 20
+
+
+@pytest.mark.parametrize("runtime, tool", [("litert", "benchmark_model"), ("executorch", "executor_runner")])
+def test_adb_names_the_missing_native_benchmark_tool(tmp_path, monkeypatch, runtime, tool):
+    """A phone stand-in: an `adb` on PATH that lists one device and runs `adb shell` commands here, with the
+    device's remote_dir as a local folder. ExecuTorch and LiteRT need their native tool there."""
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    fake = tmp_path / "bin" / "adb"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nif [ "$1" = devices ]; then printf "List of devices attached\\nR58M123\\tdevice\\n"; '
+                    'exit 0; fi\nif [ "$1" = shell ]; then shift; exec sh -c "$1"; fi\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    device = AdbDevice(profile(connection="adb", remote_dir=str(phone), runtime=runtime), "phone")
+    device.check()
+    with pytest.raises(DeviceError, match=rf"{phone}/{tool} is missing: .*adb push {tool} {phone}/{tool}") as err:
+        device.run_agent([tmp_path / "m.bin"], agent_args(runtime), 30)
+    assert err.value.kind == "tool_missing"
+    (phone / tool).write_text("#!/bin/sh\n")
+    (phone / tool).chmod(0o755)
+    with pytest.raises(DeviceError, match=rf"{phone}/{tool} is there, but manifold-edge cannot drive {tool}"):
+        device.run_agent([tmp_path / "m.bin"], agent_args(runtime), 30)
