@@ -1,4 +1,5 @@
-"""Host latency of the default student, fp32 vs INT8, on ONNX Runtime and OpenVINO at 1 and 2 threads,
+"""Host latency of the default student, fp32 vs INT8, on ONNX Runtime, OpenVINO, ExecuTorch (XNNPACK) and
+LiteRT (XNNPACK) at 1 and 2 threads,
 against the floor set by its own GEMMs timed in ONNX Runtime's MatMul / MatMulInteger kernels
 (targets/floor.py). Runs (or reuses from the
 cache) pipeline.toml up to the quantize stage, writes JSON and prints a table.
@@ -31,6 +32,28 @@ from targets.diagnosis import int8_instructions  # noqa: E402
 from targets.floor import floor  # noqa: E402
 
 THREADS = (1, 2)
+RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert")
+
+
+def fastest(rows: list[dict]) -> list[dict]:
+    """Per thread count and precision (fp32 / int8): the runtime with the lowest median, and every other
+    runtime's best median as a multiple of it."""
+    out = []
+    for threads in THREADS:
+        for kind in ("fp32", "int8"):
+            best: dict[str, dict] = {}
+            for r in rows:
+                if "latency_ms" in r and r["threads"] == threads and is_quantized(r["precision"]) == (kind == "int8"):
+                    if r["runtime"] not in best or r["latency_ms"]["p50"] < best[r["runtime"]]["latency_ms"]["p50"]:
+                        best[r["runtime"]] = r
+            if not best:
+                continue
+            winner = min(best.values(), key=lambda r: r["latency_ms"]["p50"])
+            out.append({"threads": threads, "precision": kind, "fastest": winner["runtime"],
+                        "artifact": winner["artifact"], "p50_ms": winner["latency_ms"]["p50"],
+                        "others_x": {rt: round(r["latency_ms"]["p50"] / winner["latency_ms"]["p50"], 2)
+                                     for rt, r in best.items() if r is not winner}})
+    return out
 
 
 def main() -> None:
@@ -49,10 +72,10 @@ def main() -> None:
     floors = {t: floor(onnx_fp32, t) for t in THREADS}  # fp32: MatMul, int8: MatMulInteger U8S8, CPU time and wall
     settings = BenchmarkConfig(runs=args.runs, max_seconds=20.0, warmup=50)
     models = [m for m in stage_models({"export": records["export"].path, "quantize": records["quantize"].path})
-              if m.runtime in ("onnxruntime", "openvino")]
+              if m.runtime in RUNTIMES]
     rows = []
     for threads in THREADS:
-        for runtime in ("onnxruntime", "openvino"):
+        for runtime in sorted({m.runtime for m in models}, key=RUNTIMES.index):
             profile = TargetProfile(runtime=runtime, threads=threads, latency_budget_ms=1e9, memory_budget_mb=1e9)
             rows += measure_target([m for m in models if m.runtime == runtime], f"host-{threads}t", profile, settings)
     for row in rows:
@@ -66,7 +89,8 @@ def main() -> None:
     for row in rows:
         row.pop("profile", None)
     result = {"config": args.config, "flops_per_image": flops, "floor": floors,
-              "host": {**rows[0]["host"], **int8_instructions()}, "runs": args.runs, "rows": rows}
+              "host": {**rows[0]["host"], **int8_instructions()}, "runs": args.runs, "rows": rows,
+              "fastest": fastest(rows)}
     write_json(Path(args.out), result)
     table = Table(title=f"batch-1 host latency (proxy), {flops / 1e6:.1f} MFLOPs/image")
     for col in ("threads", "artifact", "runtime", "p50 ms (95% interval)", "CPU p50 ms", "p90 ms", "floor ms",
@@ -85,6 +109,10 @@ def main() -> None:
         print(f"{t} thread(s): GEMM floor fp32 {floors[t]['fp32']['floor_cpu_ms']:.4f} ms, "
               f"int8 {floors[t]['int8']['floor_cpu_ms']:.4f} ms CPU time ({floors[t]['gemm_flops'] / 1e6:.2f} MFLOPs "
               f"in {len(floors[t]['gemms'])} GEMMs)")
+    for f in result["fastest"]:
+        others = ", ".join(f"{rt} {x:.2f}x" for rt, x in f["others_x"].items())
+        print(f"{f['threads']} thread(s), {f['precision']}: fastest {f['fastest']} ({f['artifact']}, p50 "
+              f"{f['p50_ms']:.3f} ms); {others}")
     print(f"wrote {args.out}")
 
 
