@@ -1,0 +1,233 @@
+"""LiteRT (.tflite): export with litert-torch, INT8 with ai-edge-quantizer on the fp32 .tflite, both run by
+XNNPACK on phone CPUs (targets/litert_runner.py).
+
+The fp32 file takes one image (float32 NCHW, normalised like the training data) and returns logits: litert-torch
+cannot lower these ViTs with a dynamic batch (the patch embedding's reshape needs a concrete size).
+
+INT8 (ai-edge-quantizer, not litert-torch's PT2E quantizer: it works on the very file that passed the parity
+check, and its recipes keep chosen ops in float by their scope):
+- dynamic range: INT8 weights per channel, activations quantized per call by the kernels.
+- full integer: static INT8 weights (per channel) and activations (per tensor, min/max calibrated) for the
+  FULLY_CONNECTED and convolution ops, which is where the work is; the float32 input and output stay, since the
+  app feeds floats. The other ops (LayerNorm's pieces, softmax, GELU, the attention matmuls) stay float: with
+  every op quantized, XNNPACK lacks INT8 kernels for several of them and the graph split into 44 partitions,
+  2.8x slower than fp32 on the default student (x86, 1 thread); FC and conv alone stay one XNNPACK subgraph
+  and ran 1.5x faster than fp32.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.errors import UserError
+from pipeline.section import Section
+from targets.runtimes import require
+
+INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+CONVERSIONS = ("QUANTIZE", "DEQUANTIZE")
+
+
+class LiteRTExportConfig(Section):
+    enabled: bool = Field(True, description="also write model.tflite: LiteRT (fp32), run by the XNNPACK delegate "
+                                            "on phone CPUs; one image per call")
+
+
+class LiteRTQuantizeConfig(Section):
+    full_integer: bool = Field(True, description="LiteRT static INT8: weights and activations of the fully "
+                                                 "connected and conv layers, calibrated; float32 input/output")
+    dynamic_range: bool = Field(True, description="LiteRT dynamic range INT8: INT8 weights, float activations "
+                                                  "quantized at run time")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """litert-torch prints progress lines to stdout, ai-edge-quantizer draws tqdm bars on stderr, and both log
+    warnings through Python logging; native (absl) lines cannot be caught from Python."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def operators(path: Path) -> list[dict]:
+    """The main graph's ops from the flatbuffer: builtin name, scope (its output tensor names, as
+    ai-edge-quantizer's recipes match them) and whether an INT8 tensor goes in."""
+    require("ai_edge_litert", "litert")
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = codes[op.OpcodeIndex()]
+        outputs = [graph.Tensors(t).Name().decode() for t in op.OutputsAsNumpy() if t >= 0]
+        ops.append({"op": names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())],
+                    "scope": ";".join(outputs) + ";",
+                    "int8_in": any(graph.Tensors(t).Type() == schema.TensorType.INT8
+                                   for t in op.InputsAsNumpy() if t >= 0)})
+    return ops
+
+
+def op_types(path: Path) -> dict[str, int]:
+    return dict(sorted(Counter(op["op"] for op in operators(path)).items()))
+
+
+def int8_op_types(path: Path) -> dict[str, int]:
+    """Op types that compute in INT8: an INT8 input straight in (static: quantized activations; dynamic range:
+    INT8 weights the kernel uses as they are), not through a DEQUANTIZE."""
+    counts = Counter(op["op"] for op in operators(path) if op["int8_in"] and op["op"] not in CONVERSIONS)
+    return dict(sorted(counts.items()))
+
+
+def export(model, shape: tuple[int, ...], path: Path) -> dict:
+    """The fp32 .tflite of `model` for one image of `shape` (C, H, W). An op litert-torch cannot lower is a
+    UserError naming it."""
+    import torch
+
+    with quiet():
+        litert_torch = require("litert_torch", "litert")
+        try:
+            converted = litert_torch.convert(model.eval(), (torch.zeros(1, *shape),))
+        except Exception as exc:  # litert-torch raises many types; the innermost names the op
+            from stages.export import _root_cause
+
+            raise UserError(f"LiteRT conversion failed: {_root_cause(exc)}; try a model without this "
+                            "operator") from None
+        converted.export(str(path))
+    return {"input_shape": [1, *shape], "op_types": op_types(path)}
+
+
+def _quantizer(src: Path):
+    require("ai_edge_quantizer", "litert")
+    from ai_edge_quantizer import quantizer
+
+    return quantizer.Quantizer(str(src))
+
+
+def quantize_dynamic(src: Path, dst: Path) -> dict:
+    """ai-edge-quantizer's dynamic_wi8_afp32 recipe: INT8 per-channel weights for every op that takes them."""
+    q = _quantizer(src)
+    from ai_edge_quantizer import recipe
+
+    q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    with quiet():
+        Path(dst).write_bytes(q.quantize(enable_progress_report=False).quantized_model)
+    return {"op_types": int8_op_types(dst)}
+
+
+def layer_name(scope: str) -> str:
+    """A readable name for an op scope: its last tensor name without module paths or output numbers."""
+    last = [name for name in scope.split(";") if name and not name.isdigit()][-1]
+    return "/".join(part.rsplit(".", 1)[-1] for part in last.split("/"))
+
+
+def _scope(scope: str) -> str:
+    return f"^{re.escape(scope)}$"
+
+
+def _static_recipe(src: Path, only: str | None = None, exclude: list[str] = ()):
+    """Static W8A8 for the INT8_OPS (or for the one op at scope `only`) with `exclude` in float. The recipe
+    names no INPUT/OUTPUT op, so the model's float32 input and output stay."""
+    q = _quantizer(src)
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    for op in INT8_OPS:
+        q.add_static_config(_scope(only) if only else ".*", op, activation_num_bits=8, weight_num_bits=8)
+    for scope in exclude:
+        q.update_quantization_recipe(_scope(scope), "*", algorithm_key=AlgorithmName.NO_QUANTIZE)
+    return q
+
+
+def calibrate(src: Path, images: np.ndarray) -> dict:
+    """Min/max of every tensor the static recipe quantizes, over `images` one by one on one thread (so the
+    ranges depend only on the images)."""
+    from targets.litert_runner import LiteRTRunner
+
+    signatures = LiteRTRunner(src).interpreter.get_signature_list()
+    key = next(iter(signatures))
+    name = signatures[key]["inputs"][0]
+    with quiet():
+        return _static_recipe(src).calibrate({key: [{name: images[i:i + 1]} for i in range(len(images))]},
+                                             num_threads=1)
+
+
+def quantize_static(src: Path, dst: Path, ranges: dict, only: str | None = None, exclude: list[str] = ()) -> None:
+    q = _static_recipe(src, only, exclude)
+    with quiet():
+        Path(dst).write_bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
+
+
+def top1(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    from targets.litert_runner import LiteRTRunner
+
+    return float(100 * (LiteRTRunner(path)(images).argmax(1) == labels).mean())
+
+
+def rank_sensitivity(src: Path, probe: Path, ranges: dict, images: np.ndarray, reference: np.ndarray
+                     ) -> list[dict]:
+    """Quantize one layer alone and measure how far the logits move from fp32 (mean squared error relative
+    to the fp32 logits' variance). Most harmful first."""
+    from targets.litert_runner import LiteRTRunner
+
+    scores = []
+    for op in operators(src):
+        if op["op"] in INT8_OPS:
+            quantize_static(src, probe, ranges, only=op["scope"])
+            logits = LiteRTRunner(probe)(images)
+            scores.append({"node": op["scope"], "relative_mse": float(((logits - reference) ** 2).mean()
+                                                                      / reference.var())})
+    probe.unlink(missing_ok=True)
+    return sorted(scores, key=lambda s: -s["relative_mse"])
+
+
+def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray,
+                          val_labels: np.ndarray, max_drop: float, max_fallback_layers: int,
+                          log: Callable[[str], None]) -> dict:
+    """Static INT8 of every FC/conv layer; while the top-1 drop against the fp32 .tflite exceeds max_drop,
+    keep the next most sensitive layer in float (at most max_fallback_layers; sensitivity ranked once, on at
+    most 256 validation images). Calibrated once, the ranges reused by every step.
+    Returns stages.quantize.onnx_int8.Fallback's dict plus the op types that compute in INT8."""
+    from stages.quantize.onnx_int8 import Fallback
+    from targets.litert_runner import LiteRTRunner
+
+    src, dst = Path(src), Path(dst)
+    ranges = calibrate(src, calibration)
+    fp32 = top1(src, val_images, val_labels)
+    result = Fallback(max_drop, fp32)
+    excluded: list[str] = []
+    ranked: list[dict] | None = None
+    while True:
+        quantize_static(src, dst, ranges, exclude=excluded)
+        drop = fp32 - top1(dst, val_images, val_labels)
+        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
+        if drop <= max_drop or len(excluded) >= max_fallback_layers:
+            break
+        if ranked is None:
+            log(f"  LiteRT static INT8 loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
+            reference = LiteRTRunner(src)(val_images[:256])
+            ranked = rank_sensitivity(src, dst.with_name(f"{dst.stem}_probe.tflite"), ranges, val_images[:256],
+                                      reference)
+            result.sensitivity = ranked
+        remaining = [r["node"] for r in ranked if r["node"] not in excluded]
+        if not remaining:
+            break
+        excluded.append(remaining[0])
+        log(f"  keeping {layer_name(remaining[0])} in float")
+    return {**result.as_dict(), "op_types": int8_op_types(dst)}

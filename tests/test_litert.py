@@ -1,0 +1,173 @@
+"""LiteRT backend: export parity with torch, INT8 (dynamic range, full integer with the accuracy fallback),
+the XNNPACK runner, damaged files. A tiny ViT trained here for a few seconds on sklearn's digits."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import UserError
+from stages.formats import litert
+from targets.litert_runner import LiteRTRunner
+
+N_TRAIN = 1400
+MAX_DROP = 1.0  # top-1 points; one of the 397 validation images is 0.25
+
+
+def tiny_vit() -> torch.nn.Module:
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                             num_classes=10, in_chans=1)
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.nn.functional.interpolate(torch.tensor(data.images, dtype=torch.float32)[:, None] / 16, size=16,
+                                             mode="bilinear")
+    return ((images - 0.3) / 0.4).numpy(), data.target
+
+
+def train(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int = 20, batch: int = 64,
+          lr: float = 5e-3) -> torch.nn.Module:
+    """One thread: a tiny model trains faster so, and steadily on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * (len(x) // batch))
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(x))
+            for i in range(0, len(x) - batch + 1, batch):
+                idx = order[i:i + batch]
+                loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                schedule.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    images, labels = digits()
+    model = train(tiny_vit(), images[:N_TRAIN], labels[:N_TRAIN])
+    folder = tmp_path_factory.mktemp("litert")
+    record = litert.export(model, (1, 16, 16), folder / "model.tflite")
+    return SimpleNamespace(model=model, path=folder / "model.tflite", record=record, train=images[:N_TRAIN],
+                           val=images[N_TRAIN:], val_labels=labels[N_TRAIN:])
+
+
+def test_export_matches_torch_and_runs_in_xnnpack(tiny):
+    with torch.no_grad():
+        reference = tiny.model(torch.from_numpy(tiny.val)).numpy()
+    runner = LiteRTRunner(tiny.path)
+    logits = runner(tiny.val)
+    assert np.abs(logits - reference).max() < 1e-3
+    assert (logits.argmax(1) == reference.argmax(1)).mean() == 1.0
+    assert runner.xnnpack_partitions == 1, "XNNPACK should take the whole fp32 graph"
+    assert tiny.record["input_shape"] == [1, 1, 16, 16]
+    assert tiny.record["op_types"]["FULLY_CONNECTED"] == 9  # qkv, proj, fc1, fc2 per block, and the head
+    assert litert.top1(tiny.path, tiny.val, tiny.val_labels) > 70, "the test model should have learnt the digits"
+
+
+def test_runner_batches_equal_per_image_calls(tiny):
+    runner = LiteRTRunner(tiny.path)
+    one_by_one = np.concatenate([runner(tiny.val[i:i + 1]) for i in range(37)])
+    assert runner(tiny.val[:37]).shape == (37, 10)
+    assert np.array_equal(runner(tiny.val[:37]), one_by_one)
+    assert np.array_equal(runner(tiny.val[:1]), one_by_one[:1])
+    assert np.allclose(LiteRTRunner(tiny.path, threads=2)(tiny.val[:37]), one_by_one, atol=1e-5)
+
+
+def test_dynamic_range_int8_is_smaller_and_within_budget(tiny, tmp_path):
+    record = litert.quantize_dynamic(tiny.path, tmp_path / "dynamic.tflite")
+    assert record["op_types"]["FULLY_CONNECTED"] == 9
+    assert (tmp_path / "dynamic.tflite").stat().st_size < 0.7 * tiny.path.stat().st_size
+    fp32 = litert.top1(tiny.path, tiny.val, tiny.val_labels)
+    assert fp32 - litert.top1(tmp_path / "dynamic.tflite", tiny.val, tiny.val_labels) <= MAX_DROP
+
+
+def test_full_integer_int8_is_smaller_within_budget_and_keeps_float_io(tiny, tmp_path):
+    logs = []
+    result = litert.quantize_full_integer(tiny.path, tmp_path / "int8.tflite", tiny.train[:100], tiny.val,
+                                          tiny.val_labels, MAX_DROP, 4, logs.append)
+    assert result["met"] and result["steps"][-1]["drop"] <= MAX_DROP
+    assert result["fp32_top1"] == litert.top1(tiny.path, tiny.val, tiny.val_labels)
+    assert sum(result["op_types"].values()) == 10 - len(result["excluded"])  # 9 FC and the patch embedding
+    assert (tmp_path / "int8.tflite").stat().st_size < 0.7 * tiny.path.stat().st_size
+    runner = LiteRTRunner(tmp_path / "int8.tflite")
+    (source,), (target,) = runner.interpreter.get_input_details(), runner.interpreter.get_output_details()
+    assert source["dtype"] == target["dtype"] == np.float32
+    assert runner.xnnpack_partitions == 1, "FC/conv INT8 should not split the XNNPACK graph"
+
+
+def test_calibration_is_deterministic(tiny, tmp_path):
+    files = []
+    for name in ("a.tflite", "b.tflite"):
+        litert.quantize_static(tiny.path, tmp_path / name, litert.calibrate(tiny.path, tiny.train[:32]))
+        files.append((tmp_path / name).read_bytes())
+    assert files[0] == files[1]
+
+
+def test_fallback_keeps_a_sabotaged_layer_in_float(tiny, tmp_path):
+    """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged,
+    but the per-tensor INT8 ranges of that attention are ruined. The loop must find and exclude it."""
+    model = copy.deepcopy(tiny.model)
+    attn = model.blocks[0].attn
+    dim = attn.proj.in_features
+    with torch.no_grad():
+        attn.qkv.weight[2 * dim] *= 1000
+        attn.qkv.bias[2 * dim] *= 1000
+        attn.proj.weight[:, 0] /= 1000
+    litert.export(model, (1, 16, 16), tmp_path / "sabotaged.tflite")
+    logs = []
+    result = litert.quantize_full_integer(tmp_path / "sabotaged.tflite", tmp_path / "int8.tflite", tiny.train[:100],
+                                          tiny.val, tiny.val_labels, MAX_DROP, 4, logs.append)
+    first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
+    assert first > MAX_DROP, "the sabotage should have hurt INT8"
+    assert result["met"] and last < first
+    assert all("Block_0" in node and "Attention_attn" in node for node in result["excluded"])
+    scores = [s["relative_mse"] for s in result["sensitivity"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 10  # 9 FC and the patch embedding
+    assert any("ranking layers" in line for line in logs) and any("Block_0" in line for line in logs)
+    assert not (tmp_path / "int8_probe.tflite").exists()
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "header"])
+def test_a_damaged_tflite_is_one_line(tiny, tmp_path, damage):
+    data = tiny.path.read_bytes()
+    bad = {"random": np.random.default_rng(0).bytes(len(data)), "truncated": data[: len(data) // 2],
+           "header": data[:4] + b"XXXX" + data[8:]}[damage]
+    (tmp_path / "model.tflite").write_bytes(bad)
+    with pytest.raises(UserError, match=r"^litert cannot load model.tflite: ") as caught:
+        LiteRTRunner(tmp_path / "model.tflite")
+    assert "\n" not in str(caught.value)
+
+
+def test_an_op_litert_cannot_lower_is_one_line_naming_it(tmp_path):
+    @torch.library.custom_op("manifold_edge_test::litert_mystery", mutates_args=())
+    def mystery(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @mystery.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return mystery(x).flatten(1)
+
+    with pytest.raises(UserError, match=r"^LiteRT conversion failed: .*litert_mystery") as caught:
+        litert.export(Odd(), (1, 4, 4), tmp_path / "odd.tflite")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "odd.tflite").exists()
