@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError
 from pipeline.section import Section, not_in_key
+from stages.formats.executorch import ExecuTorchExportConfig, ExecuTorchQuantizeConfig
+from stages.formats.litert import LiteRTExportConfig, LiteRTQuantizeConfig
 from stages.formats.ort_mobile import OrtMobileConfig
 
 
@@ -202,6 +204,8 @@ class ExportConfig(Section):
     parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax vs torch")
     coreml: CoreMLExportConfig = Field(default_factory=CoreMLExportConfig)
     ort_mobile: OrtMobileConfig = Field(default_factory=OrtMobileConfig)
+    executorch: ExecuTorchExportConfig = Field(default_factory=ExecuTorchExportConfig)
+    litert: LiteRTExportConfig = Field(default_factory=LiteRTExportConfig)
 
 
 class QuantizeConfig(Section):
@@ -234,6 +238,8 @@ class QuantizeConfig(Section):
     on_over_budget: Literal["warn", "stop"] = Field("warn", description="an INT8 model still over max_drop after "
                                                     "the fallback: flag it in the report, or stop the run")
     coreml: CoreMLQuantizeConfig = Field(default_factory=CoreMLQuantizeConfig)
+    executorch: ExecuTorchQuantizeConfig = Field(default_factory=ExecuTorchQuantizeConfig)
+    litert: LiteRTQuantizeConfig = Field(default_factory=LiteRTQuantizeConfig)
 
 
 class EvaluateConfig(Section):

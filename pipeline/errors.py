@@ -3,3 +3,12 @@
 
 class UserError(Exception):
     """A mistake in the config, the command line or the user's files; the message says the fix."""
+
+
+def root_cause(exc: BaseException) -> str:
+    """The first line of the innermost exception in a chain: exporters and converters wrap the one that names
+    the op several times."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,5 +1,6 @@
-"""Export stage: the distilled student to ONNX (torch.onnx, dynamo exporter) and OpenVINO IR, each
-checked against torch on real validation images before anything downstream uses it."""
+"""Export stage: the distilled student to ONNX (torch.onnx, dynamo exporter) with its ONNX Runtime Mobile .ort,
+OpenVINO IR, Core ML, ExecuTorch (.pte, XNNPACK) and LiteRT (.tflite), each checked against torch on real
+validation images before anything downstream uses it."""
 from __future__ import annotations
 
 import copy
@@ -12,10 +13,12 @@ import numpy as np
 import torch
 
 from pipeline.config import CoreMLExportConfig, ExportConfig
-from pipeline.errors import UserError
+from pipeline.errors import UserError, root_cause
 from pipeline.fileio import write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
+from stages.formats import executorch as executorch_format
+from stages.formats import litert as litert_format
 from stages.formats import ort_mobile
 from stages.models import load_model
 from targets.coreml import Deployable, NotSimulated, coremltools, inspect_package, quiet
@@ -24,6 +27,8 @@ from targets.runtimes import artifact_bytes, load_runner, predict, require, unsu
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
 COREML_FILE = "model.mlpackage"
+EXECUTORCH_FILE = "model.pte"
+LITERT_FILE = "model.tflite"
 
 
 def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path, opset: int) -> None:
@@ -39,7 +44,7 @@ def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path,
                               input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many types; the innermost cause names the op
-            raise UserError(f"ONNX export of {name} failed: {_root_cause(exc)}; try another export.opset or "
+            raise UserError(f"ONNX export of {name} failed: {root_cause(exc)}; try another export.opset or "
                             "a model without this operator") from None
     onnx = require("onnx", "onnx")
     onnx.checker.check_model(str(path), full_check=True)
@@ -79,7 +84,7 @@ def export_coreml(model: torch.nn.Module, record: dict, meta: dict, cfg: CoreMLE
                                  compute_precision=precision)
     except Exception as exc:  # coremltools raises many types; the innermost names the op
         raise UserError(f"Core ML conversion of {record['model']} for export.coreml.target = {cfg.target} failed: "
-                        f"{_root_cause(exc)}; a newer target may support the op") from None
+                        f"{root_cause(exc)}; a newer target may support the op") from None
     mlmodel.author, mlmodel.license, mlmodel.version = cfg.author, cfg.license, cfg.version
     mlmodel.short_description = f"{record['model']} distilled by manifold-edge; input: raw pixels 0-255"
     mlmodel.user_defined_metadata["manifold_edge.model"] = json.dumps(
@@ -88,13 +93,6 @@ def export_coreml(model: torch.nn.Module, record: dict, meta: dict, cfg: CoreMLE
     mlmodel.user_defined_metadata["manifold_edge.precision"] = cfg.precision
     mlmodel.user_defined_metadata["manifold_edge.artifact_key"] = key
     mlmodel.save(str(path))
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def parity(reference: np.ndarray, logits: np.ndarray) -> dict:
@@ -134,6 +132,18 @@ class ExportStage(Stage):
                                      "precision": "fp16 weights" if cfg.openvino_fp16 else "fp32",
                                      "bytes": artifact_bytes(ctx.out / OPENVINO_FILE),
                                      "seconds": round(time.perf_counter() - start, 2)}
+        if cfg.executorch.enabled:
+            start = time.perf_counter()
+            lowered = executorch_format.export(model, shape, ctx.out / EXECUTORCH_FILE, cfg.executorch.max_batch)
+            artifacts["executorch"] = {"file": EXECUTORCH_FILE, "runtime": "executorch", "precision": "fp32",
+                                       "bytes": artifact_bytes(ctx.out / EXECUTORCH_FILE), **lowered,
+                                       "seconds": round(time.perf_counter() - start, 2)}
+        if cfg.litert.enabled:
+            start = time.perf_counter()
+            converted = litert_format.export(model, shape, ctx.out / LITERT_FILE)
+            artifacts["litert"] = {"file": LITERT_FILE, "runtime": "litert", "precision": "fp32",
+                                   "bytes": artifact_bytes(ctx.out / LITERT_FILE), **converted,
+                                   "seconds": round(time.perf_counter() - start, 2)}
         coreml = cfg.coreml
         if coreml.enabled:
             start = time.perf_counter()

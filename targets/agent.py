@@ -298,7 +298,7 @@ class LiteRT:
         try:
             self.interpreter = Interpreter(model_path=path, num_threads=threads or None)
             self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, UnicodeDecodeError) as exc:
             raise AgentError("bad_model", f"LiteRT cannot load {os.path.basename(path)}: "
                                           f"{str(exc).splitlines()[0]}") from None
         self.input = self.interpreter.get_input_details()[0]
@@ -308,12 +308,14 @@ class LiteRT:
         return _shape([int(d) for d in self.input["shape"]], batch, size)
 
     def __call__(self, x):
-        if list(x.shape) != [int(d) for d in self.interpreter.get_input_details()[0]["shape"]]:
-            self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
-            self.interpreter.allocate_tensors()
-        self.interpreter.set_tensor(self.input["index"], x)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output)
+        """One invoke per image: converted models keep batch 1 as a constant in their reshapes, and XNNPACK
+        cannot resize them (throughput is then back-to-back batch-1 calls)."""
+        out = []
+        for image in x:
+            self.interpreter.set_tensor(self.input["index"], image[None])
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output))
+        return out
 
     def layers(self) -> dict:
         raise AgentError("unsupported", "LiteRT's Python interpreter has no per-op profiler: use benchmark_model "

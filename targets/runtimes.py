@@ -1,4 +1,5 @@
-"""One interface for running a classifier artifact in its own runtime: torch, ONNX Runtime, OpenVINO.
+"""One interface for running a classifier artifact in its own runtime: torch, ONNX Runtime, OpenVINO (here),
+Core ML (targets/coreml.py), ExecuTorch and LiteRT (targets/executorch_runner.py, litert_runner.py).
 
 `load_runner(path)` picks the runtime by file type; a runner maps a float32 NCHW batch to logits.
 Runtime packages are imported on first use, and a missing one names the pip extra to install.
@@ -109,14 +110,24 @@ RUNNERS = {".pt": TorchRunner, ".onnx": OnnxRuntimeRunner, ".ort": OnnxRuntimeRu
 
 
 def load_runner(path: Path, threads: int = 0) -> Runner:
-    if Path(path).suffix == ".mlpackage":
+    suffix = Path(path).suffix
+    if suffix == ".mlpackage":
         from targets.coreml import coreml_runner
 
         return coreml_runner(path, threads)
+    if suffix == ".pte":
+        from targets.executorch_runner import ExecuTorchRunner
+
+        return ExecuTorchRunner(path, threads)
+    if suffix == ".tflite":
+        from targets.litert_runner import LiteRTRunner
+
+        return LiteRTRunner(path, threads)
     try:
         return RUNNERS[Path(path).suffix](path, threads)
     except KeyError:
-        raise UserError(f"{path}: no runtime for {Path(path).suffix!r} files; known: {', '.join(RUNNERS)}") from None
+        raise UserError(f"{path}: no runtime for {suffix!r} files; known: {', '.join(RUNNERS)}, .mlpackage, .pte, "
+                        ".tflite") from None
 
 
 def predict(runner: Runner, batches: Iterable[np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ TINY = [
     "student.overrides.embed_dim=16", "student.overrides.depth=2", "student.overrides.num_heads=2",
     "distill.epochs=1", "distill.batch_size=64", "distill.k=32",
     "benchmark.runs=20", "benchmark.max_seconds=0.5", "benchmark.warmup=2",
+    "export.executorch.enabled=false", "export.litert.enabled=false",  # ~40 s a run; on in trained_run
 ]
 
 
@@ -49,7 +50,8 @@ def read_report(tmp_path: Path, name: str = "default") -> dict:
 
 
 TRAINED = ("teacher.epochs=3", "teacher.lr=3e-3", "distill.epochs=4", "distill.lr=3e-3", "data.subset=3000",
-           "student.overrides.embed_dim=48", "teacher.overrides.embed_dim=64")
+           "student.overrides.embed_dim=48", "teacher.overrides.embed_dim=64",
+           "export.executorch.enabled=true", "export.litert.enabled=true")
 
 
 def artifact_folder(tmp_path: Path, stage: str) -> Path:

@@ -63,13 +63,19 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert r["threads"] == report["latency"]["targets"][r["target"]]["threads"]
         assert r["model_bytes"] > 0 and r["load_ms"] > 0
+    for target in ("android-phone", "wearos-watch"):  # ExecuTorch and LiteRT compete with ONNX Runtime there
+        xnnpack = {r["artifact"]: r for r in timed
+                   if r["target"] == target and r["runtime"] in ("executorch", "litert")}
+        assert set(xnnpack) == {"executorch", "executorch_int8", "litert", "litert_int8", "litert_int8_dynamic"}
+        assert all(r["label"] == "proxy" and r["kernels"].startswith("XNNPACK on ") for r in xnnpack.values())
     watch = [r for r in timed if r["target"] == "wearos-watch"]
     assert watch and all(r["threads"] == 1 for r in watch)
     coreml = [r for r in rows if r["runtime"] == "coreml"]
     assert coreml and all(r["label"] == "needs-device" and "macOS" in r["error"] for r in coreml)
     assert any("diagnosis" in r for r in timed)
-    for r in timed:  # a target's artifacts are timed in one agent call, interleaved
-        same = {x["model"] for x in timed if x["target"] == r["target"] and x["model"] != r["model"]}
+    for r in timed:  # a target's artifacts of one runtime are timed in one agent call, interleaved
+        same = {x["model"] for x in timed if x["target"] == r["target"] and x["runtime"] == r["runtime"]
+                and x["model"] != r["model"]}
         assert set(r["timing"]["interleaved_with"]) == same and r["runs"] >= 6
         lo, hi = r["latency_ms"]["p50_interval"]
         assert lo <= r["latency_ms"]["p50"] <= hi and "before" in r["host_load"]
@@ -78,6 +84,7 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
                             and r["comparison"]["interleaved"] for r in compared)
     md = (trained_run / "runs" / "default" / "report.md").read_text()
     assert "## Latency per target (batch 1)" in md and "Why is INT8" in md and "needs-device" in md
+    assert "| proxy: XNNPACK on " in md and "## ONNX Runtime Mobile (.ort)" in md
     assert "p50 ms (95% interval)" in md and "Compressed vs float on the same target" in md
 
 

@@ -37,25 +37,29 @@ from targets.runtimes import artifact_bytes, load_runner, predict, require
 
 def test_exports_match_torch_on_real_images(trained_run):
     artifacts = json.loads((artifact_folder(trained_run, "export") / "export.json").read_text())["artifacts"]
-    for key in ("onnx", "openvino"):
-        check = artifacts[key]["parity"]
+    for check in [artifacts[k]["parity"] for k in ("onnx", "openvino", "executorch", "litert")] + \
+            [artifacts["onnx"]["mobile"]["parity"]]:
         assert check["images"] == 300  # the whole (subset) validation split
         assert check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
+    assert artifacts["executorch"]["file"] == "model.pte" and artifacts["litert"]["file"] == "model.tflite"
 
 
 def test_every_artifact_is_evaluated_in_its_runtime_within_bounds(trained_run):
     rows = {r["artifact"]: r for r in read_report(trained_run)["evaluation"]["artifacts"]}
     assert set(rows) == {"torch_fp32", "onnx", "openvino", "onnx_int8_static", "onnx_int8_dynamic", "openvino_int8",
-                         "coreml", "coreml_int8", "coreml_palettize6", "coreml_palettize4"}
+                         "coreml", "coreml_int8", "coreml_palettize6", "coreml_palettize4", "executorch",
+                         "executorch_int8", "litert", "litert_int8", "litert_int8_dynamic"}
     fp32 = rows["torch_fp32"]["top1"]
     assert fp32 > 40  # the small student did learn (10 classes: chance is 10%)
-    for key in ("onnx", "openvino"):
-        assert rows[key]["top1"] == fp32 and rows[key]["agreement"] == 1.0
-    for key in ("onnx_int8_static", "onnx_int8_dynamic", "openvino_int8"):
+    for key in ("onnx", "openvino", "executorch", "litert"):
+        assert rows[key]["top1"] == fp32 and rows[key]["agreement"] == 1.0 and rows[key]["evaluation"] == "measured"
+    for key, fp32_file in (("onnx_int8_static", "onnx"), ("onnx_int8_dynamic", "onnx"), ("openvino_int8", "onnx"),
+                           ("executorch_int8", "executorch"), ("litert_int8", "litert"),
+                           ("litert_int8_dynamic", "litert")):
         assert abs(rows[key]["top1"] - fp32) <= 5.0, rows[key]  # the stated bound: 5 points on 200 images
         assert rows[key]["agreement"] >= 0.85
-        assert rows[key]["bytes"] < rows["onnx"]["bytes"]
-        assert rows[key]["op_types"].get("MatMul", 0) > 0
+        assert rows[key]["bytes"] < rows[fp32_file]["bytes"]
+        assert sum(rows[key]["op_types"].values()) > 0, rows[key]
         assert len(rows[key]["worst_classes"]) == 3 and rows[key]["evaluation"] == "measured"
     assert "| `onnx_int8_static` | onnxruntime | int8 static QDQ, attention float |" in \
         (trained_run / "runs" / "default" / "report.md").read_text()

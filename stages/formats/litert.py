@@ -106,9 +106,9 @@ def export(model, shape: tuple[int, ...], path: Path) -> dict:
         try:
             converted = litert_torch.convert(model.eval(), (torch.zeros(1, *shape),))
         except Exception as exc:  # litert-torch raises many types; the innermost names the op
-            from stages.export import _root_cause
+            from pipeline.errors import root_cause
 
-            raise UserError(f"LiteRT conversion failed: {_root_cause(exc)}; try a model without this "
+            raise UserError(f"LiteRT conversion failed: {root_cause(exc)}; try a model without this "
                             "operator") from None
         converted.export(str(path))
     return {"input_shape": [1, *shape], "op_types": op_types(path)}

@@ -1,5 +1,6 @@
-"""Quantize stage: INT8 variants of the exported student (ONNX Runtime static QDQ and dynamic, OpenVINO
-via NNCF, optionally OpenVINO with INT8 weights only), each kept within `max_drop` top-1 points of fp32
+"""Quantize stage: INT8 variants of the exported student (ONNX Runtime static QDQ and dynamic, each with its
+.ort; OpenVINO via NNCF, optionally OpenVINO with INT8 weights only; ExecuTorch via PT2E and the XNNPACK
+quantizer; LiteRT full-integer and dynamic-range), each kept within `max_drop` top-1 points of fp32
 where possible by leaving layers in float. OpenVINO INT8 is timed against fp32 on this host and marked
 `ship: false`, with a note in the report, when it is not faster here."""
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
+from stages.formats import executorch as executorch_format
+from stages.formats import litert as litert_format
 from stages.formats import ort_mobile
+from stages.models import load_model
 from stages.quantize import coreml_compress, onnx_int8, openvino_int8
 from targets.coreml import IS_MACOS, inspect_package
 from targets.diagnosis import int8_instructions
@@ -35,7 +39,7 @@ def parity_of(reference_runner, runner, images: np.ndarray) -> dict:
 class QuantizeStage(Stage):
     name = "quantize"
     sections = ("quantize",)
-    inputs = ("data", "export")
+    inputs = ("data", "distill", "export")  # distill: ExecuTorch's PT2E quantizes the torch model
     uses_seed = False
     scratch = (PREPROCESSED,)
 
@@ -118,6 +122,36 @@ class QuantizeStage(Stage):
             artifacts["openvino_int8_weights"] = {
                 "file": file.name, "runtime": "openvino", "precision": "int8 weights",
                 "op_types": openvino_int8.compressed_weights(file), "seconds": round(time.perf_counter() - start, 2)}
+        if cfg.executorch.enabled and "executorch" in exported:
+            start = time.perf_counter()
+            file = ctx.out / "model_int8.pte"
+            model, _ = load_model(ctx.inputs["distill"] / "model.pt")
+            fallback = executorch_format.quantize(model, tuple(calibration.shape[1:]), file, calibration, val_images,
+                                                  val_labels, cfg.max_drop, cfg.max_fallback_layers,
+                                                  cfg.executorch.per_channel, ctx.progress.log)
+            artifacts["executorch_int8"] = {
+                "file": file.name, "runtime": "executorch", "precision": "int8 static (XNNPACK quantizer" +
+                (", per-channel)" if cfg.executorch.per_channel else ")"), "op_types": fallback.pop("op_types"),
+                "fallback": fallback, "calibration": {"images": n_calib, "per_channel": cfg.executorch.per_channel},
+                "seconds": round(time.perf_counter() - start, 2)}
+        if "litert" in exported:
+            source = ctx.inputs["export"] / exported["litert"]["file"]
+            if cfg.litert.full_integer:
+                start = time.perf_counter()
+                file = ctx.out / "model_int8.tflite"
+                fallback = litert_format.quantize_full_integer(source, file, calibration, val_images, val_labels,
+                                                               cfg.max_drop, cfg.max_fallback_layers, ctx.progress.log)
+                artifacts["litert_int8"] = {
+                    "file": file.name, "runtime": "litert", "precision": "int8 static, FC/conv (float32 in/out)",
+                    "op_types": fallback.pop("op_types"), "fallback": fallback, "calibration": {"images": n_calib},
+                    "seconds": round(time.perf_counter() - start, 2)}
+            if cfg.litert.dynamic_range:
+                start = time.perf_counter()
+                file = ctx.out / "model_int8_dynamic.tflite"
+                record = litert_format.quantize_dynamic(source, file)
+                artifacts["litert_int8_dynamic"] = {
+                    "file": file.name, "runtime": "litert", "precision": "int8 dynamic-range",
+                    "op_types": record.get("op_types", {}), "seconds": round(time.perf_counter() - start, 2)}
         coreml = cfg.coreml
         if coreml.enabled:
             package = ctx.inputs["export"] / exported["coreml"]["file"]

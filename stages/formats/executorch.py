@@ -1,0 +1,291 @@
+"""ExecuTorch (.pte): the student lowered to the XNNPACK delegate, fp32 and INT8 (PT2E with the XNNPACK
+quantizer), run by targets/executorch_runner.py.
+
+- Batch: dynamic, 1 to `max_batch`; memory is planned for `max_batch` images.
+- Attention runs as explicit matmul + softmax (timm's `fused_attn` off, the same maths): exported, fused
+  scaled_dot_product_attention decomposes into masking ops (eq, any, where) that XNNPACK does not take, and
+  the default student ran 1.7x slower at batch 1 with them on the portable kernels.
+- What stays outside XNNPACK on the portable CPU kernels is recorded: LayerNorm (no XNNPACK lowering in this
+  ExecuTorch), and reshapes and slices whose shape involves the dynamic batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.errors import UserError
+from pipeline.section import Section
+
+PROBE_IMAGES = 256  # validation images for the sensitivity ranking
+CALIBRATION_BATCH = 32
+
+
+class ExecuTorchExportConfig(Section):
+    enabled: bool = Field(True, description="also write model.pte: ExecuTorch, lowered to the XNNPACK delegate "
+                                            "(fp32)")
+    max_batch: int = Field(64, ge=1, le=4096, description="upper bound of the dynamic batch dimension; memory is "
+                                                          "planned for it (the runner splits bigger batches)")
+
+
+class ExecuTorchQuantizeConfig(Section):
+    enabled: bool = Field(True, description="INT8 .pte via PT2E with the XNNPACK quantizer: static, per-channel "
+                                            "weights, calibrated (needs export.executorch)")
+    per_channel: bool = Field(True, description="per-output-channel weight scales (else one per tensor)")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """torch.export, the edge passes and torchao warn through Python warnings and logging; the native
+    runtime logs through sys.stderr. cpuinfo's lines come from native code and cannot be caught here."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _unfused(model):
+    """A copy with timm's attention as explicit matmul + softmax (see the module docstring)."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return model
+
+
+def _capture(model, shape: tuple[int, ...], max_batch: int):
+    """torch.export with a dynamic batch. The example batch is 2: torch.export specialises a size-1 dim."""
+    import torch
+
+    if max_batch == 1:
+        return torch.export.export(model, (torch.zeros(1, *shape),))
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    return torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=({0: batch},))
+
+
+def _op_name(target) -> str | None:
+    """'linear', 'native_layer_norm', 'slice_copy.Tensor' for an ATen/edge op; None for getitem, symbolic
+    size arithmetic and the delegate calls themselves."""
+    import torch
+
+    op = getattr(target, "_op", target)  # an edge-dialect op wraps its ATen overload
+    if not isinstance(op, torch._ops.OpOverload) or op.name().startswith("aten::sym_"):
+        return None
+    name = str(op)
+    return name.removeprefix("aten.").removesuffix(".default")
+
+
+QUANTIZE = ("quantized_decomposed.quantize_per_tensor", "quantized_decomposed.quantize_per_channel")
+DEQUANTIZE = ("quantized_decomposed.dequantize_per_tensor", "quantized_decomposed.dequantize_per_channel")
+
+
+def delegation(graph_module) -> dict:
+    """Ops inside XNNPACK partitions and ops left on the portable kernels (executorch.devtools'
+    get_delegation_info does the same but needs pandas); `int8_ops`: delegated ops that take dequantized
+    inputs and whose outputs are quantized again, i.e. XNNPACK runs them on INT8 data."""
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    delegated, portable, int8 = Counter(), Counter(), Counter()
+    partitions = 0
+    for child in graph_module.children():
+        if isinstance(child, LoweredBackendModule):
+            partitions += 1
+            for node in child.original_module.graph.nodes:
+                name = _op_name(node.target) if node.op == "call_function" else None
+                if name is None:
+                    continue
+                delegated[name] += 1
+                if not name.startswith(QUANTIZE + DEQUANTIZE) and \
+                        any(_is(i, DEQUANTIZE) for i in node.all_input_nodes) and \
+                        any(_is(u, QUANTIZE) for u in node.users):
+                    int8[name] += 1
+    for node in graph_module.graph.nodes:
+        name = _op_name(node.target) if node.op == "call_function" else None
+        if name is not None:
+            portable[name] += 1
+    return {"partitions": partitions, "delegated_ops": dict(sorted(delegated.items())),
+            "undelegated_ops": dict(sorted(portable.items())), "int8_ops": dict(sorted(int8.items()))}
+
+
+def _is(node, prefixes: tuple[str, ...]) -> bool:
+    name = _op_name(node.target) if node.op == "call_function" else None
+    return name is not None and name.startswith(prefixes)
+
+
+def _lower(exported, path: Path, max_batch: int) -> dict:
+    """to_edge_transform_and_lower with the XNNPACK partitioner, then the .pte. Returns delegation()."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    program = edge.exported_program()
+    record = delegation(program.graph_module)
+    _widen_batch(program, max_batch)
+    Path(path).write_bytes(edge.to_executorch().buffer)
+    return record
+
+
+def _widen_batch(program, max_batch: int) -> None:
+    """Restore the batch's upper bound before memory planning. Lowering a stride-2 conv re-runs torch's fake
+    conv, whose backend choice guards `batch < 16` at the example batch of 2: the bound drops to 15 and
+    the planned input would refuse 16 images (seen on the convstem student: torch 2.14, ExecuTorch 1.5).
+    XNNPACK reshapes at run time, so the wider plan is safe; tests run the largest batch."""
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    size = node.meta["val"].shape[0]
+    if isinstance(size, int):
+        return
+    env, symbol = size.node.shape_env, size.node.expr
+    env.var_to_range[symbol] = ValueRanges(env.var_to_range[symbol].lower, max_batch)
+
+
+def _failed(what: str, name: str, exc: BaseException) -> UserError:
+    from pipeline.errors import root_cause
+
+    return UserError(f"ExecuTorch {what} of {name} failed: {root_cause(exc)}; the op may lack an ExecuTorch "
+                     "kernel or an XNNPACK lowering")
+
+
+def export(model, shape: tuple[int, ...], path: Path, max_batch: int, name: str = "the model") -> dict:
+    """fp32 .pte, lowered to XNNPACK. Returns the delegation record and the planned max batch."""
+    from targets.runtimes import require
+
+    require("executorch", "executorch")
+    with quiet():
+        try:
+            record = _lower(_capture(_unfused(model), shape, max_batch), path, max_batch)
+        except Exception as exc:  # torch.export and the edge passes raise many types; the innermost names the op
+            raise _failed("export", name, exc) from None
+    record.pop("int8_ops")
+    return {**record, "max_batch": max_batch}
+
+
+def _quantizer(per_channel: bool, keep: Callable | None = None):
+    """The XNNPACK quantizer (static INT8, symmetric weights) on the nodes where `keep(node)` is true."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel,
+                                                                                is_dynamic=False))
+    if keep is not None:
+        quantizer.set_filter_function(keep)
+    return quantizer
+
+
+def _in_modules(names: list[str]) -> Callable:
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    filters = [get_module_name_filter(name) for name in names]
+    return lambda node: any(f(node) for f in filters)
+
+
+def _fake_quantized(graph, calibration: np.ndarray, quantizer, batch: int):
+    """prepare_pt2e, observe `calibration` in order (deterministic min/max), convert_pt2e: a torch module
+    with quantize/dequantize ops, numerically what the INT8 program computes."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(copy.deepcopy(graph), quantizer)
+    with torch.no_grad():
+        for i in range(0, len(calibration), batch):
+            prepared(torch.from_numpy(np.ascontiguousarray(calibration[i:i + batch], dtype=np.float32)))
+    return convert_pt2e(prepared)
+
+
+def _logits(module, images: np.ndarray, batch: int) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([module(torch.from_numpy(np.ascontiguousarray(images[i:i + batch], dtype=np.float32)))
+                               .numpy() for i in range(0, len(images), batch)])
+
+
+def candidate_modules(model) -> list[str]:
+    """The layers the fallback may keep in float: every Linear and Conv (where the INT8 work is)."""
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    return [name for name, module in model.named_modules() if isinstance(module, kinds)]
+
+
+def rank_sensitivity(model, graph, calibration: np.ndarray, images: np.ndarray, reference: np.ndarray,
+                     per_channel: bool, batch: int) -> list[dict]:
+    """Quantize one layer alone (fake-quantized in torch, not lowered: lowering takes seconds) and measure
+    how far the logits move from fp32, relative to their variance. Most harmful first."""
+    scores = []
+    for name in candidate_modules(model):
+        probe = _fake_quantized(graph, calibration, _quantizer(per_channel, _in_modules([name])), batch)
+        logits = _logits(probe, images, batch)
+        scores.append({"node": name, "relative_mse": float(((logits - reference) ** 2).mean() / reference.var())})
+    return sorted(scores, key=lambda s: -s["relative_mse"])
+
+
+def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, val_images: np.ndarray,
+             val_labels: np.ndarray, max_drop: float, max_fallback_layers: int, per_channel: bool,
+             log: Callable[[str], None], max_batch: int = 64, name: str = "the model") -> dict:
+    """INT8 .pte (static: weights and activations, calibrated on `calibration`), then while the INT8
+    program's top-1 on the validation images is more than `max_drop` points below fp32 torch's, the next
+    most sensitive layer stays float (at most `max_fallback_layers`).
+
+    Returns stages.quantize.onnx_int8.Fallback's dict plus `op_types` (ops XNNPACK runs on INT8 data) and
+    the delegation record of the last program."""
+    from stages.quantize.onnx_int8 import Fallback
+    from targets.executorch_runner import ExecuTorchRunner
+    from targets.runtimes import predict, require
+
+    require("executorch", "executorch")
+    require("torchao", "executorch")
+    model = _unfused(model)
+    batch = min(CALIBRATION_BATCH, max_batch)
+    fp32 = float(100 * (_logits(model, val_images, batch).argmax(1) == val_labels).mean())
+    result = Fallback(max_drop, fp32)
+    excluded: list[str] = []
+    ranked: list[dict] | None = None
+    try:
+        with quiet():
+            graph = _capture(model, shape, max_batch).module()
+    except Exception as exc:
+        raise _failed("INT8 capture", name, exc) from None
+    while True:
+        outside = _in_modules(excluded)
+        with quiet():
+            quantizer = _quantizer(per_channel, lambda n, outside=outside: not outside(n))
+            converted = _fake_quantized(graph, calibration, quantizer, batch)
+            try:
+                record = _lower(_capture(converted, shape, max_batch), dst, max_batch)
+            except Exception as exc:
+                raise _failed("INT8 lowering", name, exc) from None
+        int8 = float(100 * (predict(ExecuTorchRunner(dst), [val_images]).argmax(1) == val_labels).mean())
+        drop = fp32 - int8
+        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
+        if drop <= max_drop or len(excluded) >= max_fallback_layers:
+            break
+        if ranked is None:
+            log(f"  ExecuTorch INT8 loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
+            images = val_images[:PROBE_IMAGES]
+            with quiet():
+                ranked = rank_sensitivity(model, graph, calibration, images, _logits(model, images, batch),
+                                          per_channel, batch)
+            result.sensitivity = ranked
+        remaining = [r["node"] for r in ranked if r["node"] not in excluded]
+        if not remaining:
+            break
+        excluded.append(remaining[0])
+        log(f"  keeping {remaining[0]} in float")
+    return {**result.as_dict(), "op_types": record.pop("int8_ops"), **record, "max_batch": max_batch}

@@ -1,0 +1,137 @@
+"""ExecuTorch's Python runtime for .pte programs (XNNPACK delegate, portable kernels for the rest).
+
+Threads: the XNNPACK delegate runs on ExecuTorch's one process-wide threadpool, resized with the pybindings'
+`_unsafe_reset_threadpool` (programs already loaded follow the new size). Each runner applies its own
+count before every call, so runners with different counts can alternate; `threads=0` is the pool's size
+at the first runner (ExecuTorch's default: the performance cores). Unsafe only while another thread is
+executing a program.
+
+The native runtime logs through Python's sys.stderr: the runner captures those lines and puts the last one
+in its errors. A file whose identifier bytes are not ASCII is refused before it reaches the runtime, whose
+log of them aborts the process (ExecuTorch 1.5.1: pybind11 cannot decode the line).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from targets.runtimes import require
+
+_default_threads: int | None = None
+
+
+@contextlib.contextmanager
+def _native_log() -> Iterator[io.StringIO]:
+    """The runtime's log lines ("[program.cpp:184] Verification failed; ...") while inside."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+def _detail(log: io.StringIO, exc: BaseException) -> str:
+    """The last native log line without its [file:line] prefix, with the exception's first line."""
+    lines = [line.split("] ", 1)[-1].strip() for line in log.getvalue().splitlines() if line.strip()]
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{lines[-1]} ({first})" if lines else first
+
+
+def _check_identifier(path: Path) -> None:
+    """A .pte starts with a 4-byte offset and the flatbuffer file identifier ("ET12" in 1.5)."""
+    try:
+        head = Path(path).read_bytes()[:8]
+    except OSError as exc:
+        raise UserError(f"executorch cannot load {Path(path).name}: {exc.strerror}") from None
+    if len(head) < 8 or head[4:6] != b"ET" or not head[4:8].isascii():
+        raise UserError(f"executorch cannot load {Path(path).name}: not an ExecuTorch program (no 'ET..' file "
+                        f"identifier at byte 4; truncated, damaged or another format)")
+
+
+class ExecuTorchRunner:
+    runtime = "executorch"
+    evaluation = "measured"
+
+    def __init__(self, path: Path, threads: int = 0, etdump: bool = False):
+        global _default_threads
+        require("executorch", "executorch")
+        import torch
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        self._torch, self._lib = torch, portable_lib
+        if _default_threads is None:
+            _default_threads = portable_lib._threadpool_get_thread_count()
+        self.threads = threads or _default_threads
+        _check_identifier(path)
+        with _native_log() as log:
+            try:
+                self.program = Runtime.get().load_program(Path(path), enable_etdump=etdump)
+                self.method = self.program.load_method("forward")
+            except (RuntimeError, ValueError) as exc:
+                raise UserError(f"executorch cannot load {Path(path).name}: {_detail(log, exc)}") from None
+        self.name = Path(path).name
+        self.max_batch = self.method.metadata.input_tensor_meta(0).sizes()[0]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a float32 NCHW batch, in chunks of at most the program's planned batch."""
+        with _native_log() as log:
+            if self._lib._threadpool_get_thread_count() != self.threads:
+                self._lib._unsafe_reset_threadpool(self.threads)
+            try:
+                return np.concatenate([self.method.execute([self._torch.from_numpy(
+                    np.ascontiguousarray(x[i:i + self.max_batch], dtype=np.float32))])[0].numpy()
+                    for i in range(0, len(x), self.max_batch)])
+            except RuntimeError as exc:  # e.g. another image size than the program was exported for
+                raise UserError(f"executorch cannot run {self.name}: {_detail(log, exc)}") from None
+
+
+def _xnnpack_precision(kernel: str) -> str:
+    """int8 | convert | float from an XNNPACK operator name, e.g. "Fully Connected (NC, QS8) GEMM #1"."""
+    if kernel.startswith("Convert"):
+        return "convert"
+    return "int8" if any(t in kernel for t in ("QS8", "QU8", "QC8", "QD8", "QP8")) else "float"
+
+
+def profile_layers(path: Path, x: np.ndarray, threads: int = 0, runs: int = 20, warmup: int = 5) -> dict:
+    """Per-op times from ETDump (the pip wheel's runtime records it): XNNPACK's own per-operator events
+    inside each delegate call (microsecond resolution) and the portable kernels' calls, averaged over
+    `runs` executions of `x`. The same shape as targets.agent.summarise; run_ms is Method::execute's mean."""
+    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+
+    from targets.agent import summarise
+
+    runner = ExecuTorchRunner(path, threads, etdump=True)
+    for _ in range(warmup + runs):
+        runner(x)
+    with tempfile.TemporaryDirectory() as folder, _native_log():
+        dump, debug = Path(folder) / "run.etdp", Path(folder) / "debug.bin"
+        runner.program.write_etdump_result_to_file(str(dump), str(debug))
+        blocks = [block for block in deserialize_from_etdump_flatcc(dump.read_bytes()).run_data
+                  if any(e.profile_event and e.profile_event.name == "Method::execute" for e in block.events)]
+    nodes: dict[str, dict] = {}
+    totals = []
+    for block in blocks[-runs:]:
+        for event in (e.profile_event for e in block.events if e.profile_event):
+            ns = event.end_time - event.start_time
+            if event.name == "Method::execute":
+                totals.append(ns / 1e6)
+                continue
+            if event.name and event.name.startswith("native_call_"):
+                op = event.name.removeprefix("native_call_").removesuffix("_out").removesuffix(".out")
+                key, entry = f"{op} @{event.instruction_id}", {"op_type": op, "kernel": "portable",
+                                                               "precision": "convert" if "quantize" in op else "float"}
+            elif event.delegate_debug_id_str:
+                kernel = event.delegate_debug_id_str
+                key = f"xnnpack @{event.instruction_id}: {kernel}"
+                entry = {"op_type": kernel.rsplit(" #", 1)[0], "kernel": "xnnpack",
+                         "precision": _xnnpack_precision(kernel)}
+            else:  # OPERATOR_CALL / DELEGATE_CALL wrap the events above
+                continue
+            nodes.setdefault(key, {"name": key, "us": 0.0, **entry})["us"] += ns / 1000
+    runs = len(totals) or 1
+    return summarise(list(nodes.values()), runs, sum(totals) / runs if totals else None)
