@@ -45,6 +45,7 @@ SETTINGS = [
     "distill.epochs=1", "distill.batch_size=64", "distill.k=32",
     "export.parity_images=128", "quantize.calibration_images=64", "quantize.validation_images=200",
     "quantize.coreml.variants=[{name='int8', kind='linear', granularity='per_channel'}]",
+    "export.executorch.enabled=false", "export.litert.enabled=false",  # not yet measured on every family
 ]
 
 
