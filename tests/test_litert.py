@@ -20,6 +20,7 @@ MAX_DROP = 1.0  # top-1 points; one of the 397 validation images is 0.25
 def tiny_vit() -> torch.nn.Module:
     import timm
 
+    torch.manual_seed(0)  # the same initial weights whatever tests ran before (the sabotage test depends on them)
     return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                              num_classes=10, in_chans=1)
 
