@@ -1,10 +1,12 @@
 """ExecuTorch's Python runtime for .pte programs (XNNPACK delegate, portable kernels for the rest).
 
-Threads: the XNNPACK delegate runs on ExecuTorch's one process-wide threadpool, resized with the pybindings'
-`_unsafe_reset_threadpool` (programs already loaded follow the new size). Each runner applies its own
-count before every call, so runners with different counts can alternate; `threads=0` is the pool's size
-at the first runner (ExecuTorch's default: the performance cores). Unsafe only while another thread is
-executing a program.
+Threads: the XNNPACK delegate runs on ExecuTorch's one process-wide threadpool (default: one thread per
+processor), resized with the pybindings' `_unsafe_reset_threadpool`. Resizing while any XNNPACK program is
+loaded corrupts the heap in ExecuTorch 1.5.1 (segfaults in pthreadpool, malloc aborts; also when every method
+is reloaded after the resize), while resizing with none loaded was clean in 360 of 360 tries. So a runner
+resizes the pool only when no other runner is alive, and refuses (UserError) a count other than the pool's
+while one is; `threads=0` takes the pool as it is. One count per process: the benchmark agent's own process,
+or one [evaluate] threads setting.
 
 The native runtime logs through Python's sys.stderr: the runner captures those lines and puts the last one
 in its errors. A file whose identifier bytes are not ASCII is refused before it reaches the runtime, whose
@@ -13,8 +15,10 @@ log of them aborts the process (ExecuTorch 1.5.1: pybind11 cannot decode the lin
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +27,22 @@ import numpy as np
 from pipeline.errors import UserError
 from targets.runtimes import require
 
-_default_threads: int | None = None
+_live: weakref.WeakSet = weakref.WeakSet()  # runners with a loaded program
+
+
+def _use_threads(lib, threads: int) -> None:
+    """Resize the pool to `threads` (0: leave it) if no runner is alive (see the module docstring)."""
+    current = lib._threadpool_get_thread_count()
+    if not threads or threads == current:
+        return
+    if _live:
+        gc.collect()  # a runner in a reference cycle, already unreachable
+    if _live:
+        raise UserError(f"executorch runs every program on one process-wide threadpool, now {current} threads "
+                        f"for {len(_live)} loaded program(s); {threads} threads need them closed first (resizing "
+                        "under a loaded XNNPACK program crashes ExecuTorch 1.5.1)")
+    with _native_log():  # "[threadpool.cpp:66] Resetting threadpool to 1 threads."
+        lib._unsafe_reset_threadpool(threads)
 
 
 @contextlib.contextmanager
@@ -57,31 +76,28 @@ class ExecuTorchRunner:
     evaluation = "measured"
 
     def __init__(self, path: Path, threads: int = 0, etdump: bool = False):
-        global _default_threads
         require("executorch", "executorch")
         import torch
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-        self._torch, self._lib = torch, portable_lib
-        if _default_threads is None:
-            _default_threads = portable_lib._threadpool_get_thread_count()
-        self.threads = threads or _default_threads
+        self._torch = torch
         _check_identifier(path)
+        _use_threads(portable_lib, threads)
+        self.threads = portable_lib._threadpool_get_thread_count()
         with _native_log() as log:
             try:
                 self.program = Runtime.get().load_program(Path(path), enable_etdump=etdump)
                 self.method = self.program.load_method("forward")
             except (RuntimeError, ValueError) as exc:
                 raise UserError(f"executorch cannot load {Path(path).name}: {_detail(log, exc)}") from None
+        _live.add(self)
         self.name = Path(path).name
         self.max_batch = self.method.metadata.input_tensor_meta(0).sizes()[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits for a float32 NCHW batch, in chunks of at most the program's planned batch."""
         with _native_log() as log:
-            if self._lib._threadpool_get_thread_count() != self.threads:
-                self._lib._unsafe_reset_threadpool(self.threads)
             try:
                 return np.concatenate([self.method.execute([self._torch.from_numpy(
                     np.ascontiguousarray(x[i:i + self.max_batch], dtype=np.float32))])[0].numpy()

@@ -1,0 +1,183 @@
+"""ExecuTorch: .pte export to XNNPACK, INT8 with the accuracy fallback, the runner, on a tiny convstem ViT
+trained here for a few seconds on sklearn's digits (upscaled to 16x16)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from pipeline.errors import UserError
+from stages.formats.executorch import export, quantize
+from targets.executorch_runner import ExecuTorchRunner, profile_layers
+from targets.runtimes import predict
+
+SHAPE = (1, 16, 16)
+MAX_BATCH = 32  # above 15, the bound lowering a stride-2 conv would otherwise leave
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """(train images, train labels, validation images, validation labels), float32 NCHW in [-1, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.kron(data.images.astype(np.float32) / 8 - 1, np.ones((2, 2), np.float32))[:, None]
+    order = np.random.default_rng(0).permutation(len(images))
+    images, labels = images[order], data.target[order]
+    return images[:1297], labels[:1297], images[1297:], labels[1297:]
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """Trained for 20 epochs (about 5 s, one thread: faster than two for a model this small)."""
+    import stages.models  # noqa: F401  (registers convstem_vit_*)
+
+    images, labels = torch.from_numpy(digits[0]), torch.from_numpy(digits[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = timm.create_model("convstem_vit_tiny", img_size=16, embed_dim=32, depth=1, num_heads=2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for _ in range(20):
+        order = torch.randperm(len(images))
+        for i in range(0, len(images), 64):
+            batch = order[i:i + 64]
+            loss = torch.nn.functional.cross_entropy(net(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    torch.set_num_threads(threads)
+    return net.eval()
+
+
+def logits(net, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(images)).numpy()
+
+
+@pytest.fixture(scope="module")
+def fp32(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("executorch") / "model.pte"
+    return path, export(model, SHAPE, path, MAX_BATCH, name="tiny")
+
+
+def test_export_matches_torch_and_records_what_xnnpack_runs(fp32, model, digits):
+    path, record = fp32
+    images = digits[2]
+    reference = logits(model, images)
+    assert (reference.argmax(1) == digits[3]).mean() > 0.7  # learnt: 10 classes, chance is 0.1
+    runner = ExecuTorchRunner(path)
+    assert runner.max_batch == record["max_batch"] == MAX_BATCH
+    out = runner(images)  # 500 images: 16 calls of at most 32
+    assert out.shape == reference.shape
+    assert np.abs(out - reference).max() < 1e-3
+    assert (out.argmax(1) == reference.argmax(1)).mean() == 1.0
+    assert np.array_equal(runner(images[:1]), out[:1]) and np.array_equal(runner(images[:MAX_BATCH]), out[:MAX_BATCH])
+    assert record["delegated_ops"]["linear"] == 5  # qkv, proj, fc1, fc2 and the head
+    assert record["delegated_ops"]["convolution"] == 3
+    assert "native_layer_norm" in record["undelegated_ops"]
+    assert not {"where", "any.dim", "eq.Scalar"} & set(record["undelegated_ops"])  # the attention is not fused
+
+
+def test_runner_threads_resize_the_pool_only_with_no_program_loaded(fp32, digits):
+    from executorch.extension.pybindings import portable_lib
+
+    runner = ExecuTorchRunner(fp32[0], threads=1)
+    assert runner.threads == portable_lib._threadpool_get_thread_count() == 1
+    assert ExecuTorchRunner(fp32[0]).threads == 1  # 0: the pool as it is
+    with pytest.raises(UserError, match=r"^executorch runs every program on one process-wide threadpool, now 1 "):
+        ExecuTorchRunner(fp32[0], threads=2)
+    reference = runner(digits[2][:40])
+    del runner
+    runner = ExecuTorchRunner(fp32[0], threads=2)
+    assert portable_lib._threadpool_get_thread_count() == 2
+    assert np.abs(runner(digits[2][:40]) - reference).max() < 1e-5
+
+
+def test_profile_layers_reports_xnnpack_and_portable_ops(fp32, digits):
+    profile = profile_layers(fp32[0], digits[2][:1], threads=1, runs=5, warmup=1)
+    kernels = {(entry["kernel"], entry["op_type"]) for entry in profile["by_op_type"]}
+    assert ("xnnpack", "Fully Connected (NC, F32) GEMM") in kernels and ("portable", "native_layer_norm") in kernels
+    assert profile["runs"] == 5 and 0 < profile["layers_ms"] <= profile["run_ms"]
+    assert abs(sum(entry["share"] for entry in profile["layers"]) - 1) < 1e-6
+
+
+def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path):
+    train, _, images, labels = digits
+    path = tmp_path / "model_int8.pte"
+    result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, print, max_batch=MAX_BATCH)
+    assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1
+    int8_top1 = 100 * (predict(ExecuTorchRunner(path), [images]).argmax(1) == labels).mean()
+    assert result["fp32_top1"] > 70 and abs(result["fp32_top1"] - int8_top1 - result["steps"][0]["drop"]) < 1e-3
+    assert path.stat().st_size < 0.7 * fp32[0].stat().st_size
+    assert result["op_types"]["linear"] == 5 and result["op_types"]["convolution"] == 3
+
+
+@pytest.mark.slow
+def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path):
+    """One channel of the final norm scaled by 1000 and undone in the head's weights: fp32 is unchanged, but
+    the per-tensor INT8 range of the head's input is ruined. Static (max_batch 1): lowering is faster."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.norm.weight[0] *= 1000
+        model.norm.bias[0] *= 1000
+        model.head.weight[:, 0] /= 1000
+    train, _, images, labels = digits
+    messages = []
+    result = quantize(model, SHAPE, tmp_path / "s.pte", train[:256], images, labels, 2.0, 3, True, messages.append,
+                      max_batch=1)
+    first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
+    assert first > 20, "the sabotage should have hurt INT8"
+    assert result["met"] and last <= 2.0 and result["excluded"] == ["head"]
+    assert [step["excluded"] for step in result["steps"]] == [[], ["head"]]
+    ranked = [entry["relative_mse"] for entry in result["sensitivity"]]
+    assert ranked == sorted(ranked, reverse=True) and ranked[0] > 100 * ranked[1]
+    assert result["sensitivity"][0]["node"] == "head" and len(ranked) == 8  # 3 convs, 5 linears
+    assert messages[-1] == "  keeping head in float"
+
+
+def _damaged(path, tmp_path, how: str):
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[:len(data) // 2]
+    elif how == "random":
+        data = bytearray(np.random.default_rng(0).bytes(4096))
+    else:  # flipped bytes at an offset: the file identifier, or inside the program's flatbuffer
+        offset = int(how.removeprefix("flipped@"))
+        data[offset:offset + 16] = bytes(b ^ 0xFF for b in data[offset:offset + 16])
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+@pytest.mark.parametrize("how", ["truncated", "random", "flipped@4", "flipped@200"])
+def test_a_damaged_program_is_refused_in_one_line(fp32, tmp_path, how):
+    with pytest.raises(UserError, match=r"^executorch cannot load bad\.pte: ") as error:
+        ExecuTorchRunner(_damaged(fp32[0], tmp_path, how))
+    assert "\n" not in str(error.value)
+
+
+def test_a_wrong_image_size_is_one_line(fp32):
+    with pytest.raises(UserError, match=r"^executorch cannot run model\.pte: "):
+        ExecuTorchRunner(fp32[0])(np.zeros((1, 1, 20, 20), np.float32))
+
+
+def test_an_op_without_a_lowering_names_the_op(tmp_path):
+    @torch.library.custom_op("manifold_edge_executorch_test::riddle", mutates_args=())
+    def riddle(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @riddle.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return riddle(x).flatten(1)
+
+    with pytest.raises(UserError, match=r"^ExecuTorch export of odd_net failed: .*riddle") as error:
+        export(Odd(), (1, 4, 4), tmp_path / "odd.pte", 4, name="odd_net")
+    assert "\n" not in str(error.value)
