@@ -8,7 +8,7 @@ resizes the pool only when no other runner is alive, and refuses (UserError) a c
 while one is; `threads=0` takes the pool as it is. One count per process: the benchmark agent's own process,
 or one [evaluate] threads setting.
 
-The native runtime logs through Python's sys.stderr: the runner captures those lines and puts the last one
+The native runtime logs through Python's sys.stderr: the runner captures those lines and puts the first one
 in its errors. A file whose identifier bytes are not ASCII is refused before it reaches the runtime, whose
 log of them aborts the process (ExecuTorch 1.5.1: pybind11 cannot decode the line).
 """
@@ -18,6 +18,7 @@ import contextlib
 import gc
 import io
 import tempfile
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,10 +55,11 @@ def _native_log() -> Iterator[io.StringIO]:
 
 
 def _detail(log: io.StringIO, exc: BaseException) -> str:
-    """The last native log line without its [file:line] prefix, with the exception's first line."""
+    """The first native log line (the cause; later ones trace it up the stack) without its [file:line]
+    prefix, and the exception's first line."""
     lines = [line.split("] ", 1)[-1].strip() for line in log.getvalue().splitlines() if line.strip()]
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{lines[-1]} ({first})" if lines else first
+    return f"{lines[0]} ({first})" if lines else first
 
 
 def _check_identifier(path: Path) -> None:
@@ -78,8 +80,11 @@ class ExecuTorchRunner:
     def __init__(self, path: Path, threads: int = 0, etdump: bool = False):
         require("executorch", "executorch")
         import torch
-        from executorch.extension.pybindings import portable_lib
-        from executorch.runtime import Runtime
+
+        with warnings.catch_warnings():  # the pybindings warn that they are experimental
+            warnings.simplefilter("ignore")
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
 
         self._torch = torch
         _check_identifier(path)
@@ -93,16 +98,19 @@ class ExecuTorchRunner:
                 raise UserError(f"executorch cannot load {Path(path).name}: {_detail(log, exc)}") from None
         _live.add(self)
         self.name = Path(path).name
-        self.max_batch = self.method.metadata.input_tensor_meta(0).sizes()[0]
+        self.max_batch, *self.image_shape = self.method.metadata.input_tensor_meta(0).sizes()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits for a float32 NCHW batch, in chunks of at most the program's planned batch."""
+        if list(x.shape[1:]) != self.image_shape:
+            raise UserError(f"executorch cannot run {self.name}: it takes images of shape {tuple(self.image_shape)}, "
+                            f"not {tuple(x.shape[1:])}")
         with _native_log() as log:
             try:
                 return np.concatenate([self.method.execute([self._torch.from_numpy(
                     np.ascontiguousarray(x[i:i + self.max_batch], dtype=np.float32))])[0].numpy()
                     for i in range(0, len(x), self.max_batch)])
-            except RuntimeError as exc:  # e.g. another image size than the program was exported for
+            except RuntimeError as exc:
                 raise UserError(f"executorch cannot run {self.name}: {_detail(log, exc)}") from None
 
 
@@ -114,9 +122,10 @@ def _xnnpack_precision(kernel: str) -> str:
 
 
 def profile_layers(path: Path, x: np.ndarray, threads: int = 0, runs: int = 20, warmup: int = 5) -> dict:
-    """Per-op times from ETDump (the pip wheel's runtime records it): XNNPACK's own per-operator events
-    inside each delegate call (microsecond resolution) and the portable kernels' calls, averaged over
-    `runs` executions of `x`. The same shape as targets.agent.summarise; run_ms is Method::execute's mean."""
+    """Per-op times from ETDump (the pip wheel's runtime records it; ticks are nanoseconds on Linux):
+    XNNPACK's own per-operator events inside each delegate call (microsecond resolution) and the portable
+    kernels' calls, averaged over `runs` executions of `x`. The shape of targets.agent.summarise; run_ms is
+    Method::execute's mean, which also holds the delegate-call overhead the layers leave out."""
     from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
 
     from targets.agent import summarise
@@ -127,8 +136,10 @@ def profile_layers(path: Path, x: np.ndarray, threads: int = 0, runs: int = 20, 
     with tempfile.TemporaryDirectory() as folder, _native_log():
         dump, debug = Path(folder) / "run.etdp", Path(folder) / "debug.bin"
         runner.program.write_etdump_result_to_file(str(dump), str(debug))
-        blocks = [block for block in deserialize_from_etdump_flatcc(dump.read_bytes()).run_data
-                  if any(e.profile_event and e.profile_event.name == "Method::execute" for e in block.events)]
+        with warnings.catch_warnings():  # it calls the deprecated importlib.resources.read_binary
+            warnings.simplefilter("ignore")
+            blocks = [block for block in deserialize_from_etdump_flatcc(dump.read_bytes()).run_data
+                      if any(e.profile_event and e.profile_event.name == "Method::execute" for e in block.events)]
     nodes: dict[str, dict] = {}
     totals = []
     for block in blocks[-runs:]:
@@ -149,5 +160,5 @@ def profile_layers(path: Path, x: np.ndarray, threads: int = 0, runs: int = 20, 
             else:  # OPERATOR_CALL / DELEGATE_CALL wrap the events above
                 continue
             nodes.setdefault(key, {"name": key, "us": 0.0, **entry})["us"] += ns / 1000
-    runs = len(totals) or 1
-    return summarise(list(nodes.values()), runs, sum(totals) / runs if totals else None)
+    count = len(totals) or 1
+    return summarise(list(nodes.values()), count, sum(totals) / count if totals else None)

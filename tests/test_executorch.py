@@ -75,7 +75,8 @@ def test_export_matches_torch_and_records_what_xnnpack_runs(fp32, model, digits)
     assert out.shape == reference.shape
     assert np.abs(out - reference).max() < 1e-3
     assert (out.argmax(1) == reference.argmax(1)).mean() == 1.0
-    assert np.array_equal(runner(images[:1]), out[:1]) and np.array_equal(runner(images[:MAX_BATCH]), out[:MAX_BATCH])
+    assert np.abs(runner(images[:1]) - out[:1]).max() < 1e-5  # batch 1, and a whole planned batch
+    assert np.abs(runner(images[:MAX_BATCH]) - out[:MAX_BATCH]).max() < 1e-5
     assert record["delegated_ops"]["linear"] == 5  # qkv, proj, fc1, fc2 and the head
     assert record["delegated_ops"]["convolution"] == 3
     assert "native_layer_norm" in record["undelegated_ops"]
@@ -108,8 +109,10 @@ def test_profile_layers_reports_xnnpack_and_portable_ops(fp32, digits):
 def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path):
     train, _, images, labels = digits
     path = tmp_path / "model_int8.pte"
-    result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, print, max_batch=MAX_BATCH)
-    assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1
+    messages = []
+    result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, messages.append,
+                      max_batch=MAX_BATCH)
+    assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1 and messages == []
     int8_top1 = 100 * (predict(ExecuTorchRunner(path), [images]).argmax(1) == labels).mean()
     assert result["fp32_top1"] > 70 and abs(result["fp32_top1"] - int8_top1 - result["steps"][0]["drop"]) < 1e-3
     assert path.stat().st_size < 0.7 * fp32[0].stat().st_size
@@ -161,7 +164,8 @@ def test_a_damaged_program_is_refused_in_one_line(fp32, tmp_path, how):
 
 
 def test_a_wrong_image_size_is_one_line(fp32):
-    with pytest.raises(UserError, match=r"^executorch cannot run model\.pte: "):
+    with pytest.raises(UserError, match=r"^executorch cannot run model\.pte: it takes images of shape \(1, 16, 16\), "
+                                        r"not \(1, 20, 20\)$"):
         ExecuTorchRunner(fp32[0])(np.zeros((1, 1, 20, 20), np.float32))
 
 
