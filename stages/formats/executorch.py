@@ -260,9 +260,9 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
     program's top-1 on the validation images is more than `max_drop` points below fp32 torch's, the next
     most sensitive layer stays float (at most `max_fallback_layers`).
 
-    Returns stages.quantize.onnx_int8.Fallback's dict plus `op_types` (ops XNNPACK runs on INT8 data) and
+    Returns stages.quantize.fallback.Fallback's dict plus `op_types` (ops XNNPACK runs on INT8 data) and
     the delegation record of the last program."""
-    from stages.quantize.onnx_int8 import Fallback
+    from stages.quantize.fallback import with_fallback
     from targets.executorch_runner import ExecuTorchRunner
     from targets.runtimes import predict, require
 
@@ -270,38 +270,29 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
     require("torchao", "executorch")
     model = _unfused(model)
     batch = min(CALIBRATION_BATCH, max_batch)
-    fp32 = float(100 * (_logits(model, val_images, batch).argmax(1) == val_labels).mean())
-    result = Fallback(max_drop, fp32)
-    excluded: list[str] = []
-    ranked: list[dict] | None = None
     try:
         with quiet():
             graph = _capture(model, shape, max_batch).module()
     except Exception as exc:
         raise _failed("INT8 capture", name, exc) from None
-    while True:
+    lowered: dict = {}  # the delegation record of the last program written
+
+    def quantized_top1(excluded: list[str]) -> float:
         with quiet():
             converted = _fake_quantized(graph, calibration, _quantizer(per_channel, _in_modules(excluded, False)),
                                         batch)
             try:
-                record = _lower(_capture(converted, shape, max_batch), dst, max_batch)
+                lowered.update(_lower(_capture(converted, shape, max_batch), dst, max_batch))
             except Exception as exc:
                 raise _failed("INT8 lowering", name, exc) from None
-        int8 = float(100 * (predict(ExecuTorchRunner(dst), [val_images]).argmax(1) == val_labels).mean())
-        drop = fp32 - int8
-        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
-        if drop <= max_drop or len(excluded) >= max_fallback_layers:
-            break
-        if ranked is None:
-            log(f"  ExecuTorch INT8 loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
-            images = val_images[:PROBE_IMAGES]
-            with quiet():
-                ranked = rank_sensitivity(model, graph, calibration, images, _logits(model, images, batch),
-                                          per_channel, batch)
-            result.sensitivity = ranked
-        remaining = [r["node"] for r in ranked if r["node"] not in excluded]
-        if not remaining:
-            break
-        excluded.append(remaining[0])
-        log(f"  keeping {remaining[0]} in float")
-    return {**result.as_dict(), "op_types": record.pop("int8_ops"), **record, "max_batch": max_batch}
+        return float(100 * (predict(ExecuTorchRunner(dst), [val_images]).argmax(1) == val_labels).mean())
+
+    def rank() -> list[dict]:
+        images = val_images[:PROBE_IMAGES]
+        with quiet():
+            return rank_sensitivity(model, graph, calibration, images, _logits(model, images, batch), per_channel,
+                                    batch)
+
+    fp32 = float(100 * (_logits(model, val_images, batch).argmax(1) == val_labels).mean())
+    result = with_fallback("ExecuTorch INT8", fp32, max_drop, max_fallback_layers, quantized_top1, rank, log)
+    return {**result.as_dict(), "op_types": lowered.pop("int8_ops"), **lowered, "max_batch": max_batch}

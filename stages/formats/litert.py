@@ -203,31 +203,21 @@ def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_ima
     """Static INT8 of every FC/conv layer; while the top-1 drop against the fp32 .tflite exceeds max_drop,
     keep the next most sensitive layer in float (at most max_fallback_layers; sensitivity ranked once, on at
     most 256 validation images). Calibrated once, the ranges reused by every step.
-    Returns stages.quantize.onnx_int8.Fallback's dict plus the op types that compute in INT8."""
-    from stages.quantize.onnx_int8 import Fallback
+    Returns stages.quantize.fallback.Fallback's dict plus the op types that compute in INT8."""
+    from stages.quantize.fallback import with_fallback
     from targets.litert_runner import LiteRTRunner
 
     src, dst = Path(src), Path(dst)
     ranges = calibrate(src, calibration)
-    fp32 = top1(src, val_images, val_labels)
-    result = Fallback(max_drop, fp32)
-    excluded: list[str] = []
-    ranked: list[dict] | None = None
-    while True:
+
+    def quantized_top1(excluded: list[str]) -> float:
         quantize_static(src, dst, ranges, exclude=excluded)
-        drop = fp32 - top1(dst, val_images, val_labels)
-        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
-        if drop <= max_drop or len(excluded) >= max_fallback_layers:
-            break
-        if ranked is None:
-            log(f"  LiteRT static INT8 loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
-            reference = LiteRTRunner(src)(val_images[:256])
-            ranked = rank_sensitivity(src, dst.with_name(f"{dst.stem}_probe.tflite"), ranges, val_images[:256],
-                                      reference)
-            result.sensitivity = ranked
-        remaining = [r["node"] for r in ranked if r["node"] not in excluded]
-        if not remaining:
-            break
-        excluded.append(remaining[0])
-        log(f"  keeping {layer_name(remaining[0])} in float")
+        return top1(dst, val_images, val_labels)
+
+    def rank() -> list[dict]:
+        reference = LiteRTRunner(src)(val_images[:256])
+        return rank_sensitivity(src, dst.with_name(f"{dst.stem}_probe.tflite"), ranges, val_images[:256], reference)
+
+    result = with_fallback("LiteRT static INT8", top1(src, val_images, val_labels), max_drop, max_fallback_layers,
+                           quantized_top1, rank, log, layer_name)
     return {**result.as_dict(), "op_types": int8_op_types(dst)}

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import QuantizeConfig
+from stages.quantize.fallback import Fallback, with_fallback
 from targets.runtimes import OnnxRuntimeRunner, predict, require
 
 
@@ -140,28 +140,6 @@ def top1(path: Path, images: np.ndarray, labels: np.ndarray, batch: int = 256) -
     return float(100 * (logits.argmax(1) == labels).mean())
 
 
-@dataclass
-class Fallback:
-    """What the accuracy-aware loop did: the drop after each step and the layers kept in float."""
-
-    max_drop: float
-    fp32_top1: float
-    steps: list[dict] = field(default_factory=list)
-    sensitivity: list[dict] = field(default_factory=list)
-
-    @property
-    def excluded(self) -> list[str]:
-        return self.steps[-1]["excluded"] if self.steps else []
-
-    @property
-    def met(self) -> bool:
-        return bool(self.steps) and self.steps[-1]["drop"] <= self.max_drop
-
-    def as_dict(self) -> dict:
-        return {"max_drop": self.max_drop, "fp32_top1": self.fp32_top1, "met": self.met, "excluded": self.excluded,
-                "steps": self.steps, "sensitivity": self.sensitivity}
-
-
 def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.ndarray, cfg: QuantizeConfig,
                      cache: Path, reference: np.ndarray) -> list[dict]:
     """Per-layer sensitivity: quantize one layer alone and measure how far the logits move from fp32
@@ -182,25 +160,16 @@ def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarr
     """Quantize everything; while the top-1 drop exceeds max_drop, keep the next most sensitive layer
     in float (at most cfg.max_fallback_layers)."""
     cache = work / "calibration.json"
-    fp32 = top1(src, val_images, val_labels)
-    result = Fallback(cfg.max_drop, fp32)
-    excluded: list[str] = []
-    ranked: list[dict] | None = None
-    while True:
+
+    def quantized_top1(excluded: list[str]) -> float:
         quantize_static(src, dst, calibration, cfg, cache, exclude=excluded)
-        drop = fp32 - top1(dst, val_images, val_labels)
-        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
-        if drop <= cfg.max_drop or len(excluded) >= cfg.max_fallback_layers:
-            break
-        if ranked is None:
-            log(f"  ONNX static INT8 loses {drop:.2f} top-1 points (max_drop {cfg.max_drop}): ranking layers")
-            reference = predict(OnnxRuntimeRunner(src), [val_images[:256]])
-            ranked = rank_sensitivity(src, work, calibration, val_images[:256], cfg, cache, reference)
-            result.sensitivity = ranked
-        remaining = [r["node"] for r in ranked if r["node"] not in excluded]
-        if not remaining:
-            break
-        excluded.append(remaining[0])
-        log(f"  keeping {remaining[0]} in float")
+        return top1(dst, val_images, val_labels)
+
+    def rank() -> list[dict]:
+        reference = predict(OnnxRuntimeRunner(src), [val_images[:256]])
+        return rank_sensitivity(src, work, calibration, val_images[:256], cfg, cache, reference)
+
+    result = with_fallback("ONNX static INT8", top1(src, val_images, val_labels), cfg.max_drop,
+                           cfg.max_fallback_layers, quantized_top1, rank, log)
     cache.unlink(missing_ok=True)
     return result
