@@ -134,7 +134,8 @@ class ExportStage(Stage):
                                      "seconds": round(time.perf_counter() - start, 2)}
         if cfg.executorch.enabled:
             start = time.perf_counter()
-            lowered = executorch_format.export(model, shape, ctx.out / EXECUTORCH_FILE, cfg.executorch.max_batch)
+            lowered = executorch_format.export(model, shape, ctx.out / EXECUTORCH_FILE, cfg.executorch.max_batch,
+                                               record["model"])
             artifacts["executorch"] = {"file": EXECUTORCH_FILE, "runtime": "executorch", "precision": "fp32",
                                        "bytes": artifact_bytes(ctx.out / EXECUTORCH_FILE), **lowered,
                                        "seconds": round(time.perf_counter() - start, 2)}

@@ -125,10 +125,11 @@ class QuantizeStage(Stage):
         if cfg.executorch.enabled and "executorch" in exported:
             start = time.perf_counter()
             file = ctx.out / "model_int8.pte"
-            model, _ = load_model(ctx.inputs["distill"] / "model.pt")
+            model, record = load_model(ctx.inputs["distill"] / "model.pt")
             fallback = executorch_format.quantize(model, tuple(calibration.shape[1:]), file, calibration, val_images,
                                                   val_labels, cfg.max_drop, cfg.max_fallback_layers,
-                                                  cfg.executorch.per_channel, ctx.progress.log)
+                                                  cfg.executorch.per_channel, ctx.progress.log,
+                                                  max_batch=exported["executorch"]["max_batch"], name=record["model"])
             artifacts["executorch_int8"] = {
                 "file": file.name, "runtime": "executorch", "precision": "int8 static (XNNPACK quantizer" +
                 (", per-channel)" if cfg.executorch.per_channel else ")"), "op_types": fallback.pop("op_types"),
