@@ -223,6 +223,7 @@ class OpenVino:
         except Exception as exc:
             raise AgentError("bad_model", f"OpenVINO cannot load {os.path.basename(path)}: {exc}") from None
         self.request = self.compiled.create_infer_request()
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))  # what the plugin applied
         self.runs = 0
 
     def input_shape(self, batch: int, size: int | None) -> list[int]:
@@ -324,17 +325,31 @@ class LiteRT:
 
 class ExecuTorch:
     """A .pte program in ExecuTorch's runtime (Python bindings; they need torch, so this runs on hosts and
-    boards, while a phone uses ExecuTorch's own executor_runner)."""
+    boards, while a phone uses ExecuTorch's own executor_runner). Its XNNPACK delegate runs on one process-wide
+    threadpool, sized here before the first program loads (resizing it under a loaded program corrupts the heap
+    in ExecuTorch 1.5.1); every model of one agent call shares the call's thread count."""
 
     name = "executorch"
 
     def __init__(self, path: str, threads: int):
         _runtime("executorch")
+        import warnings
         from importlib.metadata import version
 
         import torch
-        from executorch.runtime import Runtime
+        with warnings.catch_warnings():  # the pybindings warn that they are experimental
+            warnings.simplefilter("ignore")
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
 
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:6] != b"ET" or not head[4:8].isascii():  # the runtime aborts logging these
+            raise AgentError("bad_model", f"ExecuTorch cannot load {os.path.basename(path)}: not an ExecuTorch "
+                                          "program (no 'ET..' file identifier at byte 4)")
+        if threads and threads != portable_lib._threadpool_get_thread_count():
+            portable_lib._unsafe_reset_threadpool(threads)
+        self.threads = portable_lib._threadpool_get_thread_count()
         self.version, self._torch = version("executorch"), torch
         try:
             self.method = Runtime.get().load_program(path).load_method("forward")
@@ -578,6 +593,7 @@ def measure(args) -> tuple[list[dict], list[int]]:
         result["throughput"] = throughput(runner, m["args"], m["rng"]) if args.throughput_batch > 1 else \
             {"batch": 1, "images_per_s": 1000 / result["latency_ms"]["mean"]}
         result["process_threads"] = m["threads"]
+        result["runtime_threads"] = getattr(runner, "threads", None)  # as the runtime reports it, where it does
         result["model_rss_mb"] = m["rss"]
         result["peak_rss_mb"] = baseline + m["rss"]  # what a process running only this model would peak at
         result["host"] = host

@@ -133,10 +133,12 @@ def test_benchmark_settings_are_part_of_the_cache_key(tmp_path):
     assert base["benchmark"] != replaced["benchmark"]
 
 
-@pytest.mark.parametrize("file, runtime", [("model.onnx", "onnxruntime"), ("openvino_model.xml", "openvino")])
+@pytest.mark.parametrize("file, runtime", [("model.onnx", "onnxruntime"), ("openvino_model.xml", "openvino"),
+                                           ("model.pte", "executorch")])
 def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime):
-    """The runtime's worker threads grow with the profile's thread count (counted in /proc/self/task): by exactly
-    one in ORT's intra-op pool; OpenVINO's TBB arena may start more than one extra worker."""
+    """The profile's thread count reaches the runtime: ORT's intra-op pool grows by exactly one thread (counted
+    in /proc/self/task); OpenVINO's compiled model and ExecuTorch's threadpool report it (OpenVINO's TBB
+    workers start lazily, so a count of them after a few runs of a tiny model is not a stable witness)."""
     model = artifact_folder(trained_run, "export") / file
     overrides = ["benchmark.runs=5", "benchmark.profile_layers=false"]
     for name, threads in (("one", 1), ("two", 2)):
@@ -149,7 +151,7 @@ def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime)
     if runtime == "onnxruntime":
         assert two["process_threads"] == one["process_threads"] + 1
     else:
-        assert two["process_threads"] > one["process_threads"]
+        assert (one["runtime_threads"], two["runtime_threads"]) == (1, 2)
 
 
 # --- noise-aware timing: the median's interval, interleaving, verdicts ---------------------------------------
