@@ -4,7 +4,7 @@ against the floor set by its own GEMMs timed in ONNX Runtime's MatMul / MatMulIn
 (targets/floor.py). Runs (or reuses from the
 cache) pipeline.toml up to the quantize stage, writes JSON and prints a table.
 
-    .venv/bin/python bench/latency.py [CONFIG] [--runs 2000] [--out bench/results/latency.json]
+    .venv/bin/python bench/latency.py [CONFIG] [--runs 2000] [--set KEY=VALUE ...] [--out bench/results/latency.json]
 
 The numbers are this host's (a proxy for a device), measured with the same agent the pipeline uses: each
 runtime's artifacts timed interleaved until every median's 95% interval is within 5% (or the caps), and
@@ -60,9 +60,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="pipeline.toml")
     parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides, as for `manifold-edge run --set`")
     parser.add_argument("--out", default="bench/results/latency.json")
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     with Progress() as progress:
         records = {r.name: r for r in Pipeline(cfg).run(progress, until="quantize")}
     model, _ = load_model(records["distill"].path / "model.pt")
@@ -88,7 +90,7 @@ def main() -> None:
     add_diagnoses(rows)
     for row in rows:
         row.pop("profile", None)
-    result = {"config": args.config, "flops_per_image": flops, "floor": floors,
+    result = {"config": args.config, "overrides": args.overrides, "flops_per_image": flops, "floor": floors,
               "host": {**rows[0]["host"], **int8_instructions()}, "runs": args.runs, "rows": rows,
               "fastest": fastest(rows)}
     write_json(Path(args.out), result)

@@ -3,6 +3,7 @@
 Every device copies the agent and the model files to a fresh temp folder on the device, runs
 `<python> agent.py MODEL [MODEL...] ARGS...` there (several models of one target in one call, timed
 interleaved; their file names must differ), reads the JSON object it prints and removes the folder.
+ExecuTorch and LiteRT on an adb phone are timed by their own native tools instead (targets/native_tools.py).
 Commands are argument lists (never shell=True); the one string a remote shell sees is built with
 shlex.quote on every piece, and files are copied into a folder we name, so no file name, host or path
 can run as code.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.config import TargetProfile
+from targets import native_tools
 
 AGENT = Path(__file__).with_name("agent.py")
 AGENT_KINDS = {"runtime_missing", "needs_macos", "bad_model"}  # agent kinds kept as they are
@@ -295,15 +297,6 @@ class SshDevice(RemoteDevice):
 
 # Android has no Python runtime for these formats: each is timed by its project's own command-line tool,
 # built for arm64-v8a and pushed to the target's remote_dir.
-NATIVE_TOOLS = {
-    "litert": ("benchmark_model", "get the android_aarch64 benchmark_model binary from LiteRT's releases (or build "
-                                  "//tflite/tools/benchmark:benchmark_model for android_arm64)"),
-    "executorch": ("executor_runner", "build ExecuTorch's executor_runner with XNNPACK for Android (cmake "
-                                      "-DANDROID_ABI=arm64-v8a -DEXECUTORCH_BUILD_XNNPACK=ON; ExecuTorch's Android "
-                                      "docs)"),
-}
-
-
 def parse_adb_devices(text: str) -> dict[str, str]:
     """Serial -> state ('device', 'unauthorized', 'offline', ...) from `adb devices` output."""
     devices = {}
@@ -343,19 +336,59 @@ class AdbDevice(RemoteDevice):
 
     def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
         """ONNX Runtime (and OpenVINO) through the Python agent under Termux; ExecuTorch and LiteRT have no
-        Python runtime on Android: they need their own benchmark tool on the device (NATIVE_TOOLS)."""
+        Python runtime on Android: their own benchmark tools time them (targets/native_tools.py)."""
         runtime = agent_args[agent_args.index("--runtime") + 1]
-        if runtime in NATIVE_TOOLS:
-            tool, how = NATIVE_TOOLS[runtime]
-            path = f"{self.profile.remote_dir.rstrip('/')}/{tool}"
-            found = self.run(self.shell_command(["test", "-x", path]), SETUP_TIMEOUT_S, f"looking for {tool}")
-            if found.returncode:
-                raise DeviceError("tool_missing", f"{self.target}: {runtime} is timed on Android by {tool}, and "
-                                                  f"{path} is missing: {how}, then adb push {tool} {path} && adb "
-                                                  f"shell chmod +x {path}")
-            raise DeviceError("tool_missing", f"{self.target}: {path} is there, but manifold-edge cannot drive "
-                                              f"{tool} yet; time it by hand or with the host proxy")
+        if runtime in native_tools.NATIVE_TOOLS:
+            return self.run_native_tool(as_list(model), runtime, agent_args, timeout)
         return super().run_agent(model, agent_args, timeout)
+
+    def run_native_tool(self, models: list[Path], runtime: str, agent_args: list[str], timeout: float) -> dict:
+        """Time each model with the runtime's own tool in remote_dir, the models alternating block by block."""
+        tool, how = native_tools.NATIVE_TOOLS[runtime]
+        path = f"{self.profile.remote_dir.rstrip('/')}/{tool}"
+        found = self.run(self.shell_command(["test", "-x", path]), SETUP_TIMEOUT_S, f"looking for {tool}")
+        if found.returncode:
+            raise DeviceError("tool_missing", f"{self.target}: {runtime} is timed on Android by {tool}, and "
+                                              f"{path} is missing: {how}, then adb push {tool} {path} && adb "
+                                              f"shell chmod +x {path}")
+        option = dict(zip(agent_args[::2], agent_args[1::2]))
+        threads, runs = int(option.get("--threads", 1)), int(option.get("--runs", 100))
+        per_block = max(1, runs // (native_tools.BLOCKS - 1))
+        models = [m.absolute() for m in models]
+        deadline = Deadline(timeout)
+        folder = self.make_temp_dir()
+        try:
+            copied = self.run(self.copy_command(models, folder), deadline.left(), f"copying {names_of(models)}")
+            if copied.returncode != 0:
+                raise DeviceError("agent_failed", f"{self.target}: copying {names_of(models)} to {folder} failed "
+                                                  f"({last_line(copied.stderr)}); check free space there")
+            host = self.android_host()
+            blocks: dict[str, list] = {m.name: [] for m in models}
+            for _ in range(native_tools.BLOCKS):
+                for m in models:
+                    argv = native_tools.tool_argv(runtime, path, f"{folder}/{m.name}", threads, per_block)
+                    proc = self.run(self.shell_command(argv), deadline.left(), f"{tool} on {m.name}")
+                    try:
+                        blocks[m.name].append(native_tools.PARSERS[runtime](proc.stdout + proc.stderr))
+                    except ValueError as exc:
+                        raise DeviceError("bad_model", f"{self.target}: {tool} on {m.name} (exit {proc.returncode}"
+                                                       f"): {last_line(proc.stderr) or last_line(proc.stdout)} "
+                                                       f"({exc})") from None
+        finally:
+            self.remove(folder)
+        results = [native_tools.result(runtime, m.name, m.stat().st_size, blocks[m.name],
+                                       [o.name for o in models if o != m], threads,
+                                       float(option.get("--rel-interval", 0.05)), host) for m in models]
+        return results[0] if len(results) == 1 else {"ok": True, "results": results}
+
+    def android_host(self) -> dict:
+        """The phone as the agent describes a host: ABI, SoC (or model name), cores."""
+        proc = self.run(self.shell_command(["sh", "-c", "getprop ro.product.cpu.abi; getprop ro.soc.model; "
+                                                        "getprop ro.product.model; nproc"]),
+                        SETUP_TIMEOUT_S, "reading the device's properties")
+        abi, soc, model, cores = ([line.strip() for line in proc.stdout.splitlines()] + ["", "", "", ""])[:4]
+        return {"system": "Android", "machine": abi or "unknown", "cpu": soc or model or "unknown",
+                "device": model or None, "cores": int(cores) if cores.isdigit() else None}
 
     def check(self) -> None:
         """Raise DeviceError('unreachable') unless adb is installed and lists the device as ready."""

@@ -6,11 +6,12 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
 from pipeline.config import load_config
 
 TINY = [
@@ -51,18 +52,61 @@ def read_report(tmp_path: Path, name: str = "default") -> dict:
 
 TRAINED = ("teacher.epochs=3", "teacher.lr=3e-3", "distill.epochs=4", "distill.lr=3e-3", "data.subset=3000",
            "student.overrides.embed_dim=48", "teacher.overrides.embed_dim=64",
-           "export.executorch.enabled=true", "export.litert.enabled=true")
+           "export.executorch.enabled=true", "export.litert.enabled=true",
+           "quantize.max_drop=2.0")  # within budget: the fallback loops have their own tests (20 s less)
 
 
 def artifact_folder(tmp_path: Path, stage: str) -> Path:
     return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
 
 
+def sabotage_attention(model):
+    """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged, but
+    the per-tensor INT8 ranges of that attention are ruined, so an accuracy fallback must keep it in float."""
+    import torch
+
+    attn = model.blocks[0].attn
+    dim = attn.proj.in_features
+    with torch.no_grad():
+        attn.qkv.weight[2 * dim] *= 1000
+        attn.qkv.bias[2 * dim] *= 1000
+        attn.proj.weight[:, 0] /= 1000
+    return model
+
+
+def _uses_trained_run(item) -> bool:
+    return "trained_run" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items):
-    """A test on the shared trained run pays for that run (about a minute): it is slow."""
-    for item in items:
-        if "trained_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.slow)
+    """A test on the shared trained run pays for that run (about a minute and a half): it is slow. Those tests
+    run last: the run trains in a background process from the start of the session (pytest_collection_finish)
+    on one thread while the other tests use the rest of the host, which shortens the suite by about as much."""
+    shared = [item for item in items if _uses_trained_run(item)]
+    for item in shared:
+        item.add_marker(pytest.mark.slow)
+    items[:] = [item for item in items if not _uses_trained_run(item)] + shared
+
+
+_background: dict = {}  # the trained run's process and folder
+
+
+def pytest_collection_finish(session):
+    if any(_uses_trained_run(item) for item in session.items):
+        folder = Path(tempfile.mkdtemp(prefix="manifold-edge-trained-"))
+        args = cli_args(folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")
+        with open(folder / "run.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+        _background.update(proc=proc, folder=folder)
+
+
+def pytest_sessionfinish(session):
+    if _background:
+        if _background["proc"].poll() is None:  # interrupted before the run finished
+            _background["proc"].kill()
+            _background["proc"].wait()
+        shutil.rmtree(_background["folder"], ignore_errors=True)
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -71,15 +115,17 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """One full pipeline run (every stage) of a small trained student, shared by the runtime tests.
+def trained_run():
+    """One full pipeline run (every stage) of a small trained student, shared by the runtime tests: the
+    background process started after collection, waited for here.
 
     Read-only: a test that runs the pipeline on it must copy it first (checked after the session)."""
-    tmp_path = tmp_path_factory.mktemp("trained")
-    assert main(cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000")) == 0
-    before = _fingerprint(tmp_path)
-    yield tmp_path
-    after = _fingerprint(tmp_path)
+    proc, folder = _background["proc"], _background["folder"]
+    proc.wait(timeout=1200)
+    assert proc.returncode == 0, (folder / "run.log").read_text()[-4000:]
+    before = _fingerprint(folder)
+    yield folder
+    after = _fingerprint(folder)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
     assert not changed, f"a test changed the shared trained_run ({changed[:5]}): copy it first (shutil.copytree)"
 

@@ -334,24 +334,90 @@ def test_adb_device(adb_server, models):
     assert result["ok"] and result["runs"] == 20
 
 
+# What the tools print (their formats as of LiteRT 2.x and ExecuTorch 1.x; numbers made up per model)
+BENCHMARK_MODEL_OUTPUT = """INFO: Loaded model {model}
+INFO: The input model file size (MB): 0.23
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+INFO: Running benchmark for at least 1 iterations and at least 0 seconds but terminate if exceeding 150 seconds.
+INFO: count={runs} first=310 curr=250 min=240 max=310 avg={avg_us} std=12 p5=241 median=249 p95=300
+
+INFO: Inference timings in us: Init: 5579, First inference: 310, Warmup (avg): 0, Inference (avg): {avg_us}
+INFO: Overall peak memory footprint (MB) via periodic monitoring: 9.25
+"""
+EXECUTOR_RUNNER_OUTPUT = """I 00:00:00.001 executorch:executor_runner.cpp:171] Model file {model} is loaded.
+I 00:00:00.002 executorch:executor_runner.cpp:214] Setting up planned buffer 0, size 1048576.
+I 00:00:00.090 executorch:executor_runner.cpp:330] Model executed successfully {runs} time(s) in {total_ms} ms.
+"""
+
+
+def test_native_tool_outputs_parse():
+    from targets.native_tools import parse_benchmark_model, parse_executor_runner
+
+    run = parse_benchmark_model(BENCHMARK_MODEL_OUTPUT.format(model="m.tflite", runs=40, avg_us="2.95034e+03"))
+    assert (run.runs, run.mean_ms, run.init_ms, run.memory_mb) == (40, 2.95034, 5.579, 9.25)
+    run = parse_executor_runner(EXECUTOR_RUNNER_OUTPUT.format(model="m.pte", runs=40, total_ms="12.000000"))
+    assert (run.runs, run.mean_ms, run.memory_mb) == (40, 0.3, 1.0)
+    with pytest.raises(ValueError, match="prints no time"):
+        parse_executor_runner("Model executed successfully 40 time(s).")
+    with pytest.raises(ValueError, match="Inference timings"):
+        parse_benchmark_model("ERROR: Could not open 'm.tflite'.")
+
+
+def fake_phone(tmp_path: Path, monkeypatch) -> Path:
+    """A phone stand-in: an `adb` on PATH that lists one device, pushes with cp and runs `adb shell`
+    commands here with sh (as the phone's sh would), a `getprop`; the device's remote_dir is a local folder."""
+    phone, bin_dir = tmp_path / "phone", tmp_path / "bin"
+    phone.mkdir(), bin_dir.mkdir()
+    scripts = {
+        "adb": '#!/bin/sh\nif [ "$1" = devices ]; then printf "List of devices attached\\nR58M123\\tdevice\\n"; '
+               'exit 0; fi\nif [ "$1" = shell ]; then shift; exec sh -c "$1"; fi\n'
+               'if [ "$1" = push ]; then shift; for last; do :; done; n=$(($# - 1)); i=0\n'
+               'for f; do i=$((i + 1)); [ $i -le $n ] && cp "$f" "$last"; done; exit 0; fi\nexit 1\n',
+        "getprop": '#!/bin/sh\ncase "$1" in ro.product.cpu.abi) echo arm64-v8a;; ro.soc.model) echo SM8650;; '
+                   'ro.product.model) echo "Galaxy S24";; esac\n',
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return phone
+
+
+AVG_US, TOTAL_MS = "$((size * 200))", "$((runs * size * 2 / 10)).$((runs * size * 2 % 10))"  # 0.2 ms x size
+
+
 @pytest.mark.parametrize("runtime, tool", [("litert", "benchmark_model"), ("executorch", "executor_runner")])
-def test_adb_names_the_missing_native_benchmark_tool(tmp_path, monkeypatch, runtime, tool):
-    """A phone stand-in: an `adb` on PATH that lists one device and runs `adb shell` commands here, with the
-    device's remote_dir as a local folder. ExecuTorch and LiteRT need their native tool there."""
-    phone = tmp_path / "phone"
-    phone.mkdir()
-    fake = tmp_path / "bin" / "adb"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\nif [ "$1" = devices ]; then printf "List of devices attached\\nR58M123\\tdevice\\n"; '
-                    'exit 0; fi\nif [ "$1" = shell ]; then shift; exec sh -c "$1"; fi\nexit 1\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+def test_adb_times_executorch_and_litert_with_their_native_tool(tmp_path, monkeypatch, runtime, tool):
+    """Without the tool in remote_dir the error says how to put it there; with it (a stand-in script that
+    logs its command line and prints the real tool's output format: the tools are Android binaries), the
+    models are pushed, timed in alternating blocks with the profile's threads, and parsed into rows."""
+    phone = fake_phone(tmp_path, monkeypatch)
     device = AdbDevice(profile(connection="adb", remote_dir=str(phone), runtime=runtime), "phone")
     device.check()
+    suffix = ".tflite" if runtime == "litert" else ".pte"
+    models = [tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"]
+    for i, m in enumerate(models):
+        m.write_bytes(b"x" * (1000 * (i + 1)))
+    args = agent_args(runtime, "--rel-interval", "0.05")
+    args[args.index("--threads") + 1] = "4"
     with pytest.raises(DeviceError, match=rf"{phone}/{tool} is missing: .*adb push {tool} {phone}/{tool}") as err:
-        device.run_agent([tmp_path / "m.bin"], agent_args(runtime), 30)
+        device.run_agent(models, args, 30)
     assert err.value.kind == "tool_missing"
-    (phone / tool).write_text("#!/bin/sh\n")
+    output = BENCHMARK_MODEL_OUTPUT if runtime == "litert" else EXECUTOR_RUNNER_OUTPUT
+    (phone / tool).write_text(  # model a: 0.2 ms a run, model b: 0.4 ms
+        '#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls.log"\nruns=4\nsize=1\n'
+        'for arg; do case "$arg" in --num_runs=*|--num_executions=*) runs=${arg#*=};; *b.*) size=2;; esac; done\n'
+        f"cat <<EOF\n{output.format(model='m', runs='$runs', avg_us=AVG_US, total_ms=TOTAL_MS)}EOF\n")
     (phone / tool).chmod(0o755)
-    with pytest.raises(DeviceError, match=rf"{phone}/{tool} is there, but manifold-edge cannot drive {tool}"):
-        device.run_agent([tmp_path / "m.bin"], agent_args(runtime), 30)
+    result = device.run_agent(models, args, 60)
+    a, b = result["results"]
+    assert (a["model"], b["model"]) == (f"a{suffix}", f"b{suffix}")
+    assert a["latency_ms"]["p50"] == pytest.approx(0.2) and b["latency_ms"]["p50"] == pytest.approx(0.4)
+    assert a["runs"] == 20 and a["warmup_runs"] == 4 and a["timing"]["interleaved_with"] == [f"b{suffix}"]
+    assert a["host"] == {"system": "Android", "machine": "arm64-v8a", "cpu": "SM8650", "device": "Galaxy S24",
+                         "cores": os.cpu_count()}
+    assert a["model_rss_mb"] == (9.25 if runtime == "litert" else pytest.approx(1 + 1000 / 2**20))
+    calls = (phone / "calls.log").read_text().splitlines()
+    assert len(calls) == 12 and [c.split("/")[-1].split()[0][0] for c in calls[:4]] == ["a", "b", "a", "b"]
+    assert all(("--num_threads=4" if runtime == "litert" else "--cpu_threads=4") in c for c in calls)
+    assert sorted(p.name for p in phone.iterdir()) == sorted(["calls.log", tool])  # the temp folder is gone

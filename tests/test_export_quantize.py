@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from conftest import TRAINED, artifact_folder, cli_args, read_report, tiny_config
+from conftest import TRAINED, artifact_folder, cli_args, read_report, sabotage_attention, tiny_config
 from pipeline.cli import main
 from pipeline.config import QuantizeConfig, load_config
 from pipeline.errors import UserError
@@ -90,7 +90,9 @@ def test_quantize_records_its_int8_choices(trained_run):
 def test_a_downstream_change_reuses_the_export(trained_run, tmp_path):
     shutil.copytree(trained_run / "runs", tmp_path / "runs")  # the shared run stays as it is
     extra = (*TRAINED, "quantize.calibration_images=100000", "quantize.calibration_method='Percentile'",
-             "quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.coreml.enabled=false")
+             "quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.coreml.enabled=false",
+             "quantize.executorch.enabled=false", "quantize.litert.full_integer=false",
+             "quantize.litert.dynamic_range=false")
     states = {s.name: s for s in Pipeline(tiny_config(tmp_path, *extra)).status()}
     assert states["export"].state == "cached"
     assert states["quantize"].state == "stale" and "calibration_method" in states["quantize"].reason
@@ -100,15 +102,8 @@ def test_a_downstream_change_reuses_the_export(trained_run, tmp_path):
 
 
 def test_fallback_keeps_a_sabotaged_layer_in_float(trained_run, tmp_path):
-    """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged,
-    but the per-tensor INT8 ranges of that attention are ruined. The loop must find and exclude it."""
-    model, _ = load_model(artifact_folder(trained_run, "distill") / "model.pt")
-    attn = model.blocks[0].attn
-    dim = attn.proj.in_features
-    with torch.no_grad():
-        attn.qkv.weight[2 * dim] *= 1000
-        attn.qkv.bias[2 * dim] *= 1000
-        attn.proj.weight[:, 0] /= 1000
+    """The loop must find the attention that sabotage_attention ruined and keep it in float."""
+    model = sabotage_attention(load_model(artifact_folder(trained_run, "distill") / "model.pt")[0])
     data = load_dataset(artifact_folder(trained_run, "data"))
     export_onnx(model, "sabotaged", tuple(data.val.images.shape[1:]), tmp_path / "s.onnx", 20)
     calibration, _ = data.train.head(200)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sabotage_attention
 from pipeline.errors import UserError
 from stages.formats import litert
 from targets.litert_runner import LiteRTRunner
@@ -121,15 +122,8 @@ def test_calibration_is_deterministic(tiny, tmp_path):
 
 
 def test_fallback_keeps_a_sabotaged_layer_in_float(tiny, tmp_path):
-    """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged,
-    but the per-tensor INT8 ranges of that attention are ruined. The loop must find and exclude it."""
-    model = copy.deepcopy(tiny.model)
-    attn = model.blocks[0].attn
-    dim = attn.proj.in_features
-    with torch.no_grad():
-        attn.qkv.weight[2 * dim] *= 1000
-        attn.qkv.bias[2 * dim] *= 1000
-        attn.proj.weight[:, 0] /= 1000
+    """The loop must find the attention that sabotage_attention ruined and keep it in float."""
+    model = sabotage_attention(copy.deepcopy(tiny.model))
     litert.export(model, (1, 16, 16), tmp_path / "sabotaged.tflite")
     logs = []
     result = litert.quantize_full_integer(tmp_path / "sabotaged.tflite", tmp_path / "int8.tflite", tiny.train[:100],

@@ -158,7 +158,8 @@ def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys):
     shutil.copytree(trained_run / "runs", tmp_path / "runs")
     extra = (*TRAINED, "quantize.calibration_images=1", "quantize.per_channel=false", "quantize.max_drop=0.0",
              "quantize.max_fallback_layers=0", "quantize.on_over_budget='stop'", "quantize.onnx_dynamic=false",
-             "quantize.openvino=false", "quantize.coreml.enabled=false")
+             "quantize.openvino=false", "quantize.coreml.enabled=false", "quantize.executorch.enabled=false",
+             "quantize.litert.full_integer=false", "quantize.litert.dynamic_range=false")
     assert main([*cli_args(tmp_path, "run", *extra), "--until", "quantize"]) == 2
     err = capsys.readouterr().err
     assert "over quantize.max_drop = 0.0" in err and "on_over_budget = 'warn'" in err and "Traceback" not in err
