@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -74,39 +75,76 @@ def sabotage_attention(model):
     return model
 
 
-def _uses_trained_run(item) -> bool:
-    return "trained_run" in getattr(item, "fixturenames", ())
+def _uses(item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_modifyitems(items):
-    """A test on the shared trained run pays for that run (about a minute and a half): it is slow. Those tests
-    run last: the run trains in a background process from the start of the session (pytest_collection_finish)
-    on one thread while the other tests use the rest of the host, which shortens the suite by about as much."""
-    shared = [item for item in items if _uses_trained_run(item)]
-    for item in shared:
-        item.add_marker(pytest.mark.slow)
-    items[:] = [item for item in items if not _uses_trained_run(item)] + shared
+    """A test on the shared trained run pays for that run (about a minute and a half): it is slow. The model
+    zoo's tests and those on the trained run go last: their pipeline runs start in background processes
+    after collection (one thread each) and run while the other tests use the rest of the host."""
+    for item in items:
+        if _uses(item, "trained_run"):
+            item.add_marker(pytest.mark.slow)
+    rank = {"zoo_report": 1, "trained_run": 2}
+    items.sort(key=lambda item: max((r for f, r in rank.items() if _uses(item, f)), default=0))
 
 
-_background: dict = {}  # the trained run's process and folder
+class Background:
+    """A process started after collection whose outputs tests wait for; its log explains a failure."""
+
+    def __init__(self, argv: list[str]):
+        self.folder = Path(tempfile.mkdtemp(prefix="manifold-edge-test-"))
+        self.log = self.folder / "background.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, *argv(self.folder)], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+
+    def wait(self, path: Path | None = None, timeout: float = 1200) -> None:
+        """Until `path` exists (None: until the process ends); fails with the log's tail if it never will."""
+        end = time.monotonic() + timeout
+        while (path is None or not path.exists()) and self.proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
+        done = path.exists() if path is not None else self.proc.returncode == 0
+        assert done, f"background run: exit {self.proc.poll()}\n{self.log.read_text()[-4000:]}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # the session was interrupted first
+            self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+ZOO_SCRIPT = ("import sys; from pathlib import Path; from bench.model_zoo import run_model; "
+              "cut = sys.argv.index('--'); "
+              "[run_model(name, Path(sys.argv[1]), tuple(sys.argv[cut + 1:])) for name in sys.argv[2:cut]]")
+_background: dict[str, Background] = {}
 
 
 def pytest_collection_finish(session):
-    if any(_uses_trained_run(item) for item in session.items):
-        folder = Path(tempfile.mkdtemp(prefix="manifold-edge-trained-"))
-        args = cli_args(folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")
-        with open(folder / "run.log", "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
-        _background.update(proc=proc, folder=folder)
+    if any(_uses(item, "trained_run") for item in session.items):
+        _background["trained"] = Background(lambda folder: ["-m", "pipeline", *cli_args(
+            folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")])
+    zoo = [item for item in session.items if _uses(item, "zoo_report")]
+    if zoo:
+        names = list(dict.fromkeys(item.callspec.params["name"] for item in zoo))
+        extra = [*zoo[0].module.LEANER, "run.threads=1"]
+        _background["zoo"] = Background(lambda folder: ["-c", ZOO_SCRIPT, str(folder), *names, "--", *extra])
 
 
 def pytest_sessionfinish(session):
-    if _background:
-        if _background["proc"].poll() is None:  # interrupted before the run finished
-            _background["proc"].kill()
-            _background["proc"].wait()
-        shutil.rmtree(_background["folder"], ignore_errors=True)
+    for background in _background.values():
+        background.stop()
+
+
+@pytest.fixture
+def zoo_report(request) -> dict:
+    """The report.json of the zoo model the test is parametrized with (`name`), from the background zoo run
+    (bench/model_zoo.py's run_model with the test module's LEANER overrides)."""
+    zoo = _background["zoo"]
+    path = zoo.folder / request.node.callspec.params["name"] / "report.json"
+    zoo.wait(path)
+    return json.loads(path.read_text())
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
@@ -120,9 +158,9 @@ def trained_run():
     background process started after collection, waited for here.
 
     Read-only: a test that runs the pipeline on it must copy it first (checked after the session)."""
-    proc, folder = _background["proc"], _background["folder"]
-    proc.wait(timeout=1200)
-    assert proc.returncode == 0, (folder / "run.log").read_text()[-4000:]
+    background = _background["trained"]
+    background.wait()
+    folder = background.folder
     before = _fingerprint(folder)
     yield folder
     after = _fingerprint(folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.model_zoo import ZOO, row, run_model
+from bench.model_zoo import ZOO, row
 
 FAMILIES = {"deit_tiny_distilled": "vit", "cait_xxs24": "cait", "vit_registers": "vit"}
 # CNN students and a second plain ViT: the bench runs them (bench/results/model_zoo.json); the suite keeps
@@ -14,16 +14,11 @@ BENCH_ONLY = {"resnet18", "mobilenetv3_small", "vit_registers"}
 LEANER = ("quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.max_drop=100.0")
 
 
-@pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory):
-    """One output folder for the zoo: the teacher of each image size is trained once and reused."""
-    return tmp_path_factory.mktemp("zoo")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(ZOO) - BENCH_ONLY))
-def test_a_zoo_family_goes_through_every_stage(name, zoo_dir):
-    report = run_model(name, zoo_dir, LEANER)
+def test_a_zoo_family_goes_through_every_stage(name, zoo_report):
+    """`zoo_report` (conftest): run_model(name, folder, LEANER) in a background process started at collection."""
+    report = zoo_report
     r = row(name, report)
     assert r["family"] == FAMILIES.get(name, "hierarchical")
     assert r["matched_units"] and all(s and t for s, t in r["matched_units"])
