@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -82,7 +83,7 @@ def _uses(item, fixture: str) -> bool:
 def pytest_collection_modifyitems(items):
     """A test on the shared trained run pays for that run (about a minute and a half): it is slow. The model
     zoo's tests and those on the trained run go last: their pipeline runs start in background processes
-    after collection (one thread each) and run while the other tests use the rest of the host."""
+    after collection (one thread each, nice 19) and use what the other tests leave of the host."""
     for item in items:
         if _uses(item, "trained_run"):
             item.add_marker(pytest.mark.slow)
@@ -98,7 +99,8 @@ class Background:
         self.log = self.folder / "background.log"
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([sys.executable, *argv(self.folder)], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+                                         stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1],
+                                         preexec_fn=lambda: os.nice(19))  # the foreground tests come first
 
     def wait(self, path: Path | None = None, timeout: float = 1200) -> None:
         """Until `path` exists (None: until the process ends); fails with the log's tail if it never will."""
