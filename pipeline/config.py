@@ -340,7 +340,7 @@ class BenchmarkConfig(Section):
                                                               "median is within this fraction of the median "
                                                               "(else at runs or max_seconds)")
     throughput_batch: int = Field(8, ge=1, le=4096, description="batch size for the throughput figure")
-    profile_layers: bool = Field(True, description="per-layer profile (ONNX Runtime, OpenVINO)")
+    profile_layers: bool = Field(True, description="per-layer profile (ONNX Runtime, OpenVINO, ExecuTorch)")
     proxy_when_unreachable: bool = Field(True, description="when an ssh/adb device cannot be reached, measure "
                                                            "on this host with the profile's threads (proxy)")
 

@@ -331,7 +331,7 @@ class ExecuTorch:
 
     name = "executorch"
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, profile: bool = False):
         _runtime("executorch")
         import warnings
         from importlib.metadata import version
@@ -352,7 +352,8 @@ class ExecuTorch:
         self.threads = portable_lib._threadpool_get_thread_count()
         self.version, self._torch = version("executorch"), torch
         try:
-            self.method = Runtime.get().load_program(path).load_method("forward")
+            self.program = Runtime.get().load_program(path, enable_etdump=profile)
+            self.method = self.program.load_method("forward")
         except (ValueError, RuntimeError) as exc:
             raise AgentError("bad_model", f"ExecuTorch cannot load {os.path.basename(path)}: "
                                           f"{str(exc).splitlines()[0]}") from None
@@ -364,8 +365,58 @@ class ExecuTorch:
     def __call__(self, x):
         return self.method.execute([self._torch.from_numpy(x)])[0]
 
-    def layers(self) -> dict:
-        raise AgentError("unsupported", "per-op profiles of ExecuTorch need an ETDump build of executor_runner")
+    def layers(self, runs: int = 1) -> dict:
+        """Per-op times of the last `runs` executions from the program's ETDump (loaded with profile=True)."""
+        return etdump_layers(self.program, runs)
+
+
+def _xnnpack_precision(kernel: str) -> str:
+    """int8 | convert | float from an XNNPACK operator name, e.g. "Fully Connected (NC, QS8) GEMM #1"."""
+    if kernel.startswith("Convert"):
+        return "convert"
+    return "int8" if any(t in kernel for t in ("QS8", "QU8", "QC8", "QD8", "QP8")) else "float"
+
+
+def etdump_layers(program, runs: int) -> dict:
+    """Per-op times from an ExecuTorch program's ETDump (the pip wheel's runtime records it; ticks are
+    nanoseconds on Linux): XNNPACK's own per-operator events inside each delegate call (microsecond
+    resolution) and the portable kernels' calls, averaged over the last `runs` executions. run_ms is
+    Method::execute's mean, which also holds the delegate-call overhead the layers leave out."""
+    import contextlib
+    import io
+    import warnings
+
+    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stderr(io.StringIO()):
+        dump, debug = os.path.join(folder, "run.etdp"), os.path.join(folder, "debug.bin")
+        program.write_etdump_result_to_file(dump, debug)
+        with open(dump, "rb") as f, warnings.catch_warnings():  # it calls importlib.resources.read_binary
+            warnings.simplefilter("ignore")
+            blocks = [block for block in deserialize_from_etdump_flatcc(f.read()).run_data
+                      if any(e.profile_event and e.profile_event.name == "Method::execute" for e in block.events)]
+    nodes: dict[str, dict] = {}
+    totals = []
+    for block in blocks[-runs:]:
+        for event in (e.profile_event for e in block.events if e.profile_event):
+            ns = event.end_time - event.start_time
+            if event.name == "Method::execute":
+                totals.append(ns / 1e6)
+                continue
+            if event.name and event.name.startswith("native_call_"):
+                op = event.name.removeprefix("native_call_").removesuffix("_out").removesuffix(".out")
+                key, entry = f"{op} @{event.instruction_id}", {"op_type": op, "kernel": "portable",
+                                                               "precision": "convert" if "quantize" in op else "float"}
+            elif event.delegate_debug_id_str:
+                kernel = event.delegate_debug_id_str
+                key = f"xnnpack @{event.instruction_id}: {kernel}"
+                entry = {"op_type": kernel.rsplit(" #", 1)[0], "kernel": "xnnpack",
+                         "precision": _xnnpack_precision(kernel)}
+            else:  # OPERATOR_CALL / DELEGATE_CALL wrap the events above
+                continue
+            nodes.setdefault(key, {"name": key, "us": 0.0, **entry})["us"] += ns / 1000
+    count = len(totals) or 1
+    return summarise(list(nodes.values()), count, sum(totals) / count if totals else None)
 
 
 def summarise(nodes: list[dict], runs: int, total_ms: float | None) -> dict:
@@ -407,6 +458,8 @@ def load(args, profile_dir: str | None = None, profile: bool = False):
                            args.graph_optimization_level)
     if args.runtime == "openvino":
         return OpenVino(args.model, args.threads, args.openvino_precision, profile)
+    if args.runtime == "executorch":
+        return ExecuTorch(args.model, args.threads, profile)
     if args.runtime in MOBILE:
         return MOBILE[args.runtime](args.model, args.threads)
     return CoreML(args.model, args.threads, args.compute_units)
@@ -653,6 +706,10 @@ def profile_layers(args, x) -> dict:
     runner = load(args, profile=True)
     for _ in range(5):
         runner(x)
+    if args.runtime == "executorch":  # its ETDump holds every run: the mean of the last PROFILE_RUNS
+        for _ in range(PROFILE_RUNS):
+            runner(x)
+        return runner.layers(PROFILE_RUNS)
     layer_sums = []
     best = None
     for _ in range(PROFILE_RUNS):  # keep the run closest to the median, not an outlier

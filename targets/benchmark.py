@@ -42,7 +42,7 @@ def agent_args(runtime: str, profile: TargetProfile, settings: BenchmarkConfig) 
                  "--graph-optimization-level", profile.graph_optimization_level or "all"]
     if runtime == "openvino":
         args += ["--openvino-precision", profile.ov_precision_hint or "f32"]
-    if settings.profile_layers and runtime not in ("coreml", *XNNPACK_RUNTIMES):  # no per-layer profile from Python
+    if settings.profile_layers and runtime not in ("coreml", "litert"):  # no per-layer profile from their Python
         args.append("--profile")
     return args
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import tempfile
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -114,51 +113,12 @@ class ExecuTorchRunner:
                 raise UserError(f"executorch cannot run {self.name}: {_detail(log, exc)}") from None
 
 
-def _xnnpack_precision(kernel: str) -> str:
-    """int8 | convert | float from an XNNPACK operator name, e.g. "Fully Connected (NC, QS8) GEMM #1"."""
-    if kernel.startswith("Convert"):
-        return "convert"
-    return "int8" if any(t in kernel for t in ("QS8", "QU8", "QC8", "QD8", "QP8")) else "float"
-
-
 def profile_layers(path: Path, x: np.ndarray, threads: int = 0, runs: int = 20, warmup: int = 5) -> dict:
-    """Per-op times from ETDump (the pip wheel's runtime records it; ticks are nanoseconds on Linux):
-    XNNPACK's own per-operator events inside each delegate call (microsecond resolution) and the portable
-    kernels' calls, averaged over `runs` executions of `x`. The shape of targets.agent.summarise; run_ms is
-    Method::execute's mean, which also holds the delegate-call overhead the layers leave out."""
-    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
-
-    from targets.agent import summarise
+    """Per-op times from ETDump (targets.agent.etdump_layers), averaged over `runs` executions of `x`."""
+    from targets.agent import etdump_layers
 
     runner = ExecuTorchRunner(path, threads, etdump=True)
     for _ in range(warmup + runs):
         runner(x)
-    with tempfile.TemporaryDirectory() as folder, _native_log():
-        dump, debug = Path(folder) / "run.etdp", Path(folder) / "debug.bin"
-        runner.program.write_etdump_result_to_file(str(dump), str(debug))
-        with warnings.catch_warnings():  # it calls the deprecated importlib.resources.read_binary
-            warnings.simplefilter("ignore")
-            blocks = [block for block in deserialize_from_etdump_flatcc(dump.read_bytes()).run_data
-                      if any(e.profile_event and e.profile_event.name == "Method::execute" for e in block.events)]
-    nodes: dict[str, dict] = {}
-    totals = []
-    for block in blocks[-runs:]:
-        for event in (e.profile_event for e in block.events if e.profile_event):
-            ns = event.end_time - event.start_time
-            if event.name == "Method::execute":
-                totals.append(ns / 1e6)
-                continue
-            if event.name and event.name.startswith("native_call_"):
-                op = event.name.removeprefix("native_call_").removesuffix("_out").removesuffix(".out")
-                key, entry = f"{op} @{event.instruction_id}", {"op_type": op, "kernel": "portable",
-                                                               "precision": "convert" if "quantize" in op else "float"}
-            elif event.delegate_debug_id_str:
-                kernel = event.delegate_debug_id_str
-                key = f"xnnpack @{event.instruction_id}: {kernel}"
-                entry = {"op_type": kernel.rsplit(" #", 1)[0], "kernel": "xnnpack",
-                         "precision": _xnnpack_precision(kernel)}
-            else:  # OPERATOR_CALL / DELEGATE_CALL wrap the events above
-                continue
-            nodes.setdefault(key, {"name": key, "us": 0.0, **entry})["us"] += ns / 1000
-    count = len(totals) or 1
-    return summarise(list(nodes.values()), count, sum(totals) / count if totals else None)
+    with _native_log():
+        return etdump_layers(runner.program, runs)

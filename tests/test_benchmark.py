@@ -69,6 +69,9 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
         assert set(xnnpack) == {"executorch", "executorch_int8", "litert", "litert_int8", "litert_int8_dynamic"}
         assert all(r["label"] == "proxy" and r["kernels"].startswith("XNNPACK on ") for r in xnnpack.values())
         assert all(r["runtime_threads"] == r["threads"] for r in xnnpack.values() if r["runtime"] == "executorch")
+        for r in xnnpack.values():  # ExecuTorch's per-op profile from its ETDump; LiteRT's Python has none
+            kernels = {entry["kernel"] for entry in r.get("profile", {}).get("by_op_type", [])}
+            assert kernels >= {"xnnpack", "portable"} if r["runtime"] == "executorch" else not kernels
     watch = [r for r in timed if r["target"] == "wearos-watch"]
     assert watch and all(r["threads"] == 1 for r in watch)
     coreml = [r for r in rows if r["runtime"] == "coreml"]
