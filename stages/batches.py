@@ -51,14 +51,13 @@ class Batches:
             if not len(idx):
                 continue
             mine = slice(rank, None, processes)
-            x = self.images[idx[mine]].float().div_(255)
+            x, y = self.images[idx[mine]], self.labels[idx[mine]]
+            if device == "cuda":  # the uint8 batch crosses (a quarter of the float bytes); the rest runs there
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            x = x.float().div_(255)
             if generator is not None and (shift or flip):
                 x = augment(x, generator, shift, flip, drawn=len(idx), keep=mine)
-            x = (x - self.mean) / self.std
-            y = self.labels[idx[mine]]
-            if device == "cuda":
-                x, y = x.pin_memory(), y.pin_memory()
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            yield (x - self.mean.to(x.device)) / self.std.to(x.device), y
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool, drawn: int | None = None,
@@ -69,17 +68,18 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool,
     process's images out of a whole batch, augmented as a single process would augment them.
     """
     drawn = len(x) if drawn is None else drawn
+    on = x.device  # the draws come from the (CPU) generator, so every device sees the same augmentation
     if shift:
-        dy = torch.randint(0, 2 * shift + 1, (drawn, 1, 1), generator=generator)[keep]
-        dx = torch.randint(0, 2 * shift + 1, (drawn, 1, 1), generator=generator)[keep]
+        dy = torch.randint(0, 2 * shift + 1, (drawn, 1, 1), generator=generator)[keep].to(on)
+        dx = torch.randint(0, 2 * shift + 1, (drawn, 1, 1), generator=generator)[keep].to(on)
     if flip:
-        flipped = (torch.rand(drawn, generator=generator) < 0.5)[keep]
+        flipped = (torch.rand(drawn, generator=generator) < 0.5)[keep].to(on)
     n, _, h, w = x.shape
     if shift:
         padded = F.pad(x, (shift, shift, shift, shift))
-        rows = (torch.arange(h).view(1, h, 1) + dy).expand(n, h, w)
-        cols = (torch.arange(w).view(1, 1, w) + dx).expand(n, h, w)
-        batch = torch.arange(n).view(n, 1, 1).expand(n, h, w)
+        rows = (torch.arange(h, device=on).view(1, h, 1) + dy).expand(n, h, w)
+        cols = (torch.arange(w, device=on).view(1, 1, w) + dx).expand(n, h, w)
+        batch = torch.arange(n, device=on).view(n, 1, 1).expand(n, h, w)
         x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     if flip:
         x = torch.where(flipped.view(n, 1, 1, 1), x.flip(-1), x)
