@@ -344,7 +344,7 @@ class ExecuTorch:
 
         with open(path, "rb") as f:
             head = f.read(8)
-        if len(head) < 8 or head[4:6] != b"ET" or not head[4:8].isascii():  # the runtime aborts logging these
+        if not is_executorch_program(head):  # the runtime aborts logging these
             raise AgentError("bad_model", f"ExecuTorch cannot load {os.path.basename(path)}: not an ExecuTorch "
                                           "program (no 'ET..' file identifier at byte 4)")
         if threads and threads != portable_lib._threadpool_get_thread_count():
@@ -368,6 +368,11 @@ class ExecuTorch:
     def layers(self, runs: int = 1) -> dict:
         """Per-op times of the last `runs` executions from the program's ETDump (loaded with profile=True)."""
         return etdump_layers(self.program, runs)
+
+
+def is_executorch_program(head: bytes) -> bool:
+    """A .pte starts with a 4-byte offset and the flatbuffer file identifier ("ET12" in 1.5), in ASCII."""
+    return len(head) >= 8 and head[4:6] == b"ET" and head[4:8].isascii()
 
 
 def _xnnpack_precision(kernel: str) -> str:

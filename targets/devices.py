@@ -10,6 +10,7 @@ can run as code.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -17,12 +18,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from pipeline.config import TargetProfile
-from targets import native_tools
+from targets import agent, native_tools
 
 AGENT = Path(__file__).with_name("agent.py")
 AGENT_KINDS = {"runtime_missing", "needs_macos", "bad_model"}  # agent kinds kept as they are
@@ -222,17 +223,22 @@ class RemoteDevice:
                                            "cannot share one temp folder; benchmark them in separate calls")
         files = [AGENT, *(f for m in models for f in files_for(self.target, m))]
         deadline = Deadline(timeout)
+        with self.staged(files, names_of(models), deadline) as folder:
+            argv = [self.profile.python, f"{folder}/{AGENT.name}", *(f"{folder}/{m.name}" for m in models),
+                    *agent_args]
+            proc = self.run(self.shell_command(argv), deadline.left(), f"the benchmark of {names_of(models)}")
+            return agent_result(self.target, self.name, self.profile.python, proc)
+
+    @contextlib.contextmanager
+    def staged(self, files: list[Path], names: str, deadline: Deadline) -> Iterator[str]:
+        """A fresh temp folder on the device holding `files`, removed afterwards whatever happens."""
         folder = self.make_temp_dir()
-        names = names_of(models)
         try:
             copied = self.run(self.copy_command(files, folder), deadline.left(), f"copying {names}")
             if copied.returncode != 0:
                 raise DeviceError("agent_failed", f"{self.target}: copying {names} to {folder} failed "
                                                   f"({last_line(copied.stderr)}); check free space there")
-            argv = [self.profile.python, f"{folder}/{AGENT.name}", *(f"{folder}/{m.name}" for m in models),
-                    *agent_args]
-            proc = self.run(self.shell_command(argv), deadline.left(), f"the benchmark of {names}")
-            return agent_result(self.target, self.name, self.profile.python, proc)
+            yield folder
         finally:
             self.remove(folder)
 
@@ -351,17 +357,12 @@ class AdbDevice(RemoteDevice):
             raise DeviceError("tool_missing", f"{self.target}: {runtime} is timed on Android by {tool}, and "
                                               f"{path} is missing: {how}, then adb push {tool} {path} && adb "
                                               f"shell chmod +x {path}")
-        option = dict(zip(agent_args[::2], agent_args[1::2]))
-        threads, runs = int(option.get("--threads", 1)), int(option.get("--runs", 100))
-        per_block = max(1, runs // (native_tools.BLOCKS - 1))
+        options = agent.parse([*map(str, models), *agent_args])  # the settings the agent would time with
+        threads = options.threads or 1
+        per_block = max(1, options.runs // (native_tools.BLOCKS - 1))
         models = [m.absolute() for m in models]
         deadline = Deadline(timeout)
-        folder = self.make_temp_dir()
-        try:
-            copied = self.run(self.copy_command(models, folder), deadline.left(), f"copying {names_of(models)}")
-            if copied.returncode != 0:
-                raise DeviceError("agent_failed", f"{self.target}: copying {names_of(models)} to {folder} failed "
-                                                  f"({last_line(copied.stderr)}); check free space there")
+        with self.staged(models, names_of(models), deadline) as folder:
             host = self.android_host()
             blocks: dict[str, list] = {m.name: [] for m in models}
             for _ in range(native_tools.BLOCKS):
@@ -374,11 +375,9 @@ class AdbDevice(RemoteDevice):
                         raise DeviceError("bad_model", f"{self.target}: {tool} on {m.name} (exit {proc.returncode}"
                                                        f"): {last_line(proc.stderr) or last_line(proc.stdout)} "
                                                        f"({exc})") from None
-        finally:
-            self.remove(folder)
         results = [native_tools.result(runtime, m.name, m.stat().st_size, blocks[m.name],
-                                       [o.name for o in models if o != m], threads,
-                                       float(option.get("--rel-interval", 0.05)), host) for m in models]
+                                       [o.name for o in models if o != m], threads, options.rel_interval, host)
+                   for m in models]
         return results[0] if len(results) == 1 else {"ok": True, "results": results}
 
     def android_host(self) -> dict:

@@ -62,12 +62,14 @@ def _detail(log: io.StringIO, exc: BaseException) -> str:
 
 
 def _check_identifier(path: Path) -> None:
-    """A .pte starts with a 4-byte offset and the flatbuffer file identifier ("ET12" in 1.5)."""
+    """Refuse a file without the .pte file identifier (targets.agent.is_executorch_program)."""
+    from targets.agent import is_executorch_program
+
     try:
         head = Path(path).read_bytes()[:8]
     except OSError as exc:
         raise UserError(f"executorch cannot load {Path(path).name}: {exc.strerror}") from None
-    if len(head) < 8 or head[4:6] != b"ET" or not head[4:8].isascii():
+    if not is_executorch_program(head):
         raise UserError(f"executorch cannot load {Path(path).name}: not an ExecuTorch program (no 'ET..' file "
                         f"identifier at byte 4; truncated, damaged or another format)")
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch  # at module level: the custom op's annotations are resolved here
 
 from pipeline.config import load_config
 
@@ -62,11 +63,27 @@ def artifact_folder(tmp_path: Path, stage: str) -> Path:
     return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
 
 
+def model_with_an_unknown_op(op_name: str):
+    """A module whose forward calls a custom op (`op_name`, registered here with a fake for tracing) that no
+    exporter knows: the converters must name it in one line."""
+    @torch.library.custom_op(op_name, mutates_args=())
+    def unknown(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @unknown.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return unknown(x).flatten(1)
+
+    return Odd()
+
+
 def sabotage_attention(model):
     """Scale one V channel of block 0 by 1000 and undo it in the projection: fp32 outputs are unchanged, but
     the per-tensor INT8 ranges of that attention are ruined, so an accuracy fallback must keep it in float."""
-    import torch
-
     attn = model.blocks[0].attn
     dim = attn.proj.in_features
     with torch.no_grad():

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from conftest import model_with_an_unknown_op
 from pipeline.errors import UserError
 from stages.formats.executorch import export, quantize
 from targets.executorch_runner import ExecuTorchRunner, profile_layers
@@ -170,18 +171,7 @@ def test_a_wrong_image_size_is_one_line(fp32):
 
 
 def test_an_op_without_a_lowering_names_the_op(tmp_path):
-    @torch.library.custom_op("manifold_edge_executorch_test::riddle", mutates_args=())
-    def riddle(x: torch.Tensor) -> torch.Tensor:
-        return x * 2
-
-    @riddle.register_fake
-    def _(x):
-        return torch.empty_like(x)
-
-    class Odd(torch.nn.Module):
-        def forward(self, x):
-            return riddle(x).flatten(1)
-
     with pytest.raises(UserError, match=r"^ExecuTorch export of odd_net failed: .*riddle") as error:
-        export(Odd(), (1, 4, 4), tmp_path / "odd.pte", 4, name="odd_net")
+        export(model_with_an_unknown_op("manifold_edge_executorch_test::riddle"), (1, 4, 4), tmp_path / "odd.pte",
+               4, name="odd_net")
     assert "\n" not in str(error.value)

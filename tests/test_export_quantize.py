@@ -9,7 +9,15 @@ import pytest
 import timm
 import torch
 
-from conftest import TRAINED, artifact_folder, cli_args, read_report, sabotage_attention, tiny_config
+from conftest import (
+    TRAINED,
+    artifact_folder,
+    cli_args,
+    model_with_an_unknown_op,
+    read_report,
+    sabotage_attention,
+    tiny_config,
+)
 from pipeline.cli import main
 from pipeline.config import QuantizeConfig, load_config
 from pipeline.errors import UserError
@@ -133,20 +141,9 @@ def test_a_missing_runtime_names_the_pip_extra():
 
 
 def test_unsupported_op_at_export_names_the_op_and_the_model(tmp_path):
-    @torch.library.custom_op("manifold_edge_test::mystery", mutates_args=())
-    def mystery(x: torch.Tensor) -> torch.Tensor:
-        return x * 2
-
-    @mystery.register_fake
-    def _(x):
-        return torch.empty_like(x)
-
-    class Odd(torch.nn.Module):
-        def forward(self, x):
-            return mystery(x).flatten(1)
-
     with pytest.raises(UserError, match=r"ONNX export of odd_net failed: .*mystery"):
-        export_onnx(Odd(), "odd_net", (1, 4, 4), tmp_path / "odd.onnx", 20)
+        export_onnx(model_with_an_unknown_op("manifold_edge_test::mystery"), "odd_net", (1, 4, 4),
+                    tmp_path / "odd.onnx", 20)
 
 
 def _graph(tmp_path, op: str, dtype: int, domain: str = ""):

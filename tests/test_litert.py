@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import sabotage_attention
+from conftest import model_with_an_unknown_op, sabotage_attention
 from pipeline.errors import UserError
 from stages.formats import litert
 from targets.litert_runner import LiteRTRunner
@@ -150,19 +150,8 @@ def test_a_damaged_tflite_is_one_line(tiny, tmp_path, damage):
 
 
 def test_an_op_litert_cannot_lower_is_one_line_naming_it(tmp_path):
-    @torch.library.custom_op("manifold_edge_test::litert_mystery", mutates_args=())
-    def mystery(x: torch.Tensor) -> torch.Tensor:
-        return x * 2
-
-    @mystery.register_fake
-    def _(x):
-        return torch.empty_like(x)
-
-    class Odd(torch.nn.Module):
-        def forward(self, x):
-            return mystery(x).flatten(1)
-
     with pytest.raises(UserError, match=r"^LiteRT conversion failed: .*litert_mystery") as caught:
-        litert.export(Odd(), (1, 4, 4), tmp_path / "odd.tflite")
+        litert.export(model_with_an_unknown_op("manifold_edge_test::litert_mystery"), (1, 4, 4),
+                      tmp_path / "odd.tflite")
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "odd.tflite").exists()
