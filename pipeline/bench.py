@@ -26,7 +26,8 @@ def list_targets(cfg: PipelineConfig, console: Console) -> None:
     profiles = all_profiles(cfg.targets)
     for name, p in profiles.items():
         reach = {"local": "this host (proxy)", "ssh": f"ssh {p.user + '@' if p.user else ''}{p.host}",
-                 "adb": f"adb {p.serial or ''}".strip()}[p.connection]
+                 "adb": f"adb {p.serial or ''}".strip(),
+                 "predicted": f"not timed: predicted for {p.public_device} ({p.predicted_runtime})"}[p.connection]
         if p.runtime == "coreml":
             reach = f"a Mac, {p.compute_units}"
         table.add_row(name, p.device, p.runtime, p.precision, str(p.threads), f"{p.latency_budget_ms:g}",
@@ -35,6 +36,30 @@ def list_targets(cfg: PipelineConfig, console: Console) -> None:
     for name, p in profiles.items():
         console.print(f"[bold]{name}[/]: {escape(p.description or '(no description)')}")
     console.print(escape(f"built-in profiles: {BUILTIN_FILE}; add yours as [targets.NAME] in pipeline.toml"))
+    from targets.predict.predictor import available
+
+    by_device: dict[str, set[str]] = {}
+    for device, runtime, precision in available():
+        by_device.setdefault(device, set()).add(f"{runtime} {precision}")
+    console.print("public_device (predicted latency, from Qualcomm AI Hub's public measurements): " + "; ".join(
+        escape(f"{d} ({', '.join(sorted(r))})") for d, r in sorted(by_device.items())))
+
+
+def bench_predicted(fitting: list[Model], models: list[Model], name: str, profile, console: Console) -> list[dict]:
+    """A predicted target's rows for the given files: features from the .onnx among them (taken as the float
+    graph of every file given)."""
+    from stages.benchmark import describe_predicted
+    from targets.predict.rows import predicted_rows
+
+    graph = next((m for m in models if m.path.suffix == ".onnx"), None)
+    if graph is None:
+        raise UserError(f"--target {name} predicts latency from an ONNX graph's features: give the model's .onnx "
+                        "too (its float export)")
+    given = [Model(m.key, m.path, m.runtime, "fp32") for m in fitting if m is not graph]
+    rows = predicted_rows([Model(graph.key, graph.path, "onnxruntime", "fp32"), *given], name, profile)
+    for row in rows:
+        console.print(describe_predicted(row))
+    return rows
 
 
 def model_of(path: str) -> Model:
@@ -52,7 +77,7 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
           json_path: str | None = None) -> dict:
     models = [model_of(p) for p in paths]
     profiles = resolve(target_names, cfg.targets)
-    rows = []
+    rows, predicted = [], []
     for name, profile in profiles.items():
         fitting = [m for m in models if m.runtime in profile.all_runtimes]
         if not fitting:
@@ -60,6 +85,9 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
             others = [n for n, p in all_profiles(cfg.targets).items() if set(p.all_runtimes) & set(runtimes)]
             raise UserError(f"--target {name} runs {profile.runtime}, but the model(s) need {', '.join(runtimes)}; "
                             f"targets that do: {', '.join(others)}")
+        if profile.connection == "predicted":
+            predicted += bench_predicted(fitting, models, name, profile, console)
+            continue
         timed = []
         for runtime in profile.all_runtimes:
             same = [m for m in fitting if m.runtime == runtime]
@@ -73,8 +101,9 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
                 row["precision"] = "int8" if row["profile"]["share_by_precision"].get("int8") else "float"
             rows.append(row)
     add_diagnoses(rows)
-    result = {"rows": rows}
-    print_rows(rows, console)
+    result = {"rows": rows, "predicted": predicted}
+    if rows:
+        print_rows(rows, console)
     if json_path:
         write_json(Path(json_path), result)
         console.print(f"wrote {json_path}")

@@ -265,8 +265,18 @@ class TargetProfile(Section):
     input_size: int | None = Field(None, ge=4, le=4096, description="H = W of the input; default: the model's")
     memory_budget_mb: float = Field(64.0, gt=0, description="memory the model may add to the app (RSS)")
     latency_budget_ms: float = Field(10.0, gt=0, description="batch-1 p90 latency budget")
-    connection: Literal["local", "ssh", "adb"] = Field("local", description="local = this host stands in for "
-                                                       "the device (proxy); ssh / adb = measured on the device")
+    connection: Literal["local", "ssh", "adb", "predicted"] = Field(
+        "local", description="local = this host stands in for the device (proxy); ssh / adb = measured on the "
+                             "device; predicted = not timed anywhere: latency predicted from public measurements "
+                             "of public_device")
+    public_device: str | None = Field(None, description="the device's name in Qualcomm AI Hub's public "
+                                      "measurements (e.g. 'Samsung Galaxy S24'; `manifold-edge targets` lists "
+                                      "them): adds predicted latency rows, beside measured ones when the device "
+                                      "is attached")
+    public_runtime: Literal["tflite", "qnn_dlc", "onnx"] | None = Field(
+        None, description="the AI Hub runtime predicted for: tflite (LiteRT with the NPU delegate; from our litert "
+                          "artifacts), qnn_dlc (QNN, compiled from our ONNX), onnx (ONNX Runtime's QNN provider); "
+                          "default tflite for runtime litert, onnx for onnxruntime")
     host: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$", description="ssh host name or address")
     user: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$", description="ssh user")
     port: int = Field(22, ge=1, le=65535, description="ssh port")
@@ -294,6 +304,13 @@ class TargetProfile(Section):
         None, description="OpenVINO INFERENCE_PRECISION_HINT for float layers; default f32")
 
     @property
+    def predicted_runtime(self) -> str | None:
+        """The AI Hub runtime this target's predictions are for (None: no public_device)."""
+        if not self.public_device:
+            return None
+        return self.public_runtime or {"litert": "tflite", "onnxruntime": "onnx"}.get(self.runtime)
+
+    @property
     def all_runtimes(self) -> list[str]:
         """`runtime` first, then `runtimes`."""
         return [self.runtime, *(r for r in self.runtimes if r != self.runtime)]
@@ -303,6 +320,13 @@ class TargetProfile(Section):
         if "coreml" in self.runtimes and self.runtime != "coreml":
             raise ValueError("runtimes cannot add coreml to a target of another runtime: Core ML runs on Apple "
                              "devices only; make a separate target with runtime = 'coreml'")
+        if self.connection == "predicted" and not self.public_device:
+            raise ValueError("connection = 'predicted' needs public_device (a device with public measurements: "
+                             "`manifold-edge targets` lists them)")
+        if self.public_device:
+            from targets.predict.predictor import check_public
+
+            check_public(self.public_device, self.public_runtime, self.runtime)
         if self.connection == "ssh" and not self.host:
             raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
         for field, runtime in (("execution_provider", "onnxruntime"), ("graph_optimization_level", "onnxruntime"),
@@ -324,7 +348,8 @@ class TargetProfile(Section):
 class BenchmarkConfig(Section):
     enabled: bool = Field(True, description="benchmark every artifact on every target")
     targets: list[str] = Field(default_factory=lambda: ["android-phone", "wearos-watch", "iphone", "apple-watch",
-                                                        "x86-laptop"],
+                                                        "x86-laptop", "galaxy-s24-npu-tflite",
+                                                        "snapdragon-x-elite-npu"],
                                description="target profiles: built-in names (`manifold-edge targets`) or "
                                            "[targets.NAME] tables")
     runs: int = Field(200, ge=3, le=1_000_000, description="at most this many timed batch-1 runs per artifact "

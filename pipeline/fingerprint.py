@@ -36,6 +36,11 @@ def code_fingerprint(module: str, scripts: tuple[str, ...] = ()) -> dict[str, st
     return dict(sorted(seen.items()))
 
 
+def data_fingerprint(paths: tuple[str, ...]) -> dict[str, str]:
+    """{relative path: hash of its bytes} of the data files a stage reads (Stage.data)."""
+    return {path: hashlib.sha256((ROOT / path).read_bytes()).hexdigest() for path in paths}
+
+
 def code_digest(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{path}:{digest}\n" for path, digest in files.items()).encode()).hexdigest()
 

@@ -11,7 +11,7 @@ from pipeline import distributed
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
-from pipeline.fingerprint import code_digest, code_fingerprint
+from pipeline.fingerprint import code_digest, code_fingerprint, data_fingerprint
 from pipeline.lock import wait_lock
 from pipeline.progress import Progress
 from pipeline.stage import Accel, Stage, StageContext
@@ -35,8 +35,9 @@ def stage_class(name: str) -> type[Stage]:
 
 
 def stage_code(name: str) -> dict[str, str]:
-    """{file: hash} of the code that computes the stage's artifact."""
-    return code_fingerprint(STAGES[name].partition(":")[0], stage_class(name).scripts)
+    """{file: hash} of the code (and the data files) that compute the stage's artifact."""
+    cls = stage_class(name)
+    return {**code_fingerprint(STAGES[name].partition(":")[0], cls.scripts), **data_fingerprint(cls.data)}
 
 
 def check_stage_name(name: str | None, option: str) -> None:

@@ -237,6 +237,7 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
     plots = plots or {}
     if report.get("latency"):
         lines += latency_lines(report["latency"], evaluation, plots)
+        lines += predicted_lines(report["latency"])
     distill = report["stages"].get("distill", {}).get("summary")
     if distill:
         cfg = report["config"]["distill"]
@@ -388,6 +389,47 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
                   for r in diagnosed]
         lines.append("")
     return lines
+
+
+def predicted_lines(latency: dict) -> list[str]:
+    """Targets naming a public device: the predicted latency of each artifact with its interval and the
+    error behind it, the measured row beside it when the device was attached, the 3 nearest public models
+    as they measured, and the public models' device-vs-torch top-1 drop as context."""
+    rows = latency.get("predicted") or []
+    if not rows:
+        return []
+    measured = {(r["target"], r["artifact"]): r for r in latency["rows"] if r.get("label") == "measured"}
+    lines = ["## Predicted latency on named devices (from public measurements, not timed here)", "",
+             "Predicted from Qualcomm AI Hub's published on-device times of public models (qai-hub-models "
+             "0.65.0), fitted on this model's ONNX graph features; the interval's coverage and the error were "
+             "measured by holding out whole model families (README, \"Predicted latency\").", "",
+             "| target | artifact | device / runtime / precision | predicted ms (interval) | measured p50 ms "
+             "| public models (families), held-out median / P90 error | nearest public models, measured ms |",
+             "|---|---|---|---:|---:|---|---|"]
+    notes = []
+    for r in rows:
+        if "predicted" not in r:
+            lines.append(f"| {r['target']} | `{r['artifact'] or '-'}` | {r['public_device']} / {r['public_runtime']} "
+                         f"| - | - | - | {r['error']} |")
+            continue
+        p = r["predicted"]
+        lo, hi = p["interval_ms"]
+        seen = measured.get((r["target"], r["artifact"]))
+        seen_ms = f"{seen['latency_ms']['p50']:.3f}" if seen else "-"
+        near = ", ".join(f"{n['model']} {n['measured_ms']:.3g}" for n in p["nearest"])
+        lines.append(f"| {r['target']} | `{r['artifact']}` | {p['device']} / {p['runtime']} / {p['precision']} "
+                     f"| {p['p50_ms']:.3f} ({lo:.3f}-{hi:.3f}, {p['level']:.0%}) | {seen_ms} "
+                     f"| {p['models']} ({p['families']}), {p['median_ape']:.0%} / {p['p90_ape']:.0%} ({p['kind']}) "
+                     f"| {near} |")
+        notes += [f"{r['target']}: {w}" for w in p["widened"]]
+        ctx = r.get("accuracy_context")
+        if ctx:
+            notes.append(f"{p['runtime']} {p['precision']} on device vs torch, public models (context, not this "
+                         f"model's accuracy): median top-1 drop {ctx['median_drop']:.2f} points, range "
+                         f"{ctx['range'][0]:.2f} to {ctx['range'][1]:.2f}, {ctx['models']} models")
+    lines.append("")
+    lines += [f"- {n}" for n in dict.fromkeys(notes)]
+    return [*lines, ""]
 
 
 def timing_lines(rows: list[dict]) -> list[str]:

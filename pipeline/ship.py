@@ -2,8 +2,9 @@
 
 Per target, among the student artifacts that run in its runtime:
 1. accuracy: drop those more than `quantize.max_drop` top-1 points below the torch fp32 student;
-2. budgets: where latency was timed (measured or proxy), drop those over the target's p90 latency or
-   memory budget;
+2. budgets: where latency is known, drop those over the target's p90 latency or memory budget; known means
+   measured on the device when any row was, else predicted from public measurements (a target naming a
+   public device), else timed on this host as a proxy;
 3. speed: keep the fastest by p90, and every artifact within 5% of it (equally fast); where nothing was
    timed (Core ML off macOS), keep them all and say so;
 4. ties: the smaller file, then the higher top-1, then the profile's preferred precision.
@@ -44,7 +45,7 @@ def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop
     evaluated = [r for r in evaluation.get("artifacts", []) if r["runtime"] in runtimes]
     scored = {r["artifact"]: r for r in evaluation.get("artifacts", []) if "top1" in r}
     reference = scored.get("torch_fp32")
-    timed = {r["artifact"]: r for r in rows if "latency_ms" in r}
+    timed = {r["artifact"]: r for r in best_evidence(rows)}
     candidates = [a for a in scored.values() if a["runtime"] in runtimes]
     if evaluated and not candidates:
         return {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact has a top-1: "
@@ -83,8 +84,25 @@ def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop
               "label": row["label"] if row else next((r["label"] for r in rows if r["artifact"] == best["artifact"]),
                                                      "not timed"),
               "latency_ms": {k: row["latency_ms"][k] for k in ("p50", "p90")} if row else None}
+    if row and row["label"] == "predicted":
+        p = row["predicted"]
+        why.append(f"latency predicted for {p['device']} ({p['runtime']}, {p['precision']}) from public "
+                   f"measurements of {p['models']} models, interval {p['interval_ms'][0]:.3g}-"
+                   f"{p['interval_ms'][1]:.3g} ms: not measured")
     choice["why"] = "; ".join([*_reasons(best, pool, candidates, timed, reference, max_drop, fastest), *why])
     return choice
+
+
+EVIDENCE = ("measured", "predicted", "proxy")  # which latency rows decide, best first
+
+
+def best_evidence(rows: list[dict]) -> list[dict]:
+    """A target's latency rows of the best kind it has: measured on the device, else predicted, else proxy."""
+    timed = [r for r in rows if "latency_ms" in r]
+    for label in EVIDENCE:
+        if any(r["label"] == label for r in timed):
+            return [r for r in timed if r["label"] == label]
+    return timed
 
 
 def _reasons(best: dict, pool: list[dict], candidates: list[dict], timed: dict, reference: dict, max_drop: float,
@@ -113,7 +131,7 @@ def choose_all(report: dict) -> dict[str, dict]:
     max_drop = report["config"]["quantize"]["max_drop"]
     ship = {}
     for name, target in (latency.get("targets") or {}).items():
-        rows = [r for r in latency["rows"] if r["target"] == name]
+        rows = [r for r in latency["rows"] + latency.get("predicted", []) if r["target"] == name]
         ship[name] = choose(name, target, rows, evaluation, max_drop) or \
             {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact in this run: enable its "
                                                       "export (and quantize) section"}

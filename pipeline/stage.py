@@ -39,7 +39,8 @@ class Stage:
 
     `sections` are the pipeline.toml sections it reads, `inputs` the upstream stages whose
     artifacts it reads, `scripts` the project modules it runs as programs rather than imports (their
-    code counts in its cache key like the modules it imports: see pipeline/fingerprint.py),
+    code counts in its cache key like the modules it imports: see pipeline/fingerprint.py), `data` the files
+    of the project it reads as data (paths from the project root; their bytes count in its key),
     `scratch` names working files removed when the stage completes. A `distributed`
     stage runs in every process of a multi-process run (rank 0 alone writes); the others run on
     rank 0 only.
@@ -47,6 +48,7 @@ class Stage:
 
     name: ClassVar[str]
     scripts: ClassVar[tuple[str, ...]] = ()
+    data: ClassVar[tuple[str, ...]] = ()
     sections: ClassVar[tuple[str, ...]] = ()
     inputs: ClassVar[tuple[str, ...]] = ()
     uses_seed: ClassVar[bool] = True

@@ -3,7 +3,8 @@
 A target's artifacts are measured by one benchmark agent call, timed interleaved, on the device
 (ssh/adb: measured), on this host with the profile's threads (local, or an unreachable device: proxy),
 or marked needs-device (Core ML off macOS). INT8 rows get a noise-aware verdict and a diagnosis against
-their float sibling.
+their float sibling. A target naming a public device also gets predicted rows (targets/predict/), kept apart
+from the timed ones; a `predicted` target is not timed at all.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from targets.benchmark import Model, add_diagnoses, measure_target
 from targets.diagnosis import int8_instructions
+from targets.predict.rows import predicted_rows
 from targets.profiles import resolve
 
 LATENCY_FILE = "latency.json"
@@ -35,6 +37,8 @@ class BenchmarkStage(Stage):
     inputs = ("export", "quantize")
     uses_seed = False
     scripts = ("targets.agent",)  # copied to the device and run there
+    data = ("targets/predict/predictor.json", "targets/predict/features.csv", "targets/predict/measurements.csv",
+            "targets/predict/numerics.csv")
 
     def run(self, ctx: StageContext) -> dict:
         cfg: BenchmarkConfig = ctx.config["benchmark"]
@@ -42,8 +46,9 @@ class BenchmarkStage(Stage):
             return {"targets": {}, "rows": []}
         profiles = resolve(cfg.targets, ctx.config["targets"])
         models = stage_models(ctx.inputs)
+        # one agent call per runtime: its artifacts timed interleaved
         work = [(name, p, [m for m in models if m.runtime == runtime]) for name, p in profiles.items()
-                for runtime in p.all_runtimes]  # one agent call per runtime: its artifacts timed interleaved
+                for runtime in p.all_runtimes if p.connection != "predicted"]
         rows = []
         with ctx.progress.bar("  benchmarking", sum(len(fitting) for *_, fitting in work)) as bar:
             for name, profile, fitting in work:
@@ -55,9 +60,13 @@ class BenchmarkStage(Stage):
                     bar.advance(info=f"{name}: {row['artifact']}")
                     ctx.progress.log("  " + describe(row))
         add_diagnoses(rows)
+        predicted = [row for name, p in profiles.items() if p.public_device
+                     for row in predicted_rows(models, name, p)]
+        for row in predicted:
+            ctx.progress.log("  " + describe_predicted(row))
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
         unmatched = [n for n, p in profiles.items() if not any(m.runtime in p.all_runtimes for m in models)]
-        result = {"targets": targets, "rows": rows, "host": int8_instructions(),
+        result = {"targets": targets, "rows": rows, "predicted": predicted, "host": int8_instructions(),
                   "no_artifact": {n: profiles[n].runtime for n in unmatched}}
         write_json(ctx.out / LATENCY_FILE, result)
         return result
@@ -73,6 +82,18 @@ def describe(row: dict) -> str:
     return (f"{head} ({label}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms {interval(lat)}, "
             f"p90 {lat['p90']:.3f} ms ({ok} {row['budget']['latency_ms']} ms), {row['runs']} runs, "
             f"model RSS {row['model_rss_mb']:.0f} MB")
+
+
+def describe_predicted(row: dict) -> str:
+    head = f"{row['target']} / {row['artifact']}"
+    if "predicted" not in row:
+        return escape(f"{head}: predicted: {row['error']}")
+    p = row["predicted"]
+    lo, hi = p["interval_ms"]
+    return escape(f"{head}: predicted {p['p50_ms']:.3f} ms ({p['level']:.0%} interval {lo:.3f}-{hi:.3f}) on "
+                  f"{p['device']} {p['runtime']} {p['precision']}, from {p['models']} public models "
+                  f"(held-out median error {p['median_ape']:.0%})" + (" [widened: extrapolated]" if p["widened"]
+                                                                      else ""))
 
 
 def interval(lat: dict) -> str:

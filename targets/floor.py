@@ -35,8 +35,8 @@ def _dims(value) -> list[int] | None:
     return dims if dims and 0 not in dims else None
 
 
-def gemm_shapes(path: str | Path) -> list[Gemm]:
-    """The model's MatMul/Gemm/Conv nodes as GEMMs (batch, M, K, N) at batch size 1."""
+def batch1_shapes(path: str | Path):
+    """The model's graph with shapes inferred at batch 1: (graph, tensor name -> dims or None, weight names)."""
     import onnx
 
     model = onnx.load(str(path))
@@ -53,37 +53,46 @@ def gemm_shapes(path: str | Path) -> list[Gemm]:
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     shapes.update({i.name: list(i.dims) for i in graph.initializer})
-    out = []
-    for node in inferred.graph.node:
-        ins = [shapes.get(name) for name in node.input[:2]]
-        if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul") or node.op_type == "Gemm":
-            a, b = (ins if node.op_type != "QLinearMatMul" else [shapes.get(node.input[0]), shapes.get(node.input[3])])
-            if not a or not b:
-                continue
-            attrs = {at.name: at.i for at in node.attribute}
-            if node.op_type == "Gemm":
-                m, k = (a[1], a[0]) if attrs.get("transA") else (a[0], a[1])
-                n = b[0] if attrs.get("transB") else b[1]
-                batch = 1
-            else:
-                a2, b2 = ([1] + a if len(a) == 1 else a), (b + [1] if len(b) == 1 else b)
-                m, k, n = a2[-2], a2[-1], b2[-1]
-                lead_a, lead_b = a2[:-2], b2[:-2]
-                width = max(len(lead_a), len(lead_b))
-                lead = np.broadcast_shapes(tuple([1] * (width - len(lead_a)) + lead_a),
-                                           tuple([1] * (width - len(lead_b)) + lead_b))
-                batch = int(np.prod(lead)) if lead else 1
-            out.append(Gemm(node.name, node.op_type, batch, int(m), int(k), int(n)))
-        elif node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            x = shapes.get(node.input[0])
-            w = shapes.get(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
-            y = shapes.get(node.output[0])
-            if not x or not w or not y:
-                continue
-            groups = next((at.i for at in node.attribute if at.name == "group"), 1)
-            spatial = int(np.prod(y[2:]))  # im2col: output pixels x (C_in/groups * kernel) x C_out/groups
-            out.append(Gemm(node.name, node.op_type, groups * y[0], spatial, int(np.prod(w[1:])), w[0] // groups))
-    return out
+    return inferred.graph, shapes, weights
+
+
+def gemm_shapes(path: str | Path) -> list[Gemm]:
+    """The model's MatMul/Gemm/Conv nodes as GEMMs (batch, M, K, N) at batch size 1."""
+    graph, shapes, _ = batch1_shapes(path)
+    return [gemm for node in graph.node if (gemm := gemm_of(node, shapes))]
+
+
+def gemm_of(node, shapes: dict) -> Gemm | None:
+    """One MatMul/Gemm/Conv node as a GEMM (None for other ops or unknown shapes)."""
+    ins = [shapes.get(name) for name in node.input[:2]]
+    if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul") or node.op_type == "Gemm":
+        a, b = (ins if node.op_type != "QLinearMatMul" else [shapes.get(node.input[0]), shapes.get(node.input[3])])
+        if not a or not b:
+            return None
+        attrs = {at.name: at.i for at in node.attribute}
+        if node.op_type == "Gemm":
+            m, k = (a[1], a[0]) if attrs.get("transA") else (a[0], a[1])
+            n = b[0] if attrs.get("transB") else b[1]
+            batch = 1
+        else:
+            a2, b2 = ([1] + a if len(a) == 1 else a), (b + [1] if len(b) == 1 else b)
+            m, k, n = a2[-2], a2[-1], b2[-1]
+            lead_a, lead_b = a2[:-2], b2[:-2]
+            width = max(len(lead_a), len(lead_b))
+            lead = np.broadcast_shapes(tuple([1] * (width - len(lead_a)) + lead_a),
+                                       tuple([1] * (width - len(lead_b)) + lead_b))
+            batch = int(np.prod(lead)) if lead else 1
+        return Gemm(node.name, node.op_type, batch, int(m), int(k), int(n))
+    if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        x = shapes.get(node.input[0])
+        w = shapes.get(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
+        y = shapes.get(node.output[0])
+        if not x or not w or not y:
+            return None
+        groups = next((at.i for at in node.attribute if at.name == "group"), 1)
+        spatial = int(np.prod(y[2:]))  # im2col: output pixels x (C_in/groups * kernel) x C_out/groups
+        return Gemm(node.name, node.op_type, groups * y[0], spatial, int(np.prod(w[1:])), w[0] // groups)
+    return None
 
 
 def _graph(op: str, m: int, k: int, n: int, copies: int, seed: int = 0):

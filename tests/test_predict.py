@@ -1,11 +1,32 @@
-"""The public on-device measurements (targets/predict/measurements.py): reading perf.yaml files out of a
-qai-hub-models wheel, and the committed table built from the real one."""
+"""Latency predicted from public on-device measurements (targets/predict/): the tables read out of a
+qai-hub-models wheel, graph features, held-out error and interval coverage, the widening for what the
+features miss, profile checks, and the place of predictions in the ship choice."""
 from __future__ import annotations
 
 import csv
+import json
 import zipfile
 
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.ship import choose
+from targets.predict.features import features
 from targets.predict.measurements import FIELDS, OUT, main, read_wheel
+from targets.predict.predictor import (
+    FEATURES_FILE,
+    LEVEL,
+    MIN_MODELS,
+    accuracy_context,
+    chosen,
+    datasets,
+    evaluate,
+    hold_out,
+    predict,
+)
+from targets.predict.zoo import ZOO
 
 PERF = """precisions:
   float:
@@ -68,3 +89,184 @@ def test_the_committed_table_is_the_package_s_measurements():
     assert {"vit", "swin_tiny", "levit", "mobile_vit", "efficientvit_b2_cls", "mobilenet_v3_small"} <= models
     keys = [(r["model"], r["component"], r["precision"], r["device"], r["runtime"]) for r in rows]
     assert len(set(keys)) == len(keys)
+
+
+def _graph_with(extra_op: bool):
+    """A small ONNX graph with one op of each class (and, if asked, an op no class covers)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = lambda name, *shape: numpy_helper.from_array(np.ones(shape, np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], pads=[1, 1, 1, 1]),                 # 8x3x3x3 on 3x16x16
+             helper.make_node("Conv", ["c", "wd"], ["d"], pads=[1, 1, 1, 1], group=8),        # depthwise 8x1x3x3
+             helper.make_node("Reshape", ["d", "shape"], ["t"]),                              # 1 x 64 tokens x 32
+             helper.make_node("MatMul", ["t", "wl"], ["q"]),                                  # linear 32 -> 32
+             helper.make_node("Transpose", ["q"], ["k"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "k"], ["s"]),                                   # attention 64x32x64
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("Add", ["p", "p"], ["y"])]
+    if extra_op:
+        nodes.append(helper.make_node("Mystery", ["y"], ["z"], domain="com.example"))
+    out = "z" if extra_op else "y"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              [w("wc", 8, 3, 3, 3), w("wd", 8, 1, 3, 3), w("wl", 32, 32),
+                               numpy_helper.from_array(np.array([1, 64, 32], np.int64), "shape")])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.example", 1)] if extra_op else [])
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+def test_features_count_each_op_class_from_the_graph(tmp_path):
+    import onnx
+
+    path = tmp_path / "g.onnx"
+    onnx.save(_graph_with(extra_op=True), path)
+    f = features(path)
+    assert f["conv_gflops"] == pytest.approx(2 * 16 * 16 * 27 * 8 / 1e9, rel=1e-5)
+    assert f["dwconv_gflops"] == pytest.approx(2 * 16 * 16 * 9 * 8 / 1e9, rel=1e-5)
+    assert f["linear_gflops"] == pytest.approx(2 * 64 * 32 * 32 / 1e9, rel=1e-5)
+    assert f["attention_gflops"] == pytest.approx(2 * 64 * 32 * 64 / 1e9) and f["tokens"] == 64
+    assert f["softmax_melems"] == pytest.approx(64 * 64 / 1e6) and f["resolution"] == 16
+    assert f["param_mb"] == pytest.approx((8 * 27 + 8 * 9 + 32 * 32 + 3) * 4 / 1e6)
+    assert f["uncovered"] == {"com.example::Mystery": 1} and f["nodes"] == 9
+
+
+def test_a_graph_with_an_op_the_features_miss_gets_a_wider_interval_and_says_why(tmp_path):
+    import onnx
+
+    for extra in (False, True):
+        onnx.save(_graph_with(extra), tmp_path / f"{extra}.onnx")
+    plain, odd = (predict(features(tmp_path / f"{e}.onnx"), "Samsung Galaxy S24", "tflite", "float")
+                  for e in (False, True))
+    width = lambda p: np.log(p["interval_ms"][1] / p["interval_ms"][0])  # noqa: E731
+    assert width(odd) > width(plain) * 1.4
+    assert not any("Mystery" in w for w in plain["widened"])
+    assert any("com.example::Mystery x1" in w and "do not cover" in w for w in odd["widened"])
+    assert any("below the smallest public model" in w for w in plain["widened"])  # 0.1 MFLOPs: extrapolated
+    assert len(plain["nearest"]) == 3 and all(n["job_id"] and n["measured_ms"] > 0 for n in plain["nearest"])
+
+
+def test_every_training_point_traces_to_a_public_job_and_a_model_built_here():
+    with open(FEATURES_FILE) as f:
+        built = {r["model"]: r for r in csv.DictReader(f)}
+    assert set(built) <= set(ZOO) and len(built) >= 38
+    assert all(float(r["total_gflops"]) > 0 and r["builder"] == ZOO[m][1] for m, r in built.items())
+    with open(OUT) as f:
+        jobs = {(r["model"], r["device"], r["runtime"], r["precision"]): r for r in csv.DictReader(f)}
+    for key, data in datasets().items():
+        assert len(data.models) >= MIN_MODELS and len(data.jobs) == len(data.models)
+        for model, ms, job in zip(data.models, data.ms, data.jobs):
+            row = jobs[(model, *key)]
+            assert row["job_id"] == job and float(row["inference_ms"]) == ms and model in built
+
+
+def test_held_out_models_land_in_the_stated_interval_at_its_nominal_rate():
+    """Leave-one-family-out on the two devices with the most data: the interval, set from the other families'
+    errors, holds the held-out measurement at least LEVEL - 10 points of the time; the shipped predictor.json
+    is what the shipped tables give."""
+    shipped = chosen()
+    inside = total = 0
+    for key, data in datasets().items():
+        if key[0] not in ("Samsung Galaxy S24", "Snapdragon X Elite CRD") or key[2] != "float":
+            continue
+        stats = shipped["datasets"][" | ".join(key)]
+        result = evaluate(hold_out(data, shipped["kind"]), shipped["band_stretch"], stats["coverage_factor"])
+        assert result == stats
+        inside += result["coverage"] * result["models"]
+        total += result["models"]
+    assert total > 100 and inside / total >= LEVEL - 0.10
+
+
+NUMERICS = """metrics:
+- benchmark_value: 81.1
+  device_metric:
+    Samsung Galaxy S25:
+      w8a8:
+        tflite: {partial_metric: 77.8}
+        onnx: {}
+  metric_name: Top-1 Accuracy
+  num_partial_samples: 1000
+  partial_torch_metric: 80.6
+"""
+
+
+def test_device_vs_torch_accuracy_comes_out_of_the_wheel_and_gives_context(tmp_path):
+    wheel = tmp_path / "qai_hub_models-9.9.9-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("qai_hub_models/models/vit/numerics.yaml", NUMERICS)
+    assert read_wheel(wheel, "numerics.yaml") == [
+        {"model": "vit", "metric": "Top-1 Accuracy", "precision": "w8a8", "device": "Samsung Galaxy S25",
+         "runtime": "tflite", "device_value": 77.8, "torch_value": 80.6, "samples": 1000,
+         "source": "qai_hub_models-9.9.9"}]
+    context = accuracy_context("tflite", "w8a8")  # from the committed numerics.csv
+    assert context["models"] >= 10 and context["range"][0] <= context["median_drop"] <= context["range"][1]
+
+
+@pytest.mark.parametrize("table, fragment", [
+    ("public_device='Galaxy S24'", "public_device 'Galaxy S24' has no public measurements (did you mean "
+                                   "'Samsung Galaxy S24'?)"),
+    ("connection='predicted'", "connection = 'predicted' needs public_device"),
+    ("public_device='Samsung Galaxy S24'\nruntime='openvino'", "public_device needs runtime = 'litert'"),
+    ("public_device='Snapdragon X Elite CRD'\npublic_runtime='tflite'\nruntime='litert'",
+     "Snapdragon X Elite CRD has no public tflite measurements"),
+])
+def test_a_public_device_the_predictor_cannot_serve_is_one_line_naming_the_field(tmp_path, table, fragment):
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"[benchmark]\ntargets = ['npu']\n[targets.npu]\nruntime = 'onnxruntime'\n{table}\n")
+    if "runtime='" in table:
+        toml.write_text(toml.read_text().replace("runtime = 'onnxruntime'\n", ""))
+    with pytest.raises(UserError) as info:
+        load_config(toml)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_measured_beats_predicted_beats_proxy_in_the_ship_choice():
+    """The same two artifacts timed three ways on one target: the best kind of evidence decides, alone."""
+    evaluation = {"images": 10_000, "artifacts": [
+        {"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "top1": 88.0, "agreement": 1.0,
+         "bytes": 600_000, "evaluation": "measured"},
+        *({"artifact": a, "runtime": "litert", "precision": p, "top1": 87.9, "agreement": 0.99, "bytes": b,
+           "evaluation": "measured"} for a, p, b in (("litert", "fp32", 600_000),
+                                                       ("litert_int8", "int8 static", 200_000)))]}
+
+    def row(artifact, label, ms):
+        r = {"target": "npu", "artifact": artifact, "label": label, "latency_ms": {"p50": ms, "p90": ms},
+             "budget": {"latency_ok": True, "memory_ok": True}}
+        if label == "predicted":
+            r["predicted"] = {"device": "Samsung Galaxy S24", "runtime": "tflite", "precision": "float",
+                              "models": 32, "interval_ms": [ms / 2, ms * 2]}
+        return r
+    target = {"runtime": "litert", "precision": "int8"}
+    proxy = [row("litert", "proxy", 0.1), row("litert_int8", "proxy", 0.3)]    # fp32 fastest on the host
+    predicted = [row("litert", "predicted", 0.4), row("litert_int8", "predicted", 0.2)]  # int8 on the NPU
+    measured = [row("litert", "measured", 1.0), row("litert_int8", "measured", 2.0)]
+    assert choose("npu", target, proxy, evaluation, 1.0)["artifact"] == "litert"
+    choice = choose("npu", target, proxy + predicted, evaluation, 1.0)
+    assert choice["artifact"] == "litert_int8" and choice["label"] == "predicted"
+    assert "predicted for Samsung Galaxy S24" in choice["why"] and "not measured" in choice["why"]
+    choice = choose("npu", target, proxy + predicted + measured, evaluation, 1.0)
+    assert choice["artifact"] == "litert" and choice["label"] == "measured" and "predicted" not in choice["why"]
+
+
+def test_a_run_shows_predicted_rows_for_the_named_devices_and_never_as_measured(trained_run):
+    """The default targets include two NPU targets: predicted, with intervals, not timed, and their ship
+    choice says its latency was predicted."""
+    report = json.loads((trained_run / "runs" / "default" / "report.json").read_text())
+    latency = report["latency"]
+    named = {"galaxy-s24-npu-tflite", "snapdragon-x-elite-npu"}
+    assert not [r for r in latency["rows"] if r["target"] in named]  # not timed on this host
+    predicted = [r for r in latency["predicted"] if "predicted" in r]
+    assert {r["target"] for r in predicted} == named
+    assert {r["artifact"] for r in predicted} >= {"litert", "litert_int8", "onnx", "onnx_int8_static"}
+    for r in predicted:
+        p = r["predicted"]
+        assert r["label"] == "predicted" and p["interval_ms"][0] < p["p50_ms"] < p["interval_ms"][1]
+        assert len(p["nearest"]) == 3 and p["models"] >= MIN_MODELS and r["accuracy_context"]["models"] > 0
+    skipped = [r for r in latency["predicted"] if "predicted" not in r]
+    assert skipped and all("not predicted" in r["error"] for r in skipped)  # dynamic INT8: no NPU counterpart
+    for name in named:
+        assert report["ship"][name]["label"] == "predicted" and "not measured" in report["ship"][name]["why"]
+    md = (trained_run / "runs" / "default" / "report.md").read_text()
+    section = md.split("## Predicted latency on named devices")[1].split("\n## ")[0]
+    assert "Samsung Galaxy S24 / tflite / w8a8" in section
+    assert predicted[0]["predicted"]["nearest"][0]["model"] in section
