@@ -82,6 +82,15 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
              "measured": "measured on the device"}.get(choice["label"], choice["label"])
     speed = f"p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f} ms at batch 1 ({where})" if latency \
         else f"not timed ({choice['label']})"
+    predicted = next((r["predicted"] for r in (report.get("latency") or {}).get("predicted", [])
+                      if r["target"] == choice["target"] and r["artifact"] == choice["artifact"] and "predicted" in r),
+                     None)
+    if choice["label"] == "predicted" and predicted:
+        lo_ms, hi_ms = predicted["interval_ms"]
+        speed = (f"predicted {predicted['p50_ms']:.3f} ms at batch 1 ({predicted['level']:.0%} interval {lo_ms:.3f}-"
+                 f"{hi_ms:.3f} ms) for {predicted['device']}, {predicted['runtime']}, {predicted['precision']}, from "
+                 f"public measurements of {predicted['models']} other models (held-out median error "
+                 f"{predicted['median_ape']:.0%}): not measured")
     manifold = (f" + the manifold loss (student blocks {distill['student_layers']} <- teacher blocks "
                 f"{distill['teacher_layers']})" if distill["manifold"] else "")
     return "\n".join([
