@@ -22,7 +22,7 @@ from stages.formats.ort_mobile import OrtMobileConfig
 class RunConfig(Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="run name: results go to <output_dir>/<name>/")
-    seed: int = Field(0, ge=0, description="seed for the data split, initialisation and batches")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for the data split, initialisation and batches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
     output_dir: str = Field("runs", description="where runs and the shared artifact cache live")
     threads: int = Field(0, ge=0, description="CPU threads for torch (per process); 0 = all cores "
@@ -438,9 +438,15 @@ def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> Pi
             raise UserError(f"config file {path} not found: pass a pipeline.toml path or run from the "
                             "project folder")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+                            "save it as UTF-8 TOML") from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise UserError(f"{path}: nested too deeply to read as TOML (arrays or tables inside each other "
+                            "hundreds of levels deep): flatten it") from None
     for item in overrides:
         _apply_override(raw, item)
     try:
@@ -448,22 +454,26 @@ def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> Pi
     except ValidationError as exc:
         source = str(path) if path is not None else "config"
         raise UserError("\n".join(f"{source}: {_describe(e)}" for e in exc.errors())) from None
+    except RecursionError:
+        raise UserError(f"{path or 'config'}: a value nested too deeply (hundreds of levels): flatten it") from None
 
 
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
-        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set distill.epochs=3")
+        raise UserError(f"--set {_quote(item)}: expected section.key=value, e.g. --set distill.epochs=3")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word: take it as a string
+    except RecursionError:
+        raise UserError(f"--set {_quote(item)}: the value is nested too deeply (hundreds of levels)") from None
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UserError(f"--set {item!r}: {part} is not a section")
+            raise UserError(f"--set {_quote(item)}: {part} is not a section")
     node[parts[-1]] = value
 
 
@@ -480,7 +490,16 @@ def _describe(err: dict) -> str:
     if err["type"] == "missing":
         return f"{loc} is required and missing"
     msg = err["msg"][0].lower() + err["msg"][1:]
-    return f"{loc}: got {err['input']!r}, but {msg}"
+    return f"{loc}: got {_quote(err['input'])}, but {msg}"
+
+
+QUOTE_CHARS = 200  # a bad value is quoted up to this many characters
+
+
+def _quote(value: Any) -> str:
+    """repr(value), cut to QUOTE_CHARS with the full length said (a 50 MB value must not become the error)."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

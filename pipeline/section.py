@@ -17,7 +17,7 @@ def not_in_key(default: Any, description: str, **constraints: Any) -> Any:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     def key_fields(self) -> dict:
         """The section as it enters a cache key: every field but those marked not_in_key."""

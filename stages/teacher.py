@@ -6,9 +6,18 @@ import torch.nn.functional as F
 
 from pipeline.config import DataConfig, TeacherConfig
 from pipeline.distributed import world
+from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
-from stages.models import architecture, create_model, data_kwargs, existing_file, load_weights, save_model
+from stages.models import (
+    architecture,
+    create_model,
+    data_kwargs,
+    has_published_weights,
+    load_weights,
+    readable_checkpoint,
+    save_model,
+)
 from stages.training import CHECKPOINT, METRICS, accuracy, check_batch_split, fit
 
 
@@ -26,7 +35,10 @@ class TeacherStage(Stage):
             check_batch_split("teacher", teacher.batch_size, world_size)
         for key in ("checkpoint", "pretrained_file"):
             if getattr(teacher, key):
-                existing_file(f"teacher.{key}", getattr(teacher, key))
+                readable_checkpoint(f"teacher.{key}", getattr(teacher, key))
+        if teacher.pretrained and not teacher.pretrained_file and not has_published_weights(teacher.model):
+            raise UserError(f"teacher.pretrained = true: timm publishes no weights for {teacher.model!r}; set "
+                            "teacher.pretrained = false, or give teacher.pretrained_file (a local checkpoint)")
         architecture("teacher", teacher.model, teacher.overrides, cfg.data.channels, cfg.data.img_size)
 
     def run(self, ctx: StageContext) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,46 @@ def test_schema_command_prints_the_json_schema(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert schema == PipelineConfig.model_json_schema()
     assert {"run", "data", "teacher", "student", "distill", "report"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("run.seed=18446744073709551616", "run.seed: got 18446744073709551616, but input should be less than or equal"),
+    ("teacher.warmup_epochs=inf", "teacher.warmup_epochs: got inf, but input should be a finite number"),
+    ("distill.lr=nan", "distill.lr: got nan, but input should be a finite number"),
+    ("data.std=[inf]", "data.std.0: got inf, but input should be a finite number"),
+    ("targets.t.timeout_s=inf", "targets.t.timeout_s: got inf, but input should be a finite number"),
+    ("distill.w_intra='" + "x" * 100_000 + "'", "... (100,002 characters), but input should be a valid number"),
+    ("run.name=" + "[" * 3000 + "]" * 3000, "the value is nested too deeply"),
+])
+def test_hostile_values_are_one_short_line_naming_the_field(override, fragment):
+    with pytest.raises(UserError) as info:
+        load_config(None, [override, "targets.t.runtime='onnxruntime'"])
+    assert fragment in str(info.value) and all(len(line) < 400 for line in str(info.value).splitlines())
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\xff\xfe\x00garbage\x80", "not UTF-8 text (byte 0xff at offset 0): save it as UTF-8 TOML"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000, "nested too deeply to read as TOML"),
+])
+def test_a_pipeline_toml_that_is_not_toml_text_is_one_line(tmp_path, content, fragment):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.img_size=30"], "teacher.model = 'convstem_vit_small' cannot take a 1 x 30 x 30 image"),
+    (["teacher.overrides.depth=-1"], "teacher: timm could not build 'convstem_vit_small'"),
+    (["teacher.pretrained=true"], "timm publishes no weights for 'convstem_vit_small'"),
+    (["teacher.pretrained=true", "teacher.pretrained_file='/etc/hostname'"],
+     "teacher.pretrained_file = '/etc/hostname' is not a checkpoint"),
+])
+def test_a_model_that_cannot_be_built_or_run_stops_before_anything_is_written(tmp_path, capsys, overrides,
+                                                                                fragment):
+    runs = tmp_path / "runs"
+    args = ["run", "--set", f"run.output_dir='{runs}'"] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and len(err) < 400
+    assert not runs.exists() or not any(runs.rglob("*.pt"))

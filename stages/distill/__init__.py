@@ -52,8 +52,7 @@ class DistillStage(Stage):
         data = cfg.data.channels, cfg.data.img_size
         student = architecture("student", cfg.student.model, cfg.student.overrides, *data)
         teacher = architecture("teacher", cfg.teacher.model, cfg.teacher.overrides, *data)
-        if student is not None and teacher is not None:
-            manifold_layers(cfg.distill, student, teacher, cfg.data.img_size)
+        manifold_layers(cfg.distill, student, teacher, cfg.data.img_size)
 
     def run(self, ctx: StageContext) -> dict:
         cfg: DistillConfig = ctx.config["distill"]

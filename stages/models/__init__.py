@@ -58,23 +58,82 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             kwargs.pop("img_size")
             model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except TypeError as exc:
-        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {kwargs}: {exc}") from None
-    except (AssertionError, ValueError) as exc:
-        raise UserError(f"{field}: timm could not build {name!r} with {kwargs}: {exc}") from None
+        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {kwargs}: "
+                        f"{short(exc)}") from None
+    except Exception as exc:  # timm and torch raise many types for a model that cannot be built as asked
+        if pretrained_file:
+            raise UserError(f"{field}.pretrained_file = {pretrained_file!r}: timm could not load it as {name!r}'s "
+                            f"weights ({short(exc)}): give a .safetensors or .pth checkpoint of that model") from None
+        if pretrained and _offline(exc):
+            raise UserError(f"{field}.pretrained = true: timm could not download {name!r}'s weights (no network "
+                            f"or no access: {short(exc)}); give {field}.pretrained_file (a local checkpoint) or "
+                            f"set {field}.pretrained = false") from None
+        raise UserError(f"{field}: timm could not build {name!r} with {kwargs}: {short(exc)}") from None
     return model, kwargs
 
 
-def architecture(field: str, name: str, overrides: dict, channels: int, img_size: int) -> nn.Module | None:
-    """The model's modules on the meta device (no weights, no memory), to check a config before anything runs;
-    None when timm cannot build it there (the stage then checks it when it builds the real model)."""
-    data = {"in_chans": channels, "num_classes": overrides.get("num_classes", 10), "img_size": img_size}
+def readable_checkpoint(key: str, path: str) -> Path:
+    """A file that a checkpoint loader can read (safetensors, or a torch file of tensors), else a UserError."""
+    file = existing_file(key, path)
     try:
-        with torch.device("meta"):
-            return create_model(field, name, overrides, data)[0]
-    except UserError:
-        raise
-    except Exception:  # some model's initialisation needs real tensors
-        return None
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), "pt"):
+                pass
+        else:
+            torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and safetensors raise their own types
+        raise UserError(f"{key} = {path!r} is not a checkpoint ({short(exc, 120)}): give a .safetensors or .pth "
+                        "file of the model's weights") from None
+    return file
+
+
+def has_published_weights(name: str) -> bool:
+    """Whether timm knows where to download `name`'s pretrained weights (Hugging Face Hub or a URL)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return bool(cfg and (cfg.hf_hub_id or cfg.url or cfg.file))
+
+
+def short(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one line of at most `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _offline(exc: BaseException) -> bool:
+    """A download that failed for want of the network (huggingface_hub, urllib, requests, socket)."""
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "URLError",
+                         "gaierror", "TimeoutError", "ConnectTimeout", "ReadTimeout", "MaxRetryError"})
+
+
+def architecture(field: str, name: str, overrides: dict, channels: int, img_size: int) -> nn.Module:
+    """The model built and run on one image of the data's size, to check a config before anything runs: on
+    the meta device (no weights, no memory), or for real on the CPU where the meta device cannot build or
+    run it. A model that cannot be built or cannot take that image is a UserError naming the field."""
+    data = {"in_chans": channels, "num_classes": overrides.get("num_classes", 10), "img_size": img_size}
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = create_model(field, name, overrides, data)[0]
+        except UserError:
+            if device == "cpu":
+                raise
+            continue  # some model's initialisation needs real tensors
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, channels, img_size, img_size, device=device))
+        except Exception as exc:  # the meta device lacks some ops: the real forward decides
+            if device == "cpu":
+                raise UserError(f"{field}.model = {name!r} cannot take a {channels} x {img_size} x {img_size} "
+                                f"image: {short(exc)}; change data.img_size (a multiple of the patch size) or "
+                                f"{field}.overrides") from None
+            continue
+        return model
+    raise AssertionError("unreachable")
 
 
 def save_model(path: Path, model: nn.Module, name: str, kwargs: dict) -> None:
