@@ -12,7 +12,7 @@ from pipeline import distributed
 from pipeline.config import PipelineConfig, load_config
 from pipeline.deploy import check_folder
 from pipeline.errors import UserError
-from pipeline.fileio import write_json
+from pipeline.fileio import unwritable, write_json
 from pipeline.graph import Pipeline, check_stage_name
 from pipeline.lock import run_lock
 from pipeline.progress import Progress
@@ -40,6 +40,9 @@ def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str 
     """Every check that needs no stage to run: the options, the deploy folder, each stage's config."""
     check_stage_name(force, "--force")
     check_stage_name(until, "--until")
+    why = unwritable(Path(cfg.run.output_dir))
+    if why:
+        raise UserError(f"run.output_dir = {cfg.run.output_dir!r}: {why}; give a folder this user can write")
     pipeline = Pipeline(cfg)
     check_folder(Path(out) if out else pipeline.run_dir / "deploy")  # before hours of training, not after
     pipeline.check(until)

@@ -7,11 +7,11 @@ built next to the old one and swapped in, so a reader never sees half of it. No 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.fileio import unwritable
 from targets.devices import model_files as with_sidecars
 
 MARKER = ".manifold-edge-deploy"  # marks a folder this tool wrote, so it may replace it
@@ -25,13 +25,9 @@ def check_folder(folder: Path) -> None:
     if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
         raise UserError(f"--out {folder}: holds files manifold-edge did not write; give a new or empty folder "
                         "(nothing was changed)")
-    parent = folder if folder.is_dir() else next((p for p in folder.parents if p.exists()), Path("."))
-    probe = parent / f".manifold-edge-probe-{os.getpid()}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as exc:
-        raise UserError(f"--out {folder}: cannot write there ({exc.strerror}); give a writable folder") from None
+    why = unwritable(folder)
+    if why:
+        raise UserError(f"--out {folder}: {why}; give a writable folder")
 
 
 def model_files(report: dict, artifact: str) -> list[Path]:

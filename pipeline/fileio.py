@@ -58,3 +58,22 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` (or, when it does not exist yet, its nearest existing parent) cannot take new files:
+    "is a file", the OS's reason, or None when a probe folder can be made there."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "is a file"
+    parent = folder if folder.is_dir() else next((p for p in folder.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        return f"{parent} is a file"
+    probe = parent / f".manifold-edge-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror})"
+    return None
+

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -105,7 +106,20 @@ class Pipeline:
             stage_class(name).check(self.cfg, self.world_size())
 
     def _previous(self) -> dict:
-        return read_json(self.state_path) if self.state_path.is_file() else {}
+        """The last run's record of each stage (what its key was made of), {} when there is none or it is
+        damaged (with a warning): it only explains cache decisions, the artifacts themselves are verified from
+        the store, and a run writes it again."""
+        if not self.state_path.is_file():
+            return {}
+        try:
+            state = read_json(self.state_path)
+            if not isinstance(state, dict) or not all(isinstance(v, dict) and "key" in v for v in state.values()):
+                raise ValueError("not a record of stages")
+            return state
+        except (ValueError, UnicodeDecodeError) as exc:
+            print(f"warning: {self.state_path} is unreadable ({type(exc).__name__}): ignored; the artifacts are "
+                  "checked from the cache, and `run` writes it again", file=sys.stderr)
+            return {}
 
     def status(self) -> list[StageStatus]:
         previous = self._previous()

@@ -95,11 +95,17 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
     if not (run_dir / "report.json").is_file() or not (run_dir / "state.json").is_file():
         raise UserError(f"{run_dir}: not a run folder (no report.json / state.json); give runs/<name> of a "
                         "finished `manifold-edge run`")
-    report = read_json(run_dir / "report.json")
-    cfg = PipelineConfig.model_validate(report["config"])
+    try:
+        report, state = read_json(run_dir / "report.json"), read_json(run_dir / "state.json")
+        cfg = PipelineConfig.model_validate(report["config"])
+    except (ValueError, KeyError, TypeError) as exc:  # truncated or edited JSON, or not ours
+        raise UserError(f"{run_dir}: report.json or state.json is damaged ({type(exc).__name__}): rerun "
+                        "`manifold-edge run` with the same config to rebuild them (cached stages are reused)") from None
+    if not (Path(cfg.run.output_dir) / ".cache").is_dir():  # a relative output_dir read from elsewhere
+        cfg.run.output_dir = str(run_dir.resolve().parent)  # the cache beside the run folder
     store = Pipeline(cfg).store
     records = []
-    for name, entry in read_json(run_dir / "state.json").items():
+    for name, entry in state.items():
         state, reason = store.check(name, entry["key"])
         if state != "cached":
             raise UserError(f"{run_dir}: the {name} artifact is {state} ({reason}); rerun `manifold-edge run` "

@@ -135,3 +135,12 @@ def test_a_model_that_cannot_be_built_or_run_stops_before_anything_is_written(tm
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1 and len(err) < 400
     assert not runs.exists() or not any(runs.rglob("*.pt"))
+
+
+def test_an_output_dir_that_is_a_file_or_unreachable_is_one_line_before_anything_runs(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for folder, why in ((afile, "is a file"), (afile / "runs", "is a file"), ("/proc/none/runs", "cannot write")):
+        assert main(["run", "--set", f"run.output_dir='{folder}'"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"run.output_dir = '{folder}'" in err and why in err and len(err.splitlines()) == 1

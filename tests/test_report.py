@@ -122,3 +122,28 @@ def test_compare_puts_two_runs_side_by_side(trained_run, tmp_path, capsys):
 def test_pareto_front_keeps_only_undominated_points():
     points = [(1.0, 80.0), (2.0, 85.0), (1.5, 79.0), (3.0, 84.0), (0.5, 70.0)]
     assert pareto_front(points) == [(0.5, 70.0), (1.0, 80.0), (2.0, 85.0)]
+
+
+def test_report_reads_its_cache_from_any_directory_and_a_damaged_record_is_one_line(trained_run, tmp_path,
+                                                                                     monkeypatch, capsys):
+    runs = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(trained_run / "runs" / "default", runs / "default")
+    (runs / ".cache").symlink_to(trained_run / "runs" / ".cache")
+    report = json.loads((runs / "default" / "report.json").read_text())
+    report["config"]["run"]["output_dir"] = "runs"  # as a run started in its project folder records it
+    (runs / "default" / "report.json").write_text(json.dumps(report))
+    monkeypatch.chdir(tmp_path)  # where ./runs does not exist
+    assert main(["report", str(runs / "default")]) == 0
+    (runs / "default" / "report.json").write_text('{"config": {"run": ')  # truncated
+    assert main(["report", str(runs / "default")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "report.json or state.json is damaged" in err[0]
+
+
+def test_a_damaged_state_json_is_ignored_with_a_warning(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "state.json").write_text('{"data": {"ke')
+    assert main(["status", "--set", f"run.output_dir='{tmp_path / 'runs'}'"]) == 0
+    captured = capsys.readouterr()
+    assert "state.json is unreadable (JSONDecodeError): ignored" in captured.err
