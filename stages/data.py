@@ -89,17 +89,25 @@ def load_digits() -> tuple[Split, Split | None, list[str]]:
     return (images, digits.target.astype(np.int64)), None, [str(i) for i in range(10)]
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images of one class folder, sorted; macOS metadata (`._*`, `.DS_Store`) and other hidden files
+    left out."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Split:
     from PIL import Image
 
     images, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for file in files:
+        for file in image_files(root / name):
             try:
                 with Image.open(file) as img:
                     img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
                     images.append(np.asarray(img, dtype=np.uint8))
+            except Image.DecompressionBombError:
+                raise UserError(f"data.path: image {file} has more pixels than Pillow reads safely "
+                                f"({Image.MAX_IMAGE_PIXELS:,}): shrink it or remove it") from None
             except OSError as exc:
                 raise UserError(f"data.path: cannot read image {file}: {exc}") from None
             labels.append(label)
@@ -115,10 +123,23 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str]]:
         raise UserError(f"data.path = {cfg.path!r} is not a folder")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if has_splits else root
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two), "
                         f"found {len(classes)}")
+    for split_root in [train_root, root / "test"] if has_splits else [train_root]:
+        empty = [c for c in classes if (split_root / c).is_dir() and not image_files(split_root / c)]
+        if empty:
+            raise UserError(f"data.path: class folder(s) {', '.join(empty)} in {split_root} hold no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder(s)")
+    if has_splits:
+        tested = {p.name for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")}
+        missing, extra = sorted(set(classes) - tested), sorted(tested - set(classes))
+        if missing or extra:
+            parts = ([f"missing from test/: {', '.join(missing)}"] if missing else []) + \
+                ([f"only in test/: {', '.join(extra)}"] if extra else [])
+            raise UserError(f"data.path = {cfg.path!r}: train/ and test/ must hold the same class folders "
+                            f"({'; '.join(parts)})")
     return train_root, has_splits, classes
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipeline.config import DataConfig
 from pipeline.errors import UserError
-from stages.data import FASHION_FILES, fashion_mnist_dir, load_imagefolder, read_idx, split, to_nchw
+from stages.data import FASHION_FILES, fashion_mnist_dir, imagefolder_layout, load_imagefolder, read_idx, split, to_nchw
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -105,3 +105,37 @@ def test_to_nchw_converts_channels_and_size():
     rgb[..., 0] = 90
     out = to_nchw(rgb, 1, 4)
     assert out.shape == (1, 1, 4, 4) and out.max() == 30
+
+
+def _folders(root, layout: dict[str, int]) -> None:
+    """split/class -> number of 4x4 PNGs."""
+    for where, n in layout.items():
+        (root / where).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(root / where / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout, fragment", [
+    ({"train/cat": 2, "train/dog": 2, "test/cat": 2}, "missing from test/: dog"),
+    ({"train/cat": 2, "train/dog": 2, "test/cat": 2, "test/dog": 2, "test/eel": 1}, "only in test/: eel"),
+    ({"train/cat": 2, "train/dog": 2, "train/eel": 0, "test/cat": 2, "test/dog": 2, "test/eel": 0},
+     "class folder(s) eel in"),
+    ({"train/cat": 2, "train/dog": 2, "test/cat": 2, "test/dog": 0}, "class folder(s) dog in"),
+])
+def test_class_folders_that_differ_between_splits_or_hold_nothing_are_one_line_up_front(tmp_path, layout, fragment):
+    _folders(tmp_path, layout)
+    with pytest.raises(UserError) as info:
+        imagefolder_layout(DataConfig(dataset="imagefolder", path=str(tmp_path)))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_macos_metadata_is_skipped_and_a_decompression_bomb_is_named(tmp_path, monkeypatch):
+    _folders(tmp_path, {"cat": 2, "dog": 2})
+    (tmp_path / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not an image
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (train_x, _), _, classes = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path), img_size=4))
+    assert len(train_x) == 4 and classes == ["cat", "dog"]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 20000 x 20000 PNG, scaled down
+    Image.new("L", (100, 100)).save(tmp_path / "dog" / "huge.png")  # 10,000 pixels: over twice the limit
+    with pytest.raises(UserError, match=r"dog/huge.png has more pixels than Pillow reads safely"):
+        load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path), img_size=4))
