@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args.run_a, args.run_b, args.out)
         if args.command in ("targets", "bench"):
             return _targets_or_bench(args)
-        nproc = [f"run.nproc={args.nproc}"] if getattr(args, "nproc", None) else []
+        nproc = [f"run.nproc={args.nproc}"] if getattr(args, "nproc", None) is not None else []
         cfg = load_config(args.config, [*args.overrides, *nproc])
         if args.command == "status":
             return _status(cfg)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 FOLDER_ENV = "MANIFOLD_EDGE_EXITS"
 INTERRUPTED = 130
-INTERRUPTED_MESSAGE = "interrupted: rerun the same command to resume from the last completed epoch"
+INTERRUPTED_MESSAGE = ("interrupted: rerun the same command; completed stages are reused and training resumes from its "
+                       "last completed epoch")
 
 
 def record(code: int, message: str) -> bool:

@@ -192,6 +192,11 @@ class DataStage(Stage):
 
     @classmethod
     def check(cls, cfg, world_size: int) -> None:
+        subset = cfg.data.subset
+        if subset and subset - max(1, round(subset * cfg.data.val_fraction)) < 1:
+            raise UserError(f"data.subset = {subset} leaves no training images once the validation split "
+                            f"(data.val_fraction = {cfg.data.val_fraction:g}, at least 1 image) is taken: use "
+                            "data.subset >= 2, or 0 for all images")
         if cfg.data.dataset == "imagefolder":
             imagefolder_layout(cfg.data)
         elif cfg.data.dataset == "fashion-mnist" and cfg.data.path:

@@ -144,3 +144,17 @@ def test_an_output_dir_that_is_a_file_or_unreachable_is_one_line_before_anything
         assert main(["run", "--set", f"run.output_dir='{folder}'"]) == 2
         err = capsys.readouterr().err.strip()
         assert f"run.output_dir = '{folder}'" in err and why in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.subset=1"], "data.subset = 1 leaves no training images"),
+    (["teacher.checkpoint='/etc'"], "teacher.checkpoint = '/etc' is a folder: give the file itself"),
+    (["--nproc", "0"], "run.nproc: got 0, but input should be greater than or equal to 1"),
+])
+def test_inputs_that_used_to_mislead_say_what_is_wrong(tmp_path, capsys, overrides, fragment):
+    args = ["run", "--set", f"run.output_dir='{tmp_path / 'runs'}'"]
+    args += overrides if overrides[0].startswith("--") else [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.npz"))

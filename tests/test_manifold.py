@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.distill.features import aligned_tokens, default_layer_map
+from stages.distill.features import TokenTap, aligned_tokens, default_layer_map
 from stages.distill.manifold import ManifoldLoss, inter_image_loss, intra_image_loss, random_sampled_loss
 
 
@@ -123,3 +123,19 @@ def test_non_integer_grid_ratios_pool_adaptively():
     mean = torch.arange(49.0).view(1, 7, 7, 1)
     cells = aligned_tokens(mean, torch.zeros(1, 4, 4, 1))[0].flatten()
     assert cells[0] == mean[0, :2, :2].mean() and cells[-1] == mean[0, 5:, 5:].mean()  # overlapping 2x2 windows
+
+
+def test_layer_pairs_are_matched_in_the_order_written():
+    """student_layers = [3, 0] pairs block 3 with the first teacher layer given, though block 0 runs first."""
+    import timm
+
+    import stages.models  # noqa: F401  (registers convstem_vit_*)
+
+    torch.manual_seed(0)
+    model = timm.create_model("convstem_vit_tiny").eval()
+    written, forward = TokenTap(model, [3, 0], "student"), TokenTap(model, [0, 3], "student")
+    with torch.no_grad(), written.capture() as as_written, forward.capture() as in_order:
+        model(torch.randn(2, 1, 28, 28))
+        got = list(as_written), list(in_order)
+    assert torch.equal(got[0][0], got[1][1]) and torch.equal(got[0][1], got[1][0])
+    assert not torch.equal(got[0][0], got[0][1])

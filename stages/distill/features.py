@@ -47,24 +47,26 @@ def estimated_tokens(unit: Unit, img_size: int) -> int:
 
 
 class TokenTap:
-    """Captures the chosen units' outputs during a forward pass as (B, H, W, D) grids."""
+    """Captures the chosen units' outputs during a forward pass as (B, H, W, D) grids, in the order the
+    layers were given (not the order the forward pass reaches them), so pairs are matched as written."""
 
     def __init__(self, model: nn.Module, layers: list[int], field: str):
         self.units = checked_units(model, layers, field)
-        self.outputs: list[torch.Tensor] | None = None
-        self.handles = [unit.module.register_forward_hook(self._hook(unit)) for unit in self.units]
+        self.outputs: list[torch.Tensor | None] | None = None
+        self.handles = [unit.module.register_forward_hook(self._hook(position, unit))
+                        for position, unit in enumerate(self.units)]
 
-    def _hook(self, unit: Unit):
+    def _hook(self, position: int, unit: Unit):
         def hook(module, args, output) -> None:
             if self.outputs is not None:
                 # without autograd nothing would notice a later in-place op on this output: keep a copy
-                self.outputs.append(unit.grid(output if output.requires_grad else output.clone()))
+                self.outputs[position] = unit.grid(output if output.requires_grad else output.clone())
         return hook
 
     @contextmanager
     def capture(self) -> Iterator[list[torch.Tensor]]:
-        """Record the tapped units' grids for the forward passes inside the block only."""
-        self.outputs = []
+        """Record the tapped units' grids for the forward pass inside the block only."""
+        self.outputs = [None] * len(self.units)
         try:
             yield self.outputs
         finally:

@@ -21,6 +21,8 @@ FORMAT = "manifold-edge/model-v1"
 def existing_file(key: str, path: str) -> Path:
     """The file a config field names, or a UserError naming the field."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise UserError(f"{key} = {path!r} is a folder: give the file itself")
     if not file.is_file():
         raise UserError(f"{key} = {path!r} does not exist")
     return file
