@@ -106,10 +106,11 @@ def _report(run_dir: str, out: str | None) -> int:
     from pathlib import Path
 
     from pipeline.lock import run_lock
-    from pipeline.report import rebuild_report, ship_summary
+    from pipeline.report import check_run_folder, rebuild_report, ship_summary
 
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such run folder; give runs/<name> of a finished run")
+    check_run_folder(Path(run_dir))  # before the lock: a folder that is not a run is left as it was
     with run_lock(Path(run_dir)):
         report = rebuild_report(Path(run_dir), Path(out) if out else None)
     print(f"rebuilt {Path(run_dir) / 'report.html'}, report.md, report.json and plots/ from the artifacts")

@@ -16,6 +16,11 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def is_partial_write(path: Path) -> bool:
+    """A temporary file of an atomic_write that a kill interrupted (`.NAME.XXXX.tmp`): never part of a result."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, fsync it, then rename it into place."""
     path = Path(path)

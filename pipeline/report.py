@@ -88,13 +88,19 @@ def write_report(report: dict, run_dir: Path, deploy_to: Path | None = None) -> 
     write_text(run_dir / "report.html", render_html(title, markdown, run_dir))
 
 
-def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
-    """Rebuild a run's report from its artifacts (state.json + each stage's manifest), running nothing.
-    Run-level facts (wall time, peak memory, device) are kept from the previous report.json."""
+def check_run_folder(run_dir: Path) -> Path:
+    """A finished run's folder (report.json and state.json in it), or a UserError."""
     run_dir = Path(run_dir)
     if not (run_dir / "report.json").is_file() or not (run_dir / "state.json").is_file():
         raise UserError(f"{run_dir}: not a run folder (no report.json / state.json); give runs/<name> of a "
                         "finished `manifold-edge run`")
+    return run_dir
+
+
+def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
+    """Rebuild a run's report from its artifacts (state.json + each stage's manifest), running nothing.
+    Run-level facts (wall time, peak memory, device) are kept from the previous report.json."""
+    run_dir = check_run_folder(run_dir)
     try:
         report, state = read_json(run_dir / "report.json"), read_json(run_dir / "state.json")
         cfg = PipelineConfig.model_validate(report["config"])

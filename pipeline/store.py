@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.fileio import read_json, write_json
+from pipeline.fileio import is_partial_write, read_json, write_json
 
 MANIFEST = "manifest.json"
 
@@ -81,6 +81,8 @@ class ArtifactStore:
         work, final = self.partial(stage, key), self.path(stage, key)
         for name in scratch:
             (work / name).unlink(missing_ok=True)
+        for leftover in [p for p in work.rglob("*") if p.is_file() and is_partial_write(p)]:
+            leftover.unlink()  # a write a kill cut short before the stage was resumed
         files = {}
         for file in sorted(p for p in work.rglob("*") if p.is_file()):
             name = file.relative_to(work).as_posix()

@@ -99,6 +99,7 @@ def test_report_command_rebuilds_from_artifacts(trained_run, tmp_path, capsys):
 def test_report_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no lock left behind
 
 
 @pytest.mark.slow

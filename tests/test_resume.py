@@ -57,3 +57,17 @@ def test_killed_distill_resumes_to_identical_weights(tmp_path):
     a, b = _student_weights(whole), _student_weights(broken)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_write_cut_short_by_a_kill_never_enters_an_artifact(tmp_path):
+    """A `.metrics.jsonl.XXXX.tmp` left by a kill at the moment of a metrics write is removed at commit."""
+    from pipeline.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    work = store.begin("distill", "k" * 64)
+    (work / "model.pt").write_bytes(b"weights")
+    (work / ".metrics.jsonl.a1b2c3.tmp").write_text('{"epoch": 1')
+    final = store.commit("distill", "k" * 64, {"summary": {}})
+    assert sorted(store.manifest("distill", "k" * 64)["files"]) == ["model.pt"]
+    assert not (final / ".metrics.jsonl.a1b2c3.tmp").exists()
+    assert store.check("distill", "k" * 64)[0] == "cached"
