@@ -203,7 +203,12 @@ class Pipeline:
             out=self.store.partial(stage.name, stage.key), seed=self.cfg.run.seed, device=device,
             progress=progress, key=stage.key, accel=Accel(self.cfg.run.compile, self.cfg.run.channels_last))
         start = time.perf_counter()
-        summary = stage.cls().run(ctx)
+        try:
+            summary = stage.cls().run(ctx)
+        except BaseException:
+            if here.main:
+                self.store.drop_if_empty(stage.name, stage.key)  # a resumable checkpoint stays
+            raise
         wall = time.perf_counter() - start
         if not here.main:
             return None

@@ -21,36 +21,67 @@ def _open(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
+def _lock(path: Path, blocking: bool, on_busy=None) -> int:
+    """An fd holding the flock on the file now at `path`. The holder removes the file when it lets go
+    (so no lock files are left behind), so a lock won on a file that is no longer at `path` is retried.
+    Without `blocking`, a busy lock raises BlockingIOError after on_busy(fd) has been called."""
+    while True:
+        fd = _open(path)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not blocking:
+                    if on_busy:
+                        on_busy(fd)
+                    raise
+                if on_busy:
+                    on_busy(fd)
+                    on_busy = None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:  # removed by the holder we waited for: lock the next file
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then release it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold run_dir/.lock, or refuse with the holder's pid and start time."""
     path = Path(run_dir) / ".lock"
-    fd = _open(path)
+
+    def refuse(fd: int) -> None:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        raise UserError(f"{run_dir} is in use by {holder}: wait for that run to finish, or give this one "
+                        "another run.name")
+
+    fd = _lock(path, blocking=False, on_busy=refuse)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(f"{run_dir} is in use by {holder}: wait for that run to finish, or give this one "
-                            "another run.name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        _unlock(path, fd)
 
 
 @contextmanager
 def wait_lock(path: Path, on_wait=None) -> Iterator[None]:
     """Hold the lock at path, waiting for another holder first (on_wait() is called once if so)."""
-    fd = _open(path)
+    fd = _lock(Path(path), blocking=True, on_busy=(lambda _fd: on_wait()) if on_wait else None)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        _unlock(Path(path), fd)

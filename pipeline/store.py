@@ -93,6 +93,12 @@ class ArtifactStore:
         work.rename(final)
         return final
 
+    def drop_if_empty(self, stage: str, key: str) -> None:
+        """Remove a failed run's work folder when it holds no file (nothing to resume from)."""
+        work = self.partial(stage, key)
+        if work.is_dir() and not any(p.is_file() for p in work.rglob("*")):
+            shutil.rmtree(work, ignore_errors=True)
+
     def manifest(self, stage: str, key: str) -> dict:
         return read_json(self.path(stage, key) / MANIFEST)
 

@@ -71,3 +71,23 @@ def test_a_write_cut_short_by_a_kill_never_enters_an_artifact(tmp_path):
     assert sorted(store.manifest("distill", "k" * 64)["files"]) == ["model.pt"]
     assert not (final / ".metrics.jsonl.a1b2c3.tmp").exists()
     assert store.check("distill", "k" * 64)[0] == "cached"
+
+
+def test_a_failed_stage_leaves_no_empty_work_folder_and_no_lock_files(tmp_path, capsys):
+    """A user error inside a stage's run (an image that cannot be read) ends the run with no empty work
+    folder and no lock file behind."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.cli import main
+
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    runs = tmp_path / "runs"
+    code = main(["run", "--until", "data", "--set", f"run.output_dir='{runs}'", "--set", "data.dataset='imagefolder'",
+                 "--set", f"data.path='{tmp_path / 'images'}'", "--set", "data.img_size=8"])
+    assert code == 2 and "cannot read image" in capsys.readouterr().err
+    assert not list(runs.rglob("*.partial")) and not list(runs.rglob("*.lock")) and not list(runs.rglob(".lock"))
