@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,9 +61,30 @@ def joined() -> World:
     return world() if active() else World()
 
 
+LAUNCHER_ENV = "MANIFOLD_EDGE_LAUNCHER_PID"  # set by launch(): the process whose death ends every rank
+
+
+def follow_launcher() -> None:
+    """In a rank started by launch(): a daemon thread that kills this process when the launcher is gone
+    (killed with -9, its terminal closed). torchrun starts ranks in their own sessions, so a signal to the
+    user's process group never reaches them; without this they would run on and hold the run's lock."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not launcher or os.getppid() != int(launcher):
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(launcher):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+
+
 def start(device: str) -> World:
     """Join the process group when launched with more than one process; pin this rank's GPU."""
     here = world()
+    if here.size > 1:
+        follow_launcher()
     if here.size > 1 and not dist.is_initialized():
         if device == "cuda":
             if here.local_rank >= torch.cuda.device_count():
@@ -118,16 +142,20 @@ def launch(nproc: int, argv: list[str], threads: int) -> tuple[int, str | None]:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
     with tempfile.TemporaryDirectory(prefix="manifold-edge-exits-") as folder, \
-            _environment(OMP_NUM_THREADS=threads, **{exits.FOLDER_ENV: folder}):
+            _environment(OMP_NUM_THREADS=threads, **{exits.FOLDER_ENV: folder, LAUNCHER_ENV: str(os.getpid())}):
         try:
             elastic_launch(config, sys.executable)("-m", "pipeline", *argv)
         except ChildFailedError as exc:
+            silent = {rank: f for rank, f in exc.failures.items() if rank not in exits.recorded_ranks(Path(folder))}
             first = exits.first_failure(Path(folder))
+            if silent:  # a process killed outright: the others' errors (a lost connection) are its consequence
+                rank, failure = min(silent.items(), key=lambda item: item[1].timestamp)
+                how = f"signal {-failure.exitcode}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+                return 1, (f"rank {rank} of {nproc} died ({how}) before it could say why; the run stopped: rerun "
+                           "the same command to resume")
             if first:
                 return first["code"], first["message"]
-            rank, failure = min(exc.failures.items(), key=lambda item: item[1].timestamp)
-            how = f"signal {-failure.exitcode}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-            return 1, f"internal error: process {rank} of {nproc} ended with {how} before it could say why"
+            return 1, f"internal error: the {nproc} processes failed without a recorded cause"
         except SignalException:  # Ctrl-C or SIGTERM: the launcher stopped the processes
             return exits.INTERRUPTED, exits.INTERRUPTED_MESSAGE
     return 0, None

@@ -31,6 +31,11 @@ def record(code: int, message: str) -> bool:
     return True
 
 
+def recorded_ranks(folder: Path) -> set[int]:
+    """The ranks that left an exit record (a process killed outright leaves none)."""
+    return {int(path.stem) for path in Path(folder).glob("*.json") if path.stem.isdigit()}
+
+
 def first_failure(folder: Path) -> dict | None:
     """The earliest recorded failure; an interruption only when nothing else failed (the launcher's SIGTERM
     to the other processes is a consequence, not a cause)."""

@@ -115,6 +115,56 @@ def test_an_interrupted_distributed_run_resumes_from_its_checkpoint(tmp_path, te
 
 
 @pytest.mark.slow
+def test_killing_the_process_group_of_a_run_leaves_no_process_and_the_rerun_resumes(tmp_path, teacher):
+    """kill -9 of the group the user started (what closing the terminal does): torchrun's ranks live in their
+    own sessions, yet none outlives the launcher by more than 5 s; the lock is free; the rerun resumes."""
+    import os
+
+    extra = (*SAME_MATH, teacher, "distill.epochs=12", "run.threads=1")
+    args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
+            "--nproc", "2"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.time() + 5
+    while time.time() < deadline and _processes_of(tmp_path):
+        time.sleep(0.2)
+    assert not _processes_of(tmp_path)
+    resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "distill: resuming after epoch" in resumed.stderr and "in use by" not in resumed.stderr
+    assert "weights identical on all 2 processes" in resumed.stderr
+
+
+def _processes_of(tmp_path) -> list[str]:
+    """Command lines of the live processes that belong to the run in tmp_path."""
+    found = subprocess.run(["pgrep", "-f", "-a", str(tmp_path)], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def test_a_rank_killed_outright_is_named_as_the_cause(tmp_path, monkeypatch):
+    """One rank dies by a signal without a word, the other then fails on the lost connection: the user is
+    told which rank died and how, not the survivor's connection error."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from pipeline import distributed, exits
+
+    def fake_launch(config, entrypoint):
+        def run(*args):
+            monkeypatch.setenv("RANK", "0")
+            exits.record(1, "internal error: Connection reset by peer")
+            failures = {0: ProcessFailure(0, 100, 1, "/nonexistent"), 1: ProcessFailure(1, 101, -9, "/nonexistent")}
+            raise ChildFailedError("pipeline", failures)
+        return run
+
+    monkeypatch.setattr("torch.distributed.launcher.api.elastic_launch", fake_launch)
+    code, message = distributed.launch(2, ["run"], 1)
+    assert code == 1 and message.startswith("rank 1 of 2 died (signal 9) before it could say why")
+
+
+@pytest.mark.slow
 def test_compiled_training_computes_what_eager_training_does(tmp_path, teacher):
     """run.compile = true: torch.compile'd student (the manifold taps' hooks included), same losses."""
     extra = (*SAME_MATH, teacher, "distill.epochs=1")
@@ -141,14 +191,20 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_p
 
 @pytest.mark.slow
 def test_a_failure_inside_the_processes_is_reported_once_with_its_exit_code(tmp_path, capfd):
-    """Every process finds the checkpoint unreadable; torchrun then stops the slower one. The user sees the
-    first failure's line and exit code, once, whatever the launcher did to the other process."""
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    args = cli_args(tmp_path, "run", f"teacher.checkpoint='{junk}'", "run.threads=1", "benchmark.enabled=false")
+    """Rank 0 finds an unreadable image in the data stage; torchrun then stops the other process. The user
+    sees the first failure's line and exit code, once, whatever the launcher did to the other process."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "images" / name / f"{i}.png")
+    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")  # found when read
+    args = cli_args(tmp_path, "run", "data.dataset='imagefolder'", f"data.path='{tmp_path / 'images'}'",
+                    "data.img_size=8", "run.threads=1", "benchmark.enabled=false")
     assert main([*args, "--until", "teacher", "--nproc", "2"]) == 2
     err = capfd.readouterr().err
-    assert err.count("is not a torch checkpoint") == 1 and err.count("error:") == 1, err
+    assert err.count("cannot read image") == 1 and err.count("error:") == 1, err
     assert "Traceback" not in err and "interrupted" not in err
 
 
