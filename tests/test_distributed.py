@@ -120,7 +120,7 @@ def test_killing_the_process_group_of_a_run_leaves_no_process_and_the_rerun_resu
     own sessions, yet none outlives the launcher by more than 5 s; the lock is free; the rerun resumes."""
     import os
 
-    extra = (*SAME_MATH, teacher, "distill.epochs=12", "run.threads=1")
+    extra = (*SAME_MATH, teacher, "distill.epochs=4", "run.threads=1")
     args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
             "--nproc", "2"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
