@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import traceback
 from pipeline import __version__, exits
 from pipeline.config import json_schema, load_config
 from pipeline.errors import UserError
+from pipeline.fileio import out_of_space
 
 DEFAULT_CONFIG = "pipeline.toml"
 
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(exits.INTERRUPTED, exits.INTERRUPTED_MESSAGE)
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-            return _fail(2, f"error: disk full ({getattr(exc, 'filename', None) or exc}): free space and rerun "
-                            "the same command to resume; completed stages are kept")
+        if out_of_space(exc):
+            where = getattr(exc, "filename", None) or (cfg.run.output_dir if "cfg" in locals() else "this disk")
+            return _fail(2, f"error: disk full (writing under {where}): free space there and rerun the same "
+                            "command to resume; completed stages are kept")
         return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")
 
 

@@ -53,6 +53,17 @@ def disk_full(folder: Path) -> bool:
         return False
 
 
+def out_of_space(exc: BaseException) -> bool:
+    """An error caused by a full disk or quota, however a library wrapped it (its cause chain, or the
+    (source, destination, reason) list of shutil.Error)."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

@@ -8,13 +8,14 @@ import json
 import logging
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.config import CoreMLExportConfig, ExportConfig
 from pipeline.errors import UserError, root_cause
-from pipeline.fileio import write_json
+from pipeline.fileio import disk_full, out_of_space, write_json
 from pipeline.stage import Stage, StageContext
 from stages.batches import load_dataset
 from stages.formats import executorch as executorch_format
@@ -44,6 +45,9 @@ def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path,
                               input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), external_data=False, verbose=False)
         except Exception as exc:  # the exporter raises many types; the innermost cause names the op
+            if out_of_space(exc) or disk_full(Path(path).parent):
+                raise UserError(f"disk full while writing {path}: free space in {Path(path).parent} and rerun "
+                                "(completed stages are kept)") from None
             raise UserError(f"ONNX export of {name} failed: {root_cause(exc)}; try another export.opset or "
                             "a model without this operator") from None
     onnx = require("onnx", "onnx")

@@ -188,3 +188,31 @@ def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output
     assert read_report(chaos)["evaluation"] == read_report(clean)["evaluation"]
+
+
+def test_disk_full_during_the_onnx_export_says_disk_full_not_opset(tiny_disk):
+    """Was: 'ONNX export failed ...; try another export.opset'."""
+    import torch
+
+    from stages.export import export_onnx
+
+    fill(tiny_disk, 16 * 1024)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 512), torch.nn.Linear(512, 10))
+    with pytest.raises(UserError, match=r"disk full while writing .*model.onnx: free space in"):
+        export_onnx(model, "tiny", (1, 8, 8), tiny_disk / "model.onnx", 17)
+
+
+def test_a_full_disk_wrapped_by_a_library_is_still_disk_full():
+    import shutil
+
+    from pipeline.fileio import out_of_space
+
+    copy_error = shutil.Error([("a", "b", "[Errno 28] No space left on device: 'b'")])  # Core ML's package save
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("quantizer failed") from cause
+    except RuntimeError as wrapped:
+        assert out_of_space(wrapped) and out_of_space(copy_error)
+    assert not out_of_space(RuntimeError("shape mismatch"))
