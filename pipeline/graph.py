@@ -125,7 +125,7 @@ class Pipeline:
         previous = self._previous()
         result = []
         for stage in self.plan():
-            state, reason = self.store.check(stage.name, stage.key, stage.cls.scratch)
+            state, reason = self.store.check(stage.name, stage.key, stage.cls.resumes)
             before = previous.get(stage.name)
             if state == "missing" and before and before["key"] != stage.key:
                 state, reason = "stale", _explain_change(before, stage)
@@ -172,7 +172,7 @@ class Pipeline:
         """Reuse the cached artifact, or (re)build it; rank 0 decides and every rank gets its record."""
         cached = None
         if here.main:
-            check, reason = self.store.check(stage.name, stage.key, stage.cls.scratch)
+            check, reason = self.store.check(stage.name, stage.key, stage.cls.resumes)
             if check == "cached" and stage.name not in forced:
                 manifest = self.store.manifest(stage.name, stage.key)
                 progress.log(f"{label}: reused, cached ({reason})")

@@ -41,7 +41,8 @@ class Stage:
     artifacts it reads, `scripts` the project modules it runs as programs rather than imports (their
     code counts in its cache key like the modules it imports: see pipeline/fingerprint.py), `data` the files
     of the project it reads as data (paths from the project root; their bytes count in its key),
-    `scratch` names working files removed when the stage completes. A `distributed`
+    `scratch` names working files removed when the stage completes, `resumes` the ones among them a rerun
+    resumes from (epoch checkpoints). A `distributed`
     stage runs in every process of a multi-process run (rank 0 alone writes); the others run on
     rank 0 only.
     """
@@ -53,6 +54,7 @@ class Stage:
     inputs: ClassVar[tuple[str, ...]] = ()
     uses_seed: ClassVar[bool] = True
     scratch: ClassVar[tuple[str, ...]] = ()
+    resumes: ClassVar[tuple[str, ...]] = ()
     distributed: ClassVar[bool] = False
 
     @classmethod

@@ -43,13 +43,13 @@ class ArtifactStore:
     def partial(self, stage: str, key: str) -> Path:
         return self.root / f"{stage}-{key[:16]}.partial"
 
-    def check(self, stage: str, key: str, scratch: tuple[str, ...] = ()) -> tuple[str, str]:
-        """('cached' | 'missing' | 'damaged', reason); `scratch` names the stage's resumable checkpoints."""
+    def check(self, stage: str, key: str, resumes: tuple[str, ...] = ()) -> tuple[str, str]:
+        """('cached' | 'missing' | 'damaged', reason); `resumes` names the stage's resumable checkpoints."""
         final = self.path(stage, key)
         manifest_path = final / MANIFEST
         if not manifest_path.is_file():
             work = self.partial(stage, key)
-            if any((work / name).is_file() for name in scratch):
+            if any((work / name).is_file() for name in resumes):
                 return "missing", "an interrupted run left a checkpoint: the next run resumes it"
             if work.is_dir():
                 return "missing", "an earlier run of it did not finish"

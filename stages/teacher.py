@@ -25,7 +25,7 @@ class TeacherStage(Stage):
     name = "teacher"
     sections = ("teacher", "data")
     inputs = ("data",)
-    scratch = (CHECKPOINT,)
+    scratch = resumes = (CHECKPOINT,)
     distributed = True
 
     @classmethod

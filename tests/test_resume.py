@@ -91,3 +91,18 @@ def test_a_failed_stage_leaves_no_empty_work_folder_and_no_lock_files(tmp_path, 
                  "--set", f"data.path='{tmp_path / 'images'}'", "--set", "data.img_size=8"])
     assert code == 2 and "cannot read image" in capsys.readouterr().err
     assert not list(runs.rglob("*.partial")) and not list(runs.rglob("*.lock")) and not list(runs.rglob(".lock"))
+
+
+def test_only_a_training_checkpoint_is_announced_as_resumed(tmp_path):
+    """A killed quantize leaves its preprocessed model behind: that is not a checkpoint to resume from."""
+    from pipeline.graph import stage_class
+    from pipeline.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    for stage in ("quantize", "distill"):
+        work = store.begin(stage, "k" * 64)
+        for name in stage_class(stage).scratch:
+            (work / name).write_bytes(b"left by a kill")
+    assert store.check("quantize", "k" * 64, stage_class("quantize").resumes)[1] == \
+        "an earlier run of it did not finish"
+    assert "the next run resumes it" in store.check("distill", "k" * 64, stage_class("distill").resumes)[1]

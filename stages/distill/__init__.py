@@ -43,7 +43,7 @@ class DistillStage(Stage):
     name = "distill"
     sections = ("student", "distill", "data")
     inputs = ("data", "teacher")
-    scratch = (CHECKPOINT,)
+    scratch = resumes = (CHECKPOINT,)
     distributed = True
 
     @classmethod
