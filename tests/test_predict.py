@@ -272,3 +272,18 @@ def test_a_run_shows_predicted_rows_for_the_named_devices_and_never_as_measured(
     section = md.split("## Predicted latency on named devices")[1].split("\n## ")[0]
     assert "Samsung Galaxy S24 / tflite / w8a8" in section
     assert predicted[0]["predicted"]["nearest"][0]["model"] in section
+
+
+def test_bench_predicts_any_onnx_file_on_a_named_device(tmp_path, capsys):
+    import onnx
+
+    from pipeline.cli import main
+
+    onnx.save(_graph_with(extra_op=False), tmp_path / "mine.onnx")
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(tmp_path / "mine.onnx"), "--target", "galaxy-s24-npu-qnn", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows["rows"] == [] and len(rows["predicted"]) == 1
+    p = rows["predicted"][0]["predicted"]
+    assert (p["device"], p["runtime"], p["precision"]) == ("Samsung Galaxy S24", "qnn_dlc", "float")
+    assert "predicted" in capsys.readouterr().out
