@@ -371,7 +371,15 @@ class Step:
     refs: dict             # input name -> var name, or a list of (var name or constant) for tuple inputs
     outputs: list[str]
     shapes: list[tuple]    # static output shapes, as the program states them
-    fp16: list[bool]       # outputs the program types fp16: rounded to fp16 after the op
+    fp16: list[bool]       # outputs rounded to fp16 after the op: those the program types fp16, unless the op
+    #                        only moves or selects values of fp16 inputs (already fp16-exact: see MOVES_VALUES)
+
+
+# Ops whose outputs are values of their inputs (or zero): with fp16 inputs, already held fp16-exact, so a
+# second rounding would change nothing (MIL makes their inputs and outputs the same dtype)
+MOVES_VALUES = {"reshape", "reshape_like", "transpose", "squeeze", "expand_dims", "flatten2d", "slice_by_index",
+                "slice_by_size", "concat", "split", "stack", "gather", "gather_along_axis", "tile", "identity",
+                "relu", "max_pool", "reduce_max", "reduce_min"}
 
 
 class Ref(str):
@@ -404,7 +412,8 @@ def _step(op) -> Step:
         else:
             values[name] = value
     return Step(op.op_type, OPS[op.op_type], values, refs, [o.name for o in op.outputs],
-                [tuple(o.shape) for o in op.outputs], [o.dtype == types.fp16 for o in op.outputs])
+                [tuple(o.shape) for o in op.outputs],
+                [o.dtype == types.fp16 and op.op_type not in MOVES_VALUES for o in op.outputs])
 
 
 class MILProgram:
