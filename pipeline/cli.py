@@ -66,8 +66,16 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _command(args, argv)
+    finally:  # a SIGTERM after the command (a launcher stopping ranks while they exit) must not raise at exit
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _command(args, argv: list[str]) -> int:
     try:
         if args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
