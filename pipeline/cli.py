@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args, argv: list[str]) -> int:
+    cfg = None
     try:
         if args.command == "schema":
             print(json.dumps(json_schema(), indent=2))
@@ -97,7 +98,7 @@ def _command(args, argv: list[str]) -> int:
         return _fail(exits.INTERRUPTED, exits.INTERRUPTED_MESSAGE)
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
         if out_of_space(exc):
-            where = getattr(exc, "filename", None) or (cfg.run.output_dir if "cfg" in locals() else "this disk")
+            where = getattr(exc, "filename", None) or (cfg.run.output_dir if cfg else "this disk")
             return _fail(2, f"error: disk full (writing under {where}): free space there and rerun the same "
                             "command to resume; completed stages are kept")
         return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")

@@ -326,7 +326,7 @@ class TargetProfile(Section):
         if self.public_device:
             from targets.predict.predictor import check_public
 
-            check_public(self.public_device, self.public_runtime, self.runtime)
+            check_public(self.public_device, self.predicted_runtime, self.runtime)
         if self.connection == "ssh" and not self.host:
             raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
         for field, runtime in (("execution_provider", "onnxruntime"), ("graph_optimization_level", "onnxruntime"),

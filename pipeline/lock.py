@@ -31,13 +31,11 @@ def _lock(path: Path, blocking: bool, on_busy=None) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if not blocking:
-                    if on_busy:
-                        on_busy(fd)
-                    raise
                 if on_busy:
                     on_busy(fd)
-                    on_busy = None
+                    on_busy = None  # once, however many lock files we wait on
+                if not blocking:
+                    raise
                 fcntl.flock(fd, fcntl.LOCK_EX)
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd

@@ -102,7 +102,7 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
     Run-level facts (wall time, peak memory, device) are kept from the previous report.json."""
     run_dir = check_run_folder(run_dir)
     try:
-        report, state = read_json(run_dir / "report.json"), read_json(run_dir / "state.json")
+        report, recorded = read_json(run_dir / "report.json"), read_json(run_dir / "state.json")
         cfg = PipelineConfig.model_validate(report["config"])
     except (ValueError, KeyError, TypeError) as exc:  # truncated or edited JSON, or not ours
         raise UserError(f"{run_dir}: report.json or state.json is damaged ({type(exc).__name__}): rerun "
@@ -111,7 +111,7 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
         cfg.run.output_dir = str(run_dir.resolve().parent)  # the cache beside the run folder
     store = Pipeline(cfg).store
     records = []
-    for name, entry in state.items():
+    for name, entry in recorded.items():
         state, reason = store.check(name, entry["key"])
         if state != "cached":
             raise UserError(f"{run_dir}: the {name} artifact is {state} ({reason}); rerun `manifold-edge run` "

@@ -89,6 +89,11 @@ def load_digits() -> tuple[Split, Split | None, list[str]]:
     return (images, digits.target.astype(np.int64)), None, [str(i) for i in range(10)]
 
 
+def class_folders(root: Path) -> set[str]:
+    """The class folder names under `root` (hidden folders left out)."""
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
 def image_files(folder: Path) -> list[Path]:
     """The images of one class folder, sorted; macOS metadata (`._*`, `.DS_Store`) and other hidden files
     left out."""
@@ -123,7 +128,7 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str]]:
         raise UserError(f"data.path = {cfg.path!r} is not a folder")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if has_splits else root
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(class_folders(train_root))
     if len(classes) < 2:
         raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two), "
                         f"found {len(classes)}")
@@ -133,7 +138,7 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str]]:
             raise UserError(f"data.path: class folder(s) {', '.join(empty)} in {split_root} hold no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder(s)")
     if has_splits:
-        tested = {p.name for p in (root / "test").iterdir() if p.is_dir() and not p.name.startswith(".")}
+        tested = class_folders(root / "test")
         missing, extra = sorted(set(classes) - tested), sorted(tested - set(classes))
         if missing or extra:
             parts = ([f"missing from test/: {', '.join(missing)}"] if missing else []) + \
@@ -166,6 +171,11 @@ def to_nchw(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
 
 
+def validation_count(images: int, fraction: float) -> int:
+    """How many of the training images the validation split takes (at least one)."""
+    return max(1, round(images * fraction))
+
+
 def split(train: Split, test: Split | None, cfg: DataConfig, seed: int) -> dict[str, Split]:
     rng = np.random.default_rng(seed)
     images, labels = train
@@ -176,7 +186,7 @@ def split(train: Split, test: Split | None, cfg: DataConfig, seed: int) -> dict[
         order = order[n_test:]
     if cfg.subset:
         order = order[: cfg.subset]
-    n_val = max(1, round(len(order) * cfg.val_fraction))
+    n_val = validation_count(len(order), cfg.val_fraction)
     val_idx, train_idx = order[:n_val], order[n_val:]
     test_images, test_labels = test
     if cfg.test_subset and cfg.test_subset < len(test_labels):
@@ -193,7 +203,7 @@ class DataStage(Stage):
     @classmethod
     def check(cls, cfg, world_size: int) -> None:
         subset = cfg.data.subset
-        if subset and subset - max(1, round(subset * cfg.data.val_fraction)) < 1:
+        if subset and subset - validation_count(subset, cfg.data.val_fraction) < 1:
             raise UserError(f"data.subset = {subset} leaves no training images once the validation split "
                             f"(data.val_fraction = {cfg.data.val_fraction:g}, at least 1 image) is taken: use "
                             "data.subset >= 2, or 0 for all images")

@@ -136,16 +136,15 @@ MATH_ATTENTION_TOKENS = 100  # CPU: at 50 tokens the plain matmul-softmax path t
 # SDPA (flash kernel), at 197 tokens 3% slower (bench/train_throughput.py, 2-core AMD EPYC)
 
 
-def attention_path(model: nn.Module, device: str) -> str:
+def attention_path(model: nn.Module, device: str) -> None:
     """Pick timm's attention kernel for training: on CPU with few tokens the unfused path (same maths);
-    otherwise fused scaled_dot_product_attention. Returns which."""
+    otherwise fused scaled_dot_product_attention."""
     embed = getattr(model, "patch_embed", None)
     tokens = getattr(embed, "num_patches", None)
     math = device == "cpu" and tokens is not None and tokens <= MATH_ATTENTION_TOKENS
     for module in model.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = not math
-    return "math" if math else "fused"
 
 
 def _prepare(model: nn.Module, device: str, here: World, accel: Accel) -> nn.Module:

@@ -238,7 +238,8 @@ PUBLIC_SOURCES = {"tflite": "litert", "qnn_dlc": "onnxruntime", "onnx": "onnxrun
 
 
 def check_public(device: str, public_runtime: str | None, runtime: str) -> None:
-    """ValueError naming the field and the fix for a public_device / public_runtime this predictor cannot serve."""
+    """ValueError naming the field and the fix for a public_device / public_runtime this predictor cannot serve;
+    `public_runtime` as the profile resolves it (TargetProfile.predicted_runtime: None when it has no default)."""
     devices = sorted({k[0] for k in available()})
     if device not in devices:
         import difflib
@@ -246,7 +247,7 @@ def check_public(device: str, public_runtime: str | None, runtime: str) -> None:
         close = difflib.get_close_matches(device, devices, n=1)
         raise ValueError(f"public_device '{device}' has no public measurements"
                          + (f" (did you mean '{close[0]}'?)" if close else "") + f"; known: {', '.join(devices)}")
-    wanted = public_runtime or {"litert": "tflite", "onnxruntime": "onnx"}.get(runtime)
+    wanted = public_runtime
     if wanted is None or PUBLIC_SOURCES[wanted] != runtime:
         raise ValueError(f"public_device needs runtime = 'litert' (public_runtime 'tflite') or 'onnxruntime' "
                          f"(public_runtime 'onnx' or 'qnn_dlc'), not runtime '{runtime}'"
