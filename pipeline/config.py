@@ -112,8 +112,13 @@ class StudentConfig(ModelConfig):
     model: str = "convstem_vit_tiny"
 
 
+PAPER_PRESET = {"alpha": 1.0, "w_intra": 4.0, "w_inter": 0.1, "w_random": 0.2, "k": 192, "beta": 1.0}
+
+
 class DistillConfig(TrainConfig):
     epochs: int = Field(6, ge=1, le=10_000)
+    preset: Literal["none", "paper"] = Field("none", description="paper: the paper's loss weights, over any "
+                                             "given: " + ", ".join(f"{k} = {v:g}" for k, v in PAPER_PRESET.items()))
     kd: Literal["none", "soft", "hard"] = Field("soft", description="logit distillation")
     alpha: float = Field(0.5, ge=0, le=1, description="(1-alpha) CE + alpha KD")
     temperature: float = Field(1.0, gt=0)
@@ -125,8 +130,13 @@ class DistillConfig(TrainConfig):
     beta: float = Field(1.0, ge=0, description="overall manifold weight")
     student_layers: list[int] | None = Field(None, description="student units to match: blocks of a ViT/DeiT/CaiT, "
                                              "stages (timm feature_info) of hierarchical models and CNNs "
-                                             "(default: first and last quarter)")
+                                             "(default: first and last third)")
     teacher_layers: list[int] | None = Field(None, description="teacher units, paired in order")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        return {**data, **PAPER_PRESET} if isinstance(data, dict) and data.get("preset") == "paper" else data
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -244,7 +254,9 @@ class QuantizeConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: int = Field(256, ge=1, description="batch size for running every artifact")
-    threads: int = not_in_key(0, "runtime threads; 0 = the runtime's default", ge=0)
+    threads: int = not_in_key(0, "runtime threads; 0 = the CPU cores shared out between the jobs (with one "
+                                 "job: the runtime's default)", ge=0)
+    jobs: int = not_in_key(0, "artifacts evaluated at once; 0 = one per CPU core", ge=0)
 
 
 RUNTIME = Literal["onnxruntime", "openvino", "coreml", "executorch", "litert"]

@@ -60,6 +60,12 @@ def test_toml_file_errors(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
+def test_the_paper_preset_is_one_setting_over_the_files_weights():
+    cfg = load_config(ROOT / "pipeline.toml", ["distill.preset=paper", "distill.w_inter=0.5"])
+    assert (cfg.distill.alpha, cfg.distill.w_intra, cfg.distill.w_inter, cfg.distill.k) == (1.0, 4.0, 0.1, 192)
+    assert load_config(ROOT / "pipeline.toml").distill.alpha == 0.5
+
+
 def test_set_overrides_parse_toml_values_and_bare_strings():
     cfg = load_config(None, ["distill.epochs=3", "run.name=quick", "distill.student_layers=[0, 3]",
                              "distill.teacher_layers=[0, 5]", "teacher.overrides.embed_dim=96"])

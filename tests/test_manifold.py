@@ -101,9 +101,10 @@ def test_mismatched_shapes_are_rejected():
         intra_image_loss(fs, ft)
 
 
-def test_default_layer_map_first_and_last_quarter():
-    assert default_layer_map(12, 24) == ([0, 1, 2, 9, 10, 11], [0, 1, 2, 21, 22, 23])
+def test_default_layer_map_is_the_papers_first_and_last_third():
+    assert default_layer_map(12, 24) == ([0, 1, 2, 3, 8, 9, 10, 11], [0, 1, 2, 3, 20, 21, 22, 23])
     assert default_layer_map(4, 6) == ([0, 3], [0, 5])
+    assert default_layer_map(6, 12) == ([0, 1, 4, 5], [0, 1, 10, 11])
     assert default_layer_map(2, 2) == ([0, 1], [0, 1])
 
 

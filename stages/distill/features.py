@@ -21,8 +21,10 @@ from stages.distill.families import Unit, units_of
 
 
 def default_layer_map(student_depth: int, teacher_depth: int) -> tuple[list[int], list[int]]:
-    """The first and last quarter of units of each network, paired in order (at least one each)."""
-    n = max(1, min(student_depth, teacher_depth) // 4)
+    """The first and last third of the shallower network's units, and as many at each end of the deeper one,
+    paired in order (at least one each): the paper's DeiT-Ti (12) <- CaiT-S24 (24) map,
+    [0,1,2,3,8,9,10,11] -> [0,1,2,3,20,21,22,23], for any depths."""
+    n = max(1, min(student_depth, teacher_depth) // 3)
 
     def ends(depth: int) -> list[int]:
         return sorted(set(range(n)) | set(range(depth - n, depth)))
