@@ -32,21 +32,23 @@ class Batches:
         x, y = next(self.iterate(min(n, len(self))))
         return x.numpy(), y.numpy()
 
-    def iterate(self, batch_size: int, device: str = "cpu", generator: torch.Generator | None = None,
-                shift: int = 0, flip: bool = False, shard: tuple[int, int] = (0, 1)
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in order, or shuffled (and augmented when asked) when a generator is given.
+    def iterate(self, batch_size: int, device: str = "cpu", order: torch.Generator | None = None,
+                augmentation: torch.Generator | None = None, shift: int = 0, flip: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches in order, or shuffled by the `order` generator (a training epoch), augmented with draws
+        from the `augmentation` generator when one is given and shift or flip is asked for.
 
         With shard = (rank, processes), each global batch of batch_size is split between the processes
         (this one gets every processes-th image from its rank on); the shuffle and the augmentation are
-        drawn for the whole batch from the shared generator, so the processes together see exactly the
+        drawn for the whole batch from the shared generators, so the processes together see exactly the
         batches one process would. A training epoch's last batch is trimmed to a multiple of the processes.
         """
         rank, processes = shard
-        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        shuffled = order is not None
+        order = torch.randperm(len(self), generator=order) if shuffled else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
             idx = order[start:start + batch_size]
-            if generator is not None and processes > 1:
+            if shuffled and processes > 1:
                 idx = idx[: len(idx) - len(idx) % processes]
             if not len(idx):
                 continue
@@ -55,8 +57,8 @@ class Batches:
             if device == "cuda":  # the uint8 batch crosses (a quarter of the float bytes); the rest runs there
                 x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
             x = x.float().div_(255)
-            if generator is not None and (shift or flip):
-                x = augment(x, generator, shift, flip, drawn=len(idx), keep=mine)
+            if augmentation is not None and (shift or flip):
+                x = augment(x, augmentation, shift, flip, drawn=len(idx), keep=mine)
             yield (x - self.mean.to(x.device)) / self.std.to(x.device), y
 
 

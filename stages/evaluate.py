@@ -8,6 +8,8 @@ with "evaluation": "not simulated" and a "reason", and no top-1.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -72,43 +74,62 @@ class EvaluateStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         cfg: EvaluateConfig = ctx.config["evaluate"]
         data = load_dataset(ctx.inputs["data"])
+        jobs = cfg.jobs or os.cpu_count() or 1
+        threads = cfg.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
         result = {"split": "test", "images": len(data.test)}
-        for role, stage in (("teacher", "teacher"), ("student", "distill")):
-            result[role] = describe(ctx.inputs[stage] / "model.pt", data, ctx.device)
-            r = result[role]
-            ctx.progress.log(f"  {role} {r['model']}: test top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, "
-                             f"{r['params'] / 1e6:.3f} M params, {r['flops'] / 1e6:.1f} MFLOPs")
-        result["artifacts"] = self._artifacts(ctx, cfg, data)
+        restore = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            with ThreadPoolExecutor(jobs) as pool:  # runtimes release the GIL: one thread each beats two per op
+                described = {role: pool.submit(describe, ctx.inputs[stage] / "model.pt", data, ctx.device)
+                             for role, stage in (("teacher", "teacher"), ("student", "distill"))}
+                rows = self._artifacts(ctx, cfg, data, pool, threads)
+                for role, done in described.items():
+                    result[role] = r = done.result()
+                    ctx.progress.log(f"  {role} {r['model']}: test top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, "
+                                     f"{r['params'] / 1e6:.3f} M params, {r['flops'] / 1e6:.1f} MFLOPs")
+        finally:
+            torch.set_num_threads(restore)
+        result["artifacts"] = self._log(ctx, rows)
         write_json(ctx.out / "metrics.json", result)
         return result
 
-    def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data) -> list[dict]:
+    @staticmethod
+    def _predictions(path: Path, threads: int, data, batch_size: int) -> tuple[str, np.ndarray] | NotSimulated:
+        try:
+            runner = load_runner(path, threads)
+        except NotSimulated as exc:  # a row without top-1, saying why
+            return exc
+        return runner.evaluation, predict(runner, (x.numpy() for x, _ in data.test.iterate(batch_size))).argmax(1)
+
+    def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data, pool: ThreadPoolExecutor,
+                   threads: int) -> list[dict]:
         labels = data.test.labels.numpy()
         classes = data.meta["classes"]
         files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {}, "distill")]
         for stage in ("export", "quantize"):
             for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
                 files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
-        rows, reference, reference_class = [], None, None
-        for key, path, runtime, precision, meta, stage in files:
-            try:
-                runner = load_runner(path, cfg.threads)
-            except NotSimulated as exc:  # a row without top-1, saying why
-                rows.append({"artifact": key, "runtime": runtime, "precision": precision, "file": path.name,
-                             "evaluation": "not simulated", "reason": str(exc), "bytes": artifact_bytes(path),
-                             "op_types": meta.get("op_types")})
-                ctx.progress.log(f"[yellow]  {key}: {exc}[/]")
-                continue
-            batches = (x.numpy() for x, _ in data.test.iterate(cfg.batch_size))
-            with ctx.progress.bar(f"  evaluating {key}", 1) as bar:
-                predictions = predict(runner, batches).argmax(1)
+        with ctx.progress.bar(f"  evaluating {len(files)} artifacts", len(files)) as bar:
+            futures = {pool.submit(self._predictions, path, threads, data, cfg.batch_size): key
+                       for key, path, *_ in files}
+            for _ in as_completed(futures):
                 bar.advance()
+        rows, reference, reference_class = [], None, None
+        for (key, path, runtime, precision, meta, stage), done in zip(files, futures):
+            outcome = done.result()
+            base = {"artifact": key, "runtime": runtime, "precision": precision, "file": path.name}
+            if isinstance(outcome, NotSimulated):
+                rows.append({**base, "evaluation": "not simulated", "reason": str(outcome),
+                             "bytes": artifact_bytes(path), "op_types": meta.get("op_types")})
+                continue
+            evaluation, predictions = outcome
             top1 = float(100 * (predictions == labels).mean())
             by_class = per_class_top1(predictions, labels, len(classes))
             if reference is None:
                 reference, reference_class, reference_top1 = predictions, by_class, top1
-            row = {"artifact": key, "runtime": runtime, "precision": precision, "file": path.name,
-                   "evaluation": runner.evaluation,
+            row = {**base, "evaluation": evaluation,
                    "top1": round(top1, 3), "delta_top1": round(top1 - reference_top1, 3),
                    "agreement": round(float((predictions == reference).mean()), 5),
                    "bytes": artifact_bytes(path), "op_types": meta.get("op_types")}
@@ -119,7 +140,15 @@ class EvaluateStage(Stage):
                                          "int8": round(float(by_class[c]), 2), "delta": round(float(delta[c]), 2)}
                                         for c in worst]
             rows.append(row)
-            ctx.progress.log(f"  {key} ({runtime}, {precision}, {runner.evaluation}): top-1 {top1:.2f}% "
-                             f"({row['delta_top1']:+.2f}), "
-                             f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
+        return rows
+
+    @staticmethod
+    def _log(ctx: StageContext, rows: list[dict]) -> list[dict]:
+        for row in rows:
+            if "reason" in row:
+                ctx.progress.log(f"[yellow]  {row['artifact']}: {row['reason']}[/]")
+            else:
+                ctx.progress.log(f"  {row['artifact']} ({row['runtime']}, {row['precision']}, {row['evaluation']}): "
+                                 f"top-1 {row['top1']:.2f}% ({row['delta_top1']:+.2f}), "
+                                 f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
         return rows

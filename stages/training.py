@@ -10,8 +10,10 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
@@ -28,10 +30,33 @@ from stages.batches import Batches
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
-# step(forward, x, y, rng) -> (loss to minimise, {term name: value for the logs}); `forward` is the model to
-# call (DDP-wrapped or compiled as the run asks), so gradients are synchronised across processes.
+# step(forward, x, y, sampling) -> (loss to minimise, {term name: value for the logs}); `forward` is the model to
+# call (DDP-wrapped or compiled as the run asks), so gradients are synchronised across processes; `sampling`
+# is the generator for the loss's own random draws.
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator],
                   tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Streams:
+    """Independent random streams of a training run, the same on every rank: two runs with one seed see the
+    same images in the same order with the same augmentation, whatever their losses draw."""
+
+    order: torch.Generator
+    augmentation: torch.Generator
+    sampling: torch.Generator  # the loss's own draws (the manifold loss's random token sample)
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Streams:
+        seeds = np.random.SeedSequence(seed).generate_state(3, dtype=np.uint64)
+        return cls(*(torch.Generator().manual_seed(int(s)) for s in seeds))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {name: generator.get_state() for name, generator in vars(self).items()}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        for name, generator in vars(self).items():
+            generator.set_state(state[name])
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
@@ -88,7 +113,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=lr, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr))
-    rng = torch.Generator().manual_seed(seed)  # the same on every rank: one shuffle, one augmentation
+    rng = Streams.from_seed(seed)  # the same on every rank: one shuffle, one augmentation
     rows: list[dict] = []
     start_epoch = 0
     checkpoint = workdir / CHECKPOINT
@@ -97,7 +122,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        rng.set_state(state["rng"])
+        rng.restore(state["rng"])
         torch.set_rng_state(state["torch_rng"][here.rank])
         rows, start_epoch = state["rows"], state["epoch"]
         progress.log(f"  {label}: resuming after epoch {start_epoch}/{cfg.epochs} from {checkpoint}")
@@ -123,7 +148,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
             if here.main:
                 write_text(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "rng": rng.get_state(), "torch_rng": torch_rng,
+                         "schedule": schedule.state_dict(), "rng": rng.state(), "torch_rng": torch_rng,
                          "rows": rows, "epoch": epoch + 1, "world_size": here.size}
                 atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
             epochs_bar.advance()
@@ -203,11 +228,11 @@ def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, sched
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with progress.bar(title, train.num_batches(cfg.batch_size)) as bar:
-        batches = train.iterate(cfg.batch_size, device, generator=rng, shift=shift, flip=flip,
-                                shard=(here.rank, here.size))
+        batches = train.iterate(cfg.batch_size, device, order=rng.order, augmentation=rng.augmentation,
+                                shift=shift, flip=flip, shard=(here.rank, here.size))
         for index, (x, y) in enumerate(batches):
             with _autocast(device):
-                loss, terms = step(forward, x, y, rng)
+                loss, terms = step(forward, x, y, rng.sampling)
             if not _finite_everywhere(loss):  # every rank skips together, or DDP would hang
                 nonfinite = _skip_nonfinite(loss, terms, nonfinite + 1, index, cfg, schedule, progress, title)
                 continue

@@ -33,9 +33,11 @@ def _batches(n: int = 50) -> Batches:
 
 def test_ranks_split_every_global_batch_between_them_and_augment_it_as_one_process_would():
     data = _batches()
-    single = list(data.iterate(16, generator=torch.Generator().manual_seed(3), shift=2, flip=True))
-    ranks = [list(data.iterate(16, generator=torch.Generator().manual_seed(3), shift=2, flip=True, shard=(r, 2)))
-             for r in range(2)]
+    def streams():
+        return {"order": torch.Generator().manual_seed(3), "augmentation": torch.Generator().manual_seed(4)}
+
+    single = list(data.iterate(16, **streams(), shift=2, flip=True))
+    ranks = [list(data.iterate(16, **streams(), shift=2, flip=True, shard=(r, 2))) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == 4
     for (x, y), (x0, y0), (x1, y1) in zip(single, *ranks):
         n = len(y) - len(y) % 2  # a last batch is trimmed to a multiple of the processes
@@ -44,6 +46,27 @@ def test_ranks_split_every_global_batch_between_them_and_augment_it_as_one_proce
         assert torch.equal(x[:n][0::2], x0) and torch.equal(x[:n][1::2], x1)  # augmented as one process would
     assert [len(y) for _, y in ranks[0]] == [8, 8, 8, 1]  # the last batch of 50 - 48 = 2 images: one each
     assert sum(len(y) for r in ranks for _, y in r) == 50
+
+
+def test_two_losses_with_one_seed_train_on_the_same_batches_whatever_they_draw(tmp_path):
+    from pipeline.config import TrainConfig
+    from pipeline.progress import Progress
+    from stages.training import fit
+
+    data, seen = _batches(40), {}
+    for draws in (0, 7):  # e.g. KD alone vs KD + the manifold loss's random token sample
+        batches = seen[draws] = []
+
+        def step(forward, x, y, sampling, draws=draws, batches=batches):
+            if draws:
+                torch.randperm(draws, generator=sampling)
+            batches.append((y.tolist(), x.sum().item()))  # the images, their order and their augmentation
+            return torch.nn.functional.cross_entropy(forward(x), y), {}
+
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 40))
+        fit(model, step, data, data, TrainConfig(epochs=2, batch_size=8), 2, True, tmp_path / str(draws), "cpu", 0,
+            Progress(quiet=True), "distill")
+    assert len(seen[0]) == 10 and seen[0] == seen[7]
 
 
 def test_evaluation_shards_score_every_image_once():
