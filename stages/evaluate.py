@@ -9,6 +9,7 @@ with "evaluation": "not simulated" and a "reason", and no top-1.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def per_class_top1(predictions: np.ndarray, labels: np.ndarray, classes: int) ->
                      for c in range(classes)])
 
 
+_LOADING = threading.Lock()
+
+
 class EvaluateStage(Stage):
     name = "evaluate"
     sections = ("evaluate",)
@@ -98,7 +102,8 @@ class EvaluateStage(Stage):
     @staticmethod
     def _predictions(path: Path, threads: int, data, batch_size: int) -> tuple[str, np.ndarray] | NotSimulated:
         try:
-            runner = load_runner(path, threads)
+            with _LOADING:  # coremltools' graph passes share state between threads: one load at a time
+                runner = load_runner(path, threads)
         except NotSimulated as exc:  # a row without top-1, saying why
             return exc
         return runner.evaluation, predict(runner, (x.numpy() for x, _ in data.test.iterate(batch_size))).argmax(1)
