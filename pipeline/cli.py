@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: partial work stays resumable
+    """SIGTERM stops like Ctrl-C (partial work stays resumable), once: a second SIGTERM (torchrun's agent
+    stopping a rank twice) must not cut short the saving and the exit record with a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

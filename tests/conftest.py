@@ -25,7 +25,7 @@ TINY = [
     "benchmark.runs=20", "benchmark.max_seconds=0.5", "benchmark.warmup=2",
     "export.executorch.enabled=false", "export.litert.enabled=false",  # ~40 s a run; on in trained_run
     # a one-epoch model's logits are near ties: fp16 Core ML may flip 1 of its 60 parity images (|diff| ~2e-4)
-    "export.parity_min_agreement=0.95",
+    "export.coreml.parity_min_agreement=0.95",
 ]
 
 
