@@ -85,7 +85,10 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: int, flip: bool,
         x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     if flip:
         x = torch.where(flipped.view(n, 1, 1, 1), x.flip(-1), x)
-    return x.contiguous()
+    # NCHW strides, also for one channel: the gather leaves channels-last strides, which .contiguous() keeps
+    # when C = 1, and they steer oneDNN into its AVX2 1x1 strided-conv weight-gradient kernel, which corrupts
+    # the heap for 1 input channel (a RepVGG stem on grayscale: glibc aborts, segfaults or hangs).
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import timm
@@ -104,6 +105,30 @@ def test_a_cnn_teacher_distils_with_the_manifold_terms_on_its_stages(tmp_path):
     assert teacher["model"] == "resnet10t" and teacher["params"] > 1_000_000
     assert distill["teacher_layers"] == [0, 4] and distill["student_layers"] == [0, 1]
     assert all(report["curves"]["distill"][0][term] > 0 for term in ("intra", "inter", "random"))
+
+
+def test_augmented_grayscale_batches_have_plain_nchw_strides():
+    from stages.batches import augment
+
+    x = augment(torch.rand(8, 1, 28, 28), torch.Generator().manual_seed(0), shift=2, flip=True)
+    assert x.stride() == (784, 784, 28, 1)  # not the gather's channels-last (784, 1, 28, 1)
+
+
+@pytest.mark.slow
+def test_a_repvgg_teacher_on_grayscale_trains_through_the_cli_on_avx2_kernels(tmp_path):
+    """The conditions that corrupted the heap (glibc abort, segfault or hang, within a few steps): a RepVGG
+    teacher (1x1 stride-2 stem branch, 1 input channel), augmented batches, one thread, oneDNN's AVX2 kernels."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    args = cli_args(tmp_path, "run", "teacher.model='repvgg_a0'", "teacher.overrides={}", "teacher.epochs=2",
+                    "teacher.batch_size=32", "run.threads=1")
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--until", "teacher"], env=env, timeout=300,
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "teacher repvgg_a0 (scratch)" in done.stderr
 
 
 def test_a_teacher_on_a_coarser_grid_than_the_student_is_matched_on_the_teacher_s_grid(tmp_path):
