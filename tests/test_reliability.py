@@ -153,10 +153,13 @@ def test_k_larger_than_the_batch_tokens_is_a_user_error(tmp_path, capsys):
 
 
 def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys):
-    """The trained student calibrated on a single image loses points in INT8 (3 of 300 validation images
-    measured); with no fallback allowed and on_over_budget = 'stop', the run stops and says so."""
+    """The trained student calibrated on a single image, attention matmuls included and 7-bit ranges, loses
+    points in INT8; with no fallback allowed and on_over_budget = 'stop', the run stops and says so. (With
+    the attention kept in float and 8-bit ranges, one student of the trained run lost 3 of 300 validation
+    images and another none: too close to zero for a test.)"""
     shutil.copytree(trained_run / "runs", tmp_path / "runs")
     extra = (*TRAINED, "quantize.calibration_images=1", "quantize.per_channel=false", "quantize.max_drop=0.0",
+             "quantize.static_attention_float=false", "quantize.reduce_range='on'",
              "quantize.max_fallback_layers=0", "quantize.on_over_budget='stop'", "quantize.onnx_dynamic=false",
              "quantize.openvino=false", "quantize.coreml.enabled=false", "quantize.executorch.enabled=false",
              "quantize.litert.full_integer=false", "quantize.litert.dynamic_range=false")
