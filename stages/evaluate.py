@@ -78,8 +78,9 @@ class EvaluateStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         cfg: EvaluateConfig = ctx.config["evaluate"]
         data = load_dataset(ctx.inputs["data"])
-        jobs = cfg.jobs or os.cpu_count() or 1
-        threads = cfg.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+        cores = os.cpu_count() or 1
+        jobs = cfg.jobs or cores
+        threads = cfg.threads or (max(1, cores // jobs) if jobs > 1 else 0)
         result = {"split": "test", "images": len(data.test)}
         restore = torch.get_num_threads()
         if threads:
@@ -117,8 +118,7 @@ class EvaluateStage(Stage):
             for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
                 files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
         with ctx.progress.bar(f"  evaluating {len(files)} artifacts", len(files)) as bar:
-            futures = {pool.submit(self._predictions, path, threads, data, cfg.batch_size): key
-                       for key, path, *_ in files}
+            futures = [pool.submit(self._predictions, path, threads, data, cfg.batch_size) for _, path, *_ in files]
             for _ in as_completed(futures):
                 bar.advance()
         rows, reference, reference_class = [], None, None

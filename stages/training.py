@@ -113,7 +113,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=lr, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr))
-    rng = Streams.from_seed(seed)  # the same on every rank: one shuffle, one augmentation
+    streams = Streams.from_seed(seed)
     rows: list[dict] = []
     start_epoch = 0
     checkpoint = workdir / CHECKPOINT
@@ -122,7 +122,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        rng.restore(state["rng"])
+        streams.restore(state["rng"])
         torch.set_rng_state(state["torch_rng"][here.rank])
         rows, start_epoch = state["rows"], state["epoch"]
         progress.log(f"  {label}: resuming after epoch {start_epoch}/{cfg.epochs} from {checkpoint}")
@@ -133,7 +133,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
         epochs_bar.advance(start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
             try:
-                row = _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, rng,
+                row = _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, streams,
                                    device, here, progress, f"  {label} epoch {epoch + 1}/{cfg.epochs}")
             except torch.OutOfMemoryError:
                 raise UserError(f"{label}: out of {device} memory at batch_size {cfg.batch_size}: set "
@@ -148,7 +148,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
             if here.main:
                 write_text(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
                 state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "rng": rng.state(), "torch_rng": torch_rng,
+                         "schedule": schedule.state_dict(), "rng": streams.state(), "torch_rng": torch_rng,
                          "rows": rows, "epoch": epoch + 1, "world_size": here.size}
                 atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
             epochs_bar.advance()
@@ -220,7 +220,7 @@ def _resume_state(checkpoint: Path, progress: Progress, label: str, here: World)
     return state
 
 
-def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, rng, device, here, progress,
+def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, streams, device, here, progress,
                  title):
     model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -228,11 +228,11 @@ def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, sched
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with progress.bar(title, train.num_batches(cfg.batch_size)) as bar:
-        batches = train.iterate(cfg.batch_size, device, order=rng.order, augmentation=rng.augmentation,
+        batches = train.iterate(cfg.batch_size, device, order=streams.order, augmentation=streams.augmentation,
                                 shift=shift, flip=flip, shard=(here.rank, here.size))
         for index, (x, y) in enumerate(batches):
             with _autocast(device):
-                loss, terms = step(forward, x, y, rng.sampling)
+                loss, terms = step(forward, x, y, streams.sampling)
             if not _finite_everywhere(loss):  # every rank skips together, or DDP would hang
                 nonfinite = _skip_nonfinite(loss, terms, nonfinite + 1, index, cfg, schedule, progress, title)
                 continue

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import timm
@@ -122,11 +121,13 @@ def test_a_repvgg_teacher_on_grayscale_trains_through_the_cli_on_avx2_kernels(tm
     import subprocess
     import sys
 
+    from test_reliability import ROOT
+
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     args = cli_args(tmp_path, "run", "teacher.model='repvgg_a0'", "teacher.overrides={}", "teacher.epochs=2",
                     "teacher.batch_size=32", "run.threads=1")
     done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--until", "teacher"], env=env, timeout=300,
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                          capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "teacher repvgg_a0 (scratch)" in done.stderr
 
