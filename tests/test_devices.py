@@ -66,8 +66,10 @@ def check_result(result: dict, model: Path) -> None:
     assert result["runs"] == 20 and result["threads"] == 1
     assert result["model_bytes"] == sum(p.stat().st_size for p in model_files(model))
     layers = result["profile"]
-    assert layers["by_op_type"]
-    assert 0 < layers["layers_ms"] <= 1.05 * layers["run_ms"]
+    assert layers["by_op_type"] and layers["run_ms"] > 0 and layers["layers_ms"] > 0
+    assert sum(entry["share"] for entry in layers["by_op_type"]) == pytest.approx(1.0)
+    if result["runtime"] == "onnxruntime":  # its kernel events nest inside the run's event; OpenVINO's per-node
+        assert layers["layers_ms"] <= 1.05 * layers["run_ms"]  # counters are timed apart from its latency
 
 
 # --- this host ---------------------------------------------------------------------------------------------
