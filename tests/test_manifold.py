@@ -82,6 +82,30 @@ def test_gradient_flows_to_student_only():
     assert ft.grad is None
 
 
+def _explicit_relation_mse(s, t):
+    s, t = torch.nn.functional.normalize(s, dim=-1), torch.nn.functional.normalize(t, dim=-1)
+    return ((torch.einsum("...id,...jd->...ij", s, s) - torch.einsum("...id,...jd->...ij", t, t)) ** 2).mean()
+
+
+@pytest.mark.parametrize("term", ["intra", "inter", "random"])
+def test_gradient_equals_autograd_through_the_explicit_formula(term):
+    """The loss's own backward (one matmul, from the difference's symmetry) against autograd through einsum."""
+    fs, ft = _tokens(b=3, n=5, ds=4, dt=7)
+    explicit = {"intra": lambda s, t: _explicit_relation_mse(s, t),
+                "inter": lambda s, t: _explicit_relation_mse(s.transpose(0, 1), t.transpose(0, 1)),
+                "random": lambda s, t: _explicit_relation_mse(s.flatten(0, 1), t.flatten(0, 1))}[term]
+    ours = {"intra": intra_image_loss, "inter": inter_image_loss,
+            "random": lambda s, t: random_sampled_loss(s, t, k=15, generator=torch.Generator().manual_seed(0))}[term]
+    grads = []
+    for loss in (ours, explicit):  # K = B*N draws every token: the random term is then order-free
+        s = fs.clone().requires_grad_(True)
+        loss(s, ft).backward()
+        grads.append(s.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda s: ours(s, ft), fs.clone().requires_grad_(True))
+
+
 def test_weights_and_layer_average():
     fs, ft = _tokens()
     fs2, ft2 = _tokens(seed=1)

@@ -27,17 +27,30 @@ def _check(fs: torch.Tensor, ft: torch.Tensor) -> None:
                          f"got {tuple(fs.shape)} and {tuple(ft.shape)}")
 
 
-def _relation_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Mean over entries of (S S^T - T T^T)^2 for unit tokens (..., M, D_s) and (..., M, D_t).
+class _RelationMSE(torch.autograd.Function):
+    """Mean over entries of (S S^T - T T^T)^2 for unit tokens S (..., M, D_s) and T (..., M, D_t), T constant.
 
-    Written to hold as few M x M maps as possible: the teacher's map is built without autograd, the
-    difference comes from one fused multiply-add, and the squared norm saves no squared copy.
+    Holds one M x M map: the teacher's map is the bias of one fused multiply-add that leaves the difference D.
+    D is symmetric, so the gradient 4 D S / numel is one matmul where autograd would run two (one per factor
+    of S S^T) and scale D elementwise first.
     """
-    with torch.no_grad():
-        target = t @ t.transpose(-1, -2)
-    fused = torch.baddbmm if s.ndim == 3 else torch.addmm
-    diff = fused(target, s, s.transpose(-1, -2), beta=-1)
-    return torch.linalg.vector_norm(diff).square() / diff.numel()
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        fused = torch.baddbmm if s.ndim == 3 else torch.addmm
+        diff = fused(t @ t.transpose(-1, -2), s, s.transpose(-1, -2), beta=-1)
+        ctx.save_for_backward(s, diff)
+        return torch.linalg.vector_norm(diff).square() / diff.numel()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        s, diff = ctx.saved_tensors
+        return (diff @ s).mul_(grad * 4 / diff.numel()), None
+
+
+def _relation_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean over entries of (S S^T - T T^T)^2; gradients reach S only (T is the teacher's)."""
+    return _RelationMSE.apply(s, t.detach())
 
 
 def _sample(s: torch.Tensor, t: torch.Tensor, k: int, generator: torch.Generator | None):
