@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -120,44 +121,45 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_an_interrupted_distributed_run_resumes_from_its_checkpoint(tmp_path, teacher):
-    extra = (*SAME_MATH, teacher, "distill.epochs=6", "data.subset=1500", "run.threads=1")
-    args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
-            "--nproc", "2"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, output
-    assert "interrupted: rerun the same command" in output and "Traceback" not in output
-    resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "distill: resuming after epoch" in resumed.stderr
-    assert "weights identical on all 2 processes" in resumed.stderr
-
-
-@pytest.mark.slow
-def test_killing_the_process_group_of_a_run_leaves_no_process_and_the_rerun_resumes(tmp_path, teacher):
-    """kill -9 of the group the user started (what closing the terminal does): torchrun's ranks live in their
-    own sessions, yet none outlives the launcher by more than 5 s; the lock is free; the rerun resumes."""
+def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_path, teacher):
+    """SIGTERM: exit 130 and the rerun hint. Then kill -9 of the group the user started (what closing the
+    terminal does) while the rerun trains: torchrun's ranks live in their own sessions, yet none outlives the
+    launcher by more than 5 s and the lock is free. Each rerun resumes from the last epoch's checkpoint."""
     import os
 
     extra = (*SAME_MATH, teacher, "distill.epochs=4", "run.threads=1")
     args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
             "--nproc", "2"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
+    cache = tmp_path / "runs" / ".cache"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoint = wait_for("distill-*.partial/checkpoint.pt", cache, proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted: rerun the same command" in output and "Traceback" not in output
+
+    first = checkpoint.stat().st_mtime_ns
+    log = tmp_path / "rerun.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and checkpoint.stat().st_mtime_ns == first:
+        time.sleep(0.05)  # the next epoch's checkpoint replaces the file
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()
+    killed_at = re.search(r"distill: resuming after epoch (\d+)/", log.read_text())
+    assert killed_at, log.read_text()
     deadline = time.time() + 5
     while time.time() < deadline and _processes_of(tmp_path):
         time.sleep(0.2)
     assert not _processes_of(tmp_path)
+
     resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "distill: resuming after epoch" in resumed.stderr and "in use by" not in resumed.stderr
+    resumed_at = re.search(r"distill: resuming after epoch (\d+)/", resumed.stderr)
+    assert resumed_at and int(resumed_at[1]) > int(killed_at[1]) and "in use by" not in resumed.stderr
     assert "weights identical on all 2 processes" in resumed.stderr
 
 
