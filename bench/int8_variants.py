@@ -21,23 +21,9 @@ from pipeline.config import QuantizeConfig  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
 from stages.quantize import onnx_int8, openvino_int8  # noqa: E402
 from stages.quantize.timing import interleaved, speedup, summary  # noqa: E402
-from targets.agent import cpu_name  # noqa: E402
+from targets.agent import cpu_flags, cpu_name  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 from targets.runtimes import OPENVINO_F32, artifact_bytes  # noqa: E402
-
-SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-        "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD flags of /proc/cpuinfo that matter for these kernels."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = {f for line in text.splitlines() if line.startswith(("flags", "Features"))
-             for f in line.split(":", 1)[1].split()}
-    return [f for f in SIMD if f in flags]
 
 
 def make_variants(work: Path, calibration: np.ndarray) -> dict[str, dict]:

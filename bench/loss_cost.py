@@ -1,75 +1,182 @@
-"""What the manifold loss costs: one optimisation step with KD only vs KD + manifold, and the peak
-memory of the decoupled loss vs the full (BN) x (BN) relation loss. Writes JSON, prints a table.
+"""What the manifold loss costs, measured interleaved: one distillation step with KD only, with KD + our
+manifold loss and with KD + a reference formulation of it (written here from the paper's equations), on the
+paper's models (DeiT-Ti student, CaiT-S24 teacher, 224 px, its 8-pair layer map) and on pipeline.toml's.
+Also the loss alone (forward + backward over every pair) for both formulations, and the peak memory of the
+loss over every pair: ours, the reference's, and the undecoupled (BN) x (BN) relation loss.
 
-    .venv/bin/python bench/loss_cost.py [--quick] [--out bench/results/loss_cost.json]
+Each round runs every arm once, in a rotated order, and times it in wall-clock and CPU seconds (all
+threads); ratios are paired within a round; medians come with a bootstrap 95% interval. Writes JSON with
+the host's CPU, flags and threads, and prints a table.
+
+    .venv/bin/python bench/loss_cost.py [--quick] [--rounds N] [--out bench/results/loss_cost.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-import timm
+import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.config import PAPER_PRESET, load_config  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
 from stages.distill import kd_loss  # noqa: E402
-from stages.distill.features import TokenTap, aligned  # noqa: E402
+from stages.distill.families import units_of  # noqa: E402
+from stages.distill.features import TokenTap, aligned, default_layer_map  # noqa: E402
 from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: E402
+from stages.models import create_model  # noqa: E402
+from targets.agent import cpu_flags, cpu_name  # noqa: E402
 
-SHAPES = {
-    # the paper's: DeiT-Tiny student (12 x 192) <- a 24-block, 384-wide teacher, 224 px, patch 16
-    "reference": dict(batch=64, img=224, patch=16, chans=3, student=(12, 192, 3), teacher=(24, 384, 6),
-                      pairs=([0, 1, 2, 3, 8, 9, 10, 11], [0, 1, 2, 3, 20, 21, 22, 23]), steps=3),
-    # the default pipeline's scale: 28 px Fashion-MNIST, patch 4 (49 tokens)
-    "cpu-small": dict(batch=128, img=28, patch=4, chans=1, student=(4, 64, 2), teacher=(4, 96, 3),
-                      pairs=([0, 3], [0, 3]), steps=20),
-}
+ARMS = ("kd", "ours", "reference")
 
 
-def _vit(depth: int, dim: int, heads: int, shape: dict) -> torch.nn.Module:
-    return timm.create_model("vit_tiny_patch16_224", img_size=shape["img"], patch_size=shape["patch"],
-                             in_chans=shape["chans"], num_classes=10, embed_dim=dim, depth=depth, num_heads=heads)
+def shapes() -> dict[str, dict]:
+    """The paper's setting and pipeline.toml's (its models, batch and loss weights)."""
+    cfg = load_config(str(ROOT / "pipeline.toml"))
+    d = cfg.distill
+    return {
+        "paper": dict(student=("deit_tiny_patch16_224", {}), teacher=("cait_s24_224", {}), img=224, chans=3,
+                      classes=1000, batch=64, weights=PAPER_PRESET, rounds=7, loss_rounds=15),
+        "default": dict(student=(cfg.student.model, cfg.student.overrides),
+                        teacher=(cfg.teacher.model, cfg.teacher.overrides), img=cfg.data.img_size,
+                        chans=cfg.data.channels, classes=10, batch=d.batch_size, rounds=30, loss_rounds=60,
+                        weights={"alpha": d.alpha, "w_intra": d.w_intra, "w_inter": d.w_inter,
+                                 "w_random": d.w_random, "k": d.k, "beta": d.beta}),
+    }
 
 
-def step_seconds(shape: dict, manifold: bool, device: str) -> float:
-    torch.manual_seed(0)
-    student, teacher = _vit(*shape["student"], shape), _vit(*shape["teacher"], shape).eval()
-    student.to(device), teacher.to(device)
-    opt = torch.optim.AdamW(student.parameters())
-    taps = (TokenTap(student, shape["pairs"][0], "student"), TokenTap(teacher, shape["pairs"][1], "teacher"))
-    loss_fn, rng = ManifoldLoss(), torch.Generator().manual_seed(0)
-    x = torch.randn(shape["batch"], shape["chans"], shape["img"], shape["img"], device=device)
-    times = []
-    for i in range(shape["steps"] + 1):
-        start = time.perf_counter()
-        with torch.no_grad(), taps[1].capture() as t_tokens:
-            t_logits = teacher(x)
-        with taps[0].capture() as s_tokens:
-            s_logits = student(x)
-        loss = kd_loss(s_logits, t_logits, "soft", 1.0)
-        if manifold:
-            loss = loss + sum(loss_fn(*aligned(s_tokens, t_tokens), rng).values())
-        opt.zero_grad()
+def reference_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], w: dict,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The paper's loss as its equations read: per pair and term, normalise both sides, build both relation
+    maps, subtract, square, average; beta times the mean over pairs of the weighted terms."""
+    def relation(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        fs, ft = fs / fs.norm(dim=-1, keepdim=True), ft / ft.norm(dim=-1, keepdim=True)
+        diff = fs @ fs.transpose(-1, -2) - ft @ ft.transpose(-1, -2)
+        return (diff * diff).mean()
+
+    total = 0
+    for fs, ft in zip(student, teacher):
+        ft = ft.detach()
+        flat_s, flat_t = fs.flatten(0, 1), ft.flatten(0, 1)
+        idx = torch.randperm(flat_s.shape[0], generator=generator)[: w["k"]]
+        total = total + (w["w_intra"] * relation(fs, ft)
+                         + w["w_inter"] * relation(fs.transpose(0, 1), ft.transpose(0, 1))
+                         + w["w_random"] * relation(flat_s[idx], flat_t[idx]))
+    return w["beta"] * total / len(student)
+
+
+def full_relation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """The undecoupled loss, every pair's B*N tokens in one (BN) x (BN) map (with our memory-lean code)."""
+    return sum(_relation_mse(_unit(s).flatten(0, 1), _unit(t).flatten(0, 1)) for s, t in zip(student, teacher))
+
+
+class Setting:
+    """One shape's models, a fixed batch, the layer taps and one step function per arm."""
+
+    def __init__(self, shape: dict):
+        torch.manual_seed(0)
+        data = {"in_chans": shape["chans"], "num_classes": shape["classes"], "img_size": shape["img"]}
+        self.student = create_model("student", *shape["student"], data)[0].train()
+        self.teacher = create_model("teacher", *shape["teacher"], data)[0].eval().requires_grad_(False)
+        self.layers = default_layer_map(len(units_of(self.student, "student")), len(units_of(self.teacher, "teacher")))
+        self.taps = TokenTap(self.student, self.layers[0], "student"), TokenTap(self.teacher, self.layers[1], "teacher")
+        self.w = shape["weights"]
+        self.ours = ManifoldLoss(self.w["w_intra"], self.w["w_inter"], self.w["w_random"], self.w["k"], self.w["beta"])
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-5)
+        self.x = torch.randn(shape["batch"], shape["chans"], shape["img"], shape["img"])
+        self.y = torch.randint(0, shape["classes"], (shape["batch"],))
+        self.rng = torch.Generator().manual_seed(0)
+
+    def tokens(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One batch's aligned tokens of every pair, as the loss sees them."""
+        with torch.no_grad(), self.taps[1].capture() as t, self.taps[0].capture() as s:
+            self.teacher(self.x), self.student(self.x)
+            return aligned(list(s), list(t))
+
+    def step(self, arm: str) -> None:
+        """One distillation step as the distill stage takes it (teacher in inference mode, then the student)."""
+        manifold = arm != "kd"
+        with torch.inference_mode(), self.taps[1].capture() if manifold else nullcontext([]) as t_tokens:
+            t_logits = self.teacher(self.x)
+        t_logits, t_tokens = t_logits.clone(), [t.clone() for t in t_tokens]
+        with self.taps[0].capture() if manifold else nullcontext([]) as s_tokens:
+            logits = self.student(self.x)
+            s_tokens = list(s_tokens)
+        alpha = self.w["alpha"]
+        loss = (1 - alpha) * F.cross_entropy(logits, self.y) + alpha * kd_loss(logits, t_logits, "soft", 1.0)
+        if arm == "ours":
+            loss = loss + sum(self.ours(*aligned(s_tokens, t_tokens), self.rng).values())
+        elif arm == "reference":
+            loss = loss + reference_loss(*aligned(s_tokens, t_tokens), self.w, self.rng)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first step warms up allocators and kernels
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        self.opt.step()
 
 
-def full_relation_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-    """The undecoupled loss over all B*N tokens, with the same memory-lean code as the decoupled terms."""
-    return _relation_mse(_unit(fs).flatten(0, 1), _unit(ft).flatten(0, 1))
+def timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved(arms: dict, rounds: int, progress: str) -> dict[str, dict[str, list[float]]]:
+    """Every arm once per round (one warm-up round first), the order rotated each round."""
+    names = list(arms)
+    times = {name: {"wall": [], "cpu": []} for name in names}
+    for r in range(rounds + 1):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            wall, cpu = timed(arms[name])
+            if r:
+                times[name]["wall"].append(wall)
+                times[name]["cpu"].append(cpu)
+        print(f"\r{progress}: round {r}/{rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return times
+
+
+def median_ci(values: list[float] | np.ndarray, seed: int = 0) -> dict:
+    """Median with a bootstrap 95% interval (percentiles of 2,000 resampled medians)."""
+    v = np.asarray(values, dtype=float)
+    boots = np.median(np.random.default_rng(seed).choice(v, (2000, len(v))), axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"median": round(float(np.median(v)), 5), "ci95": [round(float(lo), 5), round(float(hi), 5)]}
+
+
+def ratios(times: dict, arm: str, base: str) -> dict:
+    return {clock: median_ci(np.array(times[arm][clock]) / np.array(times[base][clock])) for clock in ("wall", "cpu")}
+
+
+def loss_alone(setting: Setting, rounds: int) -> dict:
+    """Forward + backward of each formulation over every pair's tokens, interleaved; values compared."""
+    student, teacher = setting.tokens()
+
+    def run(formulation: str):
+        def go():
+            leaves = [s.detach().requires_grad_(True) for s in student]
+            rng = torch.Generator().manual_seed(1)
+            value = (sum(setting.ours(leaves, teacher, rng).values()) if formulation == "ours"
+                     else reference_loss(leaves, teacher, setting.w, rng))
+            value.backward()
+            go.value = value.detach().item()
+        return go
+
+    arms = {"ours": run("ours"), "reference": run("reference")}
+    times = interleaved(arms, rounds, "loss alone")
+    return {"ours": {c: median_ci(times["ours"][c]) for c in ("wall", "cpu")},
+            "reference": {c: median_ci(times["reference"][c]) for c in ("wall", "cpu")},
+            "ours_over_reference": ratios(times, "ours", "reference"),
+            "value_ours": arms["ours"].value, "value_reference": arms["reference"].value,
+            "token_shapes": [[list(s.shape), list(t.shape)] for s, t in zip(student, teacher)]}
 
 
 def _status_kb(field: str) -> int:
@@ -79,69 +186,83 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(field)
 
 
-def loss_peak_mb(shape: dict, full: bool, device: str) -> float:
-    """Extra peak memory of forward + backward of one layer pair's loss (MB).
-
-    On CPU it runs in a fresh process (so freed heap pages of earlier work do not hide the
-    allocation) and reads the growth of the peak resident set size (VmHWM).
-    """
-    if device == "cpu":
-        out = subprocess.run([sys.executable, __file__, "--memory-probe", json.dumps(shape), str(int(full))],
-                             capture_output=True, text=True, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
-    n = (shape["img"] // shape["patch"]) ** 2
-    fs = torch.randn(shape["batch"], n, shape["student"][1], device=device, requires_grad=True)
-    ft = torch.randn(shape["batch"], n, shape["teacher"][1], device=device)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    _loss(full)(fs, ft).backward()
-    return (torch.cuda.max_memory_allocated() - base) / 1e6
+def peak_mb(token_shapes: list, weights: dict, formulation: str) -> float:
+    """Growth of the peak resident set (VmHWM) over forward + backward of the loss over every pair, in a fresh
+    process holding only random tokens of these shapes (so no freed heap pages of earlier work hide it)."""
+    spec = json.dumps({"shapes": token_shapes, "weights": weights})
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", spec, formulation],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
-def _loss(full: bool):
-    return full_relation_loss if full else (lambda a, b: sum(ManifoldLoss()([a], [b]).values()))
-
-
-def _memory_probe(shape: dict, full: bool) -> None:
-    n = (shape["img"] // shape["patch"]) ** 2
-    warm = torch.randn(2, 4, 8, requires_grad=True)  # loads kernels and thread pools before the baseline
-    _loss(full)(warm, torch.randn(2, 4, 8)).backward()
-    fs = torch.randn(shape["batch"], n, shape["student"][1], requires_grad=True)
-    ft = torch.randn(shape["batch"], n, shape["teacher"][1])
+def _memory_probe(spec: str, formulation: str) -> None:
+    spec = json.loads(spec)
+    w = spec["weights"]
+    ours = ManifoldLoss(w["w_intra"], w["w_inter"], w["w_random"], w["k"], w["beta"])
+    losses = {"ours": lambda s, t: sum(ours(s, t, torch.Generator().manual_seed(1)).values()),
+              "reference": lambda s, t: reference_loss(s, t, w, torch.Generator().manual_seed(1)),
+              "full": full_relation_loss}
+    warm = [torch.randn(2, 4, 8, requires_grad=True)]  # loads kernels and thread pools before the baseline
+    losses[formulation](warm, [torch.randn(2, 4, 8)]).backward()
+    student = [torch.randn(*s, requires_grad=True) for s, _ in spec["shapes"]]
+    teacher = [torch.randn(*t) for _, t in spec["shapes"]]
     base = _status_kb("VmRSS")
-    _loss(full)(fs, ft).backward()
+    losses[formulation](student, teacher).backward()
     print((_status_kb("VmHWM") - base) / 1e3)
+
+
+def measure(name: str, shape: dict, rounds: int | None) -> dict:
+    setting = Setting(shape)
+    steps = interleaved({arm: (lambda arm=arm: setting.step(arm)) for arm in ARMS}, rounds or shape["rounds"],
+                        f"{name} steps")
+    loss = loss_alone(setting, rounds * 2 if rounds else shape["loss_rounds"])
+    memory = {f: round(peak_mb(loss["token_shapes"], shape["weights"], f), 1) for f in ("ours", "reference", "full")}
+    return {"models": {"student": shape["student"][0], "teacher": shape["teacher"][0]},
+            "batch": shape["batch"], "img": shape["img"], "weights": shape["weights"],
+            "layers": {"student": setting.layers[0], "teacher": setting.layers[1]},
+            "rounds": len(steps["kd"]["wall"]),
+            "step_s": {arm: {c: median_ci(steps[arm][c]) for c in ("wall", "cpu")} for arm in ARMS},
+            "step_over_kd": {arm: ratios(steps, arm, "kd") for arm in ("ours", "reference")},
+            "loss_alone": loss, "peak_mb_all_pairs": memory}
+
+
+def print_table(result: dict) -> None:
+    table = Table(title=f"manifold loss cost on {result['host']['cpu']}, {result['host']['threads']} threads "
+                        "(medians, 95% interval)")
+    for col in ("shape", "KD step s", "ours / KD step", "reference / KD step", "loss: ours / reference",
+                "MB ours", "MB reference", "MB full"):
+        table.add_column(col, justify="right")
+
+    def cell(r: dict) -> str:
+        return f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+
+    for name, row in result["shapes"].items():
+        m = row["peak_mb_all_pairs"]
+        table.add_row(name, f"{row['step_s']['kd']['wall']['median']:.3f}", cell(row["step_over_kd"]["ours"]["wall"]),
+                      cell(row["step_over_kd"]["reference"]["wall"]),
+                      cell(row["loss_alone"]["ours_over_reference"]["wall"]),
+                      f"{m['ours']:.0f}", f"{m['reference']:.0f}", f"{m['full']:.0f}")
+    Console(width=160).print(table)
 
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--memory-probe":
-        return _memory_probe(json.loads(sys.argv[2]), sys.argv[3] == "1")
+        return _memory_probe(sys.argv[2], sys.argv[3])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="only the small CPU shapes")
-    parser.add_argument("--out", default="bench/results/loss_cost.json")
+    parser.add_argument("--quick", action="store_true", help="only pipeline.toml's shapes, 5 rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="step rounds per shape (default 7 paper, 30 default)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "shapes": {}}
-    table = Table(title=f"manifold loss cost on {device} ({results['threads']} threads)")
-    for col in ("shapes", "KD step s", "KD+manifold step s", "overhead %", "decoupled MB", "full MB", "memory ratio"):
-        table.add_column(col, justify="right")
-    for name, shape in SHAPES.items():
-        if args.quick and name == "reference":
+    out = Path(args.out or f"bench/results/loss_cost{'_quick' if args.quick else ''}.json")
+    result = {"host": {"cpu": cpu_name(), "flags": cpu_flags(), "threads": torch.get_num_threads()},
+              "torch": torch.__version__, "command": " ".join(["bench/loss_cost.py", *sys.argv[1:]]), "shapes": {}}
+    for name, shape in shapes().items():
+        if args.quick and name == "paper":
             continue
-        kd, mf = step_seconds(shape, False, device), step_seconds(shape, True, device)
-        dec, full = loss_peak_mb(shape, False, device), loss_peak_mb(shape, True, device)
-        row = {"kd_step_s": round(kd, 4), "kd_manifold_step_s": round(mf, 4),
-               "overhead_pct": round(100 * (mf - kd) / kd, 1), "decoupled_peak_mb": round(dec, 1),
-               "full_peak_mb": round(full, 1), "memory_ratio": round(full / max(dec, 1e-3), 1),
-               "shape": {k: v for k, v in shape.items() if k != "steps"}}
-        results["shapes"][name] = row
-        table.add_row(name, f"{kd:.3f}", f"{mf:.3f}", f"{row['overhead_pct']:.1f}", f"{dec:.1f}", f"{full:.1f}",
-                      f"{row['memory_ratio']:.0f}x")
-    write_json(Path(args.out), results)
-    Console().print(table)
-    print(f"wrote {args.out}")
+        result["shapes"][name] = measure(name, shape, 5 if args.quick else args.rounds)
+        write_json(out, result)
+    print_table(result)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+        "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags of /proc/cpuinfo that matter for these kernels (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {flag for line in f if line.startswith(("flags", "Features"))
+                     for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return []
+    return [f for f in SIMD if f in flags]
+
+
 def _runtime(module: str):
     try:
         return __import__(module)
