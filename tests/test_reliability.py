@@ -170,8 +170,9 @@ def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
-    """Chaos: SIGKILL in the teacher's training, in the distillation (after an epoch checkpoint) and in the
-    quantize stage, a little after each point shows on disk; rerun after each; the result equals a clean run's."""
+    """Chaos: SIGKILL in the teacher's training, in the distillation (around its first epoch's metrics and
+    checkpoint writes) and in the quantize stage, a little after each point shows on disk; rerun after each;
+    the result equals a clean run's, and no manifest lists a temporary file."""
     extra = ("distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
              "quantize.coreml.enabled=false", "export.openvino=false", "quantize.openvino=false")
     clean, chaos = tmp_path / "clean", tmp_path / "chaos"
@@ -180,7 +181,7 @@ def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
     output, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, output
     rng = random.Random(7)
-    for point in ("teacher-*.partial", "distill-*.partial/checkpoint.pt", "quantize-*.partial"):
+    for point in ("teacher-*.partial", "distill-*.partial/metrics.jsonl", "quantize-*.partial"):
         proc = start(chaos, *extra, until=None)
         wait_for(point, chaos / "runs" / ".cache", proc)
         time.sleep(rng.uniform(0.0, 0.3))
@@ -191,6 +192,9 @@ def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output
     assert read_report(chaos)["evaluation"] == read_report(clean)["evaluation"]
+    listed = [name for manifest in (chaos / "runs" / ".cache").glob("*/manifest.json")
+              for name in json.loads(manifest.read_text())["files"]]
+    assert listed and not [name for name in listed if name.endswith(".tmp") or "/." in f"/{name}"]
 
 
 def test_disk_full_during_the_onnx_export_says_disk_full_not_opset(tiny_disk):
