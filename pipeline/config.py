@@ -53,6 +53,10 @@ class DataConfig(Section):
     std: list[float] | None = Field(None, description="per-channel std; default: from the train split")
     augment_shift: int = Field(2, ge=0, le=16, description="random translation in pixels (training)")
     augment_flip: bool = Field(True, description="random horizontal flip (training)")
+    allow_class_mismatch: bool = Field(False, description="imagefolder: let train/ and test/ hold different "
+                                       "class folders, or empty ones, with a warning and a report note instead "
+                                       "of an error (empty training classes and classes only in test/ are left "
+                                       "out; a class missing from test/ is trained but not tested)")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

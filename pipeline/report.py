@@ -234,6 +234,9 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
              f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {run['wall_s']:.0f} s, "
              f"peak memory {run['peak_rss_mb']:.0f} MB.", ""]
     lines += ship_lines(report)
+    data_notes = report["stages"].get("data", {}).get("summary", {}).get("notes", [])
+    if data_notes:
+        lines += ["## Data", "", *[f"- Note: {note}." for note in data_notes], ""]
     evaluation = report["evaluation"]
     if evaluation:
         lines += [f"## Accuracy on the held-out {evaluation['split']} split ({evaluation['images']} images)", "",

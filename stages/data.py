@@ -95,9 +95,17 @@ def class_folders(root: Path) -> set[str]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The images of one class folder, sorted; macOS metadata (`._*`, `.DS_Store`) and other hidden files
-    left out."""
+    """The images of one class folder, sorted (none for a missing folder); macOS metadata (`._*`,
+    `.DS_Store`) and other hidden files left out."""
+    if not folder.is_dir():
+        return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def hidden_files(folders: list[Path]) -> int:
+    """How many hidden files (macOS `._*` and `.DS_Store` among them) these folders hold."""
+    return sum(1 for folder in folders if folder.is_dir() for p in folder.iterdir()
+               if p.name.startswith(".") and p.is_file())
 
 
 def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Split:
@@ -121,40 +129,55 @@ def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Sp
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str]]:
-    """(the training root, whether path/train + path/test split it, the class names), checked."""
+MISMATCH_FIX = "or set data.allow_class_mismatch = true to go on with a warning"
+
+
+def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str]]:
+    """(the training root, whether path/train + path/test split it, the class names, notes), checked: class
+    folders that differ between train/ and test/ or hold no images are one error, or with
+    data.allow_class_mismatch notes (empty training classes and test-only classes left out)."""
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise UserError(f"data.path = {cfg.path!r} is not a folder")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if has_splits else root
     classes = sorted(class_folders(train_root))
-    if len(classes) < 2:
-        raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two), "
-                        f"found {len(classes)}")
+    problems = []
     for split_root in [train_root, root / "test"] if has_splits else [train_root]:
         empty = [c for c in classes if (split_root / c).is_dir() and not image_files(split_root / c)]
         if empty:
-            raise UserError(f"data.path: class folder(s) {', '.join(empty)} in {split_root} hold no images "
-                            f"({', '.join(sorted(IMAGE_SUFFIXES))}): add images or remove the folder(s)")
+            problems.append(f"class folder(s) {', '.join(empty)} in {split_root} hold no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            if split_root == train_root:
+                classes = [c for c in classes if c not in empty]
     if has_splits:
         tested = class_folders(root / "test")
-        missing, extra = sorted(set(classes) - tested), sorted(tested - set(classes))
-        if missing or extra:
-            parts = ([f"missing from test/: {', '.join(missing)}"] if missing else []) + \
-                ([f"only in test/: {', '.join(extra)}"] if extra else [])
-            raise UserError(f"data.path = {cfg.path!r}: train/ and test/ must hold the same class folders "
-                            f"({'; '.join(parts)})")
-    return train_root, has_splits, classes
+        missing, extra = sorted(set(classes) - tested), sorted(tested - set(class_folders(train_root)))
+        if missing:
+            problems.append(f"missing from test/: {', '.join(missing)}")
+        if extra:
+            problems.append(f"only in test/: {', '.join(extra)}")
+    if problems and not cfg.allow_class_mismatch:
+        raise UserError(f"data.path = {cfg.path!r}: train/ and test/ must hold the same class folders, each with "
+                        f"images ({'; '.join(problems)}): add images or remove the folder(s), {MISMATCH_FIX}")
+    if len(classes) < 2:
+        raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two) with images, "
+                        f"found {len(classes)}")
+    notes = [f"data.allow_class_mismatch: {p}" for p in problems]
+    splits = [train_root, root / "test"] if has_splits else [train_root]
+    skipped = hidden_files([s / c for s in splits for c in classes])
+    if skipped:
+        notes.append(f"skipped {skipped} hidden file(s) in the class folders (macOS ._* and .DS_Store among them)")
+    return train_root, has_splits, classes, notes
 
 
-def load_imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
-    """`path/<class>/*.png`, or `path/train/<class>/` with `path/test/<class>/` as the test split."""
-    train_root, has_splits, classes = imagefolder_layout(cfg)
+def load_imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str], list[str]]:
+    """`path/<class>/*.png`, or `path/train/<class>/` with `path/test/<class>/` as the test split; and notes."""
+    train_root, has_splits, classes, notes = imagefolder_layout(cfg)
     root = Path(cfg.path).expanduser()
     train = _read_folder(train_root, classes, cfg.channels, cfg.img_size)
     test = _read_folder(root / "test", classes, cfg.channels, cfg.img_size) if has_splits else None
-    return train, test, classes
+    return train, test, classes, notes
 
 
 def to_nchw(images: np.ndarray, channels: int, size: int) -> np.ndarray:
@@ -214,12 +237,15 @@ class DataStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg: DataConfig = ctx.config["data"]
+        notes = []
         if cfg.dataset == "fashion-mnist":
             train, test, classes = load_fashion_mnist(cfg)
         elif cfg.dataset == "digits":
             train, test, classes = load_digits()
         else:
-            train, test, classes = load_imagefolder(cfg)
+            train, test, classes, notes = load_imagefolder(cfg)
+        for note in notes:
+            ctx.progress.log(f"  [yellow]note[/]: {note}")
         splits = split(train, test, cfg, ctx.seed)
         arrays = {}
         for name, (images, labels) in splits.items():
@@ -235,7 +261,8 @@ class DataStage(Stage):
         atomic_write(ctx.out / "data.npz", save)
         meta = {"dataset": cfg.dataset, "classes": classes, "num_classes": len(classes),
                 "channels": cfg.channels, "img_size": cfg.img_size, "mean": mean, "std": std,
-                "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()}}
+                "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()},
+                **({"notes": notes} if notes else {})}
         write_json(ctx.out / "meta.json", meta)
         ctx.progress.log(f"  {cfg.dataset}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
                          + f" images, {len(classes)} classes, {cfg.channels}x{cfg.img_size}x{cfg.img_size}")

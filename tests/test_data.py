@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import json
 import threading
 from functools import partial
 
@@ -73,7 +74,7 @@ def test_imagefolder_reads_class_folders(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
-    (train_x, train_y), test, classes = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path),
+    (train_x, train_y), test, classes, _ = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path),
                                                                     img_size=8, channels=3))
     assert classes == ["cat", "dog"] and test is None
     assert train_x.shape == (6, 8, 8, 3) and train_y.tolist() == [0, 0, 0, 1, 1, 1]
@@ -127,14 +128,42 @@ def test_class_folders_that_differ_between_splits_or_hold_nothing_are_one_line_u
     with pytest.raises(UserError) as info:
         imagefolder_layout(DataConfig(dataset="imagefolder", path=str(tmp_path)))
     assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert "data.allow_class_mismatch = true" in str(info.value)
+
+
+def test_allowed_class_mismatches_are_notes_in_the_log_and_the_report(tmp_path, capsys):
+    """With data.allow_class_mismatch: an empty training class and a test-only class are left out, a class
+    missing from test/ is trained; each is a note in the log, meta.json and report.md; hidden files counted."""
+    from pipeline.cli import main
+
+    _folders(tmp_path / "images", {"train/cat": 3, "train/dog": 3, "train/eel": 3, "train/fox": 0,
+                                   "test/cat": 2, "test/dog": 2, "test/gnu": 2})
+    (tmp_path / "images" / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    runs = tmp_path / "runs"
+    args = ["run", "--until", "data", "--set", f"run.output_dir='{runs}'", "--set", "data.dataset='imagefolder'",
+            "--set", f"data.path='{tmp_path / 'images'}'", "--set", "data.img_size=4"]
+    assert main(args) == 2 and "data.allow_class_mismatch" in capsys.readouterr().err
+    assert main([*args, "--set", "data.allow_class_mismatch=true"]) == 0
+    err = capsys.readouterr().err
+    meta = json.loads(next(runs.glob(".cache/data-*/meta.json")).read_text())
+    assert meta["classes"] == ["cat", "dog", "eel"] and meta["sizes"]["test"] == 4
+    notes = meta["notes"]
+    assert [n for n in notes if "fox" in n and "hold no images" in n] and [n for n in notes if "gnu" in n]
+    assert [n for n in notes if "missing from test/: eel" in n] and [n for n in notes if "skipped 1 hidden" in n]
+    for note in notes:
+        assert note[:60] in " ".join(err.split())
+    report = (runs / "default" / "report.md").read_text()
+    assert "## Data" in report and "only in test/: gnu" in report
 
 
 def test_macos_metadata_is_skipped_and_a_decompression_bomb_is_named(tmp_path, monkeypatch):
     _folders(tmp_path, {"cat": 2, "dog": 2})
     (tmp_path / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not an image
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (train_x, _), _, classes = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path), img_size=4))
-    assert len(train_x) == 4 and classes == ["cat", "dog"]
+    (train_x, _), _, classes, notes = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path),
+                                                                  img_size=4))
+    assert len(train_x) == 4 and classes == ["cat", "dog"] and notes == [
+        "skipped 2 hidden file(s) in the class folders (macOS ._* and .DS_Store among them)"]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 20000 x 20000 PNG, scaled down
     Image.new("L", (100, 100)).save(tmp_path / "dog" / "huge.png")  # 10,000 pixels: over twice the limit
     with pytest.raises(UserError, match=r"dog/huge.png has more pixels than Pillow reads safely"):
