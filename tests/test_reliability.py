@@ -123,6 +123,36 @@ def test_disk_full_during_a_run_is_one_line(tiny_disk, tmp_path, capsys):
     assert len(errors) == 1 and "disk full while writing" in errors[0] and "Traceback" not in err
 
 
+def test_disk_full_while_saving_a_core_ml_package_is_one_line_naming_the_folder(trained_run, tmp_path, capsys):
+    """The trained run's data, teacher, student and exports on a tmpfs with 48 KiB left; quantize with only
+    Core ML's compression on fills it in the package save (a shutil.Error, not an OSError): exit 2, one line,
+    the folder named."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    artifacts = [p for p in (trained_run / "runs" / ".cache").iterdir()
+                 if p.name.split("-")[0] in ("data", "teacher", "distill", "export") and p.suffix != ".partial"]
+    size = sum(f.stat().st_size for a in artifacts for f in a.rglob("*") if f.is_file())
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + 4 * 1024 * 1024}", "tmpfs", str(runs)],
+                             capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        for artifact in artifacts:
+            shutil.copytree(artifact, runs / ".cache" / artifact.name)
+        free = shutil.disk_usage(runs).free
+        (runs / "filler").write_bytes(b"\0" * (free - 48 * 1024))
+        code = main([*cli_args(tmp_path, "run", *TRAINED, "quantize.executorch.enabled=false",
+                               "quantize.litert.full_integer=false", "quantize.litert.dynamic_range=false",
+                               "quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.onnx_static=false"),
+                     "--until", "quantize"])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+        assert "disk full" in errors[0] and str(runs) in errors[0] and len(errors[0]) < 300, errors[0]
+    finally:
+        subprocess.run(["umount", str(runs)], capture_output=True)
+
+
 def test_nonfinite_losses_stop_with_the_step_and_terms(tmp_path, capsys):
     # temperature 1e-40 (a float32 denormal) turns KD logits into +-inf: the KD term is NaN from the first step
     assert main([*cli_args(tmp_path, "run", "distill.temperature=1e-40"), "--until", "distill"]) == 2
