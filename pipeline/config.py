@@ -36,13 +36,15 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    dataset: Literal["fashion-mnist", "digits", "imagefolder"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "digits", "imagefolder"] = Field(
+        "fashion-mnist", description="digits: scikit-learn's 8x8 digits; imagefolder: one folder per class "
+                                     "under path (with path/train/ and path/test/, those are the splits)")
     path: str | None = Field(None, description="IDX folder (fashion-mnist) or class folders (imagefolder)")
     url: str = not_in_key("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                           "mirror to download fashion-mnist from when no local copy exists")
     cache_dir: str = not_in_key("~/.cache/manifold-edge/datasets", "where downloads are kept")
     img_size: int = Field(28, ge=4, le=1024, description="images are resized to img_size x img_size")
-    channels: Literal[1, 3] = 1
+    channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB): images are converted")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the training split held out")
     test_fraction: float = Field(0.2, gt=0, lt=0.5,
                                  description="test share, for datasets without an official test split")
@@ -72,14 +74,16 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(5, ge=0, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0, le=10)
+    epochs: int = Field(5, ge=0, le=10_000, description="training epochs")
+    batch_size: int = Field(128, ge=1, le=65_536, description="the global batch: with nproc processes each "
+                                                               "takes batch_size / nproc")
+    lr: float = Field(1e-3, gt=0, le=10, description="peak AdamW learning rate, after the warm-up; cosine "
+                                                     "decay to min_lr")
     min_lr: float = Field(1e-5, ge=0, description="cosine schedule floor")
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(0.5, ge=0)
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    warmup_epochs: float = Field(0.5, ge=0, description="linear warm-up, in epochs (fractions allowed)")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm; unset = no clipping")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many consecutive steps with a NaN/inf "
                                                           "loss (each such step is skipped)")
     lr_scaling: Literal["none", "linear"] = Field("none", description="linear: the lr used is lr x batch_size "
@@ -95,7 +99,8 @@ class ModelConfig(Section):
 
 
 class TeacherConfig(ModelConfig, TrainConfig):
-    model: str = "convstem_vit_small"
+    model: str = Field("convstem_vit_small", description="any timm model name (a ViT, a hierarchical "
+                       "transformer or a CNN); from checkpoint, pretrained weights or trained here from scratch")
     pretrained: bool = Field(False, description="load timm's published weights (needs the hub)")
     pretrained_file: str | None = Field(None, description="with pretrained: a local weights file instead")
     checkpoint: str | None = Field(None, description="a local state dict or a model.pt of ours")
@@ -113,19 +118,20 @@ class TeacherConfig(ModelConfig, TrainConfig):
 
 
 class StudentConfig(ModelConfig):
-    model: str = "convstem_vit_tiny"
+    model: str = Field("convstem_vit_tiny", description="any timm model name; a DeiT distilled student "
+                       "(deit_*_distilled_*) sends KD to its distillation head and CE to its class head")
 
 
 PAPER_PRESET = {"alpha": 1.0, "w_intra": 4.0, "w_inter": 0.1, "w_random": 0.2, "k": 192, "beta": 1.0}
 
 
 class DistillConfig(TrainConfig):
-    epochs: int = Field(6, ge=1, le=10_000)
+    epochs: int = Field(6, ge=1, le=10_000, description="training epochs of the student")
     preset: Literal["none", "paper"] = Field("none", description="paper: the paper's loss weights, over any "
                                              "given: " + ", ".join(f"{k} = {v:g}" for k, v in PAPER_PRESET.items()))
     kd: Literal["none", "soft", "hard"] = Field("soft", description="logit distillation")
     alpha: float = Field(0.5, ge=0, le=1, description="(1-alpha) CE + alpha KD")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="KD temperature T (soft: T^2 KL of the softened outputs)")
     manifold: bool = Field(True, description="add the fine-grained manifold loss")
     w_intra: float = Field(4.0, ge=0, description="intra-image relation weight")
     w_inter: float = Field(0.1, ge=0, description="inter-image relation weight")
@@ -166,12 +172,13 @@ class CoreMLExportConfig(Section):
     precision: Literal["fp16", "fp32"] = Field("fp16", description="compute precision")
     input: Literal["image", "tensor"] = Field("image", description="an image input (grayscale/RGB pixels) "
                                                                    "or a float tensor of 0-255 pixels")
-    author: str = "manifold-edge"
-    license: str = "Apache-2.0"
-    version: str = "1"
+    author: str = Field("manifold-edge", description="the package's author metadata")
+    license: str = Field("Apache-2.0", description="the package's license metadata")
+    version: str = Field("1", description="the package's version metadata")
     parity_max_rel_diff: float = Field(3e-2, gt=0, description="max |logit diff| of the package vs torch, as a "
                                        "fraction of the largest |logit| (fp16 error scales with the values)")
-    parity_min_agreement: float = Field(0.99, ge=0, le=1)
+    parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax, package vs "
+                                                                      "torch")
 
 
 class CoreMLVariant(Section):
@@ -203,7 +210,8 @@ class CoreMLQuantizeConfig(Section):
     variants: list[CoreMLVariant] = Field(default_factory=lambda: [
         CoreMLVariant(name="int8", kind="linear"),
         CoreMLVariant(name="palettize6", kind="palettize", nbits=6, granularity="per_tensor"),
-        CoreMLVariant(name="palettize4", kind="palettize", nbits=4, granularity="per_tensor")])
+        CoreMLVariant(name="palettize4", kind="palettize", nbits=4, granularity="per_tensor")],
+        description="the compressed packages to write, one [[quantize.coreml.variants]] table each")
     w8a8: bool = Field(False, description="also quantize activations with calibration data (needs macOS)")
 
 
@@ -227,7 +235,8 @@ class QuantizeConfig(Section):
     onnx_dynamic: bool = Field(True, description="ONNX Runtime dynamic INT8 (weights; activations at run time)")
     openvino: bool = Field(True, description="OpenVINO INT8 with nncf.quantize (needs export.openvino)")
     calibration_images: int = Field(512, ge=1, description="training images for calibration")
-    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = Field(
+        "MinMax", description="ONNX static: how activation ranges are found on the calibration images")
     per_channel: bool = Field(True, description="per-channel weight scales (ONNX static)")
     static_attention_float: bool = Field(True, description="ONNX static: keep the attention matmuls (Q K^T, "
                                          "softmax x V) and so the Softmax in float; quantizing them forces an "
