@@ -22,7 +22,7 @@ from pipeline.fileio import write_json  # noqa: E402
 from targets.predict.predictor import KINDS, LEVEL, PREDICTOR_FILE, datasets, evaluate_kind  # noqa: E402
 from targets.profiles import builtin_profiles  # noqa: E402
 
-TOP_DEVICES = 6  # the README table: the devices with the most public data
+TOP_DEVICES = 6  # the docs/targets.md table: the devices with the most public data
 GOAL = 0.25  # the goal: median error <= 25% on the NPU rows of the devices with most data
 
 

@@ -4,7 +4,7 @@ Shrunk (a few blocks, narrow widths, 32-64 px Fashion-MNIST, one epoch on 600 im
 in minutes on a laptop CPU: it checks that each family goes through every stage (manifold units, export
 parity, INT8 and Core ML rows), not what accuracy a fully trained model reaches (the bench trains 3 epochs on
 3,000 images, the test one epoch on 600). Writes JSON and prints the
-README's models table:
+models table in docs/models.md:
 
     .venv/bin/python bench/model_zoo.py [--out bench/results/model_zoo.json] [--only NAME ...]
 """

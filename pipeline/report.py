@@ -417,7 +417,7 @@ def predicted_lines(latency: dict) -> list[str]:
     lines = ["## Predicted latency on named devices (from public measurements, not timed here)", "",
              "Predicted from Qualcomm AI Hub's published on-device times of public models (qai-hub-models "
              "0.65.0), fitted on this model's ONNX graph features; the interval's coverage and the error were "
-             "measured by holding out whole model families (README, \"Predicted latency\").", "",
+             "measured by holding out whole model families (docs/targets.md, \"Predicted latency\").", "",
              "| target | artifact | device / runtime / precision | predicted ms (interval) | measured p50 ms "
              "| public models (families), held-out median / P90 error | nearest public models, measured ms |",
              "|---|---|---|---:|---:|---|---|"]
