@@ -44,3 +44,12 @@ def test_every_link_between_the_pages_reaches_a_file_and_a_heading():
             if not path.is_file() or (anchor and anchor not in _anchors(path.read_text())):
                 broken.append(f"{page.relative_to(ROOT)}: ({target}#{anchor})")
     assert not broken, broken
+
+
+def test_the_readme_s_example_config_is_valid(tmp_path):
+    from pipeline.config import load_config
+
+    example = re.search(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
+    (tmp_path / "my.toml").write_text(example)
+    cfg = load_config(str(tmp_path / "my.toml"))
+    assert cfg.data.dataset == "imagefolder" and cfg.distill.alpha == 1.0 and cfg.teacher.pretrained
