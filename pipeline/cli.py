@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -97,9 +98,14 @@ def _command(args, argv: list[str]) -> int:
         return _run(cfg, args.force, args.until, args.out, argv)
     except UserError as exc:
         return _fail(2, f"error: {exc}")
-    except KeyboardInterrupt:
-        return _fail(exits.INTERRUPTED, exits.INTERRUPTED_MESSAGE)
+    except KeyboardInterrupt as exc:
+        return _fail(exits.INTERRUPTED, exits.interrupted_message(exc))
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
+        if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # a path from the config, longer than the OS takes
+            name = str(getattr(exc, "filename", None) or "")
+            shown = name if len(name) <= 120 else f"{name[:120]}... ({len(name):,} characters)"
+            return _fail(2, f"error: file name too long: {shown!r}: shorten the path in the config (a name of at "
+                            "most 255 bytes per folder)")
         if out_of_space(exc):
             where = getattr(exc, "filename", None) or (cfg.run.output_dir if cfg else "this disk")
             return _fail(2, f"error: disk full (writing under {where}): free space there and rerun the same "

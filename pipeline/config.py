@@ -20,7 +20,7 @@ from stages.formats.ort_mobile import OrtMobileConfig
 
 
 class RunConfig(Section):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100,
                       description="run name: results go to <output_dir>/<name>/")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for the data split, initialisation and batches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
@@ -96,6 +96,13 @@ class ModelConfig(Section):
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="keyword overrides for timm.create_model "
                                                   "(embed_dim, depth, num_heads, patch_size, ...)")
+
+    @model_validator(mode="after")
+    def _flat_enough(self) -> ModelConfig:
+        if _depth(self.overrides) > MAX_KEY_DEPTH:
+            raise ValueError(f"overrides: tables nested more than {MAX_KEY_DEPTH} levels deep; timm.create_model "
+                             "takes flat keyword arguments (embed_dim = 128, depth = 6, ...)")
+        return self
 
 
 class TeacherConfig(ModelConfig, TrainConfig):
@@ -488,6 +495,9 @@ def _apply_override(raw: dict, item: str) -> None:
     parts = key.strip().split(".")
     if not sep or not all(parts):
         raise UserError(f"--set {_quote(item)}: expected section.key=value, e.g. --set distill.epochs=3")
+    if len(parts) > MAX_KEY_DEPTH + 2:
+        raise UserError(f"--set {_quote(key)}: {len(parts)} dotted levels; keys are at most {MAX_KEY_DEPTH + 2} "
+                        "deep (section.key, or section.overrides.name)")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -508,10 +518,12 @@ def _describe(err: dict) -> str:
         allowed = _allowed_keys(err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown key '{loc}'{hint}; allowed here: {', '.join(allowed)}"
+        return f"unknown key '{_clip(loc)}'{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "value_error":
-        msg = err["msg"].removeprefix("Value error, ")
-        return f"{loc}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
+        msg = _clip(err["msg"].removeprefix("Value error, "), 2 * QUOTE_CHARS)
+        if loc and msg.split(":", 1)[0] in _allowed_keys(err["loc"]):  # "overrides: ..." of [teacher]
+            return f"{_clip(loc)}.{msg}"
+        return f"{_clip(loc)}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
     if err["type"] == "missing":
         return f"{loc} is required and missing"
     msg = err["msg"][0].lower() + err["msg"][1:]
@@ -523,8 +535,27 @@ QUOTE_CHARS = 200  # a bad value is quoted up to this many characters
 
 def _quote(value: Any) -> str:
     """repr(value), cut to QUOTE_CHARS with the full length said (a 50 MB value must not become the error)."""
-    text = repr(value)
-    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"
+    return _clip(repr(value))
+
+
+def _clip(text: str, limit: int = QUOTE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+MAX_KEY_DEPTH = 8  # timm takes flat keyword arguments; a few levels leave room for a dict-valued one
+
+
+def _depth(value: Any) -> int:
+    """How deeply tables and arrays nest in a value (iterative: a hostile value must not recurse)."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict) and level <= MAX_KEY_DEPTH:
+            todo += [(v, level + 1) for v in item.values()]
+        elif isinstance(item, list) and level <= MAX_KEY_DEPTH:
+            todo += [(v, level + 1) for v in item]
+    return deepest
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

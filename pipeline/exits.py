@@ -14,8 +14,24 @@ from pathlib import Path
 
 FOLDER_ENV = "MANIFOLD_EDGE_EXITS"
 INTERRUPTED = 130
-INTERRUPTED_MESSAGE = ("interrupted: rerun the same command; completed stages are reused and training resumes from its "
-                       "last completed epoch")
+INTERRUPTED_MESSAGE = ("interrupted: rerun the same command; completed stages are reused (a training stage resumes "
+                       "from its last completed epoch)")
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM inside a stage: which one, and whether its rerun resumes from a checkpoint."""
+
+    def __init__(self, stage: str, resumes: bool):
+        super().__init__(stage)
+        self.stage, self.resumes = stage, resumes
+
+
+def interrupted_message(exc: KeyboardInterrupt) -> str:
+    """What a rerun does after this interruption: only a training stage resumes; any other starts over."""
+    if not isinstance(exc, StageInterrupted):
+        return INTERRUPTED_MESSAGE
+    then = "resumes from its last completed epoch" if exc.resumes else "starts over"
+    return f"interrupted during {exc.stage}: rerun the same command; completed stages are reused and {exc.stage} {then}"
 
 
 def record(code: int, message: str) -> bool:

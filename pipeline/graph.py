@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import distributed
+from pipeline import distributed, exits
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
@@ -205,9 +205,11 @@ class Pipeline:
         start = time.perf_counter()
         try:
             summary = stage.cls().run(ctx)
-        except BaseException:
+        except BaseException as exc:
             if here.main:
                 self.store.drop_if_empty(stage.name, stage.key)  # a resumable checkpoint stays
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, exits.StageInterrupted):
+                raise exits.StageInterrupted(stage.name, bool(stage.cls.resumes)) from exc
             raise
         wall = time.perf_counter() - start
         if not here.main:

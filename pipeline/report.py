@@ -104,7 +104,10 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
     try:
         report, recorded = read_json(run_dir / "report.json"), read_json(run_dir / "state.json")
         cfg = PipelineConfig.model_validate(report["config"])
-    except (ValueError, KeyError, TypeError) as exc:  # truncated or edited JSON, or not ours
+        if not isinstance(recorded, dict) or not all(isinstance(e, dict) and isinstance(e.get("key"), str)
+                                                     for e in recorded.values()):
+            raise TypeError("state.json is not {stage: {key: ...}}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated or edited JSON, or not ours
         raise UserError(f"{run_dir}: report.json or state.json is damaged ({type(exc).__name__}): rerun "
                         "`manifold-edge run` with the same config to rebuild them (cached stages are reused)") from None
     if not (Path(cfg.run.output_dir) / ".cache").is_dir():  # a relative output_dir read from elsewhere

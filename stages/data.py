@@ -129,7 +129,13 @@ def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Sp
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-MISMATCH_FIX = "or set data.allow_class_mismatch = true to go on with a warning"
+MISMATCH_FIX = "or set data.allow_class_mismatch = true"
+
+
+def _names(classes: list[str], shown: int = 5) -> str:
+    """Class names for a message: the first few, and how many more."""
+    more = f" and {len(classes) - shown} more" if len(classes) > shown else ""
+    return ", ".join(c if len(c) <= 40 else c[:40] + "..." for c in classes[:shown]) + more
 
 
 def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str]]:
@@ -146,20 +152,22 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str
     for split_root in [train_root, root / "test"] if has_splits else [train_root]:
         empty = [c for c in classes if (split_root / c).is_dir() and not image_files(split_root / c)]
         if empty:
-            problems.append(f"class folder(s) {', '.join(empty)} in {split_root} hold no images "
-                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            where = f" in {split_root.name}/" if has_splits else ""
+            problems.append(f"class folder(s) {_names(empty)}{where} hold no images")
             if split_root == train_root:
                 classes = [c for c in classes if c not in empty]
     if has_splits:
         tested = class_folders(root / "test")
         missing, extra = sorted(set(classes) - tested), sorted(tested - set(class_folders(train_root)))
         if missing:
-            problems.append(f"missing from test/: {', '.join(missing)}")
+            problems.append(f"missing from test/: {_names(missing)}")
         if extra:
-            problems.append(f"only in test/: {', '.join(extra)}")
+            problems.append(f"only in test/: {_names(extra)}")
     if problems and not cfg.allow_class_mismatch:
-        raise UserError(f"data.path = {cfg.path!r}: train/ and test/ must hold the same class folders, each with "
-                        f"images ({'; '.join(problems)}): add images or remove the folder(s), {MISMATCH_FIX}")
+        rule = "train/ and test/ need the same class folders, each with images" if has_splits else \
+            "every class folder needs images"
+        raise UserError(f"data.path: {rule} ({'; '.join(problems)}): add images or remove the folder(s), "
+                        f"{MISMATCH_FIX}")
     if len(classes) < 2:
         raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two) with images, "
                         f"found {len(classes)}")

@@ -152,6 +152,34 @@ def test_an_output_dir_that_is_a_file_or_unreachable_is_one_line_before_anything
         assert f"run.output_dir = '{folder}'" in err and why in err and len(err.splitlines()) == 1
 
 
+def test_overrides_nested_thousands_deep_in_a_file_are_one_line(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[teacher.overrides]\n" + "a." * 5000 + "b = 1\n")
+    with pytest.raises(UserError) as info:
+        load_config(deep)
+    assert "teacher.overrides: tables nested more than 8 levels deep" in str(info.value)
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)
+
+
+LONG = "x" * 300  # one path component longer than any file system takes
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ([f"{'k' * 100_000}.epochs=3"], "unknown key 'kkkk"),
+    ([f"teacher.overrides.{'a.' * 5000}b=1"], "5003 dotted levels; keys are at most 10 deep"),
+    (["teacher.overrides.foo='" + "v" * 100_000 + "'"], "rejected the keywords"),
+    ([f"run.name='{'n' * 300}'"], "run.name: got 'nnnn"),
+    ([f"teacher.checkpoint='/tmp/{LONG}/model.pt'"], "file name too long: '/tmp/xxxx"),
+    (["data.dataset='imagefolder'", f"data.path='/tmp/{LONG}'"], "file name too long"),
+])
+def test_huge_deep_and_overlong_values_are_one_short_line(tmp_path, capsys, overrides, fragment):
+    args = ["run", "--set", f"run.output_dir='{tmp_path / 'runs'}'"] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and len(err) < 600, err[:2000]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.npz"))
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     (["data.subset=1"], "data.subset = 1 leaves no training images"),
     (["teacher.checkpoint='/etc'"], "teacher.checkpoint = '/etc' is a folder: give the file itself"),

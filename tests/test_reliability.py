@@ -51,7 +51,8 @@ def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum, damage):
     proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
-    assert "interrupted: rerun the same command" in output and "Traceback" not in output
+    assert ("interrupted during distill: rerun the same command; completed stages are reused and distill resumes "
+            "from its last completed epoch") in output and "Traceback" not in output
     cache = tmp_path / "runs" / ".cache"
     assert not [p for p in cache.glob("distill-*") if p.is_dir() and p.suffix != ".partial"]  # nothing in place
     if damage:
@@ -61,6 +62,23 @@ def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum, damage):
     assert resumed.returncode == 0, output
     assert ("is damaged" in output and "starting over" in output) if damage else "resuming after epoch" in output
     assert "teacher: reused" in output
+
+
+def test_an_interrupted_export_is_said_to_start_over_not_to_resume(trained_run, tmp_path, capsys, monkeypatch):
+    """Was: 'training resumes from its last completed epoch' whatever the stage. Only a training stage
+    resumes; Ctrl-C or SIGTERM in any other says it starts over."""
+    from stages.export import ExportStage
+
+    shutil.copytree(trained_run / "runs", tmp_path / "runs")
+
+    def interrupted(self, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExportStage, "run", interrupted)
+    assert main([*cli_args(tmp_path, "run", *TRAINED), "--until", "export", "--force", "export"]) == 130
+    err = capsys.readouterr().err
+    assert ("interrupted during export: rerun the same command; completed stages are reused and export starts "
+            "over") in err and "epoch" not in err.split("interrupted during export")[1] and "Traceback" not in err
 
 
 @pytest.mark.slow

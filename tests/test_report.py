@@ -135,6 +135,13 @@ def test_report_reads_its_cache_from_any_directory_and_a_damaged_record_is_one_l
     (runs / "default" / "report.json").write_text(json.dumps(report))
     monkeypatch.chdir(tmp_path)  # where ./runs does not exist
     assert main(["report", str(runs / "default")]) == 0
+    capsys.readouterr()
+    state = runs / "default" / "state.json"
+    for shape in ("[]", '{"data": 5}'):  # valid JSON of the wrong shape
+        state.write_text(shape)
+        assert main(["report", str(runs / "default")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "report.json or state.json is damaged" in err[0]
     (runs / "default" / "report.json").write_text('{"config": {"run": ')  # truncated
     assert main(["report", str(runs / "default")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -60,7 +60,7 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             kwargs.pop("img_size")
             model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except TypeError as exc:
-        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {kwargs}: "
+        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {_clipped(kwargs)}: "
                         f"{short(exc)}") from None
     except Exception as exc:  # timm and torch raise many types for a model that cannot be built as asked
         if pretrained_file:
@@ -97,6 +97,11 @@ def has_published_weights(name: str) -> bool:
 
     cfg = get_pretrained_cfg(name)
     return bool(cfg and (cfg.hf_hub_id or cfg.url or cfg.file))
+
+
+def _clipped(kwargs: dict, limit: int = 200) -> str:
+    text = repr(kwargs)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def short(exc: BaseException, limit: int = 200) -> str:
