@@ -69,6 +69,8 @@ def limits_text(field: FieldInfo) -> str:
                 parts.append(f"{symbol} {getattr(item, name):,}")
         if getattr(item, "min_length", None):
             parts.append(f"at least {item.min_length}")
+        if getattr(item, "max_length", None):
+            parts.append(f"at most {item.max_length:,} characters")
         if getattr(item, "pattern", None):
             parts.append(f"matches `{item.pattern}`")
     return ", ".join(parts)
