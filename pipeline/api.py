@@ -55,17 +55,34 @@ def execute(pipeline: Pipeline, cfg: PipelineConfig, force: str | None, until: s
     other processes of a multi-process run."""
     here = distributed.world()
     start = time.perf_counter()
-    with run_lock(pipeline.run_dir) if here.main else nullcontext(), \
-            Progress(quiet=quiet or not here.main) as progress:
-        if not here.main:
-            pipeline.run(progress, force=force, until=until)
-            return None
-        write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
-        records = pipeline.run(progress, force=force, until=until)
-        report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device,
-                              Path(out) if out else None)
-        progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "
-                     f"({report['run']['wall_s']:.0f} s)")
-        for line in ship_summary(report):
-            progress.log(escape(line))
+    try:
+        with run_lock(pipeline.run_dir) if here.main else nullcontext(), \
+                Progress(quiet=quiet or not here.main) as progress:
+            if not here.main:
+                pipeline.run(progress, force=force, until=until)
+                return None
+            write_json(pipeline.run_dir / "config.json", cfg.model_dump(mode="json"))
+            records = pipeline.run(progress, force=force, until=until)
+            report = build_report(cfg, records, pipeline.run_dir, time.perf_counter() - start, pipeline.device,
+                                  Path(out) if out else None)
+            progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "
+                         f"({report['run']['wall_s']:.0f} s)")
+            for line in ship_summary(report):
+                progress.log(escape(line))
+    except BaseException:
+        if here.main:
+            _tidy(pipeline)
+        raise
     return report
+
+
+def _tidy(pipeline: Pipeline) -> None:
+    """After a failed run: the config.json of a run folder that never finished a run, and the run, lock and
+    cache folders left empty, go (a stage's checkpoint, an earlier run's files and every artifact stay)."""
+    if not pipeline.state_path.exists():
+        (pipeline.run_dir / "config.json").unlink(missing_ok=True)
+    for folder in (pipeline.run_dir, pipeline.store.root / ".locks", pipeline.store.root):
+        try:
+            folder.rmdir()  # only an empty folder
+        except OSError:
+            pass

@@ -91,6 +91,7 @@ def test_a_failed_stage_leaves_no_empty_work_folder_and_no_lock_files(tmp_path, 
                  "--set", f"data.path='{tmp_path / 'images'}'", "--set", "data.img_size=8"])
     assert code == 2 and "cannot read image" in capsys.readouterr().err
     assert not list(runs.rglob("*.partial")) and not list(runs.rglob("*.lock")) and not list(runs.rglob(".lock"))
+    assert not list(runs.rglob("config.json")) and not list(runs.rglob(".locks"))  # a run that never finished
 
 
 def test_only_a_training_checkpoint_is_announced_as_resumed(tmp_path):
