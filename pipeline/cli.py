@@ -91,6 +91,8 @@ def _command(args, argv: list[str]) -> int:
             return _compare(args.run_a, args.run_b, args.out)
         if args.command in ("targets", "bench"):
             return _targets_or_bench(args)
+        if getattr(args, "nproc", None) is not None and args.nproc < 1:
+            raise UserError(f"--nproc {args.nproc}: give at least 1 process (--nproc N sets run.nproc)")
         nproc = [f"run.nproc={args.nproc}"] if getattr(args, "nproc", None) is not None else []
         cfg = load_config(args.config, [*args.overrides, *nproc])
         if args.command == "status":

@@ -183,7 +183,7 @@ def test_huge_deep_and_overlong_values_are_one_short_line(tmp_path, capsys, over
 @pytest.mark.parametrize("overrides, fragment", [
     (["data.subset=1"], "data.subset = 1 leaves no training images"),
     (["teacher.checkpoint='/etc'"], "teacher.checkpoint = '/etc' is a folder: give the file itself"),
-    (["--nproc", "0"], "run.nproc: got 0, but input should be greater than or equal to 1"),
+    (["--nproc", "0"], "--nproc 0: give at least 1 process"),
 ])
 def test_inputs_that_used_to_mislead_say_what_is_wrong(tmp_path, capsys, overrides, fragment):
     args = ["run", "--set", f"run.output_dir='{tmp_path / 'runs'}'"]

@@ -74,6 +74,22 @@ def test_timm_pretrained_true_loads_a_local_weights_file(tmp_path):
     assert not torch.equal(source.head.weight, model.head.weight)
 
 
+def test_pretrained_weights_without_the_network_are_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """A model timm publishes weights for, asked for offline with an empty hub cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as info:
+        create_model("teacher", "vit_tiny_patch16_224", {}, {"in_chans": 3, "num_classes": 10, "img_size": 224},
+                     pretrained=True)
+    message = str(info.value)
+    assert message.startswith("teacher.pretrained = true: timm could not download 'vit_tiny_patch16_224'")
+    assert "teacher.pretrained_file" in message and "\n" not in message and len(message) < 400
+
+
 def test_model_errors_are_user_errors():
     with pytest.raises(UserError, match="did you mean.*vit_tiny_patch16_224"):
         create_model("student", "vit_tiny_patch16_24", {}, DATA)
