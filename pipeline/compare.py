@@ -27,8 +27,8 @@ def _delta(a: float | None, b: float | None, digits: int = 2) -> str:
 def compare_markdown(a_dir: str, b_dir: str) -> str:
     a, b = load_report(a_dir), load_report(b_dir)
     lines = [f"# {a['run']['name']} vs {b['run']['name']}", "",
-             f"A = `{a_dir}` (config `{a['run']['config_hash'][:12]}`, {a['run']['wall_s']:.0f} s), "
-             f"B = `{b_dir}` (config `{b['run']['config_hash'][:12]}`, {b['run']['wall_s']:.0f} s).", ""]
+             f"A = `{a_dir}` (config `{a['run']['config_hash'][:12]}`, {a['run']['wall_s'] or 0:.0f} s), "
+             f"B = `{b_dir}` (config `{b['run']['config_hash'][:12]}`, {b['run']['wall_s'] or 0:.0f} s).", ""]
     fa, fb = flatten(a["config"]), flatten(b["config"])
     changed = [k for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k) and k != "run.name"]
     lines += ["## Config changes", ""]

@@ -5,6 +5,7 @@ import json
 import platform
 import resource
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -99,17 +100,22 @@ def check_run_folder(run_dir: Path) -> Path:
 
 def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
     """Rebuild a run's report from its artifacts (state.json + each stage's manifest), running nothing.
-    Run-level facts (wall time, peak memory, device) are kept from the previous report.json."""
+    Run-level facts (wall time, peak memory, device) are kept from the previous report.json; when that file
+    cannot be read, the config comes from the run's config.json, those facts are unknown, and a warning says so."""
     run_dir = check_run_folder(run_dir)
     try:
-        report, recorded = read_json(run_dir / "report.json"), read_json(run_dir / "state.json")
-        cfg = PipelineConfig.model_validate(report["config"])
+        recorded = read_json(run_dir / "state.json")
         if not isinstance(recorded, dict) or not all(isinstance(e, dict) and isinstance(e.get("key"), str)
                                                      for e in recorded.values()):
             raise TypeError("state.json is not {stage: {key: ...}}")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated or edited JSON, or not ours
-        raise UserError(f"{run_dir}: report.json or state.json is damaged ({type(exc).__name__}): rerun "
-                        "`manifold-edge run` with the same config to rebuild them (cached stages are reused)") from None
+    except (ValueError, TypeError) as exc:  # truncated or edited JSON, or not ours
+        raise UserError(f"{run_dir}: state.json is damaged ({type(exc).__name__}): rerun `manifold-edge run` with "
+                        "the same config to rebuild it (cached stages are reused)") from None
+    try:
+        report = read_json(run_dir / "report.json")
+        cfg = PipelineConfig.model_validate(report["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        report, cfg = _report_from_config(run_dir, exc)
     if not (Path(cfg.run.output_dir) / ".cache").is_dir():  # a relative output_dir read from elsewhere
         cfg.run.output_dir = str(run_dir.resolve().parent)  # the cache beside the run folder
     store = Pipeline(cfg).store
@@ -120,13 +126,28 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
             raise UserError(f"{run_dir}: the {name} artifact is {state} ({reason}); rerun `manifold-edge run` "
                             "to rebuild it")
         manifest = store.manifest(name, entry["key"])
-        records.append(RunRecord(name, entry["key"], report["stages"].get(name, {}).get("cached", True),
+        records.append(RunRecord(name, entry["key"], report.get("stages", {}).get(name, {}).get("cached", True),
                                  manifest["wall_s"], store.path(name, entry["key"]), manifest["summary"]))
     by_name = {r.name: r for r in records}
     report.update(_stage_parts(records, by_name))
     report["run"]["rebuilt"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_report(report, run_dir, deploy_to)
     return report
+
+
+def _report_from_config(run_dir: Path, damage: Exception) -> tuple[dict, PipelineConfig]:
+    """A report skeleton for a run whose report.json cannot be read, from the config.json it started with."""
+    try:
+        cfg = PipelineConfig.model_validate(read_json(run_dir / "config.json"))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{run_dir}: report.json is damaged ({type(damage).__name__}) and config.json cannot be read "
+                        f"({type(exc).__name__}): rerun `manifold-edge run` with the same config to rebuild them "
+                        "(cached stages are reused)") from None
+    print(f"warning: {run_dir / 'report.json'} is damaged ({type(damage).__name__}): rebuilt from the artifacts and "
+          "config.json; the run's wall time, peak memory and device are not known", file=sys.stderr)
+    run = {"name": cfg.run.name, "seed": cfg.run.seed, "device": "unknown", "config_hash": cfg.digest(),
+           "git_commit": None, "versions": package_versions(), "wall_s": None, "peak_rss_mb": None, "finished": None}
+    return {"run": run, "config": cfg.model_dump(mode="json")}, cfg
 
 
 def make_plots(report: dict, run_dir: Path) -> dict[str, str]:
@@ -228,14 +249,18 @@ def mobile_lines(report: dict) -> list[str]:
     return lines + [""]
 
 
+def _number(value: float | None, unit: str) -> str:
+    return "unknown" if value is None else f"{value:.0f} {unit}"
+
+
 def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
     from pipeline.plots import NOT_TERMS
 
     run = report["run"]
     lines = [f"# {title}", "",
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
-             f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {run['wall_s']:.0f} s, "
-             f"peak memory {run['peak_rss_mb']:.0f} MB.", ""]
+             f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {_number(run['wall_s'], 's')}, "
+             f"peak memory {_number(run['peak_rss_mb'], 'MB')}.", ""]
     lines += ship_lines(report)
     data_notes = report["stages"].get("data", {}).get("summary", {}).get("notes", [])
     if data_notes:

@@ -125,8 +125,8 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [(0.5, 70.0), (1.0, 80.0), (2.0, 85.0)]
 
 
-def test_report_reads_its_cache_from_any_directory_and_a_damaged_record_is_one_line(trained_run, tmp_path,
-                                                                                     monkeypatch, capsys):
+def test_report_from_anywhere_rebuilds_a_damaged_report_and_refuses_a_damaged_state(trained_run, tmp_path,
+                                                                                      monkeypatch, capsys):
     runs = tmp_path / "elsewhere" / "runs"
     shutil.copytree(trained_run / "runs" / "default", runs / "default")
     (runs / ".cache").symlink_to(trained_run / "runs" / ".cache")
@@ -141,11 +141,16 @@ def test_report_reads_its_cache_from_any_directory_and_a_damaged_record_is_one_l
         state.write_text(shape)
         assert main(["report", str(runs / "default")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "report.json or state.json is damaged" in err[0]
-    (runs / "default" / "report.json").write_text('{"config": {"run": ')  # truncated
-    assert main(["report", str(runs / "default")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "report.json or state.json is damaged" in err[0]
+        assert len(err) == 1 and "state.json is damaged" in err[0]
+    state.write_text(json.dumps(json.loads((trained_run / "runs" / "default" / "state.json").read_text())))
+    before = json.loads((runs / "default" / "report.json").read_text())
+    (runs / "default" / "report.json").write_text('{"config": {"run": ')  # truncated: rebuilt, with a warning
+    assert main(["report", str(runs / "default")]) == 0
+    err = capsys.readouterr().err
+    assert "report.json is damaged (JSONDecodeError): rebuilt from the artifacts and config.json" in err
+    after = json.loads((runs / "default" / "report.json").read_text())
+    assert after["evaluation"] == before["evaluation"] and after["ship"] == before["ship"]
+    assert after["run"]["wall_s"] is None and "wall time unknown" in (runs / "default" / "report.md").read_text()
 
 
 def test_a_damaged_state_json_is_ignored_with_a_warning(tmp_path, capsys):
