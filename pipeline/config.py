@@ -485,7 +485,9 @@ def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> Pi
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         source = str(path) if path is not None else "config"
-        raise UserError("\n".join(f"{source}: {_describe(e)}" for e in exc.errors())) from None
+        source = source if len(source) <= 60 else "..." + source[-57:]
+        raise UserError("\n".join(f"{source}: {_describe(e, LINE_CHARS - len(source) - 2)}"
+                                  for e in exc.errors())) from None
     except RecursionError:
         raise UserError(f"{path or 'config'}: a value nested too deeply (hundreds of levels): flatten it") from None
 
@@ -512,25 +514,28 @@ def _apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _describe(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+def _describe(err: dict, room: int) -> str:
+    """One error as a line of at most `room` characters: a quoted value gets what the rest leaves."""
+    loc = _clip(".".join(str(p) for p in err["loc"]), 60)
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown key '{_clip(loc)}'{hint}; allowed here: {', '.join(allowed)}"
+        return f"unknown key '{loc}'{hint}; allowed here: {_listing(allowed)}"
     if err["type"] == "value_error":
-        msg = _clip(err["msg"].removeprefix("Value error, "), 2 * QUOTE_CHARS)
+        msg = _clip(err["msg"].removeprefix("Value error, "), room - len(loc) - 30)
         if loc and msg.split(":", 1)[0] in _allowed_keys(err["loc"]):  # "overrides: ..." of [teacher]
-            return f"{_clip(loc)}.{msg}"
-        return f"{_clip(loc)}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
+            return f"{loc}.{msg}"
+        return f"{loc}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
     if err["type"] == "missing":
         return f"{loc} is required and missing"
-    msg = err["msg"][0].lower() + err["msg"][1:]
-    return f"{loc}: got {_quote(err['input'])}, but {msg}"
+    msg = _clip(err["msg"][0].lower() + err["msg"][1:], 100)
+    value = _clip(repr(err["input"]), max(20, room - len(loc) - len(msg) - 40))
+    return f"{loc}: got {value}, but {msg}"
 
 
-QUOTE_CHARS = 200  # a bad value is quoted up to this many characters
+QUOTE_CHARS = 120  # a bad value is quoted up to this many characters
+LINE_CHARS = 290  # an error line of the config, at most
 
 
 def _quote(value: Any) -> str:
@@ -540,6 +545,16 @@ def _quote(value: Any) -> str:
 
 def _clip(text: str, limit: int = QUOTE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _listing(names: list[str], limit: int = 100) -> str:
+    """Names joined up to about `limit` characters, then how many more and where they all are."""
+    shown = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > limit:
+            return f"{', '.join(shown)} and {len(names) - len(shown)} more (docs/configuration.md)"
+        shown.append(name)
+    return ", ".join(shown)
 
 
 MAX_KEY_DEPTH = 8  # timm takes flat keyword arguments; a few levels leave room for a dict-valued one

@@ -61,7 +61,7 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except TypeError as exc:
         raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {_clipped(kwargs)}: "
-                        f"{short(exc)}") from None
+                        f"{short(exc, 100)}") from None
     except Exception as exc:  # timm and torch raise many types for a model that cannot be built as asked
         if pretrained_file:
             raise UserError(f"{field}.pretrained_file = {pretrained_file!r}: timm could not load it as {name!r}'s "
@@ -99,7 +99,7 @@ def has_published_weights(name: str) -> bool:
     return bool(cfg and (cfg.hf_hub_id or cfg.url or cfg.file))
 
 
-def _clipped(kwargs: dict, limit: int = 200) -> str:
+def _clipped(kwargs: dict, limit: int = 100) -> str:
     text = repr(kwargs)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
