@@ -102,6 +102,11 @@ class ModelConfig(Section):
         if _depth(self.overrides) > MAX_KEY_DEPTH:
             raise ValueError(f"overrides: tables nested more than {MAX_KEY_DEPTH} levels deep; timm.create_model "
                              "takes flat keyword arguments (embed_dim = 128, depth = 6, ...)")
+        huge = [k for k, v in self.overrides.items() if isinstance(v, int) and not isinstance(v, bool)
+                and abs(v) > MAX_OVERRIDE]
+        if huge:
+            raise ValueError(f"overrides: {_clip(huge[0], 40)} = {self.overrides[huge[0]]:,} is past any model this "
+                             f"pipeline builds (|value| <= {MAX_OVERRIDE:,}); building it would exhaust the memory")
         return self
 
 
@@ -558,6 +563,7 @@ def _listing(names: list[str], limit: int = 100) -> str:
 
 
 MAX_KEY_DEPTH = 8  # timm takes flat keyword arguments; a few levels leave room for a dict-valued one
+MAX_OVERRIDE = 100_000  # an integer model keyword past this (depth = 1e8) would exhaust memory in the build check
 
 
 def _depth(value: Any) -> int:

@@ -169,6 +169,7 @@ LONG = "x" * 300  # one path component longer than any file system takes
     ([f"teacher.overrides.{'a.' * 5000}b=1"], "5003 dotted levels; keys are at most 10 deep"),
     (["teacher.overrides.foo='" + "v" * 100_000 + "'"], "rejected the keywords"),
     ([f"run.name='{'n' * 300}'"], "run.name: got 'nnnn"),
+    (["teacher.overrides.depth=100000000"], "teacher.overrides: depth = 100,000,000 is past any model"),
     ([f"teacher.checkpoint='/tmp/{LONG}/model.pt'"], "file name too long: '/tmp/xxxx"),
     (["data.dataset='imagefolder'", f"data.path='/tmp/{LONG}'"], "file name too long"),
 ])
