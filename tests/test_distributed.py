@@ -124,7 +124,8 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
 def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_path, teacher):
     """SIGTERM: exit 130 and the rerun hint. Then kill -9 of the group the user started (what closing the
     terminal does) while the rerun trains: torchrun's ranks live in their own sessions, yet none outlives the
-    launcher by more than 5 s and the lock is free. Each rerun resumes from the last epoch's checkpoint."""
+    launcher by more than 5 s and the lock is free. Each rerun resumes from the last epoch's checkpoint, and the
+    final weights equal an uninterrupted run's."""
     import os
 
     extra = (*SAME_MATH, teacher, "distill.epochs=4", "run.threads=1")
@@ -161,6 +162,13 @@ def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_p
     resumed_at = re.search(r"distill: resuming after epoch (\d+)/", resumed.stderr)
     assert resumed_at and int(resumed_at[1]) > int(killed_at[1]) and "in use by" not in resumed.stderr
     assert "weights identical on all 2 processes" in resumed.stderr
+
+    clean = tmp_path / "clean"  # the same run, never interrupted: the same weights, bit for bit
+    clean.mkdir()
+    whole = [sys.executable, "-m", "pipeline", *cli_args(clean, "run", *extra), "--until", "distill", "--nproc", "2"]
+    assert subprocess.run(whole, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
+    a, b = _weights(tmp_path), _weights(clean)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _processes_of(tmp_path) -> list[str]:
