@@ -168,6 +168,7 @@ def test_bad_layer_maps_are_user_errors(tmp_path, capsys, layers, expected):
     assert main(cli_args(tmp_path, "run", *layers) + ["--until", "distill"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))  # before the teacher
 
 
 def test_the_paper_s_pairing_a_cait_teacher_distils_a_deit_student_with_the_manifold_loss(tmp_path):

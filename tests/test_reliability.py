@@ -198,6 +198,7 @@ def test_k_larger_than_the_batch_tokens_is_a_user_error(tmp_path, capsys):
     assert main([*cli_args(tmp_path, "run", "distill.k=1000000"), "--until", "distill"]) == 2
     err = capsys.readouterr().err
     assert "distill.k = 1000000 is larger than the B*N = 64*49 = 3136 tokens" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))  # before the teacher
 
 
 def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys):
