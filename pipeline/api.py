@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.fileio import unwritable, write_json
 from pipeline.graph import Pipeline, check_stage_name
 from pipeline.lock import run_lock
+from pipeline.logs import quiet_third_party
 from pipeline.progress import Progress
 from pipeline.report import build_report, ship_summary
 
@@ -29,6 +30,7 @@ def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] 
     deploy folder of each target is `report["deploy"][target]`. A config mistake raises UserError with the
     CLI's one-line message. Several processes (`run.nproc`) need the CLI, which launches them.
     """
+    quiet_third_party()
     cfg = load_config(config, list(overrides))
     if cfg.run.nproc > 1:
         raise UserError("run.nproc > 1 starts processes under torchrun: use `manifold-edge run --nproc N`")

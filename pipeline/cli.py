@@ -18,6 +18,7 @@ from pipeline import __version__, exits
 from pipeline.config import json_schema, load_config
 from pipeline.errors import UserError
 from pipeline.fileio import out_of_space
+from pipeline.logs import quiet_third_party
 
 DEFAULT_CONFIG = "pipeline.toml"
 
@@ -70,6 +71,7 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    quiet_third_party()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
