@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def test_killed_distill_resumes_to_identical_weights(tmp_path):
     reference = _run(whole)
     output, _ = reference.communicate(timeout=300)  # read the output: a full pipe would block the child
     assert reference.returncode == 0, output
+    shutil.copytree(whole / "runs" / ".cache", broken / "runs" / ".cache",  # the same data and teacher, reused
+                    ignore=shutil.ignore_patterns("distill-*", ".locks"))
 
     proc = _run(broken)
     checkpoint = None
