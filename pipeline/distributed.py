@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from pipeline import exits
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # A rank waits this long for rank 0 (e.g. while it builds the data stage) before giving up.
 TIMEOUT = timedelta(hours=2)
@@ -52,8 +52,10 @@ def under_launcher() -> bool:
 
 
 def active() -> bool:
-    """A process group of more than one process is up."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group of more than one process is up (none can be before torch.distributed is imported: the
+    engine's commands that run no stage never import torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def joined() -> World:
@@ -82,6 +84,9 @@ def follow_launcher() -> None:
 
 def start(device: str) -> World:
     """Join the process group when launched with more than one process; pin this rank's GPU."""
+    import torch
+    import torch.distributed as dist
+
     here = world()
     if here.size > 1:
         follow_launcher()
@@ -97,7 +102,8 @@ def start(device: str) -> World:
 
 def stop() -> None:
     """Leave the process group: rank 0 goes on alone with the single-process stages."""
-    if dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
@@ -106,6 +112,8 @@ def from_main(value: Any) -> Any:
     """Rank 0's value on every rank (the value itself in a single process)."""
     if not active():
         return value
+    import torch.distributed as dist
+
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -115,6 +123,8 @@ def gather(value: Any) -> list[Any]:
     """Every rank's value, in rank order, on every rank."""
     if not active():
         return [value]
+    import torch.distributed as dist
+
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
@@ -124,6 +134,8 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum over ranks, on the tensor's device (the tensor itself in a single process)."""
     if not active():
         return tensor
+    import torch.distributed as dist
+
     summed = tensor.to("cuda" if dist.get_backend() == "nccl" else "cpu")  # NCCL reduces CUDA tensors only
     dist.all_reduce(summed)
     return summed.to(tensor.device)

@@ -25,8 +25,6 @@ from targets.coreml_program import MILProgram, UnsupportedOps
 from targets.runtimes import artifact_bytes, require
 
 IS_MACOS = platform.system() == "Darwin"
-NEEDS_MACOS = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in torch, "
-               "fp16 tensors rounded to fp16 (simulated)")
 
 
 def coremltools():

@@ -15,6 +15,10 @@ import numpy as np
 
 from pipeline.errors import UserError
 
+# What the report says of Core ML rows off macOS (targets/coreml.py simulates them).
+NEEDS_MACOS = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in torch, "
+               "fp16 tensors rounded to fp16 (simulated)")
+
 
 def require(module: str, extra: str):
     """Import a runtime package or stop with the pip command that installs it."""
