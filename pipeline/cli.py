@@ -16,7 +16,7 @@ import traceback
 
 from pipeline import __version__, exits
 from pipeline.config import json_schema, load_config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clip
 from pipeline.fileio import out_of_space
 from pipeline.logs import quiet_third_party
 
@@ -93,10 +93,10 @@ def _command(args, argv: list[str]) -> int:
             return _compare(args.run_a, args.run_b, args.out)
         if args.command in ("targets", "bench"):
             return _targets_or_bench(args)
-        if getattr(args, "nproc", None) is not None and args.nproc < 1:
-            raise UserError(f"--nproc {args.nproc}: give at least 1 process (--nproc N sets run.nproc)")
-        nproc = [f"run.nproc={args.nproc}"] if getattr(args, "nproc", None) is not None else []
-        cfg = load_config(args.config, [*args.overrides, *nproc])
+        nproc = getattr(args, "nproc", None)
+        if nproc is not None and nproc < 1:
+            raise UserError(f"--nproc {nproc}: give at least 1 process (--nproc N sets run.nproc)")
+        cfg = load_config(args.config, [*args.overrides, *([f"run.nproc={nproc}"] if nproc is not None else [])])
         if args.command == "status":
             return _status(cfg)
         return _run(cfg, args.force, args.until, args.out, argv)
@@ -106,9 +106,8 @@ def _command(args, argv: list[str]) -> int:
         return _fail(exits.INTERRUPTED, exits.interrupted_message(exc))
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
         if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # a path from the config, longer than the OS takes
-            name = str(getattr(exc, "filename", None) or "")
-            shown = name if len(name) <= 120 else f"{name[:120]}... ({len(name):,} characters)"
-            return _fail(2, f"error: file name too long: {shown!r}: shorten the path in the config (a name of at "
+            name = clip(str(getattr(exc, "filename", None) or ""), 120)
+            return _fail(2, f"error: file name too long: {name!r}: shorten the path in the config (a name of at "
                             "most 255 bytes per folder)")
         if out_of_space(exc):
             where = getattr(exc, "filename", None) or (cfg.run.output_dir if cfg else "this disk")

@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clip
 from pipeline.section import Section, not_in_key
 from stages.formats.executorch import ExecuTorchExportConfig, ExecuTorchQuantizeConfig
 from stages.formats.litert import LiteRTExportConfig, LiteRTQuantizeConfig
@@ -105,7 +105,7 @@ class ModelConfig(Section):
         huge = [k for k, v in self.overrides.items() if isinstance(v, int) and not isinstance(v, bool)
                 and abs(v) > MAX_OVERRIDE]
         if huge:
-            raise ValueError(f"overrides: {_clip(huge[0], 40)} = {self.overrides[huge[0]]:,} is past any model this "
+            raise ValueError(f"overrides: {clip(huge[0], 40)} = {self.overrides[huge[0]]:,} is past any model this "
                              f"pipeline builds (|value| <= {MAX_OVERRIDE:,}); building it would exhaust the memory")
         return self
 
@@ -521,21 +521,21 @@ def _apply_override(raw: dict, item: str) -> None:
 
 def _describe(err: dict, room: int) -> str:
     """One error as a line of at most `room` characters: a quoted value gets what the rest leaves."""
-    loc = _clip(".".join(str(p) for p in err["loc"]), 60)
+    loc = clip(".".join(str(p) for p in err["loc"]), 60)
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown key '{loc}'{hint}; allowed here: {_listing(allowed)}"
     if err["type"] == "value_error":
-        msg = _clip(err["msg"].removeprefix("Value error, "), room - len(loc) - 30)
+        msg = clip(err["msg"].removeprefix("Value error, "), room - len(loc) - 30)
         if loc and msg.split(":", 1)[0] in _allowed_keys(err["loc"]):  # "overrides: ..." of [teacher]
             return f"{loc}.{msg}"
         return f"{loc}: {msg}" if loc and not msg.startswith((loc.split(".")[0], "[")) else msg
     if err["type"] == "missing":
         return f"{loc} is required and missing"
-    msg = _clip(err["msg"][0].lower() + err["msg"][1:], 100)
-    value = _clip(repr(err["input"]), max(20, room - len(loc) - len(msg) - 40))
+    msg = clip(err["msg"][0].lower() + err["msg"][1:], 100)
+    value = clip(repr(err["input"]), max(20, room - len(loc) - len(msg) - 40))
     return f"{loc}: got {value}, but {msg}"
 
 
@@ -544,12 +544,8 @@ LINE_CHARS = 290  # an error line of the config, at most
 
 
 def _quote(value: Any) -> str:
-    """repr(value), cut to QUOTE_CHARS with the full length said (a 50 MB value must not become the error)."""
-    return _clip(repr(value))
-
-
-def _clip(text: str, limit: int = QUOTE_CHARS) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+    """repr(value), cut to QUOTE_CHARS with the full length said."""
+    return clip(repr(value), QUOTE_CHARS)
 
 
 def _listing(names: list[str], limit: int = 100) -> str:
@@ -572,10 +568,8 @@ def _depth(value: Any) -> int:
     while todo:
         item, level = todo.pop()
         deepest = max(deepest, level)
-        if isinstance(item, dict) and level <= MAX_KEY_DEPTH:
-            todo += [(v, level + 1) for v in item.values()]
-        elif isinstance(item, list) and level <= MAX_KEY_DEPTH:
-            todo += [(v, level + 1) for v in item]
+        if level <= MAX_KEY_DEPTH and isinstance(item, (dict, list)):
+            todo += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
     return deepest
 
 

@@ -49,7 +49,7 @@ def section_model(annotation: Any) -> tuple[str, type[BaseModel]] | None:
 def type_text(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
-        return " \\| ".join(json.dumps(a) for a in args)
+        return " | ".join(json.dumps(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         text = " or ".join(type_text(a) for a in rest)
@@ -90,7 +90,8 @@ def default_text(field: FieldInfo) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ") if "\\|" not in text else text.replace("\n", " ")
+    """Text for a Markdown table cell: pipes escaped, one line."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def sections(model: type[BaseModel], name: str) -> list[tuple[str, type[BaseModel]]]:

@@ -12,3 +12,8 @@ def root_cause(exc: BaseException) -> str:
         exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how long it was (a 50 MB value must not become the message)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -147,9 +147,10 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str
         raise UserError(f"data.path = {cfg.path!r} is not a folder")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if has_splits else root
+    split_roots = [train_root, root / "test"] if has_splits else [train_root]
     classes = sorted(class_folders(train_root))
     problems = []
-    for split_root in [train_root, root / "test"] if has_splits else [train_root]:
+    for split_root in split_roots:
         empty = [c for c in classes if (split_root / c).is_dir() and not image_files(split_root / c)]
         if empty:
             where = f" in {split_root.name}/" if has_splits else ""
@@ -172,8 +173,7 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str
         raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two) with images, "
                         f"found {len(classes)}")
     notes = [f"data.allow_class_mismatch: {p}" for p in problems]
-    splits = [train_root, root / "test"] if has_splits else [train_root]
-    skipped = hidden_files([s / c for s in splits for c in classes])
+    skipped = hidden_files([s / c for s in split_roots for c in classes])
     if skipped:
         notes.append(f"skipped {skipped} hidden file(s) in the class folders (macOS ._* and .DS_Store among them)")
     return train_root, has_splits, classes, notes

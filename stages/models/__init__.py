@@ -11,7 +11,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clip
 from pipeline.fileio import atomic_write
 from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* with timm)
 
@@ -60,7 +60,7 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             kwargs.pop("img_size")
             model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except TypeError as exc:
-        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {_clipped(kwargs)}: "
+        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {clip(repr(kwargs), 100)}: "
                         f"{short(exc, 100)}") from None
     except Exception as exc:  # timm and torch raise many types for a model that cannot be built as asked
         if pretrained_file:
@@ -70,7 +70,8 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             raise UserError(f"{field}.pretrained = true: timm could not download {name!r}'s weights (no network "
                             f"or no access: {short(exc)}); give {field}.pretrained_file (a local checkpoint) or "
                             f"set {field}.pretrained = false") from None
-        raise UserError(f"{field}: timm could not build {name!r} with {kwargs}: {short(exc)}") from None
+        raise UserError(f"{field}: timm could not build {name!r} with {clip(repr(kwargs), 100)}: "
+                        f"{short(exc)}") from None
     return model, kwargs
 
 
@@ -97,11 +98,6 @@ def has_published_weights(name: str) -> bool:
 
     cfg = get_pretrained_cfg(name)
     return bool(cfg and (cfg.hf_hub_id or cfg.url or cfg.file))
-
-
-def _clipped(kwargs: dict, limit: int = 100) -> str:
-    text = repr(kwargs)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def short(exc: BaseException, limit: int = 200) -> str:
