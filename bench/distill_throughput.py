@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.fileio import write_json  # noqa: E402
+from targets.agent import cpu_name as agent_cpu_name  # noqa: E402
 
 VARIANTS = {"kd": ["distill.manifold=false"], "kd+manifold": ["distill.manifold=true"]}
 
@@ -48,10 +48,7 @@ def last_epoch(out: Path, stage: str) -> dict:
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    return platform.machine()
+    return f"{agent_cpu_name()} ({os.cpu_count()} cores)"
 
 
 def main() -> None:

@@ -108,14 +108,19 @@ SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl
         "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD flags of /proc/cpuinfo that matter for these kernels (empty where it cannot be read)."""
+def cpuinfo_flags() -> set[str] | None:
+    """Every CPU flag /proc/cpuinfo lists (x86 `flags`, Arm `Features`); None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = {flag for line in f if line.startswith(("flags", "Features"))
-                     for flag in line.split(":", 1)[1].split()}
+            return {flag for line in f if line.startswith(("flags", "Features"))
+                    for flag in line.split(":", 1)[1].split()}
     except OSError:
-        return []
+        return None
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags of /proc/cpuinfo that matter for these kernels (empty where it cannot be read)."""
+    flags = cpuinfo_flags() or set()
     return [f for f in SIMD if f in flags]
 
 

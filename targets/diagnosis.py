@@ -18,6 +18,8 @@ from __future__ import annotations
 import platform
 import re
 
+from targets.agent import cpuinfo_flags
+
 # Float op types that carry the FLOPs: left in float, they cap what INT8 can save.
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "FullyConnected", "Convolution", "MatMulNBits", "FusedMatMul", "FusedGemm",
              "FusedConv"}
@@ -36,14 +38,9 @@ FAMILY_NAMES = {"attention": "attention", "softmax": "Softmax", "matmul": "MatMu
 
 def int8_instructions() -> dict:
     """The INT8 dot-product instructions of this host's CPU (x86 VNNI/AMX, Arm dot-product/i8mm)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
+    flags = cpuinfo_flags()
+    if flags is None:
         return {"machine": platform.machine(), "known": False, "int8_dot": []}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags |= set(line.split(":", 1)[1].split())
     found = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in flags]
     return {"machine": platform.machine(), "known": True, "int8_dot": found}
 
