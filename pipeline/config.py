@@ -43,7 +43,7 @@ class DataConfig(Section):
     url: str = not_in_key("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                           "mirror to download fashion-mnist from when no local copy exists")
     cache_dir: str = not_in_key("~/.cache/manifold-edge/datasets", "where downloads are kept")
-    img_size: int = Field(28, ge=4, le=1024, description="images are resized to img_size x img_size")
+    img_size: int = Field(32, ge=4, le=1024, description="images are resized to img_size x img_size")
     channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB): images are converted")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the training split held out")
     test_fraction: float = Field(0.2, gt=0, lt=0.5,

@@ -25,7 +25,7 @@ Generated from the schema by `python -m pipeline.docs` (do not edit: tests/test_
 page and the schema differ). `manifold-edge schema` prints the same schema as JSON Schema.
 
 Every section is optional: what is not given takes the schema's default below (the shipped pipeline.toml
-sets a few of its own, e.g. `teacher.epochs = 7`, `distill.lr = 2e-3`). Unknown keys, wrong types (strict:
+sets a few of its own, e.g. `distill.epochs = 4`, `distill.lr = 2e-3`). Unknown keys, wrong types (strict:
 `"3"` is not an integer, `"yes"` is not a boolean), values outside the limits and non-finite numbers are
 errors that name the key. Any key can be set from the command line: `--set section.key=value` (TOML
 syntax, e.g. `--set "student.model='deit_tiny_patch16_224'"`). Keys marked *not in the cache key* change

@@ -26,7 +26,7 @@ def test_where_data_comes_from_and_thread_counts_leave_every_key_unchanged(tmp_p
     before = _keys(tmp_path)
     assert _keys(tmp_path, "data.url='http://mirror.example/fmnist/'", "data.cache_dir='/elsewhere'",
                  "run.threads=1", "evaluate.threads=3", "report.title='other'") == before
-    changed = _keys(tmp_path, "data.img_size=32")  # a field that does change results: every key moves
+    changed = _keys(tmp_path, "data.img_size=64")  # a field that does change results: every key moves
     assert all(changed[name] != key for name, key in before.items())
 
 

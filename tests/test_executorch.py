@@ -40,7 +40,7 @@ def model(digits):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    net = timm.create_model("convstem_vit_tiny", img_size=16, embed_dim=32, depth=1, num_heads=2)
+    net = timm.create_model("convstem_vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     for _ in range(20):
         order = torch.randperm(len(images))

@@ -17,9 +17,11 @@ from targets.floor import _graph, gemm_input, gemm_session, gemm_shapes, measure
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    """The default student (dim 64, 4 blocks, 2 heads, 28x28: 7x7 patches + class token = 50 tokens)."""
+    """The default student's layers (dim 64, 4 blocks, 2 heads) at 28x28 with 4-px patches: 7x7 patches + class
+    token = 50 tokens."""
     torch.manual_seed(0)
-    model, _ = create_model("student", "convstem_vit_tiny", {}, {"in_chans": 1, "num_classes": 10, "img_size": 28})
+    model, _ = create_model("student", "convstem_vit_tiny", {"patch_size": 4},
+                            {"in_chans": 1, "num_classes": 10, "img_size": 28})
     path = tmp_path_factory.mktemp("floor") / "model.onnx"
     export_onnx(model.eval(), "convstem_vit_tiny", (1, 28, 28), path, 20)
     return model, path

@@ -160,7 +160,7 @@ def test_layer_pairs_are_matched_in_the_order_written():
     model = timm.create_model("convstem_vit_tiny").eval()
     written, forward = TokenTap(model, [3, 0], "student"), TokenTap(model, [0, 3], "student")
     with torch.no_grad(), written.capture() as as_written, forward.capture() as in_order:
-        model(torch.randn(2, 1, 28, 28))
+        model(torch.randn(2, 1, 32, 32))
         got = list(as_written), list(in_order)
     assert torch.equal(got[0][0], got[1][1]) and torch.equal(got[0][1], got[1][0])
     assert not torch.equal(got[0][0], got[0][1])

@@ -197,7 +197,7 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path):
 def test_k_larger_than_the_batch_tokens_is_a_user_error(tmp_path, capsys):
     assert main([*cli_args(tmp_path, "run", "distill.k=1000000"), "--until", "distill"]) == 2
     err = capsys.readouterr().err
-    assert "distill.k = 1000000 is larger than the B*N = 64*49 = 3136 tokens" in err
+    assert "distill.k = 1000000 is larger than the B*N = 64*16 = 1024 tokens" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))  # before the teacher
 
 

@@ -2,8 +2,9 @@
 
     .venv/bin/python tests/data/profiles/record.py [--threads 1]
 
-Builds the default student (convstem_vit_tiny, 1x28x28, untrained weights: kernels and timings do not
-depend on the weights), exports it to ONNX and OpenVINO with the pipeline's own export functions,
+Builds the student convstem_vit_tiny at 1x28x28 with 4-px patches (the default student's layers, 50 tokens;
+untrained weights: kernels and timings do not depend on the weights), exports it to ONNX and OpenVINO with the
+pipeline's own export functions,
 quantizes it (ORT static QDQ with every MatMul/Gemm/Conv quantized, attention matmuls included, and
 dynamic, called directly with fixed settings so the files do not follow the pipeline's quantize options;
 OpenVINO INT8 with NNCF's transformer scheme),
@@ -89,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
-    model, _ = create_model("student", "convstem_vit_tiny", {}, {"in_chans": 1, "num_classes": 10, "img_size": 28})
+    model, _ = create_model("student", "convstem_vit_tiny", {"patch_size": 4},
+                            {"in_chans": 1, "num_classes": 10, "img_size": 28})
     model.eval()
     shape = (1, 28, 28)
     rng = np.random.default_rng(0)
