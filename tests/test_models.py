@@ -175,9 +175,9 @@ def test_the_paper_s_pairing_a_cait_teacher_distils_a_deit_student_with_the_mani
     """CaiT's self-attention blocks carry patch tokens only (its class token joins later): the taps take the
     last H*W tokens of every block, so CaiT (no prefix) and a distilled DeiT (two prefix tokens) line up."""
     cait = ["teacher.model='cait_xxs24_224'",
-            "teacher.overrides={patch_size=4, embed_dim=32, depth=2, depth_token_only=1, num_heads=2}",
+            "teacher.overrides={patch_size=8, embed_dim=32, depth=2, depth_token_only=1, num_heads=2}",
             "student.model='deit_tiny_distilled_patch16_224'",
-            "student.overrides={patch_size=4, embed_dim=16, depth=2, num_heads=2}"]
+            "student.overrides={patch_size=8, embed_dim=16, depth=2, num_heads=2}"]
     assert main(cli_args(tmp_path, "run", *cait) + ["--until", "distill"]) == 0
     row = read_report(tmp_path)["curves"]["distill"][0]
     assert {"intra", "inter", "random"} <= set(row) and all(row[t] > 0 for t in ("intra", "inter", "random"))
