@@ -30,7 +30,8 @@ def make_variants(work: Path, calibration: np.ndarray) -> dict[str, dict]:
     import timm
     import torch
 
-    from stages.export import export_onnx, export_openvino
+    from stages.formats.onnx import export_onnx
+    from stages.formats.openvino import export_openvino
 
     torch.manual_seed(0)
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, in_chans=3, img_size=224).eval()

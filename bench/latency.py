@@ -25,7 +25,7 @@ from pipeline.fileio import write_json  # noqa: E402
 from pipeline.graph import Pipeline  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from stages.benchmark import stage_models  # noqa: E402
-from stages.evaluate import flops_per_image  # noqa: E402
+from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
 from targets.benchmark import add_diagnoses, is_quantized, measure_target  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402

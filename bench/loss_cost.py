@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.config import PAPER_PRESET, load_config  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
-from stages.distill import kd_loss  # noqa: E402
 from stages.distill.families import units_of  # noqa: E402
 from stages.distill.features import TokenTap, aligned, default_layer_map  # noqa: E402
 from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: E402
+from stages.distill.train import kd_loss  # noqa: E402
 from stages.models import create_model  # noqa: E402
 from targets.agent import cpu_flags, cpu_name  # noqa: E402
 

@@ -44,7 +44,9 @@ class Stage:
     `scratch` names working files removed when the stage completes, `resumes` the ones among them a rerun
     resumes from (epoch checkpoints). A `distributed`
     stage runs in every process of a multi-process run (rank 0 alone writes); the others run on
-    rank 0 only.
+    rank 0 only. The module declaring a stage imports only the engine at its top, and torch, timm and the
+    runtimes inside `check` and `run`: the engine reads the declarations to plan and explain cache keys
+    (`status`) without loading them.
     """
 
     name: ClassVar[str]

@@ -4,7 +4,8 @@ Teacher and student (torch): top-1/top-5, params, FLOPs, checkpoint size. Every 
 quantized student (Core ML on Linux: simulated by running the package's own ML program in torch):
 top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk, and for compressed
 artifacts the classes compression hurts most. A Core ML package the simulation cannot run gets a row
-with "evaluation": "not simulated" and a "reason", and no top-1.
+with "evaluation": "not simulated" and a "reason", and no top-1. torch and the runtimes are imported where the
+stage runs, so the engine starts without them.
 """
 from __future__ import annotations
 
@@ -12,46 +13,23 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from pipeline.config import EvaluateConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
-from stages.batches import load_dataset
-from stages.models import load_model
-from stages.training import accuracy
-from targets.coreml import NotSimulated
-from targets.runtimes import artifact_bytes, load_runner, predict
 
-
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """Q K^T and attention x V of a fused attention call: 2*B*H*L*S*(E + Ev)."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-# Fused attention ops torch's counter has no formula for: F.scaled_dot_product_attention on CPU runs
-# _scaled_dot_product_flash_attention_for_cpu, which it would count as 0 FLOPs (a ViT's Q K^T and A V).
-UNCOUNTED_SDPA = [op for op in (getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None),)
-                  if op is not None]
-
-
-def flops_per_image(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
-    """Forward FLOPs for one image (torch.utils.flop_counter counts a multiply-add as 2), fused attention
-    included (see UNCOUNTED_SDPA).
-
-    Parameters are frozen first: the counter's module tracker hooks the gradients of every tensor a block
-    receives, and fails on a parameter passed as an argument (CaiT's class token)."""
-    model.requires_grad_(False)
-    counter = FlopCounterMode(display=False, custom_mapping={op: _sdpa_flops for op in UNCOUNTED_SDPA})
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *shape))
-    return int(counter.get_total_flops())
+if TYPE_CHECKING:
+    from targets.coreml import NotSimulated
 
 
 def describe(model_file: Path, data, device: str) -> dict:
+    from stages.flops import flops_per_image
+    from stages.models import load_model
+    from stages.training import accuracy
+
     model, record = load_model(model_file)
     shape = tuple(data.test.images.shape[1:])
     flops = flops_per_image(model, shape)
@@ -76,6 +54,10 @@ class EvaluateStage(Stage):
     uses_seed = False
 
     def run(self, ctx: StageContext) -> dict:
+        import torch
+
+        from stages.batches import load_dataset
+
         cfg: EvaluateConfig = ctx.config["evaluate"]
         data = load_dataset(ctx.inputs["data"])
         cores = os.cpu_count() or 1
@@ -102,6 +84,9 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def _predictions(path: Path, threads: int, data, batch_size: int) -> tuple[str, np.ndarray] | NotSimulated:
+        from targets.coreml import NotSimulated
+        from targets.runtimes import load_runner, predict
+
         try:
             with _LOADING:  # coremltools' graph passes share state between threads: one load at a time
                 runner = load_runner(path, threads)
@@ -111,6 +96,9 @@ class EvaluateStage(Stage):
 
     def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data, pool: ThreadPoolExecutor,
                    threads: int) -> list[dict]:
+        from targets.coreml import NotSimulated
+        from targets.runtimes import artifact_bytes
+
         labels = data.test.labels.numpy()
         classes = data.meta["classes"]
         files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {}, "distill")]

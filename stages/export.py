@@ -1,102 +1,23 @@
 """Export stage: the distilled student to ONNX (torch.onnx, dynamo exporter) with its ONNX Runtime Mobile .ort,
 OpenVINO IR, Core ML, ExecuTorch (.pte, XNNPACK) and LiteRT (.tflite), each checked against torch on real
-validation images before anything downstream uses it."""
+validation images before anything downstream uses it. Each format's converter is a module of stages/formats,
+imported when the stage runs."""
 from __future__ import annotations
 
-import copy
-import json
-import logging
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline.config import CoreMLExportConfig, ExportConfig
-from pipeline.errors import UserError, root_cause
-from pipeline.fileio import disk_full, out_of_space, write_json
+from pipeline.config import ExportConfig
+from pipeline.errors import UserError
+from pipeline.fileio import write_json
 from pipeline.stage import Stage, StageContext
-from stages.batches import load_dataset
-from stages.formats import executorch as executorch_format
-from stages.formats import litert as litert_format
-from stages.formats import ort_mobile
-from stages.models import load_model
-from targets.coreml import Deployable, NotSimulated, coremltools, inspect_package, quiet
-from targets.runtimes import artifact_bytes, load_runner, predict, require, unsupported
 
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
 COREML_FILE = "model.mlpackage"
 EXECUTORCH_FILE = "model.pte"
 LITERT_FILE = "model.tflite"
-
-
-def export_onnx(model: torch.nn.Module, name: str, shape: tuple[int, ...], path, opset: int) -> None:
-    """torch.onnx's dynamo (torch.export) exporter: the maintained path for timm ViTs on torch 2.x,
-    and the TorchScript exporter is deprecated. Weights are embedded (one file, models < 2 GB)."""
-    require("onnxscript", "onnx")
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        try:
-            torch.onnx.export(model, (torch.zeros(2, *shape),), str(path), dynamo=True, opset_version=opset,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
-        except Exception as exc:  # the exporter raises many types; the innermost cause names the op
-            if out_of_space(exc) or disk_full(Path(path).parent):
-                raise UserError(f"disk full while writing {path}: free space in {Path(path).parent} and rerun "
-                                "(completed stages are kept)") from None
-            raise UserError(f"ONNX export of {name} failed: {root_cause(exc)}; try another export.opset or "
-                            "a model without this operator") from None
-    onnx = require("onnx", "onnx")
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def export_openvino(src, dst, fp16: bool) -> None:
-    """The IR from the ONNX file, not from torch: the very graph that passed the ONNX checks, with no
-    second tracing of the model. An op the ONNX frontend cannot convert is one line naming it."""
-    ov = require("openvino", "openvino")
-    try:
-        model = ov.convert_model(str(src))
-    except ov.frontend.OpConversionFailure as exc:
-        raise unsupported("openvino", src, exc, "convert") from None
-    ov.save_model(model, str(dst), compress_to_fp16=fp16)
-
-
-def export_coreml(model: torch.nn.Module, record: dict, meta: dict, cfg: CoreMLExportConfig, path, key: str
-                  ) -> None:
-    """An ML program with the normalisation baked in (raw 0-255 pixels in), class labels attached.
-
-    Converted from torch.jit.trace: coremltools 9 converts traced timm ViTs directly, while its
-    torch.export path needs run_decompositions first and is the less tested route on this torch."""
-    ct = coremltools()
-    wrapped = Deployable(copy.deepcopy(model), meta["mean"], meta["std"]).eval()
-    shape = (1, meta["channels"], meta["img_size"], meta["img_size"])
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapped, torch.rand(shape) * 255)
-    layout = ct.colorlayout.GRAYSCALE if meta["channels"] == 1 else ct.colorlayout.RGB
-    inputs = [ct.ImageType(name="image", shape=shape, color_layout=layout) if cfg.input == "image"
-              else ct.TensorType(name="pixels", shape=shape)]
-    precision = ct.precision.FLOAT16 if cfg.precision == "fp16" else ct.precision.FLOAT32
-    try:
-        with quiet():
-            mlmodel = ct.convert(traced, inputs=inputs, classifier_config=ct.ClassifierConfig(meta["classes"]),
-                                 convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, cfg.target),
-                                 compute_precision=precision)
-    except Exception as exc:  # coremltools raises many types; the innermost names the op
-        raise UserError(f"Core ML conversion of {record['model']} for export.coreml.target = {cfg.target} failed: "
-                        f"{root_cause(exc)}; a newer target may support the op") from None
-    mlmodel.author, mlmodel.license, mlmodel.version = cfg.author, cfg.license, cfg.version
-    mlmodel.short_description = f"{record['model']} distilled by manifold-edge; input: raw pixels 0-255"
-    mlmodel.user_defined_metadata["manifold_edge.model"] = json.dumps(
-        {"model": record["model"], "kwargs": record["kwargs"], "mean": meta["mean"], "std": meta["std"],
-         "classes": meta["classes"]})
-    mlmodel.user_defined_metadata["manifold_edge.precision"] = cfg.precision
-    mlmodel.user_defined_metadata["manifold_edge.artifact_key"] = key
-    mlmodel.save(str(path))
 
 
 def parity(reference: np.ndarray, logits: np.ndarray) -> dict:
@@ -113,6 +34,19 @@ class ExportStage(Stage):
     uses_seed = False
 
     def run(self, ctx: StageContext) -> dict:
+        import torch
+
+        from stages.batches import load_dataset
+        from stages.formats import executorch as executorch_format
+        from stages.formats import litert as litert_format
+        from stages.formats import ort_mobile
+        from stages.formats.coreml import export_coreml
+        from stages.formats.onnx import export_onnx
+        from stages.formats.openvino import export_openvino
+        from stages.models import load_model
+        from targets.coreml import NotSimulated, inspect_package
+        from targets.runtimes import artifact_bytes, load_runner, predict
+
         cfg: ExportConfig = ctx.config["export"]
         data = load_dataset(ctx.inputs["data"])
         model, record = load_model(ctx.inputs["distill"] / "model.pt")

@@ -1,24 +1,14 @@
-"""Teacher stage: a timm model trained here, fine-tuned from a local checkpoint, or from timm's weights."""
-from __future__ import annotations
+"""Teacher stage: a timm model trained here, fine-tuned from a local checkpoint, or from timm's weights.
 
-import torch
-import torch.nn.functional as F
+Like every stage module it imports only the engine at the top: torch, timm and the training loop are imported
+when the stage checks or runs, so `status` and `schema` start without them."""
+from __future__ import annotations
 
 from pipeline.config import DataConfig, TeacherConfig
 from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
-from stages.batches import load_dataset
-from stages.models import (
-    architecture,
-    create_model,
-    data_kwargs,
-    has_published_weights,
-    load_weights,
-    readable_checkpoint,
-    save_model,
-)
-from stages.training import CHECKPOINT, METRICS, accuracy, check_batch_split, fit
+from stages.checkpoints import CHECKPOINT, METRICS
 
 
 class TeacherStage(Stage):
@@ -30,6 +20,9 @@ class TeacherStage(Stage):
 
     @classmethod
     def check(cls, cfg, world_size: int) -> None:
+        from stages.models import architecture, has_published_weights, readable_checkpoint
+        from stages.training import check_batch_split
+
         teacher = cfg.teacher
         if teacher.epochs:
             check_batch_split("teacher", teacher.batch_size, world_size)
@@ -42,6 +35,13 @@ class TeacherStage(Stage):
         architecture("teacher", teacher.model, teacher.overrides, cfg.data.channels, cfg.data.img_size)
 
     def run(self, ctx: StageContext) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        from stages.batches import load_dataset
+        from stages.models import create_model, data_kwargs, load_weights, save_model
+        from stages.training import accuracy, fit
+
         cfg: TeacherConfig = ctx.config["teacher"]
         data_cfg: DataConfig = ctx.config["data"]
         data = load_dataset(ctx.inputs["data"])

@@ -26,9 +26,7 @@ from pipeline.fileio import atomic_write, write_text
 from pipeline.progress import Progress
 from pipeline.stage import Accel
 from stages.batches import Batches
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+from stages.checkpoints import CHECKPOINT, METRICS
 
 # step(forward, x, y, sampling) -> (loss to minimise, {term name: value for the logs}); `forward` is the model to
 # call (DDP-wrapped or compiled as the run asks), so gradients are synchronised across processes; `sampling`

@@ -17,7 +17,8 @@ from pipeline.errors import UserError
 from pipeline.report import _artifact_lines
 from pipeline.ship import choose
 from stages.batches import load_dataset
-from stages.export import export_coreml, parity
+from stages.export import parity
+from stages.formats.coreml import export_coreml
 from stages.models import load_model
 from stages.quantize.coreml_compress import compress
 from targets import coreml_program

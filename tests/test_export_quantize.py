@@ -23,7 +23,8 @@ from pipeline.config import QuantizeConfig, load_config
 from pipeline.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
-from stages.export import export_onnx, export_openvino
+from stages.formats.onnx import export_onnx
+from stages.formats.openvino import export_openvino
 from stages.models import load_model
 from stages.quantize.onnx_int8 import (
     attention_matmuls,

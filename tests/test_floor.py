@@ -1,5 +1,5 @@
 """The latency floor (targets/floor.py: the model's own GEMM shapes timed in ONNX Runtime's MatMul and
-MatMulInteger kernels) and FLOPs with fused attention counted (stages/evaluate.flops_per_image)."""
+MatMulInteger kernels) and FLOPs with fused attention counted (stages/flops.flops_per_image)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +9,8 @@ import torch
 from onnx import numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
-from stages.evaluate import flops_per_image
-from stages.export import export_onnx
+from stages.flops import flops_per_image
+from stages.formats.onnx import export_onnx
 from stages.models import create_model
 from targets.floor import _graph, gemm_input, gemm_session, gemm_shapes, measure_peak
 

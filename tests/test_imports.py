@@ -100,6 +100,19 @@ def test_the_cli_starts_without_torch():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+def test_status_imports_no_stage_library(tmp_path):
+    """Every stage module imports only the engine at the top (torch, timm and the runtimes where it checks or
+    runs), so `status` plans every stage's cache key without them."""
+    code = ("import sys; from pipeline.config import load_config; from pipeline.graph import STAGES, Pipeline, "
+            f"stage_class; cfg = load_config(None, [\"run.output_dir='{tmp_path}'\"]); "
+            "[stage_class(name) for name in STAGES]; print([s.state for s in Pipeline(cfg).status()]); "
+            "print([m for m in ('torch', 'timm', 'onnx', 'onnxruntime', 'openvino', 'coremltools') "
+            "if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    states, heavy = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and states == str(["missing"] * 7) and heavy == "[]", done.stdout + done.stderr
+
+
 def test_coremltools_import_noise_is_one_line_per_kind():
     """On Linux coremltools logs 'Failed to load _ML...Proxy' eight times at import: once with the filter."""
     code = ("from pipeline.logs import quiet_third_party; quiet_third_party(); import coremltools; "

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from pipeline.errors import UserError
-from stages.export import export_onnx
+from stages.formats.onnx import export_onnx
 from stages.formats.ort_mobile import mobile_record
 from targets.runtimes import load_runner, predict
 

@@ -2,10 +2,15 @@
 Activation quantization (W8A8) calibrates by running Core ML, so it needs macOS."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pipeline.config import CoreMLVariant
-from targets.coreml import coremltools, quiet
+from stages.quantize.job import QuantizeJob
+from targets.coreml import IS_MACOS, coremltools, inspect_package, quiet
+
+NEEDS_MACOS_W8A8 = ("activation quantization calibrates by running the model in Core ML, which needs macOS; "
+                    "skipped (weights-only variants are above)")
 
 
 def compress(src: Path, dst: Path, variant: CoreMLVariant) -> None:
@@ -26,3 +31,27 @@ def compress(src: Path, dst: Path, variant: CoreMLVariant) -> None:
     fn = cto.linear_quantize_weights if variant.kind == "linear" else cto.palettize_weights
     with quiet():
         fn(model, config).save(str(dst))
+
+
+def artifacts(job: QuantizeJob) -> dict[str, dict]:
+    """Each of quantize.coreml.variants (INT8 weights, palettes) of the exported package, with its checks."""
+    coreml, found = job.cfg.coreml, {}
+    if not coreml.enabled:
+        return found
+    package = job.export_dir / job.exported["coreml"]["file"]
+    target = job.exported["coreml"]["package"]["target"]
+    for variant in coreml.variants:
+        start = time.perf_counter()
+        file = job.out / f"model_{variant.name}.mlpackage"
+        compress(package, file, variant)
+        checks = inspect_package(file, target)
+        precision = f"int8 weights ({variant.granularity})" if variant.kind == "linear" \
+            else f"{variant.nbits}-bit palette"
+        found[f"coreml_{variant.name}"] = {
+            "file": file.name, "runtime": "coreml", "precision": precision, "variant": variant.model_dump(),
+            "package": checks, "op_types": checks["compressed_weights"],
+            "seconds": round(time.perf_counter() - start, 2)}
+    if coreml.w8a8:
+        job.note(f"Core ML W8A8 was asked for but {NEEDS_MACOS_W8A8}" if not IS_MACOS else
+                 "Core ML W8A8 is not implemented yet on macOS either")
+    return found

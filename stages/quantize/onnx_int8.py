@@ -7,6 +7,7 @@ costs more than their small INT8 matmuls save (bench/int8_variants.py)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import QuantizeConfig
+from stages.formats import ort_mobile
 from stages.quantize.fallback import Fallback, with_fallback
-from targets.runtimes import OnnxRuntimeRunner, predict, require
+from stages.quantize.job import QuantizeJob
+from targets.diagnosis import int8_instructions
+from targets.runtimes import OnnxRuntimeRunner, load_runner, predict, require
+
+PREPROCESSED = "model_preprocessed.onnx"  # scratch: removed when the stage completes
 
 
 def _quantization():
@@ -173,3 +179,58 @@ def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarr
                            cfg.max_fallback_layers, quantized_top1, rank, log)
     cache.unlink(missing_ok=True)
     return result
+
+
+def artifacts(job: QuantizeJob) -> dict[str, dict]:
+    """ONNX Runtime static QDQ (with layer fallback) and dynamic INT8, as the config asks, each with an .ort
+    sibling when the export wrote one."""
+    cfg, out, found = job.cfg, job.out, {}
+    if not (cfg.onnx_static or cfg.onnx_dynamic):
+        return found
+    start = time.perf_counter()
+    source = job.export_dir / job.exported["onnx"]["file"]
+    if cfg.preprocess:
+        preprocess(source, out / PREPROCESSED)
+        source = out / PREPROCESSED
+    prep_s = time.perf_counter() - start
+    host = int8_instructions()
+    settings = {"reduce_range": reduce_range(cfg, host), "reduce_range_setting": cfg.reduce_range,
+                "host_int8_dot": host["int8_dot"], "host_machine": host["machine"]}
+    if cfg.onnx_static:
+        start = time.perf_counter()
+        file = out / "model_int8_static.onnx"
+        fallback = static_with_fallback(source, file, out, job.calibration, job.val_images, job.val_labels, cfg,
+                                        job.log)
+        attention = static_exclusions(source, cfg)
+        found["onnx_int8_static"] = {
+            "file": file.name, "runtime": "onnxruntime",
+            "precision": "int8 static QDQ" + (", attention float" if attention else ""),
+            "op_types": quantized_op_types(file), "fallback": fallback.as_dict(),
+            "calibration": {"images": job.calibration_images, "method": cfg.calibration_method,
+                            "per_channel": cfg.per_channel},
+            **settings, "float_attention_matmuls": attention,
+            "seconds": round(time.perf_counter() - start + prep_s, 2)}
+    if cfg.onnx_dynamic:
+        start = time.perf_counter()
+        file = out / "model_int8_dynamic.onnx"
+        quantize_dynamic(source, file, cfg)
+        found["onnx_int8_dynamic"] = {
+            "file": file.name, "runtime": "onnxruntime",
+            "precision": "int8 dynamic" + (", per-channel" if cfg.dynamic_per_channel else ""),
+            "op_types": quantized_op_types(file), "per_channel": cfg.dynamic_per_channel, **settings,
+            "seconds": round(time.perf_counter() - start, 2)}
+    mobile = job.exported["onnx"].get("mobile")
+    for record in found.values() if mobile else ():  # the export wrote an .ort: so do its INT8 variants
+        record["mobile"] = _mobile(out / record["file"], out, mobile["target_platform"], job.val_images[:256])
+    return found
+
+
+def _mobile(onnx_file: Path, out: Path, target_platform: str, images: np.ndarray) -> dict:
+    """The .ort sibling of an INT8 ONNX file, with its agreement with that file (an .ort optimised for ARM
+    fuses QDQ differently from x86, so its logits may differ slightly)."""
+    record = ort_mobile.mobile_record(onnx_file, out, target_platform)
+    a, b = predict(load_runner(onnx_file), [images]), predict(load_runner(out / record["file"]), [images])
+    record["parity"] = {"max_abs_diff": float(np.abs(a - b).max()),
+                        "argmax_agreement": float((a.argmax(1) == b.argmax(1)).mean()),
+                        "images": len(images), "against": "its .onnx"}
+    return record

@@ -3,12 +3,14 @@ back to NNCF's accuracy-control search when the plain result loses more than `ma
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import QuantizeConfig
+from stages.quantize.job import QuantizeJob
 from targets.runtimes import OPENVINO_F32, require
 
 
@@ -123,3 +125,35 @@ def compressed_weights(path: Path) -> dict[str, int]:
             node = consumers[0].get_node()
         counts[node.get_type_name()] = counts.get(node.get_type_name(), 0) + 1
     return dict(sorted(counts.items()))
+
+
+def artifacts(job: QuantizeJob) -> dict[str, dict]:
+    """NNCF INT8 (accuracy-controlled; timed against fp32 on this host when asked) and INT8 weights only."""
+    cfg, found = job.cfg, {}
+    if not (cfg.openvino or cfg.openvino_weights):
+        return found
+    fp32 = job.export_dir / job.exported["openvino"]["file"]
+    if cfg.openvino:
+        start = time.perf_counter()
+        file = job.out / "openvino_int8_model.xml"
+        control = quantize(fp32, file, job.calibration, job.val_images, job.val_labels, cfg, job.log)
+        found["openvino_int8"] = record = {
+            "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)",
+            "op_types": quantized_op_types(file), "fallback": control, "seconds": round(time.perf_counter() - start, 2)}
+        if cfg.openvino_speed_check:
+            check = speed_check(fp32, file, job.calibration[0])
+            record.update(host_speed=check, ship=check["ship"])
+            s = check["speedup"]
+            if not check["ship"]:
+                job.note(f"`openvino_int8` is not faster than OpenVINO fp32 on this host ({s['x']:.2f}x, "
+                         f"95% interval {s['interval'][0]:.2f}-{s['interval'][1]:.2f}, 1 thread, CPU time): "
+                         "written but marked ship: false; the ship table still goes by each target's "
+                         "measured latency")
+    if cfg.openvino_weights:
+        start = time.perf_counter()
+        file = job.out / "openvino_int8_weights_model.xml"
+        compress_weights(fp32, file)
+        found["openvino_int8_weights"] = {
+            "file": file.name, "runtime": "openvino", "precision": "int8 weights",
+            "op_types": compressed_weights(file), "seconds": round(time.perf_counter() - start, 2)}
+    return found

@@ -29,7 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from stages.export import export_onnx, export_openvino  # noqa: E402
+from stages.formats.onnx import export_onnx  # noqa: E402
+from stages.formats.openvino import export_openvino  # noqa: E402
 from stages.models import create_model  # noqa: E402
 from targets import agent  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
