@@ -87,7 +87,7 @@ def export(model, model_id: str, size: int, path: Path) -> None:
     import torch
 
     from pipeline.errors import UserError
-    from stages.export import export_onnx
+    from stages.formats.onnx import export_onnx
 
     try:
         export_onnx(model, model_id, (3, size, size), path, opset=20)
