@@ -27,9 +27,10 @@ from pipeline.progress import Progress  # noqa: E402
 from stages.benchmark import stage_models  # noqa: E402
 from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
-from targets.benchmark import add_diagnoses, is_quantized, measure_target  # noqa: E402
+from targets.benchmark import add_diagnoses, measure_target  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 from targets.floor import floor  # noqa: E402
+from targets.numerics import Numerics  # noqa: E402
 
 THREADS = (1, 2)
 RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert")
@@ -43,7 +44,7 @@ def fastest(rows: list[dict]) -> list[dict]:
         for kind in ("fp32", "int8"):
             best: dict[str, dict] = {}
             for r in rows:
-                if "latency_ms" in r and r["threads"] == threads and is_quantized(r["precision"]) == (kind == "int8"):
+                if "latency_ms" in r and r["threads"] == threads and Numerics.of(r).quantized == (kind == "int8"):
                     if r["runtime"] not in best or r["latency_ms"]["p50"] < best[r["runtime"]]["latency_ms"]["p50"]:
                         best[r["runtime"]] = r
             if not best:
@@ -82,7 +83,7 @@ def main() -> None:
             rows += measure_target([m for m in models if m.runtime == runtime], f"host-{threads}t", profile, settings)
     for row in rows:
         if "latency_ms" in row:
-            kind = "int8" if is_quantized(row["precision"]) else "fp32"
+            kind = "int8" if Numerics.of(row).quantized else "fp32"
             threads = row["threads"]
             row["floor_ms"] = floors[threads][kind]["floor_ms"]
             row["floor_cpu_ms"] = floors[threads][kind]["floor_cpu_ms"]

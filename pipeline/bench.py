@@ -12,6 +12,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import write_json
 from targets.benchmark import Model, add_diagnoses, describe_comparison, measure_target
+from targets.numerics import FP32, UNKNOWN, Numerics
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve
 
 RUNTIMES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml",
@@ -55,8 +56,8 @@ def bench_predicted(fitting: list[Model], models: list[Model], name: str, profil
     if graph is None:
         raise UserError(f"--target {name} predicts latency from an ONNX graph's features: give the model's .onnx "
                         "too (its float export)")
-    given = [Model(m.key, m.path, m.runtime, "fp32") for m in fitting if m is not graph]
-    rows = predicted_rows([Model(graph.key, graph.path, "onnxruntime", "fp32"), *given], name, profile)
+    given = [Model(m.key, m.path, m.runtime, "fp32", FP32) for m in fitting if m is not graph]
+    rows = predicted_rows([Model(graph.key, graph.path, "onnxruntime", "fp32", FP32), *given], name, profile)
     for row in rows:
         console.print(describe_predicted(row))
     return rows
@@ -70,7 +71,7 @@ def model_of(path: str) -> Model:
     if runtime is None:
         raise UserError(f"{path}: not a model file this tool benchmarks; give an .onnx or .ort, an OpenVINO .xml "
                         "(with its .bin beside it), a Core ML .mlpackage, an ExecuTorch .pte or a LiteRT .tflite")
-    return Model(file.name, file, runtime, "unknown")
+    return Model(file.name, file, runtime, "unknown", UNKNOWN)
 
 
 def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], console: Console,
@@ -97,8 +98,10 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
         for row in timed:
             if row.get("error_kind") == "bad_model":
                 raise UserError(row["error"])
-            if "profile" in row:
-                row["precision"] = "int8" if row["profile"]["share_by_precision"].get("int8") else "float"
+            if "profile" in row:  # a file given by path: what its kernels ran in
+                int8 = bool(row["profile"]["share_by_precision"].get("int8"))
+                row["precision"] = "int8" if int8 else "float"
+                row["numerics"] = (Numerics("int8", "unknown", "unknown") if int8 else UNKNOWN).as_dict()
             rows.append(row)
     add_diagnoses(rows)
     result = {"rows": rows, "predicted": predicted}

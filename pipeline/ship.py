@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from targets.benchmark import is_quantized
+from targets.numerics import Numerics
 
 SAME_SPEED = 1.05  # p90 within 5% of the fastest counts as equally fast
 Z95 = 1.96
@@ -31,12 +31,6 @@ def difference_interval(top1: float, reference: float, agreement: float, images:
     discordant = max(1.0 - agreement, abs(d))
     spread = Z95 * math.sqrt(max(discordant / n - d * d / n, 0.0))
     return round(100 * (d - spread), 2), round(100 * (d + spread), 2)
-
-
-def _precision_class(precision: str) -> str:
-    if is_quantized(precision):
-        return "int8"
-    return "fp16" if "fp16" in precision else "fp32"
 
 
 def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop: float) -> dict | None:
@@ -73,7 +67,7 @@ def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop
         pool = [a for a in pool if a["artifact"] in timed
                 and timed[a["artifact"]]["latency_ms"]["p90"] <= fastest * SAME_SPEED]
     preferred = target.get("precision")
-    best = min(pool, key=lambda a: (a["bytes"], -a["top1"], _precision_class(a["precision"]) != preferred))
+    best = min(pool, key=lambda a: (a["bytes"], -a["top1"], Numerics.of(a).kind != preferred))
     row = timed.get(best["artifact"])
     interval = difference_interval(best["top1"], reference["top1"], best["agreement"], evaluation["images"])
     choice = {"target": name, "artifact": best["artifact"], "runtime": best["runtime"],
@@ -115,7 +109,7 @@ def _reasons(best: dict, pool: list[dict], candidates: list[dict], timed: dict, 
     for other in candidates:
         if other is best or other["artifact"] not in timed or best["artifact"] not in timed:
             continue
-        if _precision_class(other["precision"]) == "int8" and _precision_class(best["precision"]) != "int8":
+        if Numerics.of(other).quantized and not Numerics.of(best).quantized:
             speed = timed[best["artifact"]]["latency_ms"]["p90"] / timed[other["artifact"]]["latency_ms"]["p90"]
             if speed < 1:
                 reasons.append(f"`{other['artifact']}` runs at {speed:.2f}x its speed, so float ships")

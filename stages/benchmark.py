@@ -17,6 +17,7 @@ from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from targets.benchmark import Model, add_diagnoses, measure_target
 from targets.diagnosis import int8_instructions
+from targets.numerics import Numerics
 from targets.predict.rows import predicted_rows
 from targets.profiles import resolve
 
@@ -27,7 +28,7 @@ def stage_models(inputs: dict[str, Path]) -> list[Model]:
     models = []
     for stage in ("export", "quantize"):
         for key, a in read_json(inputs[stage] / f"{stage}.json")["artifacts"].items():
-            models.append(Model(key, inputs[stage] / a["file"], a["runtime"], a["precision"]))
+            models.append(Model(key, inputs[stage] / a["file"], a["runtime"], a["precision"], Numerics.of(a)))
     return models
 
 

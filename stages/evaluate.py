@@ -97,11 +97,13 @@ class EvaluateStage(Stage):
     def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data, pool: ThreadPoolExecutor,
                    threads: int) -> list[dict]:
         from targets.coreml import NotSimulated
+        from targets.numerics import floating
         from targets.runtimes import artifact_bytes
 
         labels = data.test.labels.numpy()
         classes = data.meta["classes"]
-        files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {}, "distill")]
+        files = [("torch_fp32", ctx.inputs["distill"] / "model.pt", "torch", "fp32", {"numerics": floating("fp32")},
+                  "distill")]
         for stage in ("export", "quantize"):
             for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
                 files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
@@ -112,7 +114,8 @@ class EvaluateStage(Stage):
         rows, reference, reference_class = [], None, None
         for (key, path, runtime, precision, meta, stage), done in zip(files, futures):
             outcome = done.result()
-            base = {"artifact": key, "runtime": runtime, "precision": precision, "file": path.name}
+            base = {"artifact": key, "runtime": runtime, "precision": precision, "numerics": meta["numerics"],
+                    "file": path.name}
             if isinstance(outcome, NotSimulated):
                 rows.append({**base, "evaluation": "not simulated", "reason": str(outcome),
                              "bytes": artifact_bytes(path), "op_types": meta.get("op_types")})

@@ -45,6 +45,7 @@ class ExportStage(Stage):
         from stages.formats.openvino import export_openvino
         from stages.models import load_model
         from targets.coreml import NotSimulated, inspect_package
+        from targets.numerics import floating
         from targets.runtimes import artifact_bytes, load_runner, predict
 
         cfg: ExportConfig = ctx.config["export"]
@@ -58,6 +59,7 @@ class ExportStage(Stage):
         start = time.perf_counter()
         export_onnx(model, record["model"], shape, ctx.out / ONNX_FILE, cfg.opset)
         artifacts = {"onnx": {"file": ONNX_FILE, "runtime": "onnxruntime", "precision": "fp32",
+                              "numerics": floating("fp32"),
                               "bytes": artifact_bytes(ctx.out / ONNX_FILE),
                               "seconds": round(time.perf_counter() - start, 2)}}
         if cfg.ort_mobile.enabled:
@@ -68,6 +70,7 @@ class ExportStage(Stage):
             export_openvino(ctx.out / ONNX_FILE, ctx.out / OPENVINO_FILE, cfg.openvino_fp16)
             artifacts["openvino"] = {"file": OPENVINO_FILE, "runtime": "openvino",
                                      "precision": "fp16 weights" if cfg.openvino_fp16 else "fp32",
+                                     "numerics": floating("fp16", "fp32") if cfg.openvino_fp16 else floating("fp32"),
                                      "bytes": artifact_bytes(ctx.out / OPENVINO_FILE),
                                      "seconds": round(time.perf_counter() - start, 2)}
         if cfg.executorch.enabled:
@@ -75,12 +78,14 @@ class ExportStage(Stage):
             lowered = executorch_format.export(model, shape, ctx.out / EXECUTORCH_FILE, cfg.executorch.max_batch,
                                                record["model"])
             artifacts["executorch"] = {"file": EXECUTORCH_FILE, "runtime": "executorch", "precision": "fp32",
+                                       "numerics": floating("fp32"),
                                        "bytes": artifact_bytes(ctx.out / EXECUTORCH_FILE), **lowered,
                                        "seconds": round(time.perf_counter() - start, 2)}
         if cfg.litert.enabled:
             start = time.perf_counter()
             converted = litert_format.export(model, shape, ctx.out / LITERT_FILE)
             artifacts["litert"] = {"file": LITERT_FILE, "runtime": "litert", "precision": "fp32",
+                                   "numerics": floating("fp32"),
                                    "bytes": artifact_bytes(ctx.out / LITERT_FILE), **converted,
                                    "seconds": round(time.perf_counter() - start, 2)}
         coreml = cfg.coreml
@@ -92,12 +97,13 @@ class ExportStage(Stage):
                 raise UserError(f"model.mlpackage uses ops not available at export.coreml.target = {coreml.target}: "
                                 f"{', '.join(package['unsupported_ops'])}; choose a newer target")
             artifacts["coreml"] = {"file": COREML_FILE, "runtime": "coreml", "precision": coreml.precision,
+                                   "numerics": floating(coreml.precision),
                                    "bytes": package["bytes"], "seconds": round(time.perf_counter() - start, 2),
                                    "package": package}
         for key, artifact in artifacts.items():
             relative = key == "coreml"  # an fp16 program: its error scales with the logits
             bound = coreml.parity_max_rel_diff if relative else cfg.parity_max_abs_diff_fp16 \
-                if artifact["precision"].startswith("fp16") else cfg.parity_max_abs_diff
+                if artifact["numerics"]["weights"] == "fp16" else cfg.parity_max_abs_diff
             agreement = coreml.parity_min_agreement if key == "coreml" else cfg.parity_min_agreement
             checked = [(artifact["runtime"], artifact)]
             if "mobile" in artifact:  # the .ort sibling: the same graph, optimised for the phone's CPU

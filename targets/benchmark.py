@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.config import BenchmarkConfig, TargetProfile
 from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions
+from targets.numerics import Numerics
 
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)
 FASTER, SLOWER, EQUAL, UNKNOWN = "faster", "slower", "equal within noise", "unknown"
@@ -22,11 +23,8 @@ class Model:
     key: str        # artifact name, e.g. onnx_int8_static
     path: Path
     runtime: str    # onnxruntime | openvino | coreml | executorch | litert
-    precision: str  # as the export/quantize stage wrote it, e.g. "int8 static QDQ"
-
-
-def is_quantized(precision: str) -> bool:
-    return precision.startswith("int8") or "palette" in precision
+    precision: str  # the readable label the export/quantize stage wrote, e.g. "int8 static QDQ"
+    numerics: Numerics  # what the rules read
 
 
 def agent_args(runtime: str, profile: TargetProfile, settings: BenchmarkConfig) -> list[str]:
@@ -72,6 +70,7 @@ def measure_target(models: list[Model], name: str, profile: TargetProfile, setti
         return []
     runtime = models[0].runtime
     rows = [{"target": name, "artifact": m.key, "runtime": m.runtime, "precision": m.precision,
+             "numerics": m.numerics.as_dict(),
              "device": profile.device, "threads": profile.threads} for m in models]
     device = make_device(profile, name)
     try:
@@ -164,10 +163,10 @@ def add_diagnoses(rows: list[dict]) -> None:
     float row of the same runtime and target."""
     host = int8_instructions()
     for row in rows:
-        if "latency_ms" not in row or not is_quantized(row["precision"]):
+        if "latency_ms" not in row or not Numerics.of(row).quantized:
             continue
         floats = [r for r in rows if r["target"] == row["target"] and r["runtime"] == row["runtime"]
-                  and "latency_ms" in r and not is_quantized(r["precision"])]
+                  and "latency_ms" in r and not Numerics.of(r).quantized]
         if floats:
             row["comparison"] = compare_latency(row, floats[0])
             row["diagnosis"] = diagnose(row, floats[0], host if row["label"] == "proxy" else None)

@@ -9,6 +9,7 @@ import pytest
 from conftest import artifact_folder, read_report
 from pipeline.cli import main
 from pipeline.config import load_config
+from targets.numerics import FP32, floating, static_int8
 from targets.profiles import builtin_profiles
 
 
@@ -278,8 +279,9 @@ def test_report_shows_intervals_and_no_speed_claim_within_noise():
     from pipeline.report import latency_lines
     from targets.benchmark import add_diagnoses
 
-    def row(artifact, precision, p50, interval):
+    def row(artifact, precision, numerics, p50, interval):
         return {**timed(artifact, p50, interval), "target": "watch", "runtime": "onnxruntime", "precision": precision,
+                "numerics": numerics,
                 "label": "proxy", "runs": 60, "throughput": {"batch": 1, "images_per_s": 100.0},
                 "model_rss_mb": 5.0, "budget": {"latency_ms": 30, "memory_mb": 40, "latency_ok": True,
                                                  "memory_ok": True},
@@ -287,7 +289,8 @@ def test_report_shows_intervals_and_no_speed_claim_within_noise():
                 "host_load": {"cores": 2, "before": [2.5, 2, 2], "after": [2.7, 2, 2], "threads": 1, "free_cores": 0.0,
                          "oversubscribed": True}}
 
-    rows = [row("onnx", "fp32", 10.0, [9.0, 11.0]), row("onnx_int8_static", "int8 static QDQ", 9.0, [8.5, 9.6])]
+    rows = [row("onnx", "fp32", floating("fp32"), 10.0, [9.0, 11.0]),
+            row("onnx_int8_static", "int8 static QDQ", static_int8(), 9.0, [8.5, 9.6])]
     rows[0]["latency_ms"].update(p90=11.0, p99=12.0, half_width=0.1)
     rows[1]["latency_ms"].update(p90=9.5, p99=10.0, half_width=0.067)
     add_diagnoses(rows)
@@ -335,7 +338,7 @@ def test_one_agent_call_times_two_onnx_models_interleaved(tmp_path):
         assert r["runs"] == len(r["samples"]["wall_ms"]) == len(r["samples"]["cpu_ms"]) == 30
         assert r["timing"]["stopped"] == "runs" and r["host_load"]["cores"] == r["host"]["cores"]
     settings = BenchmarkConfig(runs=200, max_seconds=1.0, warmup=2, throughput_batch=1, profile_layers=False)
-    models = [Model("small", small, "onnxruntime", "fp32"), Model("big", big, "onnxruntime", "fp32")]
+    models = [Model("small", small, "onnxruntime", "fp32", FP32), Model("big", big, "onnxruntime", "fp32", FP32)]
     verdicts = []
     for _ in range(2):
         rows = measure_target(models, "host", profile, settings)

@@ -31,6 +31,7 @@ from targets.coreml import (
     inspect_package,
     read_weights,
 )
+from targets.numerics import floating
 
 MEAN, STD = [0.286], [0.353]
 # Small timm families beyond the ViT student: conv+BN fused (CNNs), a folded relative position bias
@@ -287,9 +288,11 @@ def test_a_not_simulated_row_is_reported_and_nothing_ships_in_its_runtime():
     """Evaluate writes a row without top-1 for a package the simulation cannot run; the report lists it
     with its reason, and the Core ML target says why nothing ships there."""
     reason = "model.mlpackage cannot be simulated: op topk (the Linux Core ML simulation has no implementation of it)"
-    rows = [{"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "evaluation": "measured",
+    rows = [{"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "numerics": floating("fp32"),
+             "evaluation": "measured",
              "top1": 88.0, "delta_top1": 0.0, "agreement": 1.0, "bytes": 10 ** 6},
-            {"artifact": "coreml", "runtime": "coreml", "precision": "fp16", "evaluation": "not simulated",
+            {"artifact": "coreml", "runtime": "coreml", "precision": "fp16", "numerics": floating("fp16"),
+             "evaluation": "not simulated",
              "reason": reason, "bytes": 5 * 10 ** 5, "op_types": None}]
     table = "\n".join(_artifact_lines(rows, None))
     assert "| `coreml` | coreml | fp16 | not simulated | - | - | - | 0.50 | - |" in table

@@ -8,6 +8,7 @@ import pytest
 from conftest import artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.graph import STAGES, Pipeline
+from targets.numerics import Numerics
 
 # The cache tests need stages, not every runtime: ONNX Runtime only, no benchmark.
 LEAN = ("benchmark.enabled=false", "export.coreml.enabled=false", "quantize.coreml.enabled=false",
@@ -28,6 +29,12 @@ def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys):
         assert 0 <= evaluation[role]["top1"] <= evaluation[role]["top5"] <= 100
         assert evaluation[role]["flops"] > 0 and evaluation[role]["params"] > 0
     assert evaluation["teacher"]["params"] > evaluation["student"]["params"]
+    numerics = {row["artifact"]: row["numerics"] for row in evaluation["artifacts"]}
+    assert numerics["coreml"] == {"weights": "fp16", "activations": "fp16", "scheme": "float"}
+    assert numerics["onnx_int8_static"] == {"weights": "int8", "activations": "int8", "scheme": "static"}
+    assert numerics["coreml_palettize4"] == {"weights": "palette4", "activations": "fp16", "scheme": "weights-only"}
+    quantized = {name for name, n in numerics.items() if Numerics(**n).quantized}
+    assert quantized == {name for name in numerics if "int8" in name or "palettize" in name}
     terms = report["curves"]["distill"][0]
     assert {"loss", "ce", "kd", "intra", "inter", "random", "val_top1"} <= set(terms)
     assert abs(terms["loss"] - sum(terms[k] for k in ("ce", "kd", "intra", "inter", "random"))) < 1e-4

@@ -13,6 +13,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.ship import choose
+from targets.numerics import floating, static_int8
 from targets.predict.features import features
 from targets.predict.measurements import FIELDS, OUT, main, read_wheel
 from targets.predict.predictor import (
@@ -223,11 +224,12 @@ def test_a_public_device_the_predictor_cannot_serve_is_one_line_naming_the_field
 def test_measured_beats_predicted_beats_proxy_in_the_ship_choice():
     """The same two artifacts timed three ways on one target: the best kind of evidence decides, alone."""
     evaluation = {"images": 10_000, "artifacts": [
-        {"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "top1": 88.0, "agreement": 1.0,
-         "bytes": 600_000, "evaluation": "measured"},
-        *({"artifact": a, "runtime": "litert", "precision": p, "top1": 87.9, "agreement": 0.99, "bytes": b,
-           "evaluation": "measured"} for a, p, b in (("litert", "fp32", 600_000),
-                                                       ("litert_int8", "int8 static", 200_000)))]}
+        {"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "numerics": floating("fp32"),
+         "top1": 88.0, "agreement": 1.0, "bytes": 600_000, "evaluation": "measured"},
+        *({"artifact": a, "runtime": "litert", "precision": p, "numerics": n, "top1": 87.9, "agreement": 0.99,
+           "bytes": b, "evaluation": "measured"} for a, p, n, b in (("litert", "fp32", floating("fp32"), 600_000),
+                                                                    ("litert_int8", "int8 static", static_int8(),
+                                                                     200_000)))]}
 
     def row(artifact, label, ms):
         r = {"target": "npu", "artifact": artifact, "label": label, "latency_ms": {"p50": ms, "p90": ms},
@@ -287,3 +289,15 @@ def test_bench_predicts_any_onnx_file_on_a_named_device(tmp_path, capsys):
     p = rows["predicted"][0]["predicted"]
     assert (p["device"], p["runtime"], p["precision"]) == ("Samsung Galaxy S24", "qnn_dlc", "float")
     assert "predicted" in capsys.readouterr().out
+
+
+def test_only_static_int8_has_an_npu_counterpart():
+    """AI Hub measures float and w8a8 models: dynamic INT8, palettes and weight-only INT8 are not predicted, and
+    fp16 runs as float there."""
+    from targets.numerics import Numerics, dynamic_int8, weights_only
+    from targets.predict.rows import public_precision
+
+    assert public_precision(Numerics(**static_int8())) == "w8a8"
+    assert public_precision(Numerics(**floating("fp16"))) == public_precision(Numerics(**floating("fp32"))) == "float"
+    for other in (dynamic_int8(), weights_only("palette4", "fp16"), weights_only("int8", "fp32")):
+        assert public_precision(Numerics(**other)) is None

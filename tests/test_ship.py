@@ -12,17 +12,20 @@ import pytest
 from conftest import artifact_folder, cli_args, read_report, tiny_overrides
 from pipeline.cli import main
 from pipeline.ship import choose, difference_interval
+from targets.numerics import dynamic_int8, floating, static_int8
 from test_report import render
 
 LAPTOP = {"runtime": "openvino", "precision": "int8"}
+NUMERICS = {"fp32": floating("fp32"), "int8 (NNCF)": static_int8(), "int8 static QDQ": static_int8(),
+            "int8 dynamic": dynamic_int8()}  # the records the quantize stage writes beside these labels
 
 
 def _evaluation(*artifacts: tuple[str, str, float, float, int], images: int = 10_000) -> dict:
     """(name, precision, top-1 %, agreement with fp32, bytes) per artifact; torch fp32 at 88.14%."""
-    rows = [{"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "top1": 88.14, "agreement": 1.0,
-             "bytes": 600_000, "evaluation": "measured"}]
-    rows += [{"artifact": a, "runtime": "openvino", "precision": p, "top1": t, "agreement": g, "bytes": b,
-              "evaluation": "measured"} for a, p, t, g, b in artifacts]
+    rows = [{"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "numerics": floating("fp32"),
+             "top1": 88.14, "agreement": 1.0, "bytes": 600_000, "evaluation": "measured"}]
+    rows += [{"artifact": a, "runtime": "openvino", "precision": p, "numerics": NUMERICS[p], "top1": t, "agreement": g,
+              "bytes": b, "evaluation": "measured"} for a, p, t, g, b in artifacts]
     return {"images": images, "artifacts": rows}
 
 

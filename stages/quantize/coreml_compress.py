@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.config import CoreMLVariant
 from stages.quantize.job import QuantizeJob
 from targets.coreml import IS_MACOS, coremltools, inspect_package, quiet
+from targets.numerics import weights_only
 
 NEEDS_MACOS_W8A8 = ("activation quantization calibrates by running the model in Core ML, which needs macOS; "
                     "skipped (weights-only variants are above)")
@@ -47,8 +48,11 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         checks = inspect_package(file, target)
         precision = f"int8 weights ({variant.granularity})" if variant.kind == "linear" \
             else f"{variant.nbits}-bit palette"
+        weights = "int8" if variant.kind == "linear" else f"palette{variant.nbits}"
         found[f"coreml_{variant.name}"] = {
-            "file": file.name, "runtime": "coreml", "precision": precision, "variant": variant.model_dump(),
+            "file": file.name, "runtime": "coreml", "precision": precision,
+            "numerics": weights_only(weights, job.exported["coreml"]["numerics"]["activations"]),
+            "variant": variant.model_dump(),
             "package": checks, "op_types": checks["compressed_weights"],
             "seconds": round(time.perf_counter() - start, 2)}
     if coreml.w8a8:

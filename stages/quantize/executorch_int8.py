@@ -7,6 +7,7 @@ import time
 from stages.formats import executorch as executorch_format
 from stages.models import load_model
 from stages.quantize.job import QuantizeJob
+from targets.numerics import static_int8
 
 
 def artifacts(job: QuantizeJob) -> dict[str, dict]:
@@ -22,7 +23,8 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
                                           max_batch=job.exported["executorch"]["max_batch"], name=record["model"])
     return {"executorch_int8": {
         "file": file.name, "runtime": "executorch", "precision": "int8 static (XNNPACK quantizer" +
-        (", per-channel)" if cfg.executorch.per_channel else ")"), "op_types": fallback.pop("op_types"),
+        (", per-channel)" if cfg.executorch.per_channel else ")"), "numerics": static_int8(),
+        "op_types": fallback.pop("op_types"),
         "fallback": fallback,
         "calibration": {"images": job.calibration_images, "per_channel": cfg.executorch.per_channel},
         "seconds": round(time.perf_counter() - start, 2)}}

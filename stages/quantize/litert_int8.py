@@ -6,6 +6,7 @@ import time
 
 from stages.formats import litert as litert_format
 from stages.quantize.job import QuantizeJob
+from targets.numerics import dynamic_int8, static_int8
 
 
 def artifacts(job: QuantizeJob) -> dict[str, dict]:
@@ -20,6 +21,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
                                                        cfg.max_drop, cfg.max_fallback_layers, job.log)
         found["litert_int8"] = {
             "file": file.name, "runtime": "litert", "precision": "int8 static, FC/conv (float32 in/out)",
+            "numerics": static_int8(),
             "op_types": fallback.pop("op_types"), "fallback": fallback,
             "calibration": {"images": job.calibration_images}, "seconds": round(time.perf_counter() - start, 2)}
     if cfg.litert.dynamic_range:
@@ -27,6 +29,6 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         file = job.out / "model_int8_dynamic.tflite"
         record = litert_format.quantize_dynamic(source, file)
         found["litert_int8_dynamic"] = {
-            "file": file.name, "runtime": "litert", "precision": "int8 dynamic-range",
+            "file": file.name, "runtime": "litert", "precision": "int8 dynamic-range", "numerics": dynamic_int8(),
             "op_types": record.get("op_types", {}), "seconds": round(time.perf_counter() - start, 2)}
     return found

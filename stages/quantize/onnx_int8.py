@@ -19,6 +19,7 @@ from stages.formats import ort_mobile
 from stages.quantize.fallback import Fallback, with_fallback
 from stages.quantize.job import QuantizeJob
 from targets.diagnosis import int8_instructions
+from targets.numerics import dynamic_int8, static_int8
 from targets.runtimes import OnnxRuntimeRunner, load_runner, predict, require
 
 PREPROCESSED = "model_preprocessed.onnx"  # scratch: removed when the stage completes
@@ -72,8 +73,6 @@ def reduce_range(cfg: QuantizeConfig, host: dict | None = None) -> bool:
     intermediate sums can saturate. `host`: targets.diagnosis.int8_instructions() (default: this host)."""
     if cfg.reduce_range != "auto":
         return cfg.reduce_range == "on"
-    from targets.diagnosis import int8_instructions
-
     host = host or int8_instructions()
     return host["known"] and host["machine"].lower() in ("x86_64", "amd64", "i686", "x86") and not host["int8_dot"]
 
@@ -204,7 +203,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         attention = static_exclusions(source, cfg)
         found["onnx_int8_static"] = {
             "file": file.name, "runtime": "onnxruntime",
-            "precision": "int8 static QDQ" + (", attention float" if attention else ""),
+            "precision": "int8 static QDQ" + (", attention float" if attention else ""), "numerics": static_int8(),
             "op_types": quantized_op_types(file), "fallback": fallback.as_dict(),
             "calibration": {"images": job.calibration_images, "method": cfg.calibration_method,
                             "per_channel": cfg.per_channel},
@@ -217,6 +216,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         found["onnx_int8_dynamic"] = {
             "file": file.name, "runtime": "onnxruntime",
             "precision": "int8 dynamic" + (", per-channel" if cfg.dynamic_per_channel else ""),
+            "numerics": dynamic_int8(),
             "op_types": quantized_op_types(file), "per_channel": cfg.dynamic_per_channel, **settings,
             "seconds": round(time.perf_counter() - start, 2)}
     mobile = job.exported["onnx"].get("mobile")

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.config import QuantizeConfig
 from stages.quantize.job import QuantizeJob
+from targets.numerics import static_int8, weights_only
 from targets.runtimes import OPENVINO_F32, require
 
 
@@ -138,7 +139,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         file = job.out / "openvino_int8_model.xml"
         control = quantize(fp32, file, job.calibration, job.val_images, job.val_labels, cfg, job.log)
         found["openvino_int8"] = record = {
-            "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)",
+            "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)", "numerics": static_int8(),
             "op_types": quantized_op_types(file), "fallback": control, "seconds": round(time.perf_counter() - start, 2)}
         if cfg.openvino_speed_check:
             check = speed_check(fp32, file, job.calibration[0])
@@ -155,5 +156,6 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         compress_weights(fp32, file)
         found["openvino_int8_weights"] = {
             "file": file.name, "runtime": "openvino", "precision": "int8 weights",
+            "numerics": weights_only("int8", "fp32"),
             "op_types": compressed_weights(file), "seconds": round(time.perf_counter() - start, 2)}
     return found

@@ -4,17 +4,18 @@ run's fp32 ONNX graph (the same graph every precision is made from). Never label
 from __future__ import annotations
 
 from pipeline.config import TargetProfile
-from targets.benchmark import Model, is_quantized
+from targets.benchmark import Model
+from targets.numerics import FP32, Numerics
 from targets.predict.features import features
 from targets.predict.predictor import PUBLIC_SOURCES, accuracy_context, predict
 
 
-def public_precision(precision: str) -> str | None:
-    """AI Hub's name for an artifact's precision: float (fp32 and fp16: the NPU runs float in fp16), w8a8 for
+def public_precision(numerics: Numerics) -> str | None:
+    """AI Hub's name for an artifact's numerics: float (fp32 and fp16: the NPU runs float in fp16), w8a8 for
     static INT8; None for what the NPU does not run as such (dynamic INT8, palettes, weight-only)."""
-    if not is_quantized(precision):
+    if not numerics.quantized:
         return "float"
-    return "w8a8" if precision.startswith("int8 static") else None
+    return "w8a8" if numerics == Numerics("int8", "int8", "static") else None
 
 
 def predicted_rows(models: list[Model], name: str, profile: TargetProfile) -> list[dict]:
@@ -22,14 +23,15 @@ def predicted_rows(models: list[Model], name: str, profile: TargetProfile) -> li
     runtime = profile.predicted_runtime
     head = {"target": name, "label": "predicted", "device": profile.device, "public_device": profile.public_device,
             "public_runtime": runtime}
-    source = next((m for m in models if m.runtime == "onnxruntime" and m.precision == "fp32"), None)
+    source = next((m for m in models if m.runtime == "onnxruntime" and m.numerics == FP32), None)
     if source is None:
         return [{**head, "artifact": None, "error": "a prediction reads the fp32 ONNX graph: enable export.onnx"}]
     f = features(source.path)
     rows = []
     for m in (m for m in models if m.runtime == PUBLIC_SOURCES[runtime] and m.runtime in profile.all_runtimes):
-        row = {**head, "artifact": m.key, "runtime": m.runtime, "precision": m.precision}
-        precision = public_precision(m.precision)
+        row = {**head, "artifact": m.key, "runtime": m.runtime, "precision": m.precision,
+               "numerics": m.numerics.as_dict()}
+        precision = public_precision(m.numerics)
         if precision is None:
             rows.append({**row, "error": f"{m.precision} has no NPU counterpart in the public measurements: "
                                          "not predicted"})
