@@ -101,10 +101,13 @@ def _command(args, argv: list[str]) -> int:
             return _status(cfg)
         return _run(cfg, args.force, args.until, args.out, argv)
     except UserError as exc:
+        _ending()
         return _fail(2, f"error: {exc}")
     except KeyboardInterrupt as exc:
+        _ending()
         return _fail(exits.INTERRUPTED, exits.interrupted_message(exc))
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
+        _ending()
         if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # a path from the config, longer than the OS takes
             name = clip(str(getattr(exc, "filename", None) or ""), 120)
             return _fail(2, f"error: file name too long: {name!r}: shorten the path in the config (a name of at "
@@ -114,6 +117,14 @@ def _command(args, argv: list[str]) -> int:
             return _fail(2, f"error: disk full (writing under {where}): free space there and rerun the same "
                             "command to resume; completed stages are kept")
         return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")
+
+
+def _ending() -> None:
+    """The command is failing: from here a launcher's SIGTERM (torchrun stopping the other ranks after one
+    failed) must not cut short this process's message and exit record, or it would look as if it had died
+    without a word and be blamed for the failure (seen: a rank formatting its lost-connection traceback)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _fail(code: int, message: str) -> int:
@@ -164,7 +175,7 @@ def _targets_or_bench(args) -> int:
 
     from rich.console import Console
 
-    from pipeline.bench import bench, list_targets
+    from pipeline.device_commands import bench, list_targets
 
     config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     cfg = load_config(config, args.overrides)
