@@ -27,9 +27,9 @@ from pipeline.progress import Progress  # noqa: E402
 from stages.benchmark import stage_models  # noqa: E402
 from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
-from targets.benchmark import add_diagnoses, measure_target  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 from targets.floor import floor  # noqa: E402
+from targets.latency import add_diagnoses, measure_target  # noqa: E402
 from targets.numerics import Numerics  # noqa: E402
 
 THREADS = (1, 2)

@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import Pipeline, RunRecord
 from pipeline.ship import choose_all
-from targets.benchmark import describe_comparison
+from targets.latency import describe_comparison
 from targets.runtimes import NEEDS_MACOS
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",

@@ -15,8 +15,8 @@ from rich.markup import escape
 from pipeline.config import BenchmarkConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
-from targets.benchmark import Model, add_diagnoses, measure_target
 from targets.diagnosis import int8_instructions
+from targets.latency import Model, add_diagnoses, measure_target
 from targets.numerics import Numerics
 from targets.predict.rows import predicted_rows
 from targets.profiles import resolve
@@ -59,12 +59,12 @@ class BenchmarkStage(Stage):
                 for row in measure_target(fitting, name, profile, cfg):
                     rows.append(row)
                     bar.advance(info=f"{name}: {row['artifact']}")
-                    ctx.progress.log("  " + describe(row))
+                    ctx.progress.log("  " + timed_row_text(row))
         add_diagnoses(rows)
         predicted = [row for name, p in profiles.items() if p.public_device
                      for row in predicted_rows(models, name, p)]
         for row in predicted:
-            ctx.progress.log("  " + describe_predicted(row))
+            ctx.progress.log("  " + predicted_row_text(row))
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
         unmatched = [n for n, p in profiles.items() if not any(m.runtime in p.all_runtimes for m in models)]
         result = {"targets": targets, "rows": rows, "predicted": predicted, "host": int8_instructions(),
@@ -73,7 +73,7 @@ class BenchmarkStage(Stage):
         return result
 
 
-def describe(row: dict) -> str:
+def timed_row_text(row: dict) -> str:
     head = f"{row['target']} / {row['artifact']}"
     label = f"{row['label']}: {row['kernels']}" if row.get("kernels") else row["label"]
     if "latency_ms" not in row:
@@ -85,7 +85,7 @@ def describe(row: dict) -> str:
             f"model RSS {row['model_rss_mb']:.0f} MB")
 
 
-def describe_predicted(row: dict) -> str:
+def predicted_row_text(row: dict) -> str:
     head = f"{row['target']} / {row['artifact']}"
     if "predicted" not in row:
         return escape(f"{head}: predicted: {row['error']}")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from targets.coreml import NotSimulated
 
 
-def describe(model_file: Path, data, device: str) -> dict:
+def score_model(model_file: Path, data, device: str) -> dict:
     from stages.flops import flops_per_image
     from stages.models import load_model
     from stages.training import accuracy
@@ -69,7 +69,7 @@ class EvaluateStage(Stage):
             torch.set_num_threads(threads)
         try:
             with ThreadPoolExecutor(jobs) as pool:  # runtimes release the GIL: one thread each beats two per op
-                described = {role: pool.submit(describe, ctx.inputs[stage] / "model.pt", data, ctx.device)
+                described = {role: pool.submit(score_model, ctx.inputs[stage] / "model.pt", data, ctx.device)
                              for role, stage in (("teacher", "teacher"), ("student", "distill"))}
                 rows = self._artifacts(ctx, cfg, data, pool, threads)
                 for role, done in described.items():

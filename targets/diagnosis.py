@@ -144,7 +144,7 @@ def causes(quantized: dict, baseline: dict | None, host: dict | None = None) -> 
 def diagnose(quantized: dict, baseline: dict, host: dict | None = None) -> dict:
     """quantized/baseline: agent results (latency_ms, optional profile) for one target.
     host: int8_instructions() when the numbers come from this host (a proxy), else None. "Faster" follows the
-    row's noise-aware comparison (targets.benchmark.compare_latency) when it has one."""
+    row's noise-aware comparison (targets.latency.compare_latency) when it has one."""
     q50, f50 = quantized["latency_ms"]["p50"], baseline["latency_ms"]["p50"]
     speedup = f50 / q50
     measured = (quantized.get("comparison") or {}).get("verdict")

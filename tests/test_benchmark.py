@@ -246,7 +246,7 @@ def timed(artifact: str, p50: float, interval: list[float] | None, model: str | 
     ((9.0, None), "unknown"),                   # too few runs for an interval
 ])
 def test_comparison_verdicts_follow_the_intervals(candidate, verdict):
-    from targets.benchmark import compare_latency
+    from targets.latency import compare_latency
 
     baseline = timed("onnx", 10.0, [9.7, 10.4])
     c = compare_latency(timed("onnx_int8", *candidate), baseline)
@@ -261,7 +261,7 @@ def test_same_verdicts_on_two_runs_of_crafted_timings():
     import numpy as np
 
     from targets.agent import summary
-    from targets.benchmark import compare_latency
+    from targets.latency import compare_latency
 
     def verdicts(seed: int) -> dict:
         rng = np.random.default_rng(seed)
@@ -277,7 +277,7 @@ def test_same_verdicts_on_two_runs_of_crafted_timings():
 
 def test_report_shows_intervals_and_no_speed_claim_within_noise():
     from pipeline.report import latency_lines
-    from targets.benchmark import add_diagnoses
+    from targets.latency import add_diagnoses
 
     def row(artifact, precision, numerics, p50, interval):
         return {**timed(artifact, p50, interval), "target": "watch", "runtime": "onnxruntime", "precision": precision,
@@ -324,8 +324,8 @@ def test_one_agent_call_times_two_onnx_models_interleaved(tmp_path):
     """A real run: two ONNX models of one target in one agent process, round-robin, each row with the
     median's interval; a model ~100x heavier is 'slower' both times it is timed (logic, not speed)."""
     from pipeline.config import BenchmarkConfig, TargetProfile
-    from targets.benchmark import Model, compare_latency, measure_target
     from targets.devices import make_device
+    from targets.latency import Model, compare_latency, measure_target
 
     small, big = write_chain(tmp_path / "small.onnx", 1, 32), write_chain(tmp_path / "big.onnx", 12, 384)
     profile = TargetProfile(runtime="onnxruntime", threads=1, latency_budget_ms=1e3, memory_budget_mb=1e3)

@@ -38,8 +38,8 @@ from stages.quantize.onnx_int8 import (
 from stages.quantize.openvino_int8 import compress_weights, compressed_weights, model_type
 from stages.quantize.timing import speedup
 from targets.agent import AgentError, OnnxRuntime, parse
-from targets.benchmark import agent_args
 from targets.diagnosis import int8_instructions
+from targets.latency import agent_args
 from targets.profiles import builtin_profiles
 from targets.runtimes import artifact_bytes, load_runner, predict, require
 

@@ -4,7 +4,7 @@ run's fp32 ONNX graph (the same graph every precision is made from). Never label
 from __future__ import annotations
 
 from pipeline.config import TargetProfile
-from targets.benchmark import Model
+from targets.latency import Model
 from targets.numerics import FP32, Numerics
 from targets.predict.features import features
 from targets.predict.predictor import PUBLIC_SOURCES, accuracy_context, predict

@@ -11,7 +11,7 @@ from rich.table import Table
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.fileio import write_json
-from targets.benchmark import Model, add_diagnoses, describe_comparison, measure_target
+from targets.latency import Model, add_diagnoses, describe_comparison, measure_target
 from targets.numerics import FP32, UNKNOWN, Numerics
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve
 
@@ -49,7 +49,7 @@ def list_targets(cfg: PipelineConfig, console: Console) -> None:
 def bench_predicted(fitting: list[Model], models: list[Model], name: str, profile, console: Console) -> list[dict]:
     """A predicted target's rows for the given files: features from the .onnx among them (taken as the float
     graph of every file given)."""
-    from stages.benchmark import describe_predicted
+    from stages.benchmark import predicted_row_text
     from targets.predict.rows import predicted_rows
 
     graph = next((m for m in models if m.path.suffix == ".onnx"), None)
@@ -59,7 +59,7 @@ def bench_predicted(fitting: list[Model], models: list[Model], name: str, profil
     given = [Model(m.key, m.path, m.runtime, "fp32", FP32) for m in fitting if m is not graph]
     rows = predicted_rows([Model(graph.key, graph.path, "onnxruntime", "fp32", FP32), *given], name, profile)
     for row in rows:
-        console.print(describe_predicted(row))
+        console.print(predicted_row_text(row))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Benchmark model files on target profiles: pick the device runner, fall back to a labelled host proxy
+"""Latency of model files on target profiles: pick the device runner, fall back to a labelled host proxy
 when a device cannot be reached, time a target's artifacts interleaved in one agent call, and pair every
 INT8 result with its float sibling: a noise-aware verdict (faster / slower / equal within noise) and the
 diagnosis."""
@@ -56,11 +56,6 @@ def groups(models: list[Model]) -> list[list[Model]]:
         else:
             group.append(m)
     return out
-
-
-def measure(model: Model, name: str, profile: TargetProfile, settings: BenchmarkConfig) -> dict:
-    """One artifact on one target, timed on its own (see measure_target)."""
-    return measure_target([model], name, profile, settings)[0]
 
 
 def measure_target(models: list[Model], name: str, profile: TargetProfile, settings: BenchmarkConfig) -> list[dict]:
