@@ -86,11 +86,18 @@ def rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def sidecar(path: str) -> str:
+    """The file beside a model that its runtime reads too (it may not exist): an OpenVINO IR's weights,
+    foo.xml -> foo.bin; an ONNX file's external data, foo.onnx -> foo.onnx.data."""
+    return path[:-4] + ".bin" if path.endswith(".xml") else path + ".data"
+
+
 def model_bytes(path: str) -> int:
+    """Size on disk: a folder's files (a Core ML .mlpackage), or the file and its sidecar."""
     if os.path.isdir(path):
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-    extra = [path[:-4] + ".bin"] if path.endswith(".xml") else [path + ".data"]
-    return os.path.getsize(path) + sum(os.path.getsize(p) for p in extra if os.path.isfile(p))
+    extra = sidecar(path)
+    return os.path.getsize(path) + (os.path.getsize(extra) if os.path.isfile(extra) else 0)
 
 
 def cpu_name() -> str:

@@ -66,8 +66,8 @@ def model_files(path: Path) -> list[Path]:
         raise DeviceError("bad_model", f"{path}: no such model file; run the export stage first")
     if path.is_dir():
         return [path]
-    sidecar = path.with_suffix(".bin") if path.suffix == ".xml" else path.with_name(path.name + ".data")
-    return [path, sidecar] if sidecar.is_file() else [path]
+    extra = Path(agent.sidecar(str(path)))
+    return [path, extra] if extra.is_file() else [path]
 
 
 def make_device(profile: TargetProfile, name: str) -> Device:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.errors import UserError
+from targets.agent import model_bytes
 
 # What the report says of Core ML rows off macOS (targets/coreml.py simulates them).
 NEEDS_MACOS = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in torch, "
@@ -140,9 +141,5 @@ def predict(runner: Runner, batches: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def artifact_bytes(path: Path) -> int:
-    """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data."""
-    path = Path(path)
-    if path.is_dir():  # a Core ML .mlpackage
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    extra = [path.with_suffix(".bin")] if path.suffix == ".xml" else [path.with_name(path.name + ".data")]
-    return path.stat().st_size + sum(p.stat().st_size for p in extra if p.is_file())
+    """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data (targets/agent.py)."""
+    return model_bytes(str(path))
