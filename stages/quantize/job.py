@@ -29,7 +29,7 @@ class QuantizeJob:
     def calibration_images(self) -> int:
         return len(self.calibration)
 
-    def note(self, message: str, style: str = "yellow") -> None:
+    def note(self, message: str) -> None:
         """A note for the report, also logged."""
         self.notes.append(message)
-        self.log(f"[{style}]  {message}[/]")
+        self.log(f"[yellow]  {message}[/]")
