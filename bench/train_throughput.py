@@ -4,7 +4,7 @@ fraction of the floor = this host's fp32 matmul peak (torch.mm, 1024^3, the run'
 in the same run) / training FLOPs per image (teacher: 3x its forward; distill: 3x the student's forward +
 the teacher's forward; the manifold terms are not counted). Writes JSON with the host's CPU flags.
 
-    .venv/bin/python bench/train_throughput.py [--subset 12000] [--epochs 2] [--set KEY=VALUE ...]
+    .venv/bin/python bench/train_throughput.py [--subset 12000] [--epochs 2] [--nproc 1] [--set KEY=VALUE ...]
                                                [--out bench/results/train_throughput.json]
 """
 from __future__ import annotations
@@ -55,17 +55,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subset", type=int, default=12000, help="training images (data.subset)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each stage (the last is reported)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the run, all processes together")
+    parser.add_argument("--nproc", type=int, default=1, help="training processes (run.nproc; DDP over gloo)")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_throughput.json"))
     args = parser.parse_args()
-    overrides = [f"data.subset={args.subset}", "run.device='cpu'", f"run.threads={args.threads}",
+    overrides = [f"data.subset={args.subset}", "run.device='cpu'", f"run.threads={args.threads // args.nproc}",
                  f"teacher.epochs={args.epochs}", f"distill.epochs={args.epochs}", *args.extra]
     peak_before = matmul_peak(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / "pipeline.toml").write_text((ROOT / "pipeline.toml").read_text())
-        wall, _ = run_pipeline(out, overrides, 1, "distill")
+        wall, _ = run_pipeline(out, overrides, args.nproc, "distill")
         teacher_rows, teacher_dir = epochs_of(out, "teacher")
         distill_rows, distill_dir = epochs_of(out, "distill")
         teacher, _ = load_model(teacher_dir / "model.pt")
@@ -82,7 +83,8 @@ def main() -> None:
                          "floor_images_per_s": round(floor, 1),
                          "fraction_of_floor": round(rows[-1]["images_per_s"] / floor, 3)}
     result = {"host": {"cpu": cpu_name(), "flags": cpu_flags(), "int8": int8_instructions()},
-              "threads": args.threads, "matmul_peak_gflops": round(peak, 1), "torch": torch.__version__,
+              "threads": args.threads, "processes": args.nproc, "matmul_peak_gflops": round(peak, 1),
+              "torch": torch.__version__,
               "overrides": overrides, "run_wall_s": round(wall, 1), "stages": stages,
               "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]])}
     write_json(Path(args.out), result)
