@@ -17,9 +17,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
-from pipeline.config import QuantizeConfig  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
-from stages.quantize import onnx_int8, openvino_int8  # noqa: E402
+from stages.quantize import (  # noqa: E402
+    QuantizeConfig,  # noqa: E402
+    onnx_int8,
+    openvino_int8,
+)
 from stages.quantize.timing import interleaved, speedup, summary  # noqa: E402
 from targets.agent import cpu_flags, cpu_name  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402

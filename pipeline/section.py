@@ -1,6 +1,6 @@
 """The base of every config model: a strict pydantic section whose cache key leaves out the fields that
-cannot change a result. Backend modules (stages/formats/) declare their config models on it without
-importing the whole schema."""
+cannot change a result. Each stage, backend and target module declares its config model on it, beside the
+code that reads it; pipeline/config.py composes them into the schema."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +8,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 NOT_IN_KEY = "x-not-in-cache-key"
+MAX_KEY_DEPTH = 8  # timm takes flat keyword arguments; a few levels leave room for a dict-valued one
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply tables and arrays nest in a value (iterative: a hostile value must not recurse)."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, level = todo.pop()
+        deepest = max(deepest, level)
+        if level <= MAX_KEY_DEPTH and isinstance(item, (dict, list)):
+            todo += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 def not_in_key(default: Any, description: str, **constraints: Any) -> Any:

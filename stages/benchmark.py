@@ -10,18 +10,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from rich.markup import escape
 
-from pipeline.config import BenchmarkConfig
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
 from targets.diagnosis import int8_instructions
-from targets.latency import Model, add_diagnoses, measure_target
+from targets.latency import LatencyConfig, Model, add_diagnoses, measure_target
 from targets.numerics import Numerics
 from targets.predict.rows import predicted_rows
 from targets.profiles import resolve
 
 LATENCY_FILE = "latency.json"
+
+
+class BenchmarkConfig(LatencyConfig):
+    """Every exported and quantized artifact on every target in `targets`; the timing fields come first."""
+
+
+    enabled: bool = Field(True, description="benchmark every artifact on every target")
+    targets: list[str] = Field(default_factory=lambda: ["android-phone", "wearos-watch", "iphone", "apple-watch",
+                                                        "x86-laptop", "galaxy-s24-npu-tflite",
+                                                        "snapdragon-x-elite-npu"],
+                               description="target profiles: built-in names (`manifold-edge targets`) or "
+                                           "[targets.NAME] tables")
+
 
 
 def stage_models(inputs: dict[str, Path]) -> list[Model]:

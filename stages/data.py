@@ -9,12 +9,14 @@ import gzip
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from pipeline.config import DataConfig
 from pipeline.errors import UserError
 from pipeline.fileio import atomic_write, write_json
+from pipeline.section import Section, not_in_key
 from pipeline.stage import Stage, StageContext
 
 FASHION_FILES = {
@@ -28,6 +30,44 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 # (images uint8 N x H x W [x C], labels int64) for a split
 Split = tuple[np.ndarray, np.ndarray]
+
+
+class DataConfig(Section):
+    dataset: Literal["fashion-mnist", "digits", "imagefolder"] = Field(
+        "fashion-mnist", description="digits: scikit-learn's 8x8 digits; imagefolder: one folder per class "
+                                     "under path (with path/train/ and path/test/, those are the splits)")
+    path: str | None = Field(None, description="IDX folder (fashion-mnist) or class folders (imagefolder)")
+    url: str = not_in_key("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                          "mirror to download fashion-mnist from when no local copy exists")
+    cache_dir: str = not_in_key("~/.cache/manifold-edge/datasets", "where downloads are kept")
+    img_size: int = Field(32, ge=4, le=1024, description="images are resized to img_size x img_size")
+    channels: Literal[1, 3] = Field(1, description="1 (grayscale) or 3 (RGB): images are converted")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of the training split held out")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5,
+                                 description="test share, for datasets without an official test split")
+    subset: int = Field(0, ge=0, description="use at most this many images of the training data, "
+                                             "val included (0 = all)")
+    test_subset: int = Field(0, ge=0, description="use at most this many test images (0 = all)")
+    mean: list[float] | None = Field(None, description="per-channel mean; default: from the train split")
+    std: list[float] | None = Field(None, description="per-channel std; default: from the train split")
+    augment_shift: int = Field(2, ge=0, le=16, description="random translation in pixels (training)")
+    augment_flip: bool = Field(True, description="random horizontal flip (training)")
+    allow_class_mismatch: bool = Field(False, description="imagefolder: let train/ and test/ hold different "
+                                       "class folders, or empty ones, with a warning and a report note instead "
+                                       "of an error (empty training classes and classes only in test/ are left "
+                                       "out; a class missing from test/ is trained but not tested)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"data.{name} needs {self.channels} value(s), one per channel; got {value}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"data.std must be positive; got {self.std}")
+        if self.dataset == "imagefolder" and not self.path:
+            raise ValueError("data.path is required for dataset = 'imagefolder' (a folder of class folders)")
+        return self
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -16,13 +16,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from pydantic import Field
 
-from pipeline.config import EvaluateConfig
 from pipeline.fileio import read_json, write_json
+from pipeline.section import Section, not_in_key
 from pipeline.stage import Stage, StageContext
 
 if TYPE_CHECKING:
     from targets.coreml import NotSimulated
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(256, ge=1, description="batch size for running every artifact")
+    threads: int = not_in_key(0, "runtime threads; 0 = the CPU cores shared out between the jobs (with one "
+                                 "job: the runtime's default)", ge=0)
+    jobs: int = not_in_key(0, "artifacts evaluated at once; 0 = one per CPU core", ge=0)
 
 
 def score_model(model_file: Path, data, device: str) -> dict:

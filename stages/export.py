@@ -7,17 +7,37 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from pydantic import Field
 
-from pipeline.config import ExportConfig
 from pipeline.errors import UserError
 from pipeline.fileio import write_json
+from pipeline.section import Section
 from pipeline.stage import Stage, StageContext
+from stages.formats.coreml import CoreMLExportConfig
+from stages.formats.executorch import ExecuTorchExportConfig
+from stages.formats.litert import LiteRTExportConfig
+from stages.formats.ort_mobile import OrtMobileConfig
 
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
 COREML_FILE = "model.mlpackage"
 EXECUTORCH_FILE = "model.pte"
 LITERT_FILE = "model.tflite"
+
+
+class ExportConfig(Section):
+    opset: int = Field(20, ge=17, le=22, description="ONNX opset (17 has LayerNormalization; 23 fuses "
+                                                     "attention, which quantizers do not take yet)")
+    openvino: bool = Field(True, description="also convert to OpenVINO IR")
+    openvino_fp16: bool = Field(False, description="store the IR's weights as fp16 (half the size)")
+    parity_images: int = Field(512, ge=1, description="validation images for the parity check")
+    parity_max_abs_diff: float = Field(1e-3, gt=0, description="max |logit diff| vs torch (fp32 exports)")
+    parity_max_abs_diff_fp16: float = Field(5e-2, gt=0, description="the same for fp16-compressed weights")
+    parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax vs torch")
+    coreml: CoreMLExportConfig = Field(default_factory=CoreMLExportConfig)
+    ort_mobile: OrtMobileConfig = Field(default_factory=OrtMobileConfig)
+    executorch: ExecuTorchExportConfig = Field(default_factory=ExecuTorchExportConfig)
+    litert: LiteRTExportConfig = Field(default_factory=LiteRTExportConfig)
 
 
 def parity(reference: np.ndarray, logits: np.ndarray) -> dict:

@@ -4,11 +4,33 @@ Like every stage module it imports only the engine at the top: torch, timm and t
 when the stage checks or runs, so `status` and `schema` start without them."""
 from __future__ import annotations
 
-from pipeline.config import DataConfig, TeacherConfig
+from pydantic import Field, model_validator
+
 from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import Stage, StageContext
 from stages.checkpoints import CHECKPOINT, METRICS
+from stages.data import DataConfig
+from stages.recipe import ModelConfig, TrainConfig
+
+
+class TeacherConfig(ModelConfig, TrainConfig):
+    model: str = Field("convstem_vit_small", description="any timm model name (a ViT, a hierarchical "
+                       "transformer or a CNN); from checkpoint, pretrained weights or trained here from scratch")
+    pretrained: bool = Field(False, description="load timm's published weights (needs the hub)")
+    pretrained_file: str | None = Field(None, description="with pretrained: a local weights file instead")
+    checkpoint: str | None = Field(None, description="a local state dict or a model.pt of ours")
+    epochs: int = Field(5, ge=0, le=10_000, description="training (or fine-tuning) epochs; 0 = use as loaded")
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherConfig:
+        if self.pretrained and self.checkpoint:
+            raise ValueError("teacher.pretrained and teacher.checkpoint exclude each other: pick one")
+        if self.pretrained_file and not self.pretrained:
+            raise ValueError("teacher.pretrained_file needs teacher.pretrained = true")
+        if not (self.pretrained or self.checkpoint) and self.epochs == 0:
+            raise ValueError("teacher.epochs = 0 leaves a random teacher: set epochs, a checkpoint or pretrained")
+        return self
 
 
 class TeacherStage(Stage):

@@ -19,7 +19,6 @@ import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.config import TrainConfig
 from pipeline.distributed import World, all_sum, gather, joined
 from pipeline.errors import UserError
 from pipeline.fileio import atomic_write, write_text
@@ -27,6 +26,7 @@ from pipeline.progress import Progress
 from pipeline.stage import Accel
 from stages.batches import Batches
 from stages.checkpoints import CHECKPOINT, METRICS
+from stages.recipe import TrainConfig
 
 # step(forward, x, y, sampling) -> (loss to minimise, {term name: value for the logs}); `forward` is the model to
 # call (DDP-wrapped or compiled as the run asks), so gradients are synchronised across processes; `sampling`

@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.config import TargetProfile
 from targets import agent, native_tools
+from targets.profiles import TargetProfile
 
 AGENT = Path(__file__).with_name("agent.py")
 AGENT_KINDS = {"runtime_missing", "needs_macos", "bad_model"}  # agent kinds kept as they are

@@ -7,15 +7,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import BenchmarkConfig, TargetProfile
+from pydantic import Field
+
+from pipeline.section import Section
 from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions
 from targets.numerics import Numerics
+from targets.profiles import TargetProfile
 
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)
 FASTER, SLOWER, EQUAL, UNKNOWN = "faster", "slower", "equal within noise", "unknown"
 XNNPACK_RUNTIMES = ("executorch", "litert")  # on a phone's CPU and on this host, both run XNNPACK's kernels
 RETRY_ALONE = {"bad_model", "agent_failed"}  # a group call failing so: time each model on its own
+
+
+class LatencyConfig(Section):
+    """How a target's artifacts are timed (the [benchmark] fields this module reads)."""
+
+    runs: int = Field(200, ge=3, le=1_000_000, description="at most this many timed batch-1 runs per artifact "
+                                                            "and target (a target's artifacts are timed interleaved)")
+    max_seconds: float = Field(5.0, gt=0, description="timing budget per artifact: a target's artifacts, timed "
+                                                      "together, stop after max_seconds x their count (at least "
+                                                      "one round)")
+    warmup: int = Field(10, ge=0, description="untimed runs of each artifact first")
+    block_runs: int = Field(5, ge=1, le=10_000, description="runs of one artifact per round-robin turn")
+    min_runs: int = Field(20, ge=6, le=1_000_000, description="runs per artifact before the stopping rule is "
+                                                              "checked (6 is the fewest with a 95% interval)")
+    rel_interval: float = Field(0.05, gt=0, lt=1, description="stop once the 95% interval of every artifact's "
+                                                              "median is within this fraction of the median "
+                                                              "(else at runs or max_seconds)")
+    throughput_batch: int = Field(8, ge=1, le=4096, description="batch size for the throughput figure")
+    profile_layers: bool = Field(True, description="per-layer profile (ONNX Runtime, OpenVINO, ExecuTorch)")
+    proxy_when_unreachable: bool = Field(True, description="when an ssh/adb device cannot be reached, measure "
+                                                           "on this host with the profile's threads (proxy)")
 
 
 @dataclass
@@ -27,7 +51,7 @@ class Model:
     numerics: Numerics  # what the rules read
 
 
-def agent_args(runtime: str, profile: TargetProfile, settings: BenchmarkConfig) -> list[str]:
+def agent_args(runtime: str, profile: TargetProfile, settings: LatencyConfig) -> list[str]:
     args = ["--runtime", runtime, "--threads", str(profile.threads), "--runs", str(settings.runs),
             "--max-seconds", str(settings.max_seconds), "--warmup", str(settings.warmup),
             "--block", str(settings.block_runs), "--min-runs", str(settings.min_runs),
@@ -58,7 +82,7 @@ def groups(models: list[Model]) -> list[list[Model]]:
     return out
 
 
-def measure_target(models: list[Model], name: str, profile: TargetProfile, settings: BenchmarkConfig) -> list[dict]:
+def measure_target(models: list[Model], name: str, profile: TargetProfile, settings: LatencyConfig) -> list[dict]:
     """A target's artifacts (all of its runtime), timed interleaved in one agent call per group of distinct
     file names: one row each, labelled measured / proxy / needs-device, or an error."""
     if not models:

@@ -3,13 +3,112 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from pipeline.config import TargetProfile
 from pipeline.errors import UserError
+from pipeline.section import Section
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.toml")
+
+
+RUNTIME = Literal["onnxruntime", "openvino", "coreml", "executorch", "litert"]
+
+
+class TargetProfile(Section):
+    """A device to benchmark on: what runs there, how to reach it, and its budgets."""
+
+    description: str = Field("", description="what the device is")
+    device: Literal["phone", "watch", "board", "laptop", "desktop"] = Field("board", description="device class")
+    runtime: RUNTIME = Field(description="the runtime the app ships")
+    runtimes: list[RUNTIME] = Field(default_factory=list, description="other runtimes the app could ship instead "
+                                    "(e.g. executorch, litert on Android): their artifacts are timed on this "
+                                    "target too and compete in the ship rule")
+    precision: Literal["int8", "fp16", "fp32"] = Field("int8", description="preferred precision: the report "
+                                                                          "recommends it when it meets the budgets")
+    threads: int = Field(1, ge=1, le=256, description="runtime threads (batch-1 latency)")
+    input_size: int | None = Field(None, ge=4, le=4096, description="H = W of the input; default: the model's")
+    memory_budget_mb: float = Field(64.0, gt=0, description="memory the model may add to the app (RSS)")
+    latency_budget_ms: float = Field(10.0, gt=0, description="batch-1 p90 latency budget")
+    connection: Literal["local", "ssh", "adb", "predicted"] = Field(
+        "local", description="local = this host stands in for the device (proxy); ssh / adb = measured on the "
+                             "device; predicted = not timed anywhere: latency predicted from public measurements "
+                             "of public_device")
+    public_device: str | None = Field(None, description="the device's name in Qualcomm AI Hub's public "
+                                      "measurements (e.g. 'Samsung Galaxy S24'; `manifold-edge targets` lists "
+                                      "them): adds predicted latency rows, beside measured ones when the device "
+                                      "is attached")
+    public_runtime: Literal["tflite", "qnn_dlc", "onnx"] | None = Field(
+        None, description="the AI Hub runtime predicted for: tflite (LiteRT with the NPU delegate; from our litert "
+                          "artifacts), qnn_dlc (QNN, compiled from our ONNX), onnx (ONNX Runtime's QNN provider); "
+                          "default tflite for runtime litert, onnx for onnxruntime")
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$", description="ssh host name or address")
+    user: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$", description="ssh user")
+    port: int = Field(22, ge=1, le=65535, description="ssh port")
+    identity_file: str | None = Field(None, description="ssh private key")
+    known_hosts_file: str | None = Field(None, description="ssh known_hosts (default: ~/.ssh/known_hosts)")
+    strict_host_key_checking: bool = Field(True, description="refuse unknown ssh host keys; false only for "
+                                                             "throwaway lab devices")
+    serial: str | None = Field(None, pattern=r"^[A-Za-z0-9.:_-]+$", description="adb device serial "
+                                                                              "(default: the only device)")
+    python: str = Field("python3", pattern=r"^[A-Za-z0-9/._+-]+$", description="Python on the device "
+                        "(adb: Termux's, e.g. /data/data/com.termux/files/usr/bin/python3)")
+    remote_dir: str = Field("/tmp", pattern=r"^/[A-Za-z0-9/._-]*$", description="where a per-run temp folder "
+                            "is made on the device (adb: /data/local/tmp)")
+    compute_units: Literal["CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"] = Field(
+        "ALL", description="Core ML compute units")
+    timeout_s: float = Field(300.0, gt=0, description="give up on the device after this long per model")
+    execution_provider: Literal["CPUExecutionProvider", "XnnpackExecutionProvider", "CoreMLExecutionProvider",
+                                "NnapiExecutionProvider"] | None = Field(
+        None, description="ONNX Runtime execution provider (CPU ops fall back to CPUExecutionProvider); "
+                          "default CPUExecutionProvider")
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] | None = Field(
+        None, description="ONNX Runtime graph optimisation level; default all (static QDQ INT8 needs extended "
+                          "or all to fuse into INT8 kernels)")
+    ov_precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
+        None, description="OpenVINO INFERENCE_PRECISION_HINT for float layers; default f32")
+
+    @property
+    def predicted_runtime(self) -> str | None:
+        """The AI Hub runtime this target's predictions are for (None: no public_device)."""
+        if not self.public_device:
+            return None
+        return self.public_runtime or {"litert": "tflite", "onnxruntime": "onnx"}.get(self.runtime)
+
+    @property
+    def all_runtimes(self) -> list[str]:
+        """`runtime` first, then `runtimes`."""
+        return [self.runtime, *(r for r in self.runtimes if r != self.runtime)]
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetProfile:
+        if "coreml" in self.runtimes and self.runtime != "coreml":
+            raise ValueError("runtimes cannot add coreml to a target of another runtime: Core ML runs on Apple "
+                             "devices only; make a separate target with runtime = 'coreml'")
+        if self.connection == "predicted" and not self.public_device:
+            raise ValueError("connection = 'predicted' needs public_device (a device with public measurements: "
+                             "`manifold-edge targets` lists them)")
+        if self.public_device:
+            from targets.predict.predictor import check_public
+
+            check_public(self.public_device, self.predicted_runtime, self.runtime)
+        if self.connection == "ssh" and not self.host:
+            raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
+        for field, runtime in (("execution_provider", "onnxruntime"), ("graph_optimization_level", "onnxruntime"),
+                               ("ov_precision_hint", "openvino")):
+            if getattr(self, field) is not None and self.runtime != runtime:
+                raise ValueError(f"{field} applies to runtime = '{runtime}' only, not '{self.runtime}': remove it "
+                                 f"or set runtime = '{runtime}'")
+        if self.execution_provider == "NnapiExecutionProvider" and self.connection != "adb":
+            raise ValueError("execution_provider = 'NnapiExecutionProvider' runs on Android only: use "
+                             "connection = 'adb', or execution_provider = 'XnnpackExecutionProvider' / "
+                             "'CPUExecutionProvider'")
+        if self.execution_provider == "CoreMLExecutionProvider" and self.connection == "adb":
+            raise ValueError("execution_provider = 'CoreMLExecutionProvider' runs on Apple devices only, not over "
+                             "adb: use 'NnapiExecutionProvider', 'XnnpackExecutionProvider' or "
+                             "'CPUExecutionProvider'")
+        return self
 
 
 def builtin_profiles() -> dict[str, TargetProfile]:

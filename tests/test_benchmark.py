@@ -323,9 +323,10 @@ def write_chain(path, layers: int, width: int):
 def test_one_agent_call_times_two_onnx_models_interleaved(tmp_path):
     """A real run: two ONNX models of one target in one agent process, round-robin, each row with the
     median's interval; a model ~100x heavier is 'slower' both times it is timed (logic, not speed)."""
-    from pipeline.config import BenchmarkConfig, TargetProfile
+    from stages.benchmark import BenchmarkConfig
     from targets.devices import make_device
     from targets.latency import Model, compare_latency, measure_target
+    from targets.profiles import TargetProfile
 
     small, big = write_chain(tmp_path / "small.onnx", 1, 32), write_chain(tmp_path / "big.onnx", 12, 384)
     profile = TargetProfile(runtime="onnxruntime", threads=1, latency_budget_ms=1e3, memory_budget_mb=1e3)

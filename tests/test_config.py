@@ -193,3 +193,15 @@ def test_inputs_that_used_to_mislead_say_what_is_wrong(tmp_path, capsys, overrid
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.npz"))
+
+
+def test_each_stage_declares_its_config_model_beside_it():
+    """A stage's section is declared in the stage's own module (Olive's pass-with-its-config shape); only the
+    engine's sections ([run], [report]) live in pipeline/config.py."""
+    from pipeline.config import PipelineConfig
+    from pipeline.graph import STAGES
+
+    homes = {name: PipelineConfig.model_fields[name].annotation.__module__ for name in PipelineConfig.model_fields
+             if name != "targets"}
+    assert {name: homes[name] for name in STAGES} == {name: spec.partition(":")[0] for name, spec in STAGES.items()}
+    assert {name for name, home in homes.items() if home == "pipeline.config"} == {"run", "report"}

@@ -12,15 +12,15 @@ import timm
 import torch
 
 from conftest import artifact_folder, read_report
-from pipeline.config import CoreMLExportConfig, CoreMLVariant, load_config
+from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.report import _artifact_lines
 from pipeline.ship import choose
 from stages.batches import load_dataset
 from stages.export import parity
-from stages.formats.coreml import export_coreml
+from stages.formats.coreml import CoreMLExportConfig, export_coreml
 from stages.models import load_model
-from stages.quantize.coreml_compress import compress
+from stages.quantize.coreml_compress import CoreMLVariant, compress
 from targets import coreml_program
 from targets.coreml import (
     IS_MACOS,

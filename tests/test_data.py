@@ -11,9 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig
 from pipeline.errors import UserError
-from stages.data import FASHION_FILES, fashion_mnist_dir, imagefolder_layout, load_imagefolder, read_idx, split, to_nchw
+from stages.data import (
+    FASHION_FILES,
+    DataConfig,
+    fashion_mnist_dir,
+    imagefolder_layout,
+    load_imagefolder,
+    read_idx,
+    split,
+    to_nchw,
+)
 
 
 def _write_idx(path, array: np.ndarray) -> None:

@@ -16,8 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.config import TargetProfile
 from targets.devices import AdbDevice, DeviceError, LocalDevice, SshDevice, make_device, model_files, parse_adb_devices
+from targets.profiles import TargetProfile
 
 SSHD = Path("/usr/sbin/sshd")
 EVIL_NAME = "m; touch INJECTED_A $(touch INJECTED_B) `touch INJECTED_C`.onnx"

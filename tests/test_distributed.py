@@ -50,8 +50,8 @@ def test_ranks_split_every_global_batch_between_them_and_augment_it_as_one_proce
 
 
 def test_two_losses_with_one_seed_train_on_the_same_batches_whatever_they_draw(tmp_path):
-    from pipeline.config import TrainConfig
     from pipeline.progress import Progress
+    from stages.recipe import TrainConfig
     from stages.training import fit
 
     data, seen = _batches(40), {}

@@ -19,13 +19,14 @@ from conftest import (
     tiny_config,
 )
 from pipeline.cli import main
-from pipeline.config import QuantizeConfig, load_config
+from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
 from stages.formats.onnx import export_onnx
 from stages.formats.openvino import export_openvino
 from stages.models import load_model
+from stages.quantize import QuantizeConfig
 from stages.quantize.onnx_int8 import (
     attention_matmuls,
     preprocess,

@@ -20,11 +20,20 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _type_checking_only(statement: ast.stmt) -> bool:
+    """`if TYPE_CHECKING:`: imports for annotations that never run, so they cannot close a circle."""
+    test = getattr(statement, "test", None)
+    return isinstance(statement, ast.If) and isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+
+
 def _imported(name: str, path: Path) -> set[str]:
-    """Modules named by the module-level imports of one file (inside top-level if/try too)."""
+    """Modules named by the module-level imports of one file (inside top-level if/try too, but not under
+    `if TYPE_CHECKING:`)."""
     names = set()
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     for statement in ast.parse(path.read_text()).body:
+        if _type_checking_only(statement):
+            continue
         for node in ast.walk(statement) if isinstance(statement, (ast.If, ast.Try)) else [statement]:
             if isinstance(node, ast.Import):
                 names |= {alias.name for alias in node.names}

@@ -6,12 +6,13 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import DataConfig, DistillConfig, StudentConfig
 from pipeline.distributed import world
 from pipeline.errors import UserError
 from pipeline.stage import StageContext
 from stages.batches import load_dataset
 from stages.checkpoints import METRICS
+from stages.data import DataConfig
+from stages.distill import DistillConfig, StudentConfig
 from stages.distill.families import family_of, units_of
 from stages.distill.features import TokenTap, aligned, checked_units, default_layer_map, estimated_tokens
 from stages.distill.manifold import ManifoldLoss

@@ -6,11 +6,53 @@ where possible by leaving layers in float. OpenVINO INT8 is timed against fp32 o
 whose `artifacts(job)` returns its records (stages/quantize/job.py); the stage imports them when it runs."""
 from __future__ import annotations
 
-from pipeline.config import QuantizeConfig
+from typing import Literal
+
+from pydantic import Field
+
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json
+from pipeline.section import Section
 from pipeline.stage import Stage, StageContext
+from stages.formats.executorch import ExecuTorchQuantizeConfig
+from stages.formats.litert import LiteRTQuantizeConfig
+from stages.quantize.coreml_compress import CoreMLQuantizeConfig
 from stages.quantize.onnx_int8 import PREPROCESSED
+
+
+class QuantizeConfig(Section):
+    onnx_static: bool = Field(True, description="ONNX Runtime static INT8 (QDQ, calibrated)")
+    onnx_dynamic: bool = Field(True, description="ONNX Runtime dynamic INT8 (weights; activations at run time)")
+    openvino: bool = Field(True, description="OpenVINO INT8 with nncf.quantize (needs export.openvino)")
+    calibration_images: int = Field(512, ge=1, description="training images for calibration")
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = Field(
+        "MinMax", description="ONNX static: how activation ranges are found on the calibration images")
+    per_channel: bool = Field(True, description="per-channel weight scales (ONNX static)")
+    static_attention_float: bool = Field(True, description="ONNX static: keep the attention matmuls (Q K^T, "
+                                         "softmax x V) and so the Softmax in float; quantizing them forces an "
+                                         "INT8 softmax that costs more than it saves (bench/int8_variants.py)")
+    dynamic_per_channel: bool = Field(True, description="ONNX dynamic: per-channel weight scales")
+    reduce_range: Literal["auto", "on", "off"] = Field(
+        "auto", description="ONNX INT8 with 7-bit weights; auto = on for x86 CPUs without VNNI (ONNX Runtime's "
+                            "advice there: AVX2 INT8 sums can saturate), off elsewhere")
+    openvino_speed_check: bool = Field(True, description="time OpenVINO INT8 against fp32 on this host (1 "
+                                       "thread, CPU time, interleaved) and mark INT8 `ship: false` when it is "
+                                       "not faster")
+    openvino_weights: bool = Field(False, description="also an OpenVINO variant with INT8 weights only "
+                                   "(nncf.compress_weights), labelled 'int8 weights': about 4x smaller, float "
+                                   "activations; faster or not depends on the CPU (bench/int8_variants.py)")
+    op_types: list[str] = Field(["MatMul", "Gemm", "Conv"], min_length=1,
+                                description="ONNX op types to quantize; LayerNorm, Softmax and GELU stay float")
+    preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process before static quantization")
+    max_drop: float = Field(1.0, ge=0, le=100, description="allowed top-1 drop (points) vs fp32 on "
+                                                           "validation images before layers fall back to float")
+    validation_images: int = Field(1000, ge=1, description="validation images for max_drop and sensitivity")
+    max_fallback_layers: int = Field(8, ge=0, description="at most this many layers kept in float")
+    on_over_budget: Literal["warn", "stop"] = Field("warn", description="an INT8 model still over max_drop after "
+                                                    "the fallback: flag it in the report, or stop the run")
+    coreml: CoreMLQuantizeConfig = Field(default_factory=CoreMLQuantizeConfig)
+    executorch: ExecuTorchQuantizeConfig = Field(default_factory=ExecuTorchQuantizeConfig)
+    litert: LiteRTQuantizeConfig = Field(default_factory=LiteRTQuantizeConfig)
 
 
 class QuantizeStage(Stage):

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import QuantizeConfig
+if TYPE_CHECKING:
+    from stages.quantize import QuantizeConfig
+
 
 
 @dataclass

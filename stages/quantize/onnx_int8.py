@@ -11,16 +11,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import QuantizeConfig
 from stages.formats import ort_mobile
 from stages.quantize.fallback import Fallback, with_fallback
 from stages.quantize.job import QuantizeJob
 from targets.diagnosis import int8_instructions
 from targets.numerics import dynamic_int8, static_int8
 from targets.runtimes import OnnxRuntimeRunner, load_runner, predict, require
+
+if TYPE_CHECKING:
+    from stages.quantize import QuantizeConfig
 
 PREPROCESSED = "model_preprocessed.onnx"  # scratch: removed when the stage completes
 

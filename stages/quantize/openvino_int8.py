@@ -6,13 +6,16 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import QuantizeConfig
 from stages.quantize.job import QuantizeJob
 from targets.numerics import static_int8, weights_only
 from targets.runtimes import OPENVINO_F32, require
+
+if TYPE_CHECKING:
+    from stages.quantize import QuantizeConfig
 
 
 def _accuracy(compiled, items) -> float:

@@ -3,11 +3,11 @@ public measurements cover (litert for tflite, onnxruntime for qnn_dlc / onnx), f
 run's fp32 ONNX graph (the same graph every precision is made from). Never labelled measured."""
 from __future__ import annotations
 
-from pipeline.config import TargetProfile
 from targets.latency import Model
 from targets.numerics import FP32, Numerics
 from targets.predict.features import features
 from targets.predict.predictor import PUBLIC_SOURCES, accuracy_context, predict
+from targets.profiles import TargetProfile
 
 
 def public_precision(numerics: Numerics) -> str | None:
