@@ -61,7 +61,7 @@ def make_variants(work: Path, calibration: np.ndarray) -> dict[str, dict]:
                          "what": "dynamic, per-channel weights" if per_channel else "dynamic, per-tensor weights"}
     variants["ov_fp32"] = {"runtime": "openvino", "file": "fp32.xml", "what": "fp32 (f32 hint)"}
     openvino_int8.quantize(work / "fp32.xml", work / "ov_int8.xml", calibration, calibration[:8],
-                           np.zeros(8, dtype=np.int64), base.model_copy(update={"max_drop": 100.0}), print)
+                           np.zeros(8, dtype=np.int64), base.model_copy(update={"max_drop": 100.0}))
     variants["ov_int8"] = {"runtime": "openvino", "file": "ov_int8.xml", "what": "INT8 (NNCF, transformer)"}
     openvino_int8.compress_weights(work / "fp32.xml", work / "ov_int8_weights.xml")
     variants["ov_int8_weights"] = {"runtime": "openvino", "file": "ov_int8_weights.xml", "what": "int8 weights"}

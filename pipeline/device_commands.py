@@ -59,7 +59,7 @@ def bench_predicted(fitting: list[Model], models: list[Model], name: str, profil
     given = [Model(m.key, m.path, m.runtime, "fp32", FP32) for m in fitting if m is not graph]
     rows = predicted_rows([Model(graph.key, graph.path, "onnxruntime", "fp32", FP32), *given], name, profile)
     for row in rows:
-        console.print(predicted_row_text(row))
+        console.print(predicted_row_text(row), markup=False)
     return rows
 
 

@@ -1,8 +1,54 @@
-"""Third-party log noise, once: a library that logs the same kind of warning many times (coremltools' eight
-"Failed to load _ML...Proxy" lines on Linux, its version notices) shows each kind once per process."""
+"""Logging: the project's records on the run's console, and third-party noise once.
+
+Stage and target code logs through `logging.getLogger(__name__)` (plain text, no markup); while a run shows
+progress, `ConsoleHandler` prints those records on its rich console, a stage's lines indented under the
+engine's, warnings yellow and errors red. A library that logs the same kind of warning many times
+(coremltools' eight "Failed to load _ML...Proxy" lines on Linux, its version notices) shows each kind once
+per process."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.text import Text
+
+PROJECT = ("stages", "targets")  # the loggers of the code that a run's stages execute
+STYLES = {logging.WARNING: "yellow", logging.ERROR: "bold red", logging.CRITICAL: "bold red"}
+
+
+class ConsoleHandler(logging.Handler):
+    """One record, one line on a rich console (never wrapped: logs are read in files and CI too). Not rich's
+    RichHandler: it lays each record out as a table at the console's width, which splits long lines."""
+
+    def __init__(self, console: Console):
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = Text("  " + self.format(record), style=STYLES.get(record.levelno, ""))
+            self.console.print(text, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def to_console(console: Console) -> Iterator[None]:
+    """Show the project's INFO records and up on `console` for the duration."""
+    handler = ConsoleHandler(console)
+    loggers = [logging.getLogger(name) for name in PROJECT]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 NOISY = ("coremltools", "torch.utils.cpp_extension", "nncf")
 

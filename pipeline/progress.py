@@ -1,12 +1,15 @@
-"""Progress on the terminal (rich): one line per stage, bars for epochs and batches."""
+"""Progress on the terminal (rich): one line per stage, bars for epochs and batches, and the stages' log
+records (pipeline/logs.py) in between."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+
+from pipeline.logs import to_console
 
 
 class Bar:
@@ -19,7 +22,8 @@ class Bar:
 
 
 class Progress:
-    """Bars go to stderr; `log` lines stay in the scrollback (and in CI logs)."""
+    """Bars go to stderr; `log` lines (the engine's) and, while entered, the stages' log records stay in the
+    scrollback (and in CI logs)."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or Console(stderr=True, highlight=False, quiet=quiet)
@@ -28,11 +32,14 @@ class Progress:
                                   console=self.console)
 
     def __enter__(self) -> Progress:
+        self._exit = ExitStack()
+        self._exit.enter_context(to_console(self.console))
         self._rich.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._rich.stop()
+        self._exit.close()
 
     def log(self, message: str) -> None:
         self.console.print(message, soft_wrap=True)  # a log line is one line, also in files and CI logs

@@ -8,10 +8,10 @@ from the timed ones; a `predicted` target is not timed at all.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import Field
-from rich.markup import escape
 
 from pipeline.fileio import read_json, write_json
 from pipeline.stage import Stage, StageContext
@@ -20,6 +20,8 @@ from targets.latency import LatencyConfig, Model, add_diagnoses, measure_target
 from targets.numerics import Numerics
 from targets.predict.rows import predicted_rows
 from targets.profiles import resolve
+
+log = logging.getLogger(__name__)
 
 LATENCY_FILE = "latency.json"
 
@@ -72,12 +74,13 @@ class BenchmarkStage(Stage):
                 for row in measure_target(fitting, name, profile, cfg):
                     rows.append(row)
                     bar.advance(info=f"{name}: {row['artifact']}")
-                    ctx.progress.log("  " + timed_row_text(row))
+                    over = "latency_ms" in row and not row["budget"]["latency_ok"]
+                    (log.warning if over or "latency_ms" not in row else log.info)(timed_row_text(row))
         add_diagnoses(rows)
         predicted = [row for name, p in profiles.items() if p.public_device
                      for row in predicted_rows(models, name, p)]
         for row in predicted:
-            ctx.progress.log("  " + predicted_row_text(row))
+            log.info(predicted_row_text(row))
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
         unmatched = [n for n, p in profiles.items() if not any(m.runtime in p.all_runtimes for m in models)]
         result = {"targets": targets, "rows": rows, "predicted": predicted, "host": int8_instructions(),
@@ -90,9 +93,9 @@ def timed_row_text(row: dict) -> str:
     head = f"{row['target']} / {row['artifact']}"
     label = f"{row['label']}: {row['kernels']}" if row.get("kernels") else row["label"]
     if "latency_ms" not in row:
-        return escape(f"{head}: {row['label']} ({row['error']})")
+        return f"{head}: {row['label']} ({row['error']})"
     lat = row["latency_ms"]
-    ok = "within" if row["budget"]["latency_ok"] else "[red]over[/]"
+    ok = "within" if row["budget"]["latency_ok"] else "over"
     return (f"{head} ({label}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms {interval(lat)}, "
             f"p90 {lat['p90']:.3f} ms ({ok} {row['budget']['latency_ms']} ms), {row['runs']} runs, "
             f"model RSS {row['model_rss_mb']:.0f} MB")
@@ -101,13 +104,12 @@ def timed_row_text(row: dict) -> str:
 def predicted_row_text(row: dict) -> str:
     head = f"{row['target']} / {row['artifact']}"
     if "predicted" not in row:
-        return escape(f"{head}: predicted: {row['error']}")
+        return f"{head}: predicted: {row['error']}"
     p = row["predicted"]
     lo, hi = p["interval_ms"]
-    return escape(f"{head}: predicted {p['p50_ms']:.3f} ms ({p['level']:.0%} interval {lo:.3f}-{hi:.3f}) on "
-                  f"{p['device']} {p['runtime']} {p['precision']}, from {p['models']} public models "
-                  f"(held-out median error {p['median_ape']:.0%})" + (" [widened: extrapolated]" if p["widened"]
-                                                                      else ""))
+    return (f"{head}: predicted {p['p50_ms']:.3f} ms ({p['level']:.0%} interval {lo:.3f}-{hi:.3f}) on "
+            f"{p['device']} {p['runtime']} {p['precision']}, from {p['models']} public models "
+            f"(held-out median error {p['median_ape']:.0%})" + (" [widened: extrapolated]" if p["widened"] else ""))
 
 
 def interval(lat: dict) -> str:

@@ -6,6 +6,7 @@ then the official mirror), scikit-learn's digits, or an ImageFolder tree of clas
 from __future__ import annotations
 
 import gzip
+import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +19,8 @@ from pipeline.errors import UserError
 from pipeline.fileio import atomic_write, write_json
 from pipeline.section import Section, not_in_key
 from pipeline.stage import Stage, StageContext
+
+log = logging.getLogger(__name__)
 
 FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
@@ -293,7 +296,7 @@ class DataStage(Stage):
         else:
             train, test, classes, notes = load_imagefolder(cfg)
         for note in notes:
-            ctx.progress.log(f"  [yellow]note[/]: {note}")
+            log.warning(f"note: {note}")
         splits = split(train, test, cfg, ctx.seed)
         arrays = {}
         for name, (images, labels) in splits.items():
@@ -312,6 +315,6 @@ class DataStage(Stage):
                 "sizes": {name: int(len(labels)) for name, (_, labels) in splits.items()},
                 **({"notes": notes} if notes else {})}
         write_json(ctx.out / "meta.json", meta)
-        ctx.progress.log(f"  {cfg.dataset}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
-                         + f" images, {len(classes)} classes, {cfg.channels}x{cfg.img_size}x{cfg.img_size}")
+        log.info(f"{cfg.dataset}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
+                 + f" images, {len(classes)} classes, {cfg.channels}x{cfg.img_size}x{cfg.img_size}")
         return meta

@@ -9,6 +9,7 @@ stage runs, so the engine starts without them.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,6 +25,8 @@ from pipeline.stage import Stage, StageContext
 
 if TYPE_CHECKING:
     from targets.coreml import NotSimulated
+
+log = logging.getLogger(__name__)
 
 
 class EvaluateConfig(Section):
@@ -82,11 +85,11 @@ class EvaluateStage(Stage):
                 rows = self._artifacts(ctx, cfg, data, pool, threads)
                 for role, done in described.items():
                     result[role] = r = done.result()
-                    ctx.progress.log(f"  {role} {r['model']}: test top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, "
-                                     f"{r['params'] / 1e6:.3f} M params, {r['flops'] / 1e6:.1f} MFLOPs")
+                    log.info(f"{role} {r['model']}: test top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}%, "
+                             f"{r['params'] / 1e6:.3f} M params, {r['flops'] / 1e6:.1f} MFLOPs")
         finally:
             torch.set_num_threads(restore)
-        result["artifacts"] = self._log(ctx, rows)
+        result["artifacts"] = self._log(rows)
         write_json(ctx.out / "metrics.json", result)
         return result
 
@@ -147,12 +150,12 @@ class EvaluateStage(Stage):
         return rows
 
     @staticmethod
-    def _log(ctx: StageContext, rows: list[dict]) -> list[dict]:
+    def _log(rows: list[dict]) -> list[dict]:
         for row in rows:
             if "reason" in row:
-                ctx.progress.log(f"[yellow]  {row['artifact']}: {row['reason']}[/]")
+                log.warning(f"{row['artifact']}: {row['reason']}")
             else:
-                ctx.progress.log(f"  {row['artifact']} ({row['runtime']}, {row['precision']}, {row['evaluation']}): "
-                                 f"top-1 {row['top1']:.2f}% ({row['delta_top1']:+.2f}), "
-                                 f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
+                log.info(f"{row['artifact']} ({row['runtime']}, {row['precision']}, {row['evaluation']}): "
+                         f"top-1 {row['top1']:.2f}% ({row['delta_top1']:+.2f}), "
+                         f"agreement {100 * row['agreement']:.2f}%, {row['bytes'] / 1e6:.2f} MB")
         return rows

@@ -4,6 +4,7 @@ validation images before anything downstream uses it. Each format's converter is
 imported when the stage runs."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,8 @@ from stages.formats.coreml import CoreMLExportConfig
 from stages.formats.executorch import ExecuTorchExportConfig
 from stages.formats.litert import LiteRTExportConfig
 from stages.formats.ort_mobile import OrtMobileConfig
+
+log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "openvino_model.xml"
@@ -133,13 +136,12 @@ class ExportStage(Stage):
                     runner = load_runner(ctx.out / entry["file"])
                 except NotSimulated as exc:  # Core ML on Linux, an op the simulation lacks: recorded, run goes on
                     entry["parity"] = {"evaluation": "not simulated", "reason": str(exc)}
-                    ctx.progress.log(f"[yellow]  {name}: {exc}[/]")
+                    log.warning(f"{name}: {exc}")
                     continue
                 check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
                 entry["parity"] = check
-                ctx.progress.log(f"  {name} ({runner.evaluation}) vs torch on {check['images']} validation images: "
-                                 f"max |diff| {check['max_abs_diff']:.2e}, "
-                                 f"argmax agreement {100 * check['argmax_agreement']:.2f}%")
+                log.info(f"{name} ({runner.evaluation}) vs torch on {check['images']} validation images: max |diff| "
+                         f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
                 measured = check["max_rel_diff" if relative else "max_abs_diff"]
                 if measured > bound or check["argmax_agreement"] < agreement:
                     allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"

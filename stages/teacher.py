@@ -4,6 +4,8 @@ Like every stage module it imports only the engine at the top: torch, timm and t
 when the stage checks or runs, so `status` and `schema` start without them."""
 from __future__ import annotations
 
+import logging
+
 from pydantic import Field, model_validator
 
 from pipeline.distributed import world
@@ -12,6 +14,8 @@ from pipeline.stage import Stage, StageContext
 from stages.checkpoints import CHECKPOINT, METRICS
 from stages.data import DataConfig
 from stages.recipe import ModelConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class TeacherConfig(ModelConfig, TrainConfig):
@@ -85,7 +89,7 @@ class TeacherStage(Stage):
         val = accuracy(model, data.val, ctx.device)[1]
         if world().main:
             save_model(ctx.out / "model.pt", model, cfg.model, kwargs)
-        ctx.progress.log(f"  teacher {cfg.model} ({source}): val top-1 {val:.2f}%")
+        log.info(f"teacher {cfg.model} ({source}): val top-1 {val:.2f}%")
         return {"model": cfg.model, "source": source, "epochs": cfg.epochs, "val_top1": round(val, 3),
                 "params": sum(p.numel() for p in model.parameters()),
                 "train_seconds": round(sum(r["seconds"] for r in rows), 1), "processes": world().size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 import warnings
@@ -27,6 +28,8 @@ from pipeline.stage import Accel
 from stages.batches import Batches
 from stages.checkpoints import CHECKPOINT, METRICS
 from stages.recipe import TrainConfig
+
+log = logging.getLogger(__name__)
 
 # step(forward, x, y, sampling) -> (loss to minimise, {term name: value for the logs}); `forward` is the model to
 # call (DDP-wrapped or compiled as the run asks), so gradients are synchronised across processes; `sampling`
@@ -115,7 +118,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     rows: list[dict] = []
     start_epoch = 0
     checkpoint = workdir / CHECKPOINT
-    state = _resume_state(checkpoint, progress, label, here)
+    state = _resume_state(checkpoint, label, here)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -123,9 +126,9 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
         streams.restore(state["rng"])
         torch.set_rng_state(state["torch_rng"][here.rank])
         rows, start_epoch = state["rows"], state["epoch"]
-        progress.log(f"  {label}: resuming after epoch {start_epoch}/{cfg.epochs} from {checkpoint}")
+        log.info(f"{label}: resuming after epoch {start_epoch}/{cfg.epochs} from {checkpoint}")
     if cfg.lr_scaling == "linear":
-        progress.log(f"  {label}: lr {cfg.lr:g} x {cfg.batch_size}/512 = {lr:.3g} (linear scaling)")
+        log.info(f"{label}: lr {cfg.lr:g} x {cfg.batch_size}/512 = {lr:.3g} (linear scaling)")
     forward = _prepare(model, device, here, accel)
     with progress.bar(f"  {label} epochs", cfg.epochs) as epochs_bar:
         epochs_bar.advance(start_epoch)
@@ -139,9 +142,9 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
                                 f"or run.device = 'cpu'; the run resumes from epoch {epoch}") from None
             row = {"epoch": epoch + 1, **row, "val_top1": round(accuracy(model, val, device)[1], 3)}
             rows.append(row)
-            progress.log(f"  {label} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
-                         f"val top-1 {row['val_top1']:.2f}%, {row['images_per_s']:.0f} img/s"
-                         + (f", {row['gpu_memory_gb']:.2f} GB GPU" if "gpu_memory_gb" in row else ""))
+            log.info(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                     f"val top-1 {row['val_top1']:.2f}%, {row['images_per_s']:.0f} img/s"
+                     + (f", {row['gpu_memory_gb']:.2f} GB GPU" if "gpu_memory_gb" in row else ""))
             torch_rng = gather(torch.get_rng_state())  # dropout draws differ by rank: keep each rank's
             if here.main:
                 write_text(workdir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
@@ -151,7 +154,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
                 atomic_write(checkpoint, lambda tmp, s=state: torch.save(s, tmp))
             epochs_bar.advance()
     if here.size > 1:
-        _check_in_sync(model, here, progress, label)
+        _check_in_sync(model, here, label)
     return rows
 
 
@@ -186,7 +189,7 @@ def _prepare(model: nn.Module, device: str, here: World, accel: Accel) -> nn.Mod
     return torch.compile(forward) if accel.compile else forward
 
 
-def _check_in_sync(model: nn.Module, here: World, progress: Progress, label: str) -> None:
+def _check_in_sync(model: nn.Module, here: World, label: str) -> None:
     """DDP keeps every rank's weights identical; prove it at the end (a hash of every parameter; buffers
     such as BatchNorm's running statistics are rank 0's, as DDP broadcasts them before each forward)."""
     digest = hashlib.sha256()
@@ -195,10 +198,10 @@ def _check_in_sync(model: nn.Module, here: World, progress: Progress, label: str
     hashes = gather(digest.hexdigest())
     if len(set(hashes)) != 1:
         raise RuntimeError(f"{label}: the ranks' weights differ after training ({hashes})")
-    progress.log(f"  {label}: weights identical on all {here.size} processes")
+    log.info(f"{label}: weights identical on all {here.size} processes")
 
 
-def _resume_state(checkpoint: Path, progress: Progress, label: str, here: World) -> dict | None:
+def _resume_state(checkpoint: Path, label: str, here: World) -> dict | None:
     """The saved training state, or None (none yet, or a damaged file: then training starts over).
     Every rank reads the same file; a checkpoint from another number of processes is not resumed."""
     state, why = None, None
@@ -213,7 +216,7 @@ def _resume_state(checkpoint: Path, progress: Progress, label: str, here: World)
     if not all(gather(state is not None)):  # all ranks resume, or none
         state = None
     if why and here.main:
-        progress.log(f"[yellow]  {label}: {checkpoint} {why}; starting over[/]")
+        log.warning(f"{label}: {checkpoint} {why}; starting over")
         checkpoint.unlink()
     return state
 
@@ -232,7 +235,7 @@ def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, sched
             with _autocast(device):
                 loss, terms = step(forward, x, y, streams.sampling)
             if not _finite_everywhere(loss):  # every rank skips together, or DDP would hang
-                nonfinite = _skip_nonfinite(loss, terms, nonfinite + 1, index, cfg, schedule, progress, title)
+                nonfinite = _skip_nonfinite(loss, terms, nonfinite + 1, index, cfg, schedule, title)
                 continue
             nonfinite = 0
             optimizer.zero_grad(set_to_none=True)
@@ -266,12 +269,12 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return all_sum(finite).item() == joined().size
 
 
-def _skip_nonfinite(loss, terms, count, index, cfg, schedule, progress, title) -> int:
+def _skip_nonfinite(loss, terms, count, index, cfg, schedule, title) -> int:
     """A NaN/inf loss: skip the step (no update), warn, and stop after cfg.max_nonfinite_steps in a row."""
     values = ", ".join(f"{name} {value.item():.4g}" for name, value in {"loss": loss, **terms}.items())
     where = f"{title.strip()}, step {index + 1}, lr {schedule.get_last_lr()[0]:.2e}"
     if count >= cfg.max_nonfinite_steps:
         raise UserError(f"{where}: the loss was non-finite for {count} steps in a row ({values}); lower lr, "
                         "set grad_clip, or check the loss weights and temperature")
-    progress.log(f"[yellow]{where}: non-finite loss ({values}); step skipped[/]")
+    log.warning(f"{where}: non-finite loss ({values}); step skipped")
     return count

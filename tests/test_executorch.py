@@ -3,6 +3,7 @@ trained here for a few seconds on sklearn's digits (upscaled to 16x16)."""
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -107,13 +108,12 @@ def test_profile_layers_reports_xnnpack_and_portable_ops(fp32, digits):
     assert abs(sum(entry["share"] for entry in profile["layers"]) - 1) < 1e-6
 
 
-def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path):
+def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path, caplog):
     train, _, images, labels = digits
     path = tmp_path / "model_int8.pte"
-    messages = []
-    result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, messages.append,
-                      max_batch=MAX_BATCH)
-    assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1 and messages == []
+    caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
+    result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, max_batch=MAX_BATCH)
+    assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1 and caplog.messages == []
     int8_top1 = 100 * (predict(ExecuTorchRunner(path), [images]).argmax(1) == labels).mean()
     assert result["fp32_top1"] > 70 and abs(result["fp32_top1"] - int8_top1 - result["steps"][0]["drop"]) < 1e-3
     assert path.stat().st_size < 0.7 * fp32[0].stat().st_size
@@ -121,7 +121,7 @@ def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path):
+def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path, caplog):
     """One channel of the final norm scaled by 1000 and undone in the head's weights: fp32 is unchanged, but
     the per-tensor INT8 range of the head's input is ruined. Static (max_batch 1): lowering is faster."""
     model = copy.deepcopy(model)
@@ -130,9 +130,8 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path):
         model.norm.bias[0] *= 1000
         model.head.weight[:, 0] /= 1000
     train, _, images, labels = digits
-    messages = []
-    result = quantize(model, SHAPE, tmp_path / "s.pte", train[:256], images, labels, 2.0, 3, True, messages.append,
-                      max_batch=1)
+    caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
+    result = quantize(model, SHAPE, tmp_path / "s.pte", train[:256], images, labels, 2.0, 3, True, max_batch=1)
     first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
     assert first > 20, "the sabotage should have hurt INT8"
     assert result["met"] and last <= 2.0 and result["excluded"] == ["head"]
@@ -140,7 +139,7 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path):
     ranked = [entry["relative_mse"] for entry in result["sensitivity"]]
     assert ranked == sorted(ranked, reverse=True) and ranked[0] > 100 * ranked[1]
     assert result["sensitivity"][0]["node"] == "head" and len(ranked) == 8  # 3 convs, 5 linears
-    assert messages[-1] == "  keeping head in float"
+    assert caplog.messages[-1] == "keeping head in float"
 
 
 def _damaged(path, tmp_path, how: str):

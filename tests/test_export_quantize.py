@@ -120,7 +120,7 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(trained_run, tmp_path):
     images, labels = data.val.head(200)
     cfg = tiny_config(trained_run, "quantize.max_drop=2.0", "quantize.max_fallback_layers=4").quantize
     result = static_with_fallback(tmp_path / "s.onnx", tmp_path / "q.onnx", tmp_path, calibration, images, labels,
-                                  cfg, lambda message: None)
+                                  cfg)
     first, last = result.steps[0]["drop"], result.steps[-1]["drop"]
     assert first > 2.0, "the sabotage should have hurt INT8"
     assert last < first and result.excluded

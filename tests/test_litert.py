@@ -3,6 +3,7 @@ the XNNPACK runner, damaged files. A tiny ViT trained here for a few seconds on 
 from __future__ import annotations
 
 import copy
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -100,9 +101,8 @@ def test_dynamic_range_int8_is_smaller_and_within_budget(tiny, tmp_path):
 
 
 def test_full_integer_int8_is_smaller_within_budget_and_keeps_float_io(tiny, tmp_path):
-    logs = []
     result = litert.quantize_full_integer(tiny.path, tmp_path / "int8.tflite", tiny.train[:100], tiny.val,
-                                          tiny.val_labels, MAX_DROP, 4, logs.append)
+                                          tiny.val_labels, MAX_DROP, 4)
     assert result["met"] and result["steps"][-1]["drop"] <= MAX_DROP
     assert result["fp32_top1"] == litert.top1(tiny.path, tiny.val, tiny.val_labels)
     assert sum(result["op_types"].values()) == 10 - len(result["excluded"])  # 9 FC and the patch embedding
@@ -121,19 +121,20 @@ def test_calibration_is_deterministic(tiny, tmp_path):
     assert files[0] == files[1]
 
 
-def test_fallback_keeps_a_sabotaged_layer_in_float(tiny, tmp_path):
+def test_fallback_keeps_a_sabotaged_layer_in_float(tiny, tmp_path, caplog):
     """The loop must find the attention that sabotage_attention ruined and keep it in float."""
     model = sabotage_attention(copy.deepcopy(tiny.model))
     litert.export(model, (1, 16, 16), tmp_path / "sabotaged.tflite")
-    logs = []
+    caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
     result = litert.quantize_full_integer(tmp_path / "sabotaged.tflite", tmp_path / "int8.tflite", tiny.train[:100],
-                                          tiny.val, tiny.val_labels, MAX_DROP, 4, logs.append)
+                                          tiny.val, tiny.val_labels, MAX_DROP, 4)
     first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
     assert first > MAX_DROP, "the sabotage should have hurt INT8"
     assert result["met"] and last < first
     assert all("Block_0" in node and "Attention_attn" in node for node in result["excluded"])
     scores = [s["relative_mse"] for s in result["sensitivity"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 10  # 9 FC and the patch embedding
+    logs = caplog.messages
     assert any("ranking layers" in line for line in logs) and any("Block_0" in line for line in logs)
     assert not (tmp_path / "int8_probe.tflite").exists()
 

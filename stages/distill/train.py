@@ -1,6 +1,7 @@
 """The distill stage's work: train the student with (1-alpha) CE + alpha KD + the manifold loss over a layer map."""
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import torch
@@ -18,6 +19,8 @@ from stages.distill.features import TokenTap, aligned, checked_units, default_la
 from stages.distill.manifold import ManifoldLoss
 from stages.models import create_model, data_kwargs, load_model, save_model
 from stages.training import accuracy, fit
+
+log = logging.getLogger(__name__)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, temperature: float
@@ -95,7 +98,7 @@ def distill(ctx: StageContext) -> dict:
     val = accuracy(student, data.val, ctx.device)[1]
     if world().main:
         save_model(ctx.out / "model.pt", student, student_cfg.model, kwargs)
-    ctx.progress.log(f"  student {student_cfg.model}: val top-1 {val:.2f}%")
+    log.info(f"student {student_cfg.model}: val top-1 {val:.2f}%")
     return {"model": student_cfg.model, "val_top1": round(val, 3), "kd": cfg.kd, "manifold": use_manifold,
             "student_layers": layers[0], "teacher_layers": layers[1], "distilled_head": distilled,
             **_matching(taps, student, teacher),

@@ -255,7 +255,7 @@ def rank_sensitivity(model, graph, calibration: np.ndarray, images: np.ndarray, 
 
 def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, val_images: np.ndarray,
              val_labels: np.ndarray, max_drop: float, max_fallback_layers: int, per_channel: bool,
-             log: Callable[[str], None], max_batch: int = 64, name: str = "the model") -> dict:
+             max_batch: int = 64, name: str = "the model") -> dict:
     """INT8 .pte (static: weights and activations, calibrated on `calibration`), then while the INT8
     program's top-1 on the validation images is more than `max_drop` points below fp32 torch's, the next
     most sensitive layer stays float (at most `max_fallback_layers`).
@@ -294,5 +294,5 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
                                     batch)
 
     fp32 = float(100 * (_logits(model, val_images, batch).argmax(1) == val_labels).mean())
-    result = with_fallback("ExecuTorch INT8", fp32, max_drop, max_fallback_layers, quantized_top1, rank, log)
+    result = with_fallback("ExecuTorch INT8", fp32, max_drop, max_fallback_layers, quantized_top1, rank)
     return {**result.as_dict(), "op_types": lowered.pop("int8_ops"), **lowered, "max_batch": max_batch}

@@ -22,7 +22,7 @@ import logging
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +199,7 @@ def rank_sensitivity(src: Path, probe: Path, ranges: dict, images: np.ndarray, r
 
 def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray,
                           val_labels: np.ndarray, max_drop: float, max_fallback_layers: int,
-                          log: Callable[[str], None]) -> dict:
+                          ) -> dict:
     """Static INT8 of every FC/conv layer; while the top-1 drop against the fp32 .tflite exceeds max_drop,
     keep the next most sensitive layer in float (at most max_fallback_layers; sensitivity ranked once, on at
     most 256 validation images). Calibrated once, the ranges reused by every step.
@@ -219,5 +219,5 @@ def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_ima
         return rank_sensitivity(src, dst.with_name(f"{dst.stem}_probe.tflite"), ranges, val_images[:256], reference)
 
     result = with_fallback("LiteRT static INT8", top1(src, val_images, val_labels), max_drop, max_fallback_layers,
-                           quantized_top1, rank, log, layer_name)
+                           quantized_top1, rank, layer_name)
     return {**result.as_dict(), "op_types": int8_op_types(dst)}

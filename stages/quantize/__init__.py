@@ -6,6 +6,7 @@ where possible by leaving layers in float. OpenVINO INT8 is timed against fp32 o
 whose `artifacts(job)` returns its records (stages/quantize/job.py); the stage imports them when it runs."""
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import Field
@@ -18,6 +19,8 @@ from stages.formats.executorch import ExecuTorchQuantizeConfig
 from stages.formats.litert import LiteRTQuantizeConfig
 from stages.quantize.coreml_compress import CoreMLQuantizeConfig
 from stages.quantize.onnx_int8 import PREPROCESSED
+
+log = logging.getLogger(__name__)
 
 
 class QuantizeConfig(Section):
@@ -72,13 +75,13 @@ class QuantizeStage(Stage):
         data = load_dataset(ctx.inputs["data"])
         n_calib = cfg.calibration_images
         if n_calib > len(data.train):
-            ctx.progress.log(f"[yellow]  warning: quantize.calibration_images = {n_calib} but the training split has "
-                             f"{len(data.train)} images; calibrating on {len(data.train)}[/]")
+            log.warning(f"quantize.calibration_images = {n_calib} but the training split has {len(data.train)} "
+                        f"images; calibrating on {len(data.train)}")
             n_calib = len(data.train)
         calibration, _ = data.train.head(n_calib)
         val_images, val_labels = data.val.head(cfg.validation_images)
         job = QuantizeJob(cfg, read_json(ctx.inputs["export"] / "export.json")["artifacts"], ctx.inputs["export"],
-                          ctx.inputs["distill"], ctx.out, calibration, val_images, val_labels, ctx.progress.log)
+                          ctx.inputs["distill"], ctx.out, calibration, val_images, val_labels)
         artifacts = {}
         for backend in (onnx_int8, openvino_int8, executorch_int8, litert_int8, coreml_compress):
             artifacts.update(backend.artifacts(job))
@@ -92,10 +95,10 @@ class QuantizeStage(Stage):
                 raise UserError(f"{message}: raise max_drop or max_fallback_layers, try another calibration_method, "
                                 "or set quantize.on_over_budget = 'warn' to keep it flagged")
             notes.append(message)
-            ctx.progress.log(f"[bold red]  {message}: flagged in the report[/]")
+            log.error(f"{message}: flagged in the report")
         for key, artifact in artifacts.items():
             artifact["bytes"] = artifact_bytes(ctx.out / artifact["file"])
-            ctx.progress.log(f"  {key}: {artifact['bytes'] / 1e6:.2f} MB in {artifact['seconds']:.1f} s; "
-                             f"INT8 op types {artifact['op_types']}")
+            log.info(f"{key}: {artifact['bytes'] / 1e6:.2f} MB in {artifact['seconds']:.1f} s; INT8 op types "
+                     f"{artifact['op_types']}")
         write_json(ctx.out / "quantize.json", {"artifacts": artifacts, "notes": notes})
         return {"artifacts": artifacts, "notes": notes}

@@ -19,7 +19,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
     model, record = load_model(job.distill_dir / "model.pt")
     fallback = executorch_format.quantize(model, tuple(job.calibration.shape[1:]), file, job.calibration,
                                           job.val_images, job.val_labels, cfg.max_drop, cfg.max_fallback_layers,
-                                          cfg.executorch.per_channel, job.log,
+                                          cfg.executorch.per_channel,
                                           max_batch=job.exported["executorch"]["max_batch"], name=record["model"])
     return {"executorch_int8": {
         "file": file.name, "runtime": "executorch", "precision": "int8 static (XNNPACK quantizer" +

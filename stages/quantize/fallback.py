@@ -2,8 +2,11 @@
 everything; while the top-1 drop exceeds max_drop, keep the next most sensitive layer in float."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Fallback:
 
 def with_fallback(what: str, fp32_top1: float, max_drop: float, max_layers: int,
                   quantized_top1: Callable[[list[str]], float], rank: Callable[[], list[dict]],
-                  log: Callable[[str], None], shown: Callable[[str], str] = str) -> Fallback:
+                  shown: Callable[[str], str] = str) -> Fallback:
     """`quantized_top1(excluded)` writes the INT8 model with those layers in float and returns its top-1; `rank()`
     scores the layers once ({"node", "relative_mse"}, most harmful first), only when the first step is over
     budget. Stops within budget, at `max_layers` layers kept in float, or when none is left. `shown` names a
@@ -44,10 +47,10 @@ def with_fallback(what: str, fp32_top1: float, max_drop: float, max_layers: int,
         if drop <= max_drop or len(excluded) >= max_layers:
             return result
         if ranked is None:
-            log(f"  {what} loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
+            log.info(f"{what} loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
             ranked = result.sensitivity = rank()
         remaining = [r["node"] for r in ranked if r["node"] not in excluded]
         if not remaining:
             return result
         excluded.append(remaining[0])
-        log(f"  keeping {shown(remaining[0])} in float")
+        log.info(f"keeping {shown(remaining[0])} in float")

@@ -3,16 +3,17 @@ validates on. Each backend (onnx_int8, openvino_int8, executorch_int8, litert_in
 into artifact records {name: {file, runtime, precision, op_types, seconds, ...}} and notes for the report."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from stages.quantize import QuantizeConfig
-
 
 
 @dataclass
@@ -25,7 +26,6 @@ class QuantizeJob:
     calibration: np.ndarray
     val_images: np.ndarray
     val_labels: np.ndarray
-    log: Callable[[str], None]
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -35,4 +35,4 @@ class QuantizeJob:
     def note(self, message: str) -> None:
         """A note for the report, also logged."""
         self.notes.append(message)
-        self.log(f"[yellow]  {message}[/]")
+        log.warning(message)

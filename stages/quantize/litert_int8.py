@@ -18,7 +18,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
         start = time.perf_counter()
         file = job.out / "model_int8.tflite"
         fallback = litert_format.quantize_full_integer(source, file, job.calibration, job.val_images, job.val_labels,
-                                                       cfg.max_drop, cfg.max_fallback_layers, job.log)
+                                                       cfg.max_drop, cfg.max_fallback_layers)
         found["litert_int8"] = {
             "file": file.name, "runtime": "litert", "precision": "int8 static, FC/conv (float32 in/out)",
             "numerics": static_int8(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -164,7 +163,7 @@ def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.
 
 
 def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarray, val_images: np.ndarray,
-                         val_labels: np.ndarray, cfg: QuantizeConfig, log: Callable[[str], None]) -> Fallback:
+                         val_labels: np.ndarray, cfg: QuantizeConfig) -> Fallback:
     """Quantize everything; while the top-1 drop exceeds max_drop, keep the next most sensitive layer
     in float (at most cfg.max_fallback_layers)."""
     cache = work / "calibration.json"
@@ -178,7 +177,7 @@ def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarr
         return rank_sensitivity(src, work, calibration, val_images[:256], cfg, cache, reference)
 
     result = with_fallback("ONNX static INT8", top1(src, val_images, val_labels), cfg.max_drop,
-                           cfg.max_fallback_layers, quantized_top1, rank, log)
+                           cfg.max_fallback_layers, quantized_top1, rank)
     cache.unlink(missing_ok=True)
     return result
 
@@ -201,8 +200,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
     if cfg.onnx_static:
         start = time.perf_counter()
         file = out / "model_int8_static.onnx"
-        fallback = static_with_fallback(source, file, out, job.calibration, job.val_images, job.val_labels, cfg,
-                                        job.log)
+        fallback = static_with_fallback(source, file, out, job.calibration, job.val_images, job.val_labels, cfg)
         attention = static_exclusions(source, cfg)
         found["onnx_int8_static"] = {
             "file": file.name, "runtime": "onnxruntime",

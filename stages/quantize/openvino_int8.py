@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,8 @@ import numpy as np
 from stages.quantize.job import QuantizeJob
 from targets.numerics import static_int8, weights_only
 from targets.runtimes import OPENVINO_F32, require
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from stages.quantize import QuantizeConfig
@@ -35,7 +36,7 @@ def model_type(model):
 
 
 def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
-             cfg: QuantizeConfig, log: Callable[[str], None]) -> dict:
+             cfg: QuantizeConfig) -> dict:
     ov = require("openvino", "openvino")
     nncf = require("nncf", "openvino")
     logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -51,7 +52,7 @@ def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarr
     result = {"fp32_top1": fp32, "plain_drop": round(drop, 3), "accuracy_control": False, "max_drop": cfg.max_drop,
               "model_type": "transformer" if kind else "cnn"}
     if drop > cfg.max_drop:
-        log(f"  OpenVINO INT8 loses {drop:.2f} top-1 points (max_drop {cfg.max_drop}): NNCF accuracy control")
+        log.info(f"OpenVINO INT8 loses {drop:.2f} top-1 points (max_drop {cfg.max_drop}): NNCF accuracy control")
         validation = nncf.Dataset(items, lambda item: item[0])
         params = nncf.quantization.advanced_parameters.AdvancedAccuracyRestorerParameters(
             max_num_iterations=cfg.max_fallback_layers)
@@ -140,7 +141,7 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
     if cfg.openvino:
         start = time.perf_counter()
         file = job.out / "openvino_int8_model.xml"
-        control = quantize(fp32, file, job.calibration, job.val_images, job.val_labels, cfg, job.log)
+        control = quantize(fp32, file, job.calibration, job.val_images, job.val_labels, cfg)
         found["openvino_int8"] = record = {
             "file": file.name, "runtime": "openvino", "precision": "int8 (NNCF)", "numerics": static_int8(),
             "op_types": quantized_op_types(file), "fallback": control, "seconds": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,48 @@
+"""Stage code logs records; a run's Progress shows them on its console, one unwrapped line each, styled by level."""
+from __future__ import annotations
+
+import io
+import logging
+import re
+
+from rich.console import Console
+
+from pipeline.progress import Progress
+
+
+def _console(buffer: io.StringIO, colour: bool = False) -> Console:
+    return Console(file=buffer, width=40, force_terminal=colour, color_system="standard" if colour else None)
+
+
+def _lines(buffer: io.StringIO) -> list[str]:
+    """What was printed, less the progress display's own blank line and cursor codes."""
+    lines = (re.sub(r"\x1b\[(\?25[lh]|2K)", "", line) for line in buffer.getvalue().splitlines())
+    return [line for line in lines if line.strip()]
+
+
+def test_a_stage_record_is_one_indented_literal_line_on_the_run_console():
+    buffer = io.StringIO()
+    message = "evaluate: " + "a long record " * 10 + "with [bold]brackets[/] from a path"
+    with Progress(_console(buffer)):
+        logging.getLogger("stages.evaluate").info(message)
+    assert _lines(buffer) == [f"  {message}"]  # not wrapped at 40 columns, no markup read
+
+
+def test_warnings_and_errors_are_coloured_and_debug_is_not_shown():
+    buffer = io.StringIO()
+    with Progress(_console(buffer, colour=True)):
+        logging.getLogger("targets.latency").warning("over budget")
+        logging.getLogger("stages.quantize").error("flagged")
+        logging.getLogger("stages.quantize").debug("detail")
+    lines = _lines(buffer)
+    assert len(lines) == 2 and "\x1b[33m" in lines[0] and "\x1b[1;31m" in lines[1], lines
+
+
+def test_the_console_is_released_when_the_run_ends():
+    buffer = io.StringIO()
+    logger = logging.getLogger("stages.teacher")
+    level = logger.level
+    with Progress(_console(buffer)):
+        logger.info("during")
+    logger.info("after")
+    assert _lines(buffer) == ["  during"] and logger.level == level and not logger.handlers
