@@ -36,19 +36,23 @@ class ConsoleHandler(logging.Handler):
 
 @contextmanager
 def to_console(console: Console) -> Iterator[None]:
-    """Show the project's INFO records and up on `console` for the duration."""
+    """Show the project's INFO records and up on `console` for the duration, and only there: they do not
+    propagate to the root logger meanwhile, where a library may have put its own handler (one that the
+    Core ML / LiteRT imports install would print every line a second time, timestamped)."""
     handler = ConsoleHandler(console)
     loggers = [logging.getLogger(name) for name in PROJECT]
-    levels = [logger.level for logger in loggers]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, (level, propagate) in zip(loggers, saved):
             logger.removeHandler(handler)
             logger.setLevel(level)
+            logger.propagate = propagate
 
 NOISY = ("coremltools", "torch.utils.cpp_extension", "nncf")
 

@@ -74,8 +74,8 @@ class BenchmarkStage(Stage):
                 for row in measure_target(fitting, name, profile, cfg):
                     rows.append(row)
                     bar.advance(info=f"{name}: {row['artifact']}")
-                    over = "latency_ms" in row and not row["budget"]["latency_ok"]
-                    (log.warning if over or "latency_ms" not in row else log.info)(timed_row_text(row))
+                    within = "latency_ms" in row and row["budget"]["latency_ok"]
+                    log.log(logging.INFO if within else logging.WARNING, timed_row_text(row))
         add_diagnoses(rows)
         predicted = [row for name, p in profiles.items() if p.public_device
                      for row in predicted_rows(models, name, p)]

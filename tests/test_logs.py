@@ -46,3 +46,15 @@ def test_the_console_is_released_when_the_run_ends():
         logger.info("during")
     logger.info("after")
     assert _lines(buffer) == ["  during"] and logger.level == level and not logger.handlers
+
+
+def test_a_root_handler_a_library_installed_does_not_print_the_lines_twice():
+    buffer, root_stream = io.StringIO(), io.StringIO()
+    root_handler = logging.StreamHandler(root_stream)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        with Progress(_console(buffer)):
+            logging.getLogger("stages.export").info("onnxruntime vs torch")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert _lines(buffer) == ["  onnxruntime vs torch"] and root_stream.getvalue() == ""
