@@ -11,8 +11,6 @@ from pipeline.errors import UserError
 from pipeline.section import Section
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.toml")
-
-
 RUNTIME = Literal["onnxruntime", "openvino", "coreml", "executorch", "litert"]
 
 
