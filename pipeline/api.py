@@ -28,7 +28,9 @@ def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] 
     `config`: a pipeline.toml path, a dict with the same tables, or None for the defaults; `overrides`:
     `section.key=value` strings as with `--set`; `force`, `until`, `out`: as the CLI's options. The
     deploy folder of each target is `report["deploy"][target]`. A config mistake raises UserError with the
-    CLI's one-line message. Several processes (`run.nproc`) need the CLI, which launches them.
+    CLI's one-line message. Several processes (`run.nproc`) need the CLI, which launches them. `quiet`: no
+    progress bars or log lines on the terminal; the stages' log records still reach any handler attached to
+    the `stages` and `targets` loggers (during the run they do not propagate to the root logger).
     """
     quiet_third_party()
     cfg = load_config(config, list(overrides))

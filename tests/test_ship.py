@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -179,12 +180,18 @@ def test_out_refuses_a_file_a_foreign_folder_and_a_read_only_place(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_the_python_api_runs_a_dict_config_and_returns_the_report_and_deploy_folders(tmp_path):
+def test_the_python_api_runs_a_dict_config_and_returns_the_report_and_deploy_folders(tmp_path, caplog):
     from pipeline import run
 
     config = {"export": {"coreml": {"enabled": False}, "openvino": False},
               "quantize": {"coreml": {"enabled": False}, "openvino": False}}
-    report = run(config, tiny_overrides(tmp_path), out=tmp_path / "app-models", quiet=True)
+    mine = logging.getLogger("stages")
+    mine.addHandler(caplog.handler)  # quiet: nothing on the terminal, but the records reach the caller's handlers
+    try:
+        report = run(config, tiny_overrides(tmp_path), out=tmp_path / "app-models", quiet=True)
+    finally:
+        mine.removeHandler(caplog.handler)
+    assert any(m.startswith("teacher convstem_vit_small (scratch): val top-1") for m in caplog.messages)
     assert report["ship"]["android-phone"]["runtime"] == "onnxruntime"
     phone = Path(report["deploy"]["android-phone"])
     assert phone.parent == tmp_path / "app-models" and next(phone.glob("*.onnx")).is_file()
