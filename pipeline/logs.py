@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.text import Text
 
+NOISY = ("coremltools", "torch.utils.cpp_extension", "nncf")  # loggers that repeat one warning
 PROJECT = ("stages", "targets")  # the loggers of the code that a run's stages execute
 STYLES = {logging.WARNING: "yellow", logging.ERROR: "bold red", logging.CRITICAL: "bold red"}
 
@@ -53,8 +54,6 @@ def to_console(console: Console) -> Iterator[None]:
             logger.removeHandler(handler)
             logger.setLevel(level)
             logger.propagate = propagate
-
-NOISY = ("coremltools", "torch.utils.cpp_extension", "nncf")
 
 
 class OncePerKind(logging.Filter):

@@ -198,8 +198,7 @@ def rank_sensitivity(src: Path, probe: Path, ranges: dict, images: np.ndarray, r
 
 
 def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray,
-                          val_labels: np.ndarray, max_drop: float, max_fallback_layers: int,
-                          ) -> dict:
+                          val_labels: np.ndarray, max_drop: float, max_fallback_layers: int) -> dict:
     """Static INT8 of every FC/conv layer; while the top-1 drop against the fp32 .tflite exceeds max_drop,
     keep the next most sensitive layer in float (at most max_fallback_layers; sensitivity ranked once, on at
     most 256 validation images). Calibrated once, the ranges reused by every step.
