@@ -74,14 +74,16 @@ def warmup_cosine(total_steps: int, warmup_steps: int, floor: float) -> Callable
 def accuracy(model: nn.Module, data: Batches, device: str, batch_size: int = 512, topk: tuple[int, ...] = (1,)
              ) -> dict[int, float]:
     """Top-k accuracy in percent over a whole split (eval mode); each rank of a multi-process run
-    scores its share and the hits are summed."""
+    scores its share and the hits are summed. A k past the number of classes takes them all (top-5 of a
+    2-class model is 100%)."""
     was_training = model.training
     model.eval()
     hits = torch.zeros(len(topk), dtype=torch.float64, device=device)
     here = joined()
     for x, y in data.iterate(batch_size, device, shard=(here.rank, here.size)):
         with _autocast(device):
-            top = model(x).topk(max(topk), dim=1).indices
+            logits = model(x)
+            top = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices
         for i, k in enumerate(topk):
             hits[i] += (top[:, :k] == y[:, None]).any(dim=1).sum()
     model.train(was_training)

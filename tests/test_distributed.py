@@ -76,6 +76,17 @@ def test_evaluation_shards_score_every_image_once():
     assert sorted(torch.cat(seen).tolist()) == list(range(23))
 
 
+def test_top5_of_a_model_with_fewer_classes_counts_every_class():
+    """An ImageFolder of two classes: evaluate asks for top-1 and top-5 (it failed: topk past the classes)."""
+    from stages.training import accuracy
+
+    data = _batches(8)
+    data.labels = data.labels % 2
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    top = accuracy(model, data, "cpu", batch_size=3, topk=(1, 5))
+    assert top[5] == 100.0 and 0 <= top[1] <= 100
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
     """A small trained teacher (one process), pinned by checkpoint in the runs below."""
