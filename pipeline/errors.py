@@ -7,11 +7,12 @@ class UserError(Exception):
 
 def root_cause(exc: BaseException) -> str:
     """The first line of the innermost exception in a chain: exporters and converters wrap the one that names
-    the op several times."""
+    the op several times. A bare value (a KeyError's key) comes with the exception's type."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else ""
+    return line if " " in line else f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
 def clip(text: str, limit: int) -> str:

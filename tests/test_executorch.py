@@ -174,3 +174,28 @@ def test_an_op_without_a_lowering_names_the_op(tmp_path):
         export(model_with_an_unknown_op("manifold_edge_executorch_test::riddle"), (1, 4, 4), tmp_path / "odd.pte",
                4, name="odd_net")
     assert "\n" not in str(error.value)
+
+
+class SplitHeads(torch.nn.Module):
+    """LeViT's attention pattern: q, k, v split off one projection's last dimension. ExecuTorch's edge passes fix
+    the batch of such a graph at the example's size (torch 2.14, ExecuTorch 1.5; EfficientViT does the same)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, head_dim: int = 2):
+        super().__init__()
+        self.qkv, self.heads, self.head_dim = torch.nn.Linear(dim, heads * 3 * head_dim), heads, head_dim
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, -1).split([self.head_dim] * 3, dim=3)
+        attention = (q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1)).softmax(-1)
+        return (attention @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(b, n, -1)
+
+
+def test_a_graph_whose_lowering_fixes_the_batch_is_planned_for_one_image(tmp_path, caplog):
+    net = SplitHeads().eval()
+    with caplog.at_level(logging.WARNING, logger="stages.formats.executorch"):
+        record = export(net, (4, 8), tmp_path / "split.pte", MAX_BATCH, name="split_heads")
+    assert record["max_batch"] == 1
+    assert "lowering split_heads fixes its batch dimension" in caplog.text
+    x = np.random.default_rng(0).standard_normal((5, 4, 8)).astype(np.float32)
+    np.testing.assert_allclose(ExecuTorchRunner(tmp_path / "split.pte")(x), logits(net, x), atol=1e-5)

@@ -1,7 +1,8 @@
 """ExecuTorch (.pte): the student lowered to the XNNPACK delegate, fp32 and INT8 (PT2E with the XNNPACK
 quantizer), run by targets/executorch_runner.py.
 
-- Batch: dynamic, 1 to `max_batch`; memory is planned for `max_batch` images.
+- Batch: dynamic, 1 to `max_batch`; memory is planned for `max_batch` images. Where ExecuTorch's edge passes fix
+  the batch (LeViT and EfficientViT split q, k, v off one projection's last dimension), batch 1, with a warning.
 - Attention runs as explicit matmul + softmax (timm's `fused_attn` off, the same maths): exported, fused
   scaled_dot_product_attention decomposes into masking ops (eq, any, where) that XNNPACK does not take, and
   the default student ran 1.7x slower at batch 1 with them on the portable kernels.
@@ -25,6 +26,8 @@ from pydantic import Field
 
 from pipeline.errors import UserError, root_cause
 from pipeline.section import Section
+
+log = logging.getLogger(__name__)
 
 PROBE_IMAGES = 256  # validation images for the sensitivity ranking
 CALIBRATION_BATCH = 32
@@ -137,28 +140,75 @@ def _lower(exported, path: Path, max_batch: int) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    name = exported.graph_signature.user_inputs[0]
+    edge = to_edge_transform_and_lower(exported, transform_passes=[_batch_still_dynamic(name)],
+                                       partitioner=[XnnpackPartitioner()])
     program = edge.exported_program()
     record = delegation(program.graph_module)
-    _widen_batch(program, max_batch)
+    _widen_batch(program, name, max_batch)
     Path(path).write_bytes(edge.to_executorch().buffer)
     return record
 
 
-def _widen_batch(program, max_batch: int) -> None:
+def _batch_size(graph, name: str):
+    """The batch dimension of the input placeholder `name`: an int, or a SymInt while it is dynamic."""
+    size = next(n for n in graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape[0]
+    if not isinstance(size, int) and not size.node.expr.free_symbols:
+        raise _FixedBatch(int(size))
+    return size
+
+
+def _batch_still_dynamic(name: str):
+    """A transform pass (the edge passes ran, partitioning has not): stop early, with _FixedBatch, where the edge
+    passes fixed a dynamic batch at the example's size (LeViT: torch 2.14, ExecuTorch 1.5)."""
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    def check(graph_module):
+        _batch_size(graph_module.graph, name)
+        return PassResult(graph_module, False)
+    return check
+
+
+def _widen_batch(program, name: str, max_batch: int) -> None:
     """Restore the batch's upper bound before memory planning. Lowering a stride-2 conv re-runs torch's fake
     conv, whose backend choice guards `batch < 16` at the example batch of 2: the bound drops to 15 and
     the planned input would refuse 16 images (seen on the convstem student: torch 2.14, ExecuTorch 1.5).
     XNNPACK reshapes at run time, so the wider plan is safe; tests run the largest batch."""
     from torch.utils._sympy.value_ranges import ValueRanges
 
-    name = program.graph_signature.user_inputs[0]
-    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
-    size = node.meta["val"].shape[0]
+    size = _batch_size(program.graph, name)
     if isinstance(size, int):
         return
     env, symbol = size.node.shape_env, size.node.expr
     env.var_to_range[symbol] = ValueRanges(env.var_to_range[symbol].lower, max_batch)
+
+
+class _FixedBatch(Exception):
+    """Lowering fixed a dynamic batch at the example's size."""
+
+
+def _capture_and_lower(module, shape: tuple[int, ...], path: Path, max_batch: int) -> tuple[dict, int]:
+    """The .pte for a batch of 1 to `max_batch`; where lowering fixes the batch, for batch 1 (the phone's).
+    Returns delegation() and the batch planned."""
+    if max_batch > 1:
+        try:
+            return _lower(_capture(module, shape, max_batch), path, max_batch), max_batch
+        except Exception as exc:  # the pass manager wraps what a pass raises
+            if not _caused_by(exc, _FixedBatch):
+                raise
+    return _lower(_capture(module, shape, 1), path, 1), 1
+
+
+def _caused_by(exc: BaseException | None, kind: type) -> bool:
+    while exc is not None and not isinstance(exc, kind):
+        exc = exc.__cause__ or exc.__context__
+    return exc is not None
+
+
+def _one_image_at_a_time(name: str, max_batch: int, planned: int) -> None:
+    if planned < max_batch:
+        log.warning(f"ExecuTorch: lowering {name} fixes its batch dimension, so its .pte takes one image at a "
+                    f"time (export.executorch.max_batch = {max_batch} is not kept; the runner feeds batches in turn)")
 
 
 def _failed(what: str, name: str, exc: BaseException) -> UserError:
@@ -173,11 +223,12 @@ def export(model, shape: tuple[int, ...], path: Path, max_batch: int, name: str 
     require("executorch", "executorch")
     with quiet():
         try:
-            record = _lower(_capture(_unfused(model), shape, max_batch), path, max_batch)
+            record, planned = _capture_and_lower(_unfused(model), shape, path, max_batch)
         except Exception as exc:  # torch.export and the edge passes raise many types; the innermost names the op
             raise _failed("export", name, exc) from None
+    _one_image_at_a_time(name, max_batch, planned)
     record.pop("int8_ops")
-    return {**record, "max_batch": max_batch}
+    return {**record, "max_batch": planned}
 
 
 @functools.cache
@@ -282,7 +333,8 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
             converted = _fake_quantized(graph, calibration, _quantizer(per_channel, _in_modules(excluded, False)),
                                         batch)
             try:
-                lowered.update(_lower(_capture(converted, shape, max_batch), dst, max_batch))
+                record, lowered["max_batch"] = _capture_and_lower(converted, shape, dst, max_batch)
+                lowered.update(record)
             except Exception as exc:
                 raise _failed("INT8 lowering", name, exc) from None
         return float(100 * (predict(ExecuTorchRunner(dst), [val_images]).argmax(1) == val_labels).mean())
@@ -295,4 +347,5 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
 
     fp32 = float(100 * (_logits(model, val_images, batch).argmax(1) == val_labels).mean())
     result = with_fallback("ExecuTorch INT8", fp32, max_drop, max_fallback_layers, quantized_top1, rank)
-    return {**result.as_dict(), "op_types": lowered.pop("int8_ops"), **lowered, "max_batch": max_batch}
+    _one_image_at_a_time(name, max_batch, lowered["max_batch"])
+    return {**result.as_dict(), "op_types": lowered.pop("int8_ops"), **lowered}
