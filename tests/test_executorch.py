@@ -199,3 +199,25 @@ def test_a_graph_whose_lowering_fixes_the_batch_is_planned_for_one_image(tmp_pat
     assert "lowering split_heads fixes its batch dimension" in caplog.text
     x = np.random.default_rng(0).standard_normal((5, 4, 8)).astype(np.float32)
     np.testing.assert_allclose(ExecuTorchRunner(tmp_path / "split.pte")(x), logits(net, x), atol=1e-5)
+
+
+class PaddedConvs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second, self.head = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.second(torch.nn.functional.pad(self.first(x), (1, 1, 1, 1))).mean((2, 3)))
+
+
+def test_int8_keeps_constant_pads_off_xnnpack(tmp_path):
+    """XNNPACK takes pads in fp32 only; a delegated pad in an INT8 program of a Swin student made the program fail
+    to load ("Failed to create StaticConstantPad node")."""
+    torch.manual_seed(0)
+    net = PaddedConvs().eval()
+    images = np.random.default_rng(0).standard_normal((48, 1, 8, 8)).astype(np.float32)
+    labels = logits(net, images).argmax(1)
+    record = quantize(net, (1, 8, 8), tmp_path / "padded_int8.pte", images[:16], images, labels, max_drop=100.0,
+                      max_fallback_layers=0, per_channel=True, max_batch=8)
+    assert record["undelegated_ops"] == {"constant_pad_nd": 1, "mean.dim": 1}
+    assert (predict(ExecuTorchRunner(tmp_path / "padded_int8.pte"), [images]).argmax(1) == labels).mean() > 0.8

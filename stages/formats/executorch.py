@@ -135,14 +135,21 @@ def _on_int8(node, name: str) -> bool:
     return any(_is(user, QUANTIZE) for user in node.users)
 
 
-def _lower(exported, path: Path, max_batch: int) -> dict:
-    """to_edge_transform_and_lower with the XNNPACK partitioner, then the .pte. Returns delegation()."""
+def _lower(exported, path: Path, max_batch: int, int8: bool = False) -> dict:
+    """to_edge_transform_and_lower with the XNNPACK partitioner, then the .pte. Returns delegation().
+
+    An INT8 graph keeps its constant pads (Swin's window padding) on the portable kernels: XNNPACK takes pads
+    in fp32 only, and a delegated pad after a dequantize made the program fail to load ("Failed to create
+    StaticConstantPad node ... xnn_status_invalid_parameter"; ExecuTorch 1.5)."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     name = exported.graph_signature.user_inputs[0]
+    configs = [c for c in ALL_PARTITIONER_CONFIGS if not (int8 and c is ConstantPadConfig)]
     edge = to_edge_transform_and_lower(exported, transform_passes=[_batch_still_dynamic(name)],
-                                       partitioner=[XnnpackPartitioner()])
+                                       partitioner=[XnnpackPartitioner(configs=configs)])
     program = edge.exported_program()
     record = delegation(program.graph_module)
     _widen_batch(program, name, max_batch)
@@ -187,16 +194,17 @@ class _FixedBatch(Exception):
     """Lowering fixed a dynamic batch at the example's size."""
 
 
-def _capture_and_lower(module, shape: tuple[int, ...], path: Path, max_batch: int) -> tuple[dict, int]:
+def _capture_and_lower(module, shape: tuple[int, ...], path: Path, max_batch: int, int8: bool = False
+                       ) -> tuple[dict, int]:
     """The .pte for a batch of 1 to `max_batch`; where lowering fixes the batch, for batch 1 (the phone's).
     Returns delegation() and the batch planned."""
     if max_batch > 1:
         try:
-            return _lower(_capture(module, shape, max_batch), path, max_batch), max_batch
+            return _lower(_capture(module, shape, max_batch), path, max_batch, int8), max_batch
         except Exception as exc:  # the pass manager wraps what a pass raises
             if not _caused_by(exc, _FixedBatch):
                 raise
-    return _lower(_capture(module, shape, 1), path, 1), 1
+    return _lower(_capture(module, shape, 1), path, 1, int8), 1
 
 
 def _caused_by(exc: BaseException | None, kind: type) -> bool:
@@ -333,7 +341,7 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
             converted = _fake_quantized(graph, calibration, _quantizer(per_channel, _in_modules(excluded, False)),
                                         batch)
             try:
-                record, lowered["max_batch"] = _capture_and_lower(converted, shape, dst, max_batch)
+                record, lowered["max_batch"] = _capture_and_lower(converted, shape, dst, max_batch, int8=True)
                 lowered.update(record)
             except Exception as exc:
                 raise _failed("INT8 lowering", name, exc) from None
