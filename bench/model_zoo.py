@@ -45,7 +45,6 @@ SETTINGS = [
     "distill.epochs=1", "distill.batch_size=64", "distill.k=32",
     "export.parity_images=128", "quantize.calibration_images=64", "quantize.validation_images=200",
     "quantize.coreml.variants=[{name='int8', kind='linear', granularity='per_channel'}]",
-    "export.executorch.enabled=false", "export.litert.enabled=false",  # not yet measured on every family
 ]
 
 
@@ -88,8 +87,9 @@ def row(name: str, report: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | family | params | units matched (student -> teacher) | top-1 % | ONNX / OpenVINO / Core ML "
-             "parity, max abs diff | INT8 ORT static / dynamic / OpenVINO / Core ML: top-1 change (agreement) |",
+    lines = ["| model | family | params | units matched (student -> teacher) | top-1 % | ONNX / OpenVINO / Core ML / "
+             "ExecuTorch / LiteRT parity, max abs diff | INT8 ORT static / dynamic / OpenVINO / Core ML / ExecuTorch / "
+             "LiteRT: top-1 change (agreement) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "refused" in r:
@@ -97,9 +97,10 @@ def table(rows: list[dict]) -> str:
             continue
         units = ", ".join(f"{s}->{t}" for s, t in r["matched_units"])
         parity = " / ".join(f"{r['parity'][k]['max_abs_diff']:.1e}" if k in r["parity"] else "-"
-                            for k in ("onnx", "openvino", "coreml"))
+                            for k in ("onnx", "openvino", "coreml", "executorch", "litert"))
         int8 = " / ".join(_agreement(r["artifacts"].get(k)) for k in ("onnx_int8_static", "onnx_int8_dynamic",
-                                                                         "openvino_int8", "coreml_int8"))
+                                                                         "openvino_int8", "coreml_int8",
+                                                                         "executorch_int8", "litert_int8"))
         lines.append(f"| `{r['model']}` | {r['family']} | {r['params'] / 1e6:.2f} M | {units} "
                      f"| {r['student_top1']:.1f} | {parity} | {int8} |")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The model zoo (bench/model_zoo.py): every family through distill (manifold loss) -> export -> quantize ->
-evaluate, on shrunk configs; OpenVINO's NNCF INT8 and the accuracy fallback are left to the bench and to
-tests/test_export_quantize.py, to keep the zoo inside the suite's time."""
+evaluate, on shrunk configs; OpenVINO's NNCF INT8, the accuracy fallback, ExecuTorch and LiteRT are left to the
+bench and to tests/test_export_quantize.py, test_executorch.py and test_litert.py, to keep the zoo inside the
+suite's time."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,8 @@ FAMILIES = {"deit_tiny_distilled": "vit", "cait_xxs24": "cait", "vit_registers":
 # CNN students and a second plain ViT: the bench runs them (bench/results/model_zoo.json); the suite keeps
 # one of each transformer family within its 8 minutes
 BENCH_ONLY = {"resnet18", "mobilenetv3_small", "vit_registers"}
-LEANER = ("quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.max_drop=100.0")
+LEANER = ("quantize.openvino=false", "quantize.onnx_dynamic=false", "quantize.max_drop=100.0",
+          "export.executorch.enabled=false", "export.litert.enabled=false")  # the bench runs those (tens of s each)
 
 
 @pytest.mark.slow
