@@ -157,6 +157,10 @@ def _lower(exported, path: Path, max_batch: int, int8: bool = False) -> dict:
     return record
 
 
+class _FixedBatch(Exception):
+    """Lowering fixed a dynamic batch at the example's size."""
+
+
 def _batch_size(graph, name: str):
     """The batch dimension of the input placeholder `name`: an int, or a SymInt while it is dynamic."""
     size = next(n for n in graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape[0]
@@ -188,10 +192,6 @@ def _widen_batch(program, name: str, max_batch: int) -> None:
         return
     env, symbol = size.node.shape_env, size.node.expr
     env.var_to_range[symbol] = ValueRanges(env.var_to_range[symbol].lower, max_batch)
-
-
-class _FixedBatch(Exception):
-    """Lowering fixed a dynamic batch at the example's size."""
 
 
 def _capture_and_lower(module, shape: tuple[int, ...], path: Path, max_batch: int, int8: bool = False
