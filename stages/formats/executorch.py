@@ -37,7 +37,8 @@ class ExecuTorchExportConfig(Section):
     enabled: bool = Field(True, description="also write model.pte: ExecuTorch, lowered to the XNNPACK delegate "
                                             "(fp32)")
     max_batch: int = Field(64, ge=1, le=4096, description="upper bound of the dynamic batch dimension; memory is "
-                                                          "planned for it (the runner splits bigger batches)")
+                                                          "planned for it (the runner splits bigger batches); 1 for "
+                                                          "models whose lowering fixes the batch (LeViT, EfficientViT)")
 
 
 class ExecuTorchQuantizeConfig(Section):
