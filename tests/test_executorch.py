@@ -221,3 +221,25 @@ def test_int8_keeps_constant_pads_off_xnnpack(tmp_path):
                       max_fallback_layers=0, per_channel=True, max_batch=8)
     assert record["undelegated_ops"] == {"constant_pad_nd": 1, "mean.dim": 1}
     assert (predict(ExecuTorchRunner(tmp_path / "padded_int8.pte"), [images]).argmax(1) == labels).mean() > 0.8
+
+
+def test_int8_conversion_leaves_no_conv_batch_norm_pair_to_fold():
+    """convert_pt2e's folding of quantization-aware-training conv + batch-norm patterns is skipped
+    (_no_qat_folding: it traced ~90 pattern graphs per call whenever any batch norm was left). Safe because
+    post-training preparation already folds each conv's batch norm: in the converted module of a model with
+    both kinds, the BatchNorm1d before a Linear (EfficientViT's head) is left and no convolution feeds it."""
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    from stages.formats.executorch import _capture, _fake_quantized, _quantizer
+
+    fold = quantize_pt2e._fold_conv_bn_qat
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(144),
+                        nn.Linear(144, 3)).eval()
+    converted = _fake_quantized(_capture(net, (1, 8, 8), 1).module(), np.random.default_rng(0).standard_normal(
+        (8, 1, 8, 8)).astype(np.float32), _quantizer(per_channel=True), 1)
+    norms = [n for n in converted.graph.nodes if "batch_norm" in str(n.target)]
+    assert len(norms) == 1 and quantize_pt2e._fold_conv_bn_qat is fold
+    before = {str(n.target) for norm in norms for n in norm.all_input_nodes}
+    assert not any("convolution" in name or "conv2d" in name for name in before), before
