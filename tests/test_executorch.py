@@ -191,14 +191,19 @@ class SplitHeads(torch.nn.Module):
         return (attention @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(b, n, -1)
 
 
-def test_a_graph_whose_lowering_fixes_the_batch_is_planned_for_one_image(tmp_path, caplog):
+def test_a_graph_whose_lowering_fixes_the_batch_is_planned_for_one_image_also_in_int8(tmp_path, caplog):
     net = SplitHeads().eval()
     with caplog.at_level(logging.WARNING, logger="stages.formats.executorch"):
         record = export(net, (4, 8), tmp_path / "split.pte", MAX_BATCH, name="split_heads")
     assert record["max_batch"] == 1
     assert "lowering split_heads fixes its batch dimension" in caplog.text
-    x = np.random.default_rng(0).standard_normal((5, 4, 8)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((40, 4, 8)).astype(np.float32)
     np.testing.assert_allclose(ExecuTorchRunner(tmp_path / "split.pte")(x), logits(net, x), atol=1e-5)
+    labels = logits(net, x).argmax(1)
+    int8 = quantize(net, (4, 8), tmp_path / "split_int8.pte", x, x, labels, max_drop=100.0, max_fallback_layers=0,
+                    per_channel=True, max_batch=record["max_batch"], name="split_heads")
+    assert int8["max_batch"] == 1 and int8["op_types"].get("linear") == 1
+    assert (predict(ExecuTorchRunner(tmp_path / "split_int8.pte"), [x]).argmax(1) == labels).mean() > 0.8
 
 
 class PaddedConvs(torch.nn.Module):

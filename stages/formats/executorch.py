@@ -330,6 +330,18 @@ def rank_sensitivity(model, graph, calibration: np.ndarray, images: np.ndarray, 
     return sorted(scores, key=lambda s: -s["relative_mse"])
 
 
+def _torch_graph(model, shape: tuple[int, ...], max_batch: int):
+    """The graph PT2E prepares and calibrates, and the fallback ranks layers on (torch work), and its batch:
+    batches of CALIBRATION_BATCH also where the program takes one image at a time because its lowering fixes the
+    batch (LeViT, EfficientViT: torch.export keeps it dynamic); the program's batch where torch.export cannot."""
+    try:
+        return _capture(model, shape, max(max_batch, CALIBRATION_BATCH)).module(), CALIBRATION_BATCH
+    except Exception:
+        if max_batch >= CALIBRATION_BATCH:
+            raise
+        return _capture(model, shape, max_batch).module(), max_batch
+
+
 def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, val_images: np.ndarray,
              val_labels: np.ndarray, max_drop: float, max_fallback_layers: int, per_channel: bool,
              max_batch: int = 64, name: str = "the model") -> dict:
@@ -346,10 +358,9 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
     require("executorch", "executorch")
     require("torchao", "executorch")
     model = _unfused(model)
-    batch = min(CALIBRATION_BATCH, max_batch)
     try:
         with quiet():
-            graph = _capture(model, shape, max_batch).module()
+            graph, batch = _torch_graph(model, shape, max_batch)
     except Exception as exc:
         raise _failed("INT8 capture", name, exc) from None
     lowered: dict = {}  # the delegation record of the last program written
