@@ -12,7 +12,9 @@ def root_cause(exc: BaseException) -> str:
         exc = exc.__cause__
     text = str(exc).strip()
     line = text.splitlines()[0] if text else ""
-    return line if " " in line else f"{type(exc).__name__}: {line}".rstrip(": ")
+    if " " in line:
+        return line
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def clip(text: str, limit: int) -> str:

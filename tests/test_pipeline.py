@@ -84,3 +84,17 @@ def test_force_reruns_the_stage_and_everything_after(tmp_path):
     stages = read_report(tmp_path)["stages"]
     assert stages["data"]["cached"] and stages["teacher"]["cached"]
     assert not stages["distill"]["cached"] and not stages["evaluate"]["cached"]
+
+
+def test_root_cause_names_the_innermost_error_and_the_type_of_a_bare_value():
+    from pipeline.errors import root_cause
+
+    try:
+        try:
+            {}[2]
+        except KeyError as inner:
+            raise RuntimeError("lowering failed\nwith details") from inner
+    except RuntimeError as outer:
+        assert root_cause(outer) == "KeyError: 2"
+    assert root_cause(ValueError("Conv2d needs 4 dimensions\nmore")) == "Conv2d needs 4 dimensions"
+    assert root_cause(RuntimeError()) == "RuntimeError"

@@ -163,7 +163,8 @@ class _FixedBatch(Exception):
 
 
 def _batch_size(graph, name: str):
-    """The batch dimension of the input placeholder `name`: an int, or a SymInt while it is dynamic."""
+    """The batch dimension of the input placeholder `name`: an int, or a SymInt while it is dynamic; raises
+    _FixedBatch where a dynamic batch has become a constant."""
     size = next(n for n in graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape[0]
     if not isinstance(size, int) and not size.node.expr.free_symbols:
         raise _FixedBatch(int(size))
@@ -289,7 +290,7 @@ def _fake_quantized(graph, calibration: np.ndarray, quantizer, batch: int):
 @contextlib.contextmanager
 def _no_qat_folding() -> Iterator[None]:
     """convert_pt2e folds quantization-aware-training conv + batch-norm patterns whenever a batch norm is left in
-    the graph (a BatchNorm1d after a Linear: LeViT, EfficientViT), tracing about 90 pattern graphs per call: 21 of
+    the graph (one no conv precedes, such as EfficientViT's head), tracing about 90 pattern graphs per call: 21 of
     25 s of each convert on the zoo's EfficientViT-M0, for patterns post-training quantization never makes (the
     same module comes out; tests/test_executorch.py). Skipped while the block runs (torchao 0.18)."""
     from torchao.quantization.pt2e import quantize_pt2e
@@ -370,7 +371,9 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
             converted = _fake_quantized(graph, calibration, _quantizer(per_channel, _in_modules(excluded, False)),
                                         batch)
             try:
-                record, lowered["max_batch"] = _capture_and_lower(converted, shape, dst, max_batch, int8=True)
+                # a fallback step lowers again: at the batch the first lowering could keep
+                record, lowered["max_batch"] = _capture_and_lower(converted, shape, dst,
+                                                                  lowered.get("max_batch", max_batch), int8=True)
                 lowered.update(record)
             except Exception as exc:
                 raise _failed("INT8 lowering", name, exc) from None
