@@ -132,6 +132,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     if cfg.lr_scaling == "linear":
         log.info(f"{label}: lr {cfg.lr:g} x {cfg.batch_size}/512 = {lr:.3g} (linear scaling)")
     forward = _prepare(model, device, here, accel)
+    state_like_params(optimizer)
     with progress.bar(f"  {label} epochs", cfg.epochs) as epochs_bar:
         epochs_bar.advance(start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
@@ -165,8 +166,8 @@ MATH_ATTENTION_TOKENS = 100  # CPU: at 50 tokens the plain matmul-softmax path t
 
 
 def attention_path(model: nn.Module, device: str) -> None:
-    """Pick timm's attention kernel for training: on CPU with few tokens the unfused path (same maths);
-    otherwise fused scaled_dot_product_attention."""
+    """Pick timm's attention kernel: on CPU with few tokens the unfused path (same maths); otherwise fused
+    scaled_dot_product_attention."""
     embed = getattr(model, "patch_embed", None)
     tokens = getattr(embed, "num_patches", None)
     math = device == "cpu" and tokens is not None and tokens <= MATH_ATTENTION_TOKENS
@@ -175,13 +176,25 @@ def attention_path(model: nn.Module, device: str) -> None:
             module.fused_attn = not math
 
 
-def _prepare(model: nn.Module, device: str, here: World, accel: Accel) -> nn.Module:
-    """The module the step calls: on the device, DDP-wrapped across ranks, compiled when asked."""
+def channels_last_is_safe(model: nn.Module, device: str) -> bool:
+    """False for the one layout oneDNN's AVX2 kernels get wrong on CPU: a 1-channel, stride-2 1x1 convolution
+    in channels-last (its weight-gradient kernel writes outside its buffer; docs/models.md)."""
+    return device != "cpu" or not any(
+        isinstance(m, nn.Conv2d) and m.in_channels == 1 and m.kernel_size == (1, 1) and m.stride != (1, 1)
+        for m in model.modules())
+
+
+def place(model: nn.Module, device: str, accel: Accel) -> nn.Module:
+    """Move a model to the device in the layout and attention path it runs fastest in there (in place)."""
     attention_path(model, device)
-    if device == "cuda" and accel.channels_last:
+    if accel.channels_last and channels_last_is_safe(model, device):
         model.to(memory_format=torch.channels_last)
-    model.to(device)
-    forward = model
+    return model.to(device)
+
+
+def _prepare(model: nn.Module, device: str, here: World, accel: Accel) -> nn.Module:
+    """The module the step calls: placed on the device, DDP-wrapped across ranks, compiled when asked."""
+    forward = place(model, device, accel)
     if here.size > 1:
         if device == "cuda":
             forward = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place for a model without top BN
@@ -189,6 +202,18 @@ def _prepare(model: nn.Module, device: str, here: World, accel: Accel) -> nn.Mod
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         forward = DistributedDataParallel(forward, device_ids=[here.local_rank] if device == "cuda" else None)
     return torch.compile(forward) if accel.compile else forward
+
+
+def state_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Give resumed optimizer state its parameter's memory layout: fused AdamW pairs elements by position, so
+    moments saved channels-first and resumed into channels-last weights (run.channels_last toggled between
+    the interruption and the rerun) would update the wrong elements, silently."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for name, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param).copy_(value)
 
 
 def _check_in_sync(model: nn.Module, here: World, label: str) -> None:

@@ -10,6 +10,7 @@ import torch
 from conftest import cli_args, read_report
 from pipeline.cli import main
 from pipeline.errors import UserError
+from pipeline.stage import Accel
 from stages.distill.families import units_of
 from stages.models import create_model, load_model, load_weights, save_model
 
@@ -127,6 +128,55 @@ def test_augmented_grayscale_batches_have_plain_nchw_strides():
 
     x = augment(torch.rand(8, 1, 28, 28), torch.Generator().manual_seed(0), shift=2, flip=True)
     assert x.stride() == (784, 784, 28, 1)  # not the gather's channels-last (784, 1, 28, 1)
+
+
+def test_models_train_channels_last_on_cpu_except_where_onednn_s_avx2_kernel_breaks():
+    """The conv-stem ViT's convolutions run channels-last (its stem is faster so); a RepVGG on grayscale keeps
+    NCHW: its 1-channel stride-2 1x1 branch is the layout whose AVX2 weight-gradient kernel corrupts the heap."""
+    from stages.training import place
+
+    data = {"in_chans": 1, "num_classes": 10, "img_size": 32}
+    vit, _ = create_model("student", "convstem_vit_tiny", {}, data)
+    cnn, _ = create_model("teacher", "repvgg_a0", {}, {"in_chans": 1, "num_classes": 10})
+    on = Accel(channels_last=True)
+    assert place(vit, "cpu", on).patch_embed.proj[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(a.fused_attn for a in vit.modules() if hasattr(a, "fused_attn"))  # 17 tokens: the math path
+    assert place(cnn, "cpu", on).stem.conv_kxk.conv.weight.is_contiguous()
+    off, _ = create_model("student", "convstem_vit_tiny", {}, data)
+    assert place(off, "cpu", Accel(channels_last=False)).patch_embed.proj[3].weight.is_contiguous()
+    off.load_state_dict(vit.state_dict())
+    x = torch.rand(4, 1, 32, 32)
+    torch.testing.assert_close(vit.eval()(x), off.eval()(x))  # the same maths in either layout
+
+
+def test_resumed_optimizer_state_takes_the_weights_layout():
+    """Fused AdamW pairs a weight's elements with its moments' by position: moments saved channels-first and
+    resumed into channels-last weights (run.channels_last toggled before the rerun) would update the wrong
+    elements. After state_like_params the resumed run updates exactly as the uninterrupted one."""
+    from stages.training import state_like_params
+
+    x = torch.randn(2, 4, 8, 8)
+
+    def trained(layout_after_resume, mend):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(4, 8, 3)
+        optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+        for step in range(4):
+            if step == 1:  # the resume: a checkpoint written channels-first, loaded, then the weights converted
+                saved = optimizer.state_dict()
+                optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)
+                optimizer.load_state_dict(saved)
+                conv.to(memory_format=layout_after_resume)
+                if mend:
+                    state_like_params(optimizer)
+            conv(x).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return conv.weight.detach().contiguous()
+
+    reference = trained(torch.contiguous_format, mend=False)
+    assert not torch.allclose(trained(torch.channels_last, mend=False), reference)  # the silent corruption
+    torch.testing.assert_close(trained(torch.channels_last, mend=True), reference)
 
 
 @pytest.mark.slow

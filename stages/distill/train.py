@@ -18,7 +18,7 @@ from stages.distill.families import family_of, units_of
 from stages.distill.features import TokenTap, aligned, checked_units, default_layer_map, estimated_tokens
 from stages.distill.manifold import ManifoldLoss
 from stages.models import create_model, data_kwargs, load_model, save_model
-from stages.training import accuracy, fit
+from stages.training import accuracy, fit, place
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def distill(ctx: StageContext) -> dict:
     data_cfg: DataConfig = ctx.config["data"]
     data = load_dataset(ctx.inputs["data"])
     teacher, _ = load_model(ctx.inputs["teacher"] / "model.pt")
-    teacher.requires_grad_(False).to(ctx.device)
+    place(teacher.requires_grad_(False), ctx.device, ctx.accel)
     torch.manual_seed(ctx.seed)
     student, kwargs = create_model("student", student_cfg.model, student_cfg.overrides, data_kwargs(data.meta))
     distilled = hasattr(student, "set_distilled_training")
