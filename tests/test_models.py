@@ -130,11 +130,12 @@ def test_augmented_grayscale_batches_have_plain_nchw_strides():
     assert x.stride() == (784, 784, 28, 1)  # not the gather's channels-last (784, 1, 28, 1)
 
 
-def test_models_train_channels_last_on_cpu_except_where_onednn_s_avx2_kernel_breaks():
+def test_models_train_channels_last_on_cpu_except_where_onednn_s_avx2_kernel_breaks(caplog):
     """The conv-stem ViT's convolutions run channels-last (its stem is faster so); a RepVGG on grayscale keeps
     NCHW: its 1-channel stride-2 1x1 branch is the layout whose AVX2 weight-gradient kernel corrupts the heap."""
     from stages.training import place
 
+    caplog.set_level("INFO")
     data = {"in_chans": 1, "num_classes": 10, "img_size": 32}
     vit, _ = create_model("student", "convstem_vit_tiny", {}, data)
     cnn, _ = create_model("teacher", "repvgg_a0", {}, {"in_chans": 1, "num_classes": 10})
@@ -142,6 +143,7 @@ def test_models_train_channels_last_on_cpu_except_where_onednn_s_avx2_kernel_bre
     assert place(vit, "cpu", on).patch_embed.proj[3].weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(a.fused_attn for a in vit.modules() if hasattr(a, "fused_attn"))  # 17 tokens: the math path
     assert place(cnn, "cpu", on).stem.conv_kxk.conv.weight.is_contiguous()
+    assert "repvgg_a0 trains in NCHW on CPU, not channels-last" in caplog.text
     off, _ = create_model("student", "convstem_vit_tiny", {}, data)
     assert place(off, "cpu", Accel(channels_last=False)).patch_embed.proj[3].weight.is_contiguous()
     off.load_state_dict(vit.state_dict())
