@@ -1,4 +1,6 @@
 """Errors the CLI reports in one line with exit code 2: the user can fix them."""
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -20,3 +22,16 @@ def root_cause(exc: BaseException) -> str:
 def clip(text: str, limit: int) -> str:
     """`text` cut to `limit` characters, saying how long it was (a 50 MB value must not become the message)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+@contextmanager
+def skippable(*switches: str) -> Iterator[None]:
+    """A UserError raised inside (a format the user's model cannot take) also says how to go on without that
+    format: the switches to turn off. The stages before are cached, so that rerun starts where this one stopped."""
+    try:
+        yield
+    except UserError as exc:
+        if not switches:  # a format every run needs (ONNX)
+            raise
+        turned_off = " and ".join(f"{switch} = false" for switch in switches)
+        raise UserError(f"{exc}; or go on without it: {turned_off}") from None

@@ -10,7 +10,7 @@ import time
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, skippable
 from pipeline.fileio import write_json
 from pipeline.section import Section
 from pipeline.stage import Stage, StageContext
@@ -26,6 +26,10 @@ OPENVINO_FILE = "openvino_model.xml"
 COREML_FILE = "model.mlpackage"
 EXECUTORCH_FILE = "model.pte"
 LITERT_FILE = "model.tflite"
+# What turns each optional format off (with what depends on it), named when the user's model fails in it.
+SWITCHES = {"onnx mobile": ("export.ort_mobile.enabled",), "openvino": ("export.openvino", "quantize.openvino"),
+            "executorch": ("export.executorch.enabled",), "litert": ("export.litert.enabled",),
+            "coreml": ("export.coreml.enabled", "quantize.coreml.enabled")}
 
 
 class ExportConfig(Section):
@@ -50,6 +54,30 @@ def parity(reference: np.ndarray, logits: np.ndarray) -> dict:
             "images": int(len(reference))}
 
 
+def check_parity(name: str, path, model_name: str, images: np.ndarray, reference: np.ndarray, bound: float,
+                 relative: bool, agreement: float) -> dict:
+    """Run the exported file in its runtime on the parity images against torch's logits; a UserError when it is
+    outside the bounds. Core ML on Linux with an op the simulation lacks is recorded as not simulated."""
+    from targets.coreml import NotSimulated
+    from targets.runtimes import load_runner, predict
+
+    try:
+        runner = load_runner(path)
+    except NotSimulated as exc:
+        log.warning(f"{name}: {exc}")
+        return {"evaluation": "not simulated", "reason": str(exc)}
+    check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
+    log.info(f"{name} ({runner.evaluation}) vs torch on {check['images']} validation images: max |diff| "
+             f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
+    if check["max_rel_diff" if relative else "max_abs_diff"] > bound or check["argmax_agreement"] < agreement:
+        allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"
+        raise UserError(f"{name} export of {model_name} fails the parity check: max |logit diff| "
+                        f"{check['max_abs_diff']:.3g} ({check['max_rel_diff']:.2%} of the largest |logit|; allowed "
+                        f"{allowed}), argmax agreement {check['argmax_agreement']:.4f} (required {agreement:g}); "
+                        "nothing downstream uses it. Loosen [export] parity_* only if you accept this")
+    return check
+
+
 class ExportStage(Stage):
     name = "export"
     sections = ("export",)
@@ -67,9 +95,9 @@ class ExportStage(Stage):
         from stages.formats.onnx import export_onnx
         from stages.formats.openvino import export_openvino
         from stages.models import load_model
-        from targets.coreml import NotSimulated, inspect_package
+        from targets.coreml import inspect_package
         from targets.numerics import floating
-        from targets.runtimes import artifact_bytes, load_runner, predict
+        from targets.runtimes import artifact_bytes
 
         cfg: ExportConfig = ctx.config["export"]
         data = load_dataset(ctx.inputs["data"])
@@ -86,11 +114,13 @@ class ExportStage(Stage):
                               "bytes": artifact_bytes(ctx.out / ONNX_FILE),
                               "seconds": round(time.perf_counter() - start, 2)}}
         if cfg.ort_mobile.enabled:
-            artifacts["onnx"]["mobile"] = ort_mobile.mobile_record(ctx.out / ONNX_FILE, ctx.out,
-                                                                   cfg.ort_mobile.target_platform)
+            with skippable(*SWITCHES["onnx mobile"]):
+                artifacts["onnx"]["mobile"] = ort_mobile.mobile_record(ctx.out / ONNX_FILE, ctx.out,
+                                                                       cfg.ort_mobile.target_platform)
         if cfg.openvino:
             start = time.perf_counter()
-            export_openvino(ctx.out / ONNX_FILE, ctx.out / OPENVINO_FILE, cfg.openvino_fp16)
+            with skippable(*SWITCHES["openvino"]):
+                export_openvino(ctx.out / ONNX_FILE, ctx.out / OPENVINO_FILE, cfg.openvino_fp16)
             artifacts["openvino"] = {"file": OPENVINO_FILE, "runtime": "openvino",
                                      "precision": "fp16 weights" if cfg.openvino_fp16 else "fp32",
                                      "numerics": floating("fp16", "fp32") if cfg.openvino_fp16 else floating("fp32"),
@@ -98,15 +128,17 @@ class ExportStage(Stage):
                                      "seconds": round(time.perf_counter() - start, 2)}
         if cfg.executorch.enabled:
             start = time.perf_counter()
-            lowered = executorch_format.export(model, shape, ctx.out / EXECUTORCH_FILE, cfg.executorch.max_batch,
-                                               record["model"])
+            with skippable(*SWITCHES["executorch"]):
+                lowered = executorch_format.export(model, shape, ctx.out / EXECUTORCH_FILE,
+                                                   cfg.executorch.max_batch, record["model"])
             artifacts["executorch"] = {"file": EXECUTORCH_FILE, "runtime": "executorch", "precision": "fp32",
                                        "numerics": floating("fp32"),
                                        "bytes": artifact_bytes(ctx.out / EXECUTORCH_FILE), **lowered,
                                        "seconds": round(time.perf_counter() - start, 2)}
         if cfg.litert.enabled:
             start = time.perf_counter()
-            converted = litert_format.export(model, shape, ctx.out / LITERT_FILE)
+            with skippable(*SWITCHES["litert"]):
+                converted = litert_format.export(model, shape, ctx.out / LITERT_FILE)
             artifacts["litert"] = {"file": LITERT_FILE, "runtime": "litert", "precision": "fp32",
                                    "numerics": floating("fp32"),
                                    "bytes": artifact_bytes(ctx.out / LITERT_FILE), **converted,
@@ -114,11 +146,12 @@ class ExportStage(Stage):
         coreml = cfg.coreml
         if coreml.enabled:
             start = time.perf_counter()
-            export_coreml(model, record, data.meta, coreml, ctx.out / COREML_FILE, ctx.key)
-            package = inspect_package(ctx.out / COREML_FILE, coreml.target)
-            if package["unsupported_ops"]:
-                raise UserError(f"model.mlpackage uses ops not available at export.coreml.target = {coreml.target}: "
-                                f"{', '.join(package['unsupported_ops'])}; choose a newer target")
+            with skippable(*SWITCHES["coreml"]):
+                export_coreml(model, record, data.meta, coreml, ctx.out / COREML_FILE, ctx.key)
+                package = inspect_package(ctx.out / COREML_FILE, coreml.target)
+                if package["unsupported_ops"]:
+                    raise UserError(f"model.mlpackage uses ops not available at export.coreml.target = "
+                                    f"{coreml.target}: {', '.join(package['unsupported_ops'])}; choose a newer target")
             artifacts["coreml"] = {"file": COREML_FILE, "runtime": "coreml", "precision": coreml.precision,
                                    "numerics": floating(coreml.precision),
                                    "bytes": package["bytes"], "seconds": round(time.perf_counter() - start, 2),
@@ -128,28 +161,13 @@ class ExportStage(Stage):
             bound = coreml.parity_max_rel_diff if relative else cfg.parity_max_abs_diff_fp16 \
                 if artifact["numerics"]["weights"] == "fp16" else cfg.parity_max_abs_diff
             agreement = coreml.parity_min_agreement if key == "coreml" else cfg.parity_min_agreement
-            checked = [(artifact["runtime"], artifact)]
+            checked = [(artifact["runtime"], artifact, SWITCHES.get(key, ()))]
             if "mobile" in artifact:  # the .ort sibling: the same graph, optimised for the phone's CPU
-                checked.append((f"{artifact['runtime']} mobile (.ort)", artifact["mobile"]))
-            for name, entry in checked:
-                try:
-                    runner = load_runner(ctx.out / entry["file"])
-                except NotSimulated as exc:  # Core ML on Linux, an op the simulation lacks: recorded, run goes on
-                    entry["parity"] = {"evaluation": "not simulated", "reason": str(exc)}
-                    log.warning(f"{name}: {exc}")
-                    continue
-                check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
-                entry["parity"] = check
-                log.info(f"{name} ({runner.evaluation}) vs torch on {check['images']} validation images: max |diff| "
-                         f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
-                measured = check["max_rel_diff" if relative else "max_abs_diff"]
-                if measured > bound or check["argmax_agreement"] < agreement:
-                    allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"
-                    raise UserError(f"{name} export of {record['model']} fails the parity check: max |logit diff| "
-                                    f"{check['max_abs_diff']:.3g} ({check['max_rel_diff']:.2%} of the largest "
-                                    f"|logit|; allowed {allowed}), argmax agreement {check['argmax_agreement']:.4f} "
-                                    f"(required {agreement:g}); nothing downstream uses it. Loosen [export] "
-                                    "parity_* only if you accept this")
+                checked.append((f"{artifact['runtime']} mobile (.ort)", artifact["mobile"], SWITCHES["onnx mobile"]))
+            for name, entry, switches in checked:
+                with skippable(*switches):
+                    entry["parity"] = check_parity(name, ctx.out / entry["file"], record["model"], images, reference,
+                                                   bound, relative, agreement)
         write_json(ctx.out / "export.json", {"model": record["model"], "input_shape": [None, *shape],
                                               "opset": cfg.opset, "artifacts": artifacts})
         return {"artifacts": artifacts}

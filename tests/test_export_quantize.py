@@ -137,6 +137,20 @@ def test_parity_failure_stops_the_pipeline_with_the_numbers(tmp_path, capsys):
         "quantize" not in read_report(tmp_path)["stages"]
 
 
+def test_a_format_the_model_fails_in_names_the_switches_that_go_on_without_it(tmp_path, capsys):
+    """The error names the format's switches; with them set, the rerun reuses the training and finishes."""
+    failing = cli_args(tmp_path, "run", "export.coreml.parity_max_rel_diff=1e-12") + ["--until", "export"]
+    assert main(failing) == 2
+    err = capsys.readouterr().err
+    assert "fails the parity check" in err and "Traceback" not in err
+    assert "or go on without it: export.coreml.enabled = false and quantize.coreml.enabled = false" in err
+    without = cli_args(tmp_path, "run", "export.coreml.parity_max_rel_diff=1e-12", "export.coreml.enabled=false",
+                       "quantize.coreml.enabled=false") + ["--until", "export"]
+    assert main(without) == 0
+    err = capsys.readouterr().err
+    assert "distill: reused" in err and "export: done" in err
+
+
 def test_a_missing_runtime_names_the_pip_extra():
     with pytest.raises(UserError, match=r"pip install 'manifold-edge\[openvino\]'"):
         require("openvino_that_is_not_installed", "openvino")

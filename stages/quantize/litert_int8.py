@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from pipeline.errors import skippable
 from stages.formats import litert as litert_format
 from stages.quantize.job import QuantizeJob
 from targets.numerics import dynamic_int8, static_int8
@@ -17,8 +18,9 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
     if cfg.litert.full_integer:
         start = time.perf_counter()
         file = job.out / "model_int8.tflite"
-        fallback = litert_format.quantize_full_integer(source, file, job.calibration, job.val_images, job.val_labels,
-                                                       cfg.max_drop, cfg.max_fallback_layers)
+        with skippable("quantize.litert.full_integer"):
+            fallback = litert_format.quantize_full_integer(source, file, job.calibration, job.val_images,
+                                                           job.val_labels, cfg.max_drop, cfg.max_fallback_layers)
         found["litert_int8"] = {
             "file": file.name, "runtime": "litert", "precision": "int8 static, FC/conv (float32 in/out)",
             "numerics": static_int8(),
@@ -27,7 +29,8 @@ def artifacts(job: QuantizeJob) -> dict[str, dict]:
     if cfg.litert.dynamic_range:
         start = time.perf_counter()
         file = job.out / "model_int8_dynamic.tflite"
-        record = litert_format.quantize_dynamic(source, file)
+        with skippable("quantize.litert.dynamic_range"):
+            record = litert_format.quantize_dynamic(source, file)
         found["litert_int8_dynamic"] = {
             "file": file.name, "runtime": "litert", "precision": "int8 dynamic-range", "numerics": dynamic_int8(),
             "op_types": record.get("op_types", {}), "seconds": round(time.perf_counter() - start, 2)}
