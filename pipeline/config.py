@@ -69,6 +69,8 @@ class PipelineConfig(Section):
     def _check(self) -> PipelineConfig:
         if self.quantize.openvino and not self.export.openvino:
             raise ValueError("quantize.openvino needs export.openvino = true (it quantizes the IR)")
+        if self.quantize.openvino_weights and not self.export.openvino:
+            raise ValueError("quantize.openvino_weights needs export.openvino = true (it compresses the IR's weights)")
         if self.quantize.coreml.enabled and not self.export.coreml.enabled:
             raise ValueError("quantize.coreml.enabled needs export.coreml.enabled = true (it compresses the package)")
         bad = [n for n in self.targets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]

@@ -205,3 +205,13 @@ def test_each_stage_declares_its_config_model_beside_it():
              if name != "targets"}
     assert {name: homes[name] for name in STAGES} == {name: spec.partition(":")[0] for name, spec in STAGES.items()}
     assert {name for name, home in homes.items() if home == "pipeline.config"} == {"run", "report"}
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["export.openvino=false"], "quantize.openvino needs export.openvino = true"),
+    (["export.openvino=false", "quantize.openvino=false", "quantize.openvino_weights=true"],
+     "quantize.openvino_weights needs export.openvino = true"),  # was a KeyError in the quantize stage
+])
+def test_a_quantizer_without_the_export_it_reads_is_one_line(overrides, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        load_config(None, overrides)

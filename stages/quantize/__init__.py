@@ -43,7 +43,8 @@ class QuantizeConfig(Section):
                                        "not faster")
     openvino_weights: bool = Field(False, description="also an OpenVINO variant with INT8 weights only "
                                    "(nncf.compress_weights), labelled 'int8 weights': about 4x smaller, float "
-                                   "activations; faster or not depends on the CPU (bench/int8_variants.py)")
+                                   "activations; faster or not depends on the CPU (bench/int8_variants.py); needs "
+                                   "export.openvino")
     op_types: list[str] = Field(["MatMul", "Gemm", "Conv"], min_length=1,
                                 description="ONNX op types to quantize; LayerNorm, Softmax and GELU stay float")
     preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process before static quantization")
