@@ -191,7 +191,7 @@ def place(model: nn.Module, device: str, accel: Accel) -> nn.Module:
         model.to(memory_format=torch.channels_last)
     elif accel.channels_last:
         name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        log.info(f"{name} trains in NCHW on CPU, not channels-last: it has a 1-channel stride-2 1x1 "
+        log.info(f"{name} runs in NCHW on CPU, not channels-last: it has a 1-channel stride-2 1x1 "
                  "convolution, whose oneDNN AVX2 kernel is unsafe in that layout")
     return model.to(device)
 

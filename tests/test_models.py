@@ -143,7 +143,7 @@ def test_models_train_channels_last_on_cpu_except_where_onednn_s_avx2_kernel_bre
     assert place(vit, "cpu", on).patch_embed.proj[3].weight.is_contiguous(memory_format=torch.channels_last)
     assert not any(a.fused_attn for a in vit.modules() if hasattr(a, "fused_attn"))  # 17 tokens: the math path
     assert place(cnn, "cpu", on).stem.conv_kxk.conv.weight.is_contiguous()
-    assert "repvgg_a0 trains in NCHW on CPU, not channels-last" in caplog.text
+    assert "repvgg_a0 runs in NCHW on CPU, not channels-last" in caplog.text
     off, _ = create_model("student", "convstem_vit_tiny", {}, data)
     assert place(off, "cpu", Accel(channels_last=False)).patch_embed.proj[3].weight.is_contiguous()
     off.load_state_dict(vit.state_dict())
