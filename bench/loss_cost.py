@@ -30,12 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.fileio import write_json  # noqa: E402
+from pipeline.stage import Accel  # noqa: E402
 from stages.distill import PAPER_PRESET  # noqa: E402
 from stages.distill.families import units_of  # noqa: E402
 from stages.distill.features import TokenTap, aligned, default_layer_map  # noqa: E402
 from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: E402
 from stages.distill.train import kd_loss  # noqa: E402
 from stages.models import create_model  # noqa: E402
+from stages.training import place  # noqa: E402
 from targets.agent import cpu_flags, cpu_name  # noqa: E402
 
 ARMS = ("kd", "ours", "reference")
@@ -82,13 +84,17 @@ def full_relation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor])
 
 
 class Setting:
-    """One shape's models, a fixed batch, the layer taps and one step function per arm."""
+    """One shape's models, a fixed batch, the layer taps and one step function per arm. With `accel`, both models
+    are placed on the CPU as the training stages place them (memory layout, attention path)."""
 
-    def __init__(self, shape: dict):
+    def __init__(self, shape: dict, accel: Accel | None = None):
         torch.manual_seed(0)
         data = {"in_chans": shape["chans"], "num_classes": shape["classes"], "img_size": shape["img"]}
         self.student = create_model("student", *shape["student"], data)[0].train()
         self.teacher = create_model("teacher", *shape["teacher"], data)[0].eval().requires_grad_(False)
+        if accel is not None:
+            place(self.student, "cpu", accel)
+            place(self.teacher, "cpu", accel)
         self.layers = default_layer_map(len(units_of(self.student, "student")), len(units_of(self.teacher, "teacher")))
         self.taps = TokenTap(self.student, self.layers[0], "student"), TokenTap(self.teacher, self.layers[1], "teacher")
         self.w = shape["weights"]

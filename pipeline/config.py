@@ -42,7 +42,7 @@ class RunConfig(Section):
                                              "stages; pays off on long GPU runs)")
     channels_last: bool = Field(True, description="channels-last memory format for the convolutions of the "
                                                   "model being trained and of the distill stage's teacher (conv "
-                                                  "stems: about 5% faster steps on CPU, faster under bf16 on "
+                                                  "stems: 4-10% faster steps on CPU, faster under bf16 on "
                                                   "CUDA); on CPU a model with a 1-channel stride-2 1x1 "
                                                   "convolution keeps NCHW (oneDNN's AVX2 kernel for it is unsafe)")
 
