@@ -11,9 +11,9 @@ from rich.markup import escape
 from pipeline import distributed
 from pipeline.config import PipelineConfig, load_config
 from pipeline.deploy import check_folder
-from pipeline.errors import UserError
+from pipeline.errors import UserError, quote
 from pipeline.fileio import unwritable, write_json
-from pipeline.graph import Pipeline, check_stage_name
+from pipeline.graph import Pipeline, check_stage_options
 from pipeline.lock import run_lock
 from pipeline.logs import quiet_third_party
 from pipeline.progress import Progress
@@ -42,11 +42,10 @@ def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] 
 
 def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str | Path | None) -> Pipeline:
     """Every check that needs no stage to run: the options, the deploy folder, each stage's config."""
-    check_stage_name(force, "--force")
-    check_stage_name(until, "--until")
+    check_stage_options(force, until)
     why = unwritable(Path(cfg.run.output_dir))
     if why:
-        raise UserError(f"run.output_dir = {cfg.run.output_dir!r}: {why}; give a folder this user can write")
+        raise UserError(f"run.output_dir = {quote(cfg.run.output_dir)}: {why}; give a folder this user can write")
     pipeline = Pipeline(cfg)
     check_folder(Path(out) if out else pipeline.run_dir / "deploy")  # before hours of training, not after
     pipeline.check(until)

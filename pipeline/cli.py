@@ -1,7 +1,7 @@
 """`manifold-edge` (also `python -m pipeline`): run, status, report, compare, targets, bench, schema.
 
 Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1 an internal error,
-130 interrupted (rerun the same command to resume).
+3 `bench` measured nothing (every target failed), 130 interrupted (rerun the same command to resume).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pipeline.fileio import out_of_space
 from pipeline.logs import quiet_third_party
 
 DEFAULT_CONFIG = "pipeline.toml"
+NOTHING_MEASURED = 3  # `bench`: every measurement failed (a device refused, a runtime missing)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,8 +182,12 @@ def _targets_or_bench(args) -> int:
     cfg = load_config(config, args.overrides)
     if args.command == "targets":
         list_targets(cfg, Console())
-    else:
-        bench(cfg, args.models, args.targets, Console(), args.json)
+        return 0
+    result = bench(cfg, args.models, args.targets, Console(), args.json)
+    if not result["predicted"] and not any("latency_ms" in row for row in result["rows"]):
+        print(f"error: nothing was measured: all {len(result['rows'])} measurement(s) failed (the reasons are "
+              "above)", file=sys.stderr)
+        return NOTHING_MEASURED
     return 0
 
 

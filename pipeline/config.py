@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipeline.errors import UserError, clip
+from pipeline.errors import UserError, clip, quote
 from pipeline.section import MAX_KEY_DEPTH, Section
 from stages.benchmark import BenchmarkConfig
 from stages.data import DataConfig
@@ -76,13 +76,12 @@ class PipelineConfig(Section):
         bad = [n for n in self.targets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
         if bad:
             raise ValueError(f"[targets.{bad[0]}]: a target name may use letters, digits, '.', '_' and '-' only")
-        if self.benchmark.enabled:
-            from targets.profiles import resolve
+        from targets.profiles import resolve  # a misspelt name is a mistake with the stage off too
 
-            try:
-                resolve(self.benchmark.targets, self.targets)
-            except UserError as exc:
-                raise ValueError(str(exc)) from None
+        try:
+            resolve(self.benchmark.targets, self.targets)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
         names = [v.name for v in self.quantize.coreml.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"quantize.coreml.variants: names must be unique, got {names}")
@@ -113,8 +112,11 @@ def load_config(path: str | Path | dict | None, overrides: list[str] = ()) -> Pi
         raw, path = copy.deepcopy(path), None
     elif path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file {clip(str(path), 120)} is a folder: pass the pipeline.toml inside it "
+                            f"(e.g. {clip(str(path / 'pipeline.toml'), 140)})")
         if not path.is_file():
-            raise UserError(f"config file {path} not found: pass a pipeline.toml path or run from the "
+            raise UserError(f"config file {clip(str(path), 120)} not found: pass a pipeline.toml path or run from the "
                             "project folder")
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -143,21 +145,21 @@ def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
-        raise UserError(f"--set {_quote(item)}: expected section.key=value, e.g. --set distill.epochs=3")
+        raise UserError(f"--set {quote(item)}: expected section.key=value, e.g. --set distill.epochs=3")
     if len(parts) > MAX_KEY_DEPTH + 2:
-        raise UserError(f"--set {_quote(key)}: {len(parts)} dotted levels; keys are at most {MAX_KEY_DEPTH + 2} "
+        raise UserError(f"--set {quote(key)}: {len(parts)} dotted levels; keys are at most {MAX_KEY_DEPTH + 2} "
                         "deep (section.key, or section.overrides.name)")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word: take it as a string
     except RecursionError:
-        raise UserError(f"--set {_quote(item)}: the value is nested too deeply (hundreds of levels)") from None
+        raise UserError(f"--set {quote(item)}: the value is nested too deeply (hundreds of levels)") from None
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UserError(f"--set {_quote(item)}: {part} is not a section")
+            raise UserError(f"--set {quote(item)}: {part} is not a section")
     node[parts[-1]] = value
 
 
@@ -181,13 +183,7 @@ def _describe(err: dict, room: int) -> str:
     return f"{loc}: got {value}, but {msg}"
 
 
-QUOTE_CHARS = 120  # a bad value is quoted up to this many characters
 LINE_CHARS = 290  # an error line of the config, at most
-
-
-def _quote(value: Any) -> str:
-    """repr(value), cut to QUOTE_CHARS with the full length said."""
-    return clip(repr(value), QUOTE_CHARS)
 
 
 def _listing(names: list[str], limit: int = 100) -> str:

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
-from pipeline.fileio import write_json
+from pipeline.errors import UserError, clip
+from pipeline.fileio import unwritable, write_json
 from targets.latency import Model, add_diagnoses, describe_comparison, measure_target
 from targets.numerics import FP32, UNKNOWN, Numerics
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve
@@ -78,6 +78,8 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
           json_path: str | None = None) -> dict:
     models = [model_of(p) for p in paths]
     profiles = resolve(target_names, cfg.targets)
+    if json_path:
+        check_json_path(Path(json_path))
     rows, predicted = [], []
     for name, profile in profiles.items():
         fitting = [m for m in models if m.runtime in profile.all_runtimes]
@@ -111,6 +113,17 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
         write_json(Path(json_path), result)
         console.print(f"wrote {json_path}")
     return result
+
+
+def check_json_path(path: Path) -> None:
+    """`--json PATH` can be written, checked before minutes of timing."""
+    shown = clip(str(path), 120)
+    if path.is_dir():
+        example = clip(str(path / "bench.json"), 140)
+        raise UserError(f"--json {shown}: is a folder; give a file name, e.g. --json {example}")
+    why = unwritable(path.parent)
+    if why:
+        raise UserError(f"--json {shown}: its folder {why}; give a path this user can write")
 
 
 def print_rows(rows: list[dict], console: Console) -> None:

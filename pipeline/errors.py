@@ -24,6 +24,14 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
+QUOTE_CHARS = 120  # a value the user gave is quoted up to this many characters in a message
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """repr(value) for a one-line message: escapes newlines and control characters, cut to `limit`."""
+    return clip(repr(value), limit)
+
+
 @contextmanager
 def skippable(*switches: str) -> Iterator[None]:
     """A UserError raised inside (a format the user's model cannot take) also says how to go on without that

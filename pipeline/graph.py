@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline import distributed, exits
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clip
 from pipeline.fileio import read_json, write_json
 from pipeline.fingerprint import code_digest, code_fingerprint, data_fingerprint
 from pipeline.lock import wait_lock
@@ -43,7 +43,17 @@ def stage_code(name: str) -> dict[str, str]:
 
 def check_stage_name(name: str | None, option: str) -> None:
     if name is not None and name not in STAGES:
-        raise UserError(f"{option} {name!r}: no such stage; stages are {', '.join(STAGES)}")
+        raise UserError(f"{option} {clip(repr(name), 60)}: no such stage; stages are {', '.join(STAGES)}")
+
+
+def check_stage_options(force: str | None, until: str | None) -> None:
+    """`--force` and `--until` name stages, and a forced stage is one the run reaches."""
+    check_stage_name(force, "--force")
+    check_stage_name(until, "--until")
+    names = list(STAGES)
+    if force and until and names.index(force) > names.index(until):
+        raise UserError(f"--force {force} with --until {until}: the run stops before {force}, so nothing would be "
+                        f"forced; drop --force, or use --until {force} (or a later stage)")
 
 
 @dataclass

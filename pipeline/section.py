@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NOT_IN_KEY = "x-not-in-cache-key"
 MAX_KEY_DEPTH = 8  # timm takes flat keyword arguments; a few levels leave room for a dict-valued one
@@ -30,6 +30,14 @@ def not_in_key(default: Any, description: str, **constraints: Any) -> Any:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No text field takes a NUL character: no path, file or model name can hold one (the OS refuses it)."""
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("has a NUL character (\\x00), which no path or name can hold: remove it")
+        return value
 
     def key_fields(self) -> dict:
         """The section as it enters a cache key: every field but those marked not_in_key."""

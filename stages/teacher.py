@@ -9,7 +9,7 @@ import logging
 from pydantic import Field, model_validator
 
 from pipeline.distributed import world
-from pipeline.errors import UserError
+from pipeline.errors import UserError, quote
 from pipeline.stage import Stage, StageContext
 from stages.checkpoints import CHECKPOINT, METRICS
 from stages.data import DataConfig
@@ -56,7 +56,7 @@ class TeacherStage(Stage):
             if getattr(teacher, key):
                 readable_checkpoint(f"teacher.{key}", getattr(teacher, key))
         if teacher.pretrained and not teacher.pretrained_file and not has_published_weights(teacher.model):
-            raise UserError(f"teacher.pretrained = true: timm publishes no weights for {teacher.model!r}; set "
+            raise UserError(f"teacher.pretrained = true: timm publishes no weights for {quote(teacher.model)}; set "
                             "teacher.pretrained = false, or give teacher.pretrained_file (a local checkpoint)")
         architecture("teacher", teacher.model, teacher.overrides, cfg.data.channels, cfg.data.img_size)
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, quote
 from targets.agent import model_bytes
 
 # What the report says of Core ML rows off macOS (targets/coreml.py simulates them).
@@ -131,7 +131,7 @@ def load_runner(path: Path, threads: int = 0) -> Runner:
     try:
         return RUNNERS[Path(path).suffix](path, threads)
     except KeyError:
-        raise UserError(f"{path}: no runtime for {suffix!r} files; known: {', '.join(RUNNERS)}, .mlpackage, .pte, "
+        raise UserError(f"{path}: no runtime for {quote(suffix)} files; known: {', '.join(RUNNERS)}, .mlpackage, .pte, "
                         ".tflite") from None
 
 

@@ -52,6 +52,15 @@ class DistillConfig(TrainConfig):
                              "must pair up: give the same number of blocks")
         if s is not None and not s:
             raise ValueError("distill.student_layers is empty: set distill.manifold = false instead")
+        for field, layers in (("student", s), ("teacher", t)):
+            negative = [i for i in layers or () if i < 0]
+            if negative:
+                raise ValueError(f"distill.{field}_layers: {negative} is negative; units count from 0 (the first "
+                                 "block or stage) to N-1")
+            twice = sorted({i for i in layers or () if layers.count(i) > 1})
+            if twice:
+                raise ValueError(f"distill.{field}_layers: {twice} given more than once; match each unit once "
+                                 "(give another unit, or drop the repeated pair)")
         return self
 
 

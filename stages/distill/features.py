@@ -35,7 +35,7 @@ def default_layer_map(student_depth: int, teacher_depth: int) -> tuple[list[int]
 def checked_units(model: nn.Module, layers: list[int], field: str) -> list[Unit]:
     """The units `layers` index, after checking that they are in range."""
     units = units_of(model, field)
-    bad = [i for i in layers if not -len(units) <= i < len(units)]
+    bad = [i for i in layers if not 0 <= i < len(units)]
     if bad:
         names = f"{units[0].name}..{units[-1].name}" if len(units) > 1 else units[0].name
         raise UserError(f"distill.{field}_layers: {bad} out of range for {len(units)} units "

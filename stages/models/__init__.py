@@ -11,7 +11,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError, clip
+from pipeline.errors import UserError, clip, quote
 from pipeline.fileio import atomic_write
 from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* with timm)
 
@@ -22,9 +22,9 @@ def existing_file(key: str, path: str) -> Path:
     """The file a config field names, or a UserError naming the field."""
     file = Path(path).expanduser()
     if file.is_dir():
-        raise UserError(f"{key} = {path!r} is a folder: give the file itself")
+        raise UserError(f"{key} = {quote(path)} is a folder: give the file itself")
     if not file.is_file():
-        raise UserError(f"{key} = {path!r} does not exist")
+        raise UserError(f"{key} = {quote(path)} does not exist")
     return file
 
 
@@ -42,11 +42,11 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
     if name not in timm.list_models(pretrained=False):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise UserError(f"{field}.model = {name!r} is not a timm model{hint}")
+        raise UserError(f"{field}.model = {quote(name)} is not a timm model{hint}")
     for key, value in data_kwargs.items():
         if key in overrides and overrides[key] != value:
-            raise UserError(f"{field}.overrides.{key} = {overrides[key]!r} contradicts the data ({key} = "
-                            f"{value!r}): remove it, or change the [data] section")
+            raise UserError(f"{field}.overrides.{key} = {quote(overrides[key])} contradicts the data ({key} = "
+                            f"{quote(value)}): remove it, or change the [data] section")
     kwargs = {**data_kwargs, **overrides}
     extra = {}
     if pretrained_file:
@@ -60,17 +60,18 @@ def create_model(field: str, name: str, overrides: dict, data_kwargs: dict, pret
             kwargs.pop("img_size")
             model = timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
     except TypeError as exc:
-        raise UserError(f"{field}.overrides: timm model {name!r} rejected the keywords {clip(repr(kwargs), 100)}: "
+        raise UserError(f"{field}.overrides: timm model {quote(name)} rejected the keywords {clip(repr(kwargs), 100)}: "
                         f"{short(exc, 100)}") from None
     except Exception as exc:  # timm and torch raise many types for a model that cannot be built as asked
         if pretrained_file:
-            raise UserError(f"{field}.pretrained_file = {pretrained_file!r}: timm could not load it as {name!r}'s "
-                            f"weights ({short(exc)}): give a .safetensors or .pth checkpoint of that model") from None
+            raise UserError(f"{field}.pretrained_file = {quote(pretrained_file)}: timm could not load it as "
+                            f"{quote(name)}'s weights ({short(exc)}): give a .safetensors or .pth checkpoint of that "
+                            "model") from None
         if pretrained and _offline(exc):
-            raise UserError(f"{field}.pretrained = true: timm could not download {name!r}'s weights (no network "
+            raise UserError(f"{field}.pretrained = true: timm could not download {quote(name)}'s weights (no network "
                             f"or no access: {short(exc)}); give {field}.pretrained_file (a local checkpoint) or "
                             f"set {field}.pretrained = false") from None
-        raise UserError(f"{field}: timm could not build {name!r} with {clip(repr(kwargs), 100)}: "
+        raise UserError(f"{field}: timm could not build {quote(name)} with {clip(repr(kwargs), 100)}: "
                         f"{short(exc)}") from None
     return model, kwargs
 
@@ -87,7 +88,7 @@ def readable_checkpoint(key: str, path: str) -> Path:
         else:
             torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safetensors raise their own types
-        raise UserError(f"{key} = {path!r} is not a checkpoint ({short(exc, 120)}): give a .safetensors or .pth "
+        raise UserError(f"{key} = {quote(path)} is not a checkpoint ({short(exc, 120)}): give a .safetensors or .pth "
                         "file of the model's weights") from None
     return file
 
@@ -131,7 +132,7 @@ def architecture(field: str, name: str, overrides: dict, channels: int, img_size
                 model.eval()(torch.zeros(1, channels, img_size, img_size, device=device))
         except Exception as exc:  # the meta device lacks some ops: the real forward decides
             if device == "cpu":
-                raise UserError(f"{field}.model = {name!r} cannot take a {channels} x {img_size} x {img_size} "
+                raise UserError(f"{field}.model = {quote(name)} cannot take a {channels} x {img_size} x {img_size} "
                                 f"image: {short(exc)}; change data.img_size (a multiple of the patch size) or "
                                 f"{field}.overrides") from None
             continue
@@ -160,18 +161,18 @@ def load_weights(field: str, model: nn.Module, path: str) -> None:
         record = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{field}.checkpoint = {path!r} is not a torch checkpoint ({reason})") from None
+        raise UserError(f"{field}.checkpoint = {quote(path)} is not a torch checkpoint ({reason})") from None
     if isinstance(record, dict):
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(record.get(key), dict):
                 record = record[key]
                 break
     if not isinstance(record, dict) or not all(isinstance(v, torch.Tensor) for v in record.values()):
-        raise UserError(f"{field}.checkpoint = {path!r} holds no state dict (a {type(record).__name__}); give "
+        raise UserError(f"{field}.checkpoint = {quote(path)} holds no state dict (a {type(record).__name__}); give "
                         "a model.pt of ours, a timm/DeiT checkpoint or a plain state dict")
     mismatch = first_mismatch(model.state_dict(), record)
     if mismatch:
-        raise UserError(f"{field}.checkpoint = {path!r} does not fit {field}.model: {mismatch}; check "
+        raise UserError(f"{field}.checkpoint = {quote(path)} does not fit {field}.model: {mismatch}; check "
                         f"{field}.model and {field}.overrides")
     model.load_state_dict(record)
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, quote
 from pipeline.fileio import read_json, write_json
 from pipeline.section import Section
 from pipeline.stage import Stage, StageContext
@@ -65,6 +65,22 @@ class QuantizeStage(Stage):
     inputs = ("data", "distill", "export")  # distill: ExecuTorch's PT2E quantizes the torch model
     uses_seed = False
     scratch = (PREPROCESSED,)
+
+    @classmethod
+    def check(cls, cfg, world_size: int) -> None:
+        if cfg.quantize.onnx_static or cfg.quantize.onnx_dynamic:
+            from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+            known = sorted({*IntegerOpsRegistry, *QDQRegistry, *QLinearOpsRegistry})
+            unknown = [op for op in cfg.quantize.op_types if op not in known]
+            if unknown:
+                import difflib
+
+                close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserError(f"quantize.op_types: {quote(unknown)} is not an op type ONNX Runtime quantizes "
+                                f"({hint}case-sensitive ONNX names, e.g. MatMul, Gemm, Conv; the full list: "
+                                "onnxruntime.quantization.registry)")
 
     def run(self, ctx: StageContext) -> dict:
         from stages.batches import load_dataset
