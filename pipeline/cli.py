@@ -109,15 +109,23 @@ def _command(args, argv: list[str]) -> int:
         return _fail(exits.INTERRUPTED, exits.interrupted_message(exc))
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
         _ending()
-        if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # a path from the config, longer than the OS takes
-            name = clip(str(getattr(exc, "filename", None) or ""), 120)
-            return _fail(2, f"error: file name too long: {name!r}: shorten the path in the config (a name of at "
-                            "most 255 bytes per folder)")
-        if out_of_space(exc):
-            where = getattr(exc, "filename", None) or (cfg.run.output_dir if cfg else "this disk")
-            return _fail(2, f"error: disk full (writing under {where}): free space there and rerun the same "
-                            "command to resume; completed stages are kept")
+        message = os_error_message(exc, cfg.run.output_dir if cfg else None)
+        if message:
+            return _fail(2, f"error: {message}")
         return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")
+
+
+def os_error_message(exc: BaseException, output_dir: str | None) -> str | None:
+    """The one-line message for an OS error the user can fix (a path too long, a full disk), else None."""
+    if getattr(exc, "errno", None) == errno.ENAMETOOLONG:  # a path from the config, longer than the OS takes
+        name = clip(str(getattr(exc, "filename", None) or ""), 120)
+        return (f"file name too long: {name!r}: shorten the path in the config (a name of at most 255 bytes per "
+                "folder)")
+    if out_of_space(exc):
+        where = getattr(exc, "filename", None) or output_dir or "this disk"
+        return (f"disk full (writing under {where}): free space there and rerun the same command to resume; "
+                "completed stages are kept")
+    return None
 
 
 def _ending() -> None:

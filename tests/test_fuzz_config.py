@@ -110,3 +110,39 @@ huge = st.integers(10**4, 10**6).map(lambda n: json.dumps("x" * n))
                 max_size=2).map(lambda kvs: [f"{k}={v}" for k, v in kvs]))
 def test_bytes_deep_nesting_huge_and_non_finite_values_never_crash(document, sets):
     check(document, sets)
+
+
+PATH_FIELDS = ["run.output_dir", "data.path", "teacher.checkpoint", "teacher.pretrained_file"]
+odd_paths = st.one_of(
+    st.lists(st.sampled_from(["\x00", "\n", "\r", "\t", "/", "a", "..", "é", " ", "'", '"', "\\", "*"]),
+             max_size=16).map("".join),
+    st.text(max_size=24),
+    st.integers(250, 5000).map(lambda n: "/tmp/" + "p" * n),
+    st.integers(1, 40).map(lambda n: "/tmp" + "/d" * n + "/x.pt"))
+layer_lists = st.one_of(st.none(), st.lists(st.integers(-30, 40), max_size=5))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(PATH_FIELDS), odd_paths, layer_lists, layer_lists)
+def test_odd_paths_and_layer_maps_pass_every_check_or_are_one_line(field, path, student, teacher):
+    """Paths with NUL, newlines or thousands of characters, and layer maps of any integers, through every
+    check a run makes before its first stage: a user error (or an OS error the CLI words as one), never a
+    traceback, and nothing written."""
+    from pipeline.api import prepare
+    from pipeline.cli import os_error_message
+
+    with tempfile.TemporaryDirectory() as folder:
+        sets = [f"run.output_dir={json.dumps(folder + '/runs')}", f"{field}={json.dumps(path)}"]
+        if field == "data.path":
+            sets.append("data.dataset='imagefolder'")
+        if field == "teacher.pretrained_file":
+            sets.append("teacher.pretrained=true")
+        sets += [f"distill.{side}_layers={layers}" for side, layers in (("student", student), ("teacher", teacher))
+                 if layers is not None]
+        try:
+            prepare(load_config(None, sets), None, None, None)
+        except UserError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 300, str(exc)[:3000]
+        except OSError as exc:
+            assert os_error_message(exc, None), repr(exc)
+        assert not (Path(folder) / "runs").exists() or field == "run.output_dir"
