@@ -30,6 +30,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _manifest_problem(manifest) -> str | None:
+    """Why a manifest read back from the cache is not one `commit` writes, or None. Its file names must stay
+    inside the artifact folder: the check hashes each named file, and must not read anything else."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return "no file list"
+    if not isinstance(manifest.get("summary", {}), dict) or not isinstance(manifest.get("wall_s", 0.0), (int, float)):
+        return "summary or wall_s of the wrong type"
+    for name, meta in manifest["files"].items():
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or name == MANIFEST:
+            return f"file name {name[:80]!r} outside the artifact"
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and type(meta.get("bytes")) is int):
+            return f"no hash and size for {name[:80]!r}"
+    return None
+
+
 class ArtifactStore:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -56,13 +72,18 @@ class ArtifactStore:
             return "missing", "never run with this configuration"
         try:
             manifest = read_json(manifest_path)
-            files = manifest["files"]
-        except (OSError, ValueError, KeyError) as exc:
-            return "damaged", f"unreadable manifest ({exc})"
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            return "damaged", f"unreadable manifest ({type(exc).__name__}: {str(exc)[:100]})"
+        why = _manifest_problem(manifest)
+        if why:
+            return "damaged", f"unreadable manifest ({why})"
+        files = manifest["files"]
         for name, meta in files.items():
             file = final / name
             if not file.is_file():
                 return "damaged", f"{name} is missing"
+            if not file.resolve().is_relative_to(final.resolve()):
+                return "damaged", f"{name} links outside the artifact"
             if file.stat().st_size != meta["bytes"] or file_sha256(file) != meta["sha256"]:
                 return "damaged", f"{name} does not match its recorded hash"
         return "cached", f"artifact {final.name} verified ({len(files)} files)"

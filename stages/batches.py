@@ -104,7 +104,7 @@ def load_dataset(folder: Path) -> Dataset:
     meta = read_json(folder / "meta.json")
     mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    with np.load(folder / "data.npz") as arrays:
+    with np.load(folder / "data.npz", allow_pickle=False) as arrays:  # never build objects from the cache
         splits = {name: Batches(torch.from_numpy(arrays[f"x_{name}"]), torch.from_numpy(arrays[f"y_{name}"]),
                                 mean, std) for name in ("train", "val", "test")}
     return Dataset(meta, **splits)

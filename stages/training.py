@@ -26,7 +26,7 @@ from pipeline.fileio import atomic_write, write_text
 from pipeline.progress import Progress
 from pipeline.stage import Accel
 from stages.batches import Batches
-from stages.checkpoints import CHECKPOINT, METRICS
+from stages.checkpoints import CHECKPOINT, METRICS, read
 from stages.recipe import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,9 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
     rows: list[dict] = []
     start_epoch = 0
     checkpoint = workdir / CHECKPOINT
-    state = _resume_state(checkpoint, label, here)
-    if state:
+    state = _resume_state(checkpoint, label, here,
+                          lambda s: _misfit(s, model, optimizer, schedule, streams, here, cfg.epochs))
+    if state:  # checked whole first: nothing is applied from a checkpoint that does not fit
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -232,24 +233,93 @@ def _check_in_sync(model: nn.Module, here: World, label: str) -> None:
     log.info(f"{label}: weights identical on all {here.size} processes")
 
 
-def _resume_state(checkpoint: Path, label: str, here: World) -> dict | None:
+def _resume_state(checkpoint: Path, label: str, here: World,
+                  misfit: Callable[[dict], str | None] = lambda state: None) -> dict | None:
     """The saved training state, or None (none yet, or a damaged file: then training starts over).
-    Every rank reads the same file; a checkpoint from another number of processes is not resumed."""
+    Every rank reads the same file; a checkpoint from another number of processes is not resumed. The file is
+    untrusted (anyone who can write the cache can replace it): it is loaded weights-only (stages/checkpoints.py),
+    and one that does not load so, lacks a key, or whose state `misfit` finds does not fit this run, is damaged."""
     state, why = None, None
     if checkpoint.is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated or edited by hand: never resume from it
-            why = f"is damaged ({type(exc).__name__})"
-        else:
-            if state.get("world_size", 1) != here.size:
-                state, why = None, f"was written by {state.get('world_size', 1)} processes, not {here.size}"
+        state, why = read(checkpoint)
+        if state is not None and state["world_size"] != here.size:
+            state, why = None, f"was written by {state['world_size']} processes, not {here.size}"
+        elif state is not None:
+            problem = misfit(state)
+            if problem:
+                state, why = None, f"is damaged ({problem})"
     if not all(gather(state is not None)):  # all ranks resume, or none
         state = None
     if why and here.main:
         log.warning(f"{label}: {checkpoint} {why}; starting over")
-        checkpoint.unlink()
+        checkpoint.unlink(missing_ok=True)
     return state
+
+
+def _misfit(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, streams: Streams,
+            here: World, epochs: int) -> str | None:
+    """Why a checkpoint's training state (keys and types checked by stages/checkpoints.py) does not fit this
+    model, optimiser, schedule and run, or None: checked before any of it is applied, so a bad one leaves
+    nothing half-loaded (load_state_dict copies tensor by tensor and fails only at the first misfit)."""
+    params = model.state_dict()
+    saved = state["model"]
+    if saved.keys() != params.keys():
+        odd = sorted(saved.keys() ^ params.keys())
+        return f"its model has other tensors ({', '.join(map(str, odd[:3]))}{', ...' if len(odd) > 3 else ''})"
+    for name, tensor in params.items():
+        if not torch.is_tensor(saved[name]) or saved[name].shape != tensor.shape:
+            return f"its model's {name} does not fit the model"
+    why = _optimizer_misfit(state["optimizer"], optimizer)
+    if why:
+        return why
+    current = schedule.state_dict()
+    if state["schedule"].keys() != current.keys() or any(
+            _kind(state["schedule"][k]) != _kind(v) for k, v in current.items()):
+        return "its schedule state is not this schedule's"
+    generators = streams.state()
+    if state["rng"].keys() != generators.keys() or any(
+            not _byte_state(state["rng"][k], v) for k, v in generators.items()):
+        return "its random streams are not this run's"
+    torch_rng = state["torch_rng"]
+    if len(torch_rng) != here.size or not all(_byte_state(t, torch.get_rng_state()) for t in torch_rng):
+        return "its torch RNG states do not fit"
+    if not 1 <= state["epoch"] <= epochs or len(state["rows"]) != state["epoch"]:
+        return f"epoch {state['epoch']} with {len(state['rows'])} metric rows, of {epochs} epochs"
+    return None
+
+
+def _optimizer_misfit(saved: dict, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why a saved optimiser state does not fit `optimizer` (its groups, their settings, each parameter's
+    moments), or None."""
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or len(groups) != len(optimizer.param_groups):
+        return "its optimiser state is not this optimiser's"
+    ids: dict = {}
+    for group, current in zip(groups, optimizer.param_groups):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list) or \
+                len(group["params"]) != len(current["params"]) or \
+                not all(isinstance(i, int) for i in group["params"]):
+            return "its optimiser's parameter groups do not fit the model"
+        if any(_kind(group[k]) != _kind(v) for k, v in current.items() if k != "params" and k in group):
+            return "its optimiser's settings have the wrong types"
+        ids.update(zip(group["params"], current["params"]))
+    for index, moments in state.items():
+        if index not in ids or not isinstance(moments, dict):
+            return "its optimiser state names parameters the model does not have"
+        for value in moments.values():
+            if not torch.is_tensor(value) or value.dim() and value.shape != ids[index].shape:
+                return "its optimiser's moments do not fit the model"
+    return None
+
+
+def _kind(value) -> type:
+    """A value's type, with int and float one kind (a saved 0 for a 0.0) and bool and None their own."""
+    return float if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value)
+
+
+def _byte_state(saved, current: torch.Tensor) -> bool:
+    """Whether `saved` can stand for the generator state `current` (a uint8 tensor of the same length)."""
+    return torch.is_tensor(saved) and saved.dtype == torch.uint8 and saved.shape == current.shape
 
 
 def _train_epoch(model, forward, step, train, cfg, shift, flip, optimizer, schedule, streams, device, here, progress,

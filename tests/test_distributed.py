@@ -272,10 +272,11 @@ def test_a_checkpoint_from_another_process_count_is_not_resumed(tmp_path):
     from stages.training import _resume_state
 
     checkpoint, log = tmp_path / "checkpoint.pt", io.StringIO()
-    torch.save({"world_size": 2, "epoch": 3}, checkpoint)
+    state = {"model": {}, "optimizer": {}, "schedule": {}, "rng": {}, "torch_rng": [], "rows": [{}] * 3, "epoch": 3}
+    torch.save({**state, "world_size": 2}, checkpoint)
     with Progress(Console(file=log, width=300)):  # the stage's log record reaches the run's console
         assert _resume_state(checkpoint, "distill", World()) is None
     assert "was written by 2 processes, not 1; starting over" in log.getvalue()
     assert not checkpoint.exists()  # removed: training starts over
-    torch.save({"world_size": 1, "epoch": 3}, checkpoint)
+    torch.save({**state, "world_size": 1}, checkpoint)
     assert _resume_state(checkpoint, "distill", World())["epoch"] == 3

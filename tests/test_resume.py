@@ -50,7 +50,7 @@ def test_killed_distill_resumes_to_identical_weights(tmp_path):
     assert checkpoint is not None, "the distill stage never wrote a checkpoint before finishing"
     os.kill(proc.pid, signal.SIGKILL)  # a hard stop: no handler runs, like a power cut
     proc.wait()
-    assert torch.load(checkpoint, weights_only=False)["epoch"] < 3
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < 3
 
     resumed = _run(broken)
     output, _ = resumed.communicate(timeout=300)

@@ -149,7 +149,13 @@ def save_model(path: Path, model: nn.Module, name: str, kwargs: dict) -> None:
 def load_model(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by `save_model`; returns (model in eval mode, the saved record)."""
     record = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(record["model"], **record["kwargs"])
+    if not (isinstance(record, dict) and isinstance(record.get("model"), str) and isinstance(record.get("kwargs"), dict)
+            and isinstance(record.get("state_dict"), dict) and ":" not in record["model"]
+            and timm.is_model(record["model"])):  # not an `hf-hub:` or `local-dir:` name: nothing is fetched
+        raise UserError(f"{path} is damaged (not a model saved by this pipeline): delete {path.parent} and rerun")
+    # the kwargs are read back from the cache: none of them may load weights (the state dict below does)
+    kwargs = {k: v for k, v in record["kwargs"].items() if k not in ("pretrained", "checkpoint_path")}
+    model = timm.create_model(record["model"], pretrained=False, **kwargs)
     model.load_state_dict(record["state_dict"])
     return model.eval(), record
 
