@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"manifold-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline (reusing cached stages)")
-    status = sub.add_parser("status", help="each stage: cached, stale, missing or damaged, and why")
+    status = sub.add_parser("status", help="each stage: cached, stale, missing, damaged or running, and why")
     for p in (run, status):
         p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="pipeline.toml (default: %(default)s)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -209,7 +209,7 @@ def _status(cfg) -> int:
     table = Table(title=f"run '{cfg.run.name}' ({pipeline.run_dir})")
     for column in ("stage", "state", "key", "why", "artifact"):
         table.add_column(column, overflow="fold")
-    colours = {"cached": "green", "stale": "yellow", "missing": "cyan", "damaged": "red"}
+    colours = {"cached": "green", "stale": "yellow", "missing": "cyan", "damaged": "red", "running": "magenta"}
     for s in pipeline.status():
         path = str(pipeline.store.path(s.name, s.key)) if s.state == "cached" else ""
         table.add_row(s.name, f"[{colours[s.state]}]{s.state}[/]", s.key[:12], s.reason, path)

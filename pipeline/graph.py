@@ -13,7 +13,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import UserError, clip
 from pipeline.fileio import read_json, write_json
 from pipeline.fingerprint import code_digest, code_fingerprint, data_fingerprint
-from pipeline.lock import wait_lock
+from pipeline.lock import holder, wait_lock
 from pipeline.progress import Progress
 from pipeline.stage import Accel, Stage, StageContext
 from pipeline.store import ArtifactStore, cache_key
@@ -69,7 +69,7 @@ class PlannedStage:
 @dataclass
 class StageStatus:
     name: str
-    state: str  # cached | stale | missing | damaged
+    state: str  # cached | stale | missing | damaged | running (another process is building it now)
     reason: str
     key: str
 
@@ -139,6 +139,12 @@ class Pipeline:
             before = previous.get(stage.name)
             if state == "missing" and before and before["key"] != stage.key:
                 state, reason = "stale", _explain_change(before, stage)
+            building = holder(self.store.lock_path(stage.name, stage.key)) if state != "cached" else None
+            if building:  # the lock, not its file: one left by a kill -9 is free
+                state, reason = "running", f"running ({building}): a `run` is building it now"
+            elif state != "cached":
+                state, reason = _check_resume(self.store.partial(stage.name, stage.key), stage.cls.resumes,
+                                              state, reason)
             result.append(StageStatus(stage.name, state, reason, stage.key))
         return result
 
@@ -186,8 +192,8 @@ class Pipeline:
             if check == "cached" and stage.name not in forced:
                 manifest = self.store.manifest(stage.name, stage.key)
                 progress.log(f"{label}: reused, cached ({reason})")
-                cached = RunRecord(stage.name, stage.key, True, manifest["wall_s"],
-                                   self.store.path(stage.name, stage.key), manifest["summary"])
+                cached = RunRecord(stage.name, stage.key, True, manifest.get("wall_s", 0.0),
+                                   self.store.path(stage.name, stage.key), manifest.get("summary", {}))
             else:
                 if check == "damaged":
                     progress.log(f"[yellow]{label}: cached artifact damaged ({reason}); rerunning[/]")
@@ -229,6 +235,19 @@ class Pipeline:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = self.store.commit(stage.name, stage.key, manifest, scratch=stage.cls.scratch)
         return RunRecord(stage.name, stage.key, False, wall, path, summary)
+
+
+def _check_resume(work: Path, resumes: tuple[str, ...], state: str, reason: str) -> tuple[str, str]:
+    """'damaged' for a stage whose resumable checkpoint cannot be resumed from (not loadable weights-only, or
+    not a training state): the next run warns, deletes it and starts the stage over."""
+    for name in resumes:
+        if (work / name).is_file():
+            from stages.checkpoints import damage  # torch: only when there is a checkpoint to read
+
+            why = damage(work / name)
+            if why:
+                return "damaged", f"{work.name}/{name} {why}: the next run deletes it and starts the stage over"
+    return state, reason
 
 
 def _explain_change(before: dict, stage: PlannedStage) -> str:

@@ -56,6 +56,30 @@ def _unlock(path: Path, fd: int) -> None:
     os.close(fd)
 
 
+def _sign(fd: int) -> None:
+    """Write the holder ("pid N, started TIME") into the lock file it holds, for `holder` and the refusal."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+
+
+def holder(path: Path) -> str | None:
+    """Who holds the lock at `path` now ("pid N, started TIME"), or None when nobody does. The lock is tested,
+    not the file: one left by a kill -9 is free (the OS released its flock). A shared probe: it never creates
+    the file, and a run that takes the lock meanwhile only waits (or is refused) for that instant."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: nobody holds it
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        return None
+    finally:
+        os.close(fd)  # releases the probe's lock
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold run_dir/.lock, or refuse with the holder's pid and start time."""
@@ -67,8 +91,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                         "another run.name")
 
     fd = _lock(path, blocking=False, on_busy=refuse)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    _sign(fd)
     try:
         yield
     finally:
@@ -79,6 +102,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def wait_lock(path: Path, on_wait=None) -> Iterator[None]:
     """Hold the lock at path, waiting for another holder first (on_wait() is called once if so)."""
     fd = _lock(Path(path), blocking=True, on_busy=(lambda _fd: on_wait()) if on_wait else None)
+    _sign(fd)
     try:
         yield
     finally:

@@ -14,7 +14,8 @@ from pipeline.config import PipelineConfig
 from pipeline.deploy import write_deploy
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json, write_text
-from pipeline.graph import Pipeline, RunRecord
+from pipeline.graph import STAGES, Pipeline, RunRecord
+from pipeline.lock import holder
 from pipeline.ship import choose_all
 from targets.latency import describe_comparison
 from targets.runtimes import NEEDS_MACOS
@@ -89,13 +90,43 @@ def write_report(report: dict, run_dir: Path, deploy_to: Path | None = None) -> 
     write_text(run_dir / "report.html", render_html(title, markdown, run_dir))
 
 
+RERUN = "rerun the same `manifold-edge run` command (the run's config; cached stages are reused)"
+
+
 def check_run_folder(run_dir: Path) -> Path:
-    """A finished run's folder (report.json and state.json in it), or a UserError."""
+    """A finished run's folder (report.json and state.json in it), or a UserError that says what it is instead:
+    no run at all, a run whose state.json is damaged or missing, a run in progress, or a run that did not finish
+    (which stages did, and how to finish it)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "report.json").is_file() or not (run_dir / "state.json").is_file():
+    has_report = (run_dir / "report.json").is_file()
+    if not (run_dir / "state.json").is_file():
+        if has_report:
+            raise UserError(f"{run_dir / 'state.json'} is missing: {RERUN} to write it again")
         raise UserError(f"{run_dir}: not a run folder (no report.json / state.json); give runs/<name> of a "
                         "finished `manifold-edge run`")
+    recorded = recorded_stages(run_dir)
+    if not has_report:
+        running = holder(run_dir / ".lock")  # the lock, not its file: a kill -9 leaves a free one behind
+        if running:
+            raise UserError(f"{run_dir}: a run is in progress ({running}); its report is written when it finishes")
+        done = [name for name in STAGES if name in recorded] + sorted(recorded.keys() - STAGES.keys())
+        raise UserError(f"{run_dir}: the run did not finish (no report.json; stages done: {', '.join(done) or 'none'})"
+                        f": {RERUN} to finish it; a training stage resumes from its last epoch")
     return run_dir
+
+
+def recorded_stages(run_dir: Path) -> dict:
+    """A run folder's state.json ({stage: {key: ...}}), or a UserError naming it as damaged."""
+    path = Path(run_dir) / "state.json"
+    try:
+        recorded = read_json(path)
+    except (ValueError, OSError) as exc:  # truncated or edited JSON (UnicodeDecodeError is a ValueError)
+        why = "not JSON" if isinstance(exc, ValueError) else type(exc).__name__
+        raise UserError(f"{path} is damaged ({why}): {RERUN} to write it again") from None
+    if not isinstance(recorded, dict) or not all(isinstance(e, dict) and isinstance(e.get("key"), str)
+                                                 for e in recorded.values()):
+        raise UserError(f"{path} is damaged (not a record of stages): {RERUN} to write it again")
+    return recorded
 
 
 def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
@@ -103,14 +134,7 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
     Run-level facts (wall time, peak memory, device) are kept from the previous report.json; when that file
     cannot be read, the config comes from the run's config.json, those facts are unknown, and a warning says so."""
     run_dir = check_run_folder(run_dir)
-    try:
-        recorded = read_json(run_dir / "state.json")
-        if not isinstance(recorded, dict) or not all(isinstance(e, dict) and isinstance(e.get("key"), str)
-                                                     for e in recorded.values()):
-            raise TypeError("state.json is not {stage: {key: ...}}")
-    except (ValueError, TypeError) as exc:  # truncated or edited JSON, or not ours
-        raise UserError(f"{run_dir}: state.json is damaged ({type(exc).__name__}): rerun `manifold-edge run` with "
-                        "the same config to rebuild it (cached stages are reused)") from None
+    recorded = recorded_stages(run_dir)
     try:
         report = read_json(run_dir / "report.json")
         cfg = PipelineConfig.model_validate(report["config"])
@@ -127,7 +151,8 @@ def rebuild_report(run_dir: Path, deploy_to: Path | None = None) -> dict:
                             "to rebuild it")
         manifest = store.manifest(name, entry["key"])
         records.append(RunRecord(name, entry["key"], report.get("stages", {}).get(name, {}).get("cached", True),
-                                 manifest["wall_s"], store.path(name, entry["key"]), manifest["summary"]))
+                                 manifest.get("wall_s", 0.0), store.path(name, entry["key"]),
+                                 manifest.get("summary", {})))
     by_name = {r.name: r for r in records}
     report.update(_stage_parts(records, by_name))
     report["run"]["rebuilt"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
