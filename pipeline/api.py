@@ -48,7 +48,7 @@ def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str 
         raise UserError(f"run.output_dir = {quote(cfg.run.output_dir)}: {why}; give a folder this user can write")
     pipeline = Pipeline(cfg)
     check_folder(Path(out) if out else pipeline.run_dir / "deploy")  # before hours of training, not after
-    pipeline.check(until)
+    pipeline.check(until, force)  # the device, the config, the input files: before anything is written
     return pipeline
 
 

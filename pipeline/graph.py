@@ -109,11 +109,23 @@ class Pipeline:
             planned.append(PlannedStage(name, cls, keys[name], config, inputs, code))
         return planned
 
-    def check(self, until: str | None = None) -> None:
-        """Each stage's config check, up to `until`: raises UserError before anything runs."""
+    def check(self, until: str | None = None, force: str | None = None) -> None:
+        """The device, each stage's config check up to `until`, then the input files of each of those stages
+        that will run (not reused from the cache; on rank 0): raises UserError before anything is written."""
+        if self.cfg.run.device == "cuda":
+            _resolve_device("cuda")
         names = list(STAGES)
-        for name in names[: names.index(until) + 1 if until else len(names)]:
+        names = names[: names.index(until) + 1 if until else len(names)]
+        for name in names:
             stage_class(name).check(self.cfg, self.world_size())
+        if not distributed.world().main:
+            return
+        forced = set(list(STAGES)[list(STAGES).index(force):]) if force else set()
+        for stage in self.plan()[: len(names)]:
+            if getattr(stage.cls.check_files, "__func__", None) is Stage.check_files.__func__:
+                continue  # the stage reads no input files of its own
+            if stage.name in forced or self.store.check(stage.name, stage.key, stage.cls.resumes)[0] != "cached":
+                stage.cls.check_files(self.cfg)
 
     def _previous(self) -> dict:
         """The last run's record of each stage (what its key was made of), {} when there is none or it is

@@ -64,6 +64,12 @@ class Stage:
         """Raise UserError for a config problem found without running anything (paths, shapes, batch splits):
         called for every stage before the first one runs, and before torchrun starts any process."""
 
+    @classmethod
+    def check_files(cls, cfg: PipelineConfig) -> None:
+        """Raise UserError for an input file that `run` could not read (an image, a dataset file): called
+        after every stage's `check`, before anything is written, only for a stage that will run (its artifact
+        is not reused from the cache: a dataset already stored is not read again), in one process."""
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         """Write the artifact files into ctx.out; return a JSON-able summary for the manifest."""
         raise NotImplementedError

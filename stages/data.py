@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import urllib.error
 import urllib.request
+import warnings
+import zlib
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, clip
 from pipeline.fileio import atomic_write, write_json
 from pipeline.section import Section, not_in_key
 from pipeline.stage import Stage, StageContext
@@ -75,7 +78,10 @@ class DataConfig(Section):
 
 def read_idx(path: Path) -> np.ndarray:
     """Read a (gzipped) IDX file: a big-endian header giving the dimensions, then uint8 data."""
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a cut-off or damaged download
+        raise UserError(f"{path}: damaged gzip file ({exc}): replace it with a complete copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"{path}: not a uint8 IDX file")
     ndim = raw[3]
@@ -84,6 +90,69 @@ def read_idx(path: Path) -> np.ndarray:
     if data.size != int(np.prod(dims)):
         raise UserError(f"{path}: truncated IDX file ({data.size} bytes of data for shape {tuple(dims)})")
     return data.reshape(dims)
+
+
+def idx_shape(path: Path) -> tuple[int, ...]:
+    """The shape an IDX file's header gives, checked against the file's length without reading its data: a .gz
+    file's length is in its gzip trailer (decompressed in full only when the trailer disagrees, to tell a
+    truncated download from a file gzipped in several members). UserError naming the file and what is wrong."""
+    name = clip(repr(str(path)), 160)
+    try:
+        with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+                raise UserError(f"{name}: not a uint8 IDX file (it starts {head!r}): replace it with the "
+                                "dataset's file")
+            dims = fh.read(4 * head[3])
+    except (EOFError, OSError, zlib.error) as exc:
+        raise UserError(f"{name}: damaged gzip file ({' '.join(str(exc).split())[:100]}): replace it with a "
+                        "complete copy") from None
+    if len(dims) < 4 * head[3]:
+        raise UserError(f"{name}: truncated IDX file (it ends inside its header): replace it with a complete copy")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    expected = 4 + len(dims) + int(np.prod(shape, dtype=np.int64))
+    if path.suffix != ".gz":
+        size = path.stat().st_size
+    else:
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            size = int.from_bytes(fh.read(4), "little")  # ISIZE: the length modulo 2**32
+        if size != expected % 2**32:
+            try:
+                with gzip.open(path) as fh:
+                    size = sum(len(block) for block in iter(lambda: fh.read(1 << 22), b""))
+            except (EOFError, OSError, zlib.error):
+                size = -1  # cut off inside the compressed stream
+    if size != expected:
+        got = "cut off inside its compressed data" if size < 0 else f"{size - 4 - len(dims):,} bytes of data"
+        raise UserError(f"{name}: truncated IDX file ({got}; its header gives shape {shape}, "
+                        f"{expected - 4 - len(dims):,} bytes): replace it with a complete copy")
+    return shape
+
+
+def check_fashion_mnist(folder: Path, field: str) -> None:
+    """The four IDX files: each as long as its header says, and as many labels as images in each split; a
+    UserError starts with `field`."""
+    try:
+        shapes = {key: idx_shape(folder / name) for key, name in FASHION_FILES.items()}
+    except UserError as exc:
+        raise UserError(f"{field}: {exc}") from None
+    for split_name in ("train", "test"):
+        images, labels = shapes[f"{split_name}_images"], shapes[f"{split_name}_labels"]
+        if len(images) != 3 or len(labels) != 1 or images[0] != labels[0]:
+            image_file, label_file = FASHION_FILES[f"{split_name}_images"], FASHION_FILES[f"{split_name}_labels"]
+            raise UserError(f"{field}: {clip(repr(str(folder)), 160)}: {image_file} has shape {images} and "
+                            f"{label_file} {labels}: expected N x H x W images and N labels; replace them with the "
+                            "dataset's files")
+
+
+def local_fashion_mnist(cfg: DataConfig) -> Path | None:
+    """The folder the data stage will read Fashion-MNIST from without downloading, or None (it downloads)."""
+    if cfg.path:
+        return fashion_mnist_dir(cfg)
+    cache = Path(cfg.cache_dir).expanduser() / "fashion-mnist"
+    return next((f for f in (DEBIAN_FASHION_DIR, cache) if all((f / n).is_file() for n in FASHION_FILES.values())),
+                None)
 
 
 def fashion_mnist_dir(cfg: DataConfig) -> Path:
@@ -142,13 +211,22 @@ def image_files(folder: Path) -> list[Path]:
     `.DS_Store`) and other hidden files left out."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return [folder / name for name in sorted(os.listdir(folder)) if _image_name(name)]
+
+
+def has_images(folder: Path) -> bool:
+    """Whether image_files(folder) would list any (names only: a folder of 60,000 images is listed once)."""
+    return folder.is_dir() and any(_image_name(name) for name in os.listdir(folder))
+
+
+def _image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def hidden_files(folders: list[Path]) -> int:
     """How many hidden files (macOS `._*` and `.DS_Store` among them) these folders hold."""
-    return sum(1 for folder in folders if folder.is_dir() for p in folder.iterdir()
-               if p.name.startswith(".") and p.is_file())
+    return sum(1 for folder in folders if folder.is_dir() for name in os.listdir(folder)
+               if name.startswith(".") and (folder / name).is_file())
 
 
 def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Split:
@@ -158,18 +236,86 @@ def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Sp
     for label, name in enumerate(classes):
         for file in image_files(root / name):
             try:
-                with Image.open(file) as img:
-                    img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-                    images.append(np.asarray(img, dtype=np.uint8))
-            except Image.DecompressionBombError:
-                raise UserError(f"data.path: image {file} has more pixels than Pillow reads safely "
+                with warnings.catch_warnings():  # Pillow's multi-line warning becomes our one-line error
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(file) as img:
+                        img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+                        images.append(np.asarray(img, dtype=np.uint8))
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise UserError(f"data.path: image {_quote_path(file)} has more pixels than Pillow reads safely "
                                 f"({Image.MAX_IMAGE_PIXELS:,}): shrink it or remove it") from None
             except OSError as exc:
-                raise UserError(f"data.path: cannot read image {file}: {exc}") from None
+                raise UserError(f"data.path: cannot read image {_quote_path(file)}: "
+                                f"{clip(' '.join(str(exc).split()), 160)}") from None
             labels.append(label)
     if not images:
         raise UserError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _quote_path(file: Path) -> str:
+    """A path for a one-line message: as it is when printable, else quoted (a line break in a folder name)."""
+    text = str(file)
+    return clip(text if text.isprintable() else repr(text), 200)
+
+
+def check_image(file: Path) -> None:
+    """A UserError unless Pillow can read `file`, checked without decoding most images: the header and size
+    (over Image.MAX_IMAGE_PIXELS is a decompression bomb), a PNG's chunks and their CRCs (verify()), a JPEG's
+    end-of-image marker (decoded only when it is missing: trailing bytes after it are allowed), and other
+    formats decoded. A PNG whose compressed data is damaged under a correct CRC passes here and fails when read."""
+    from PIL import Image
+
+    where = f"data.path: image {_quote_path(file)}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as img:
+                if img.format == "PNG":
+                    img.verify()
+                elif img.format != "JPEG" or not _jpeg_ends(img.fp):
+                    img.load()
+    except IsADirectoryError:
+        raise UserError(f"{where} is a folder, not an image: rename or remove it") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{where} has more pixels than Pillow reads safely ({Image.MAX_IMAGE_PIXELS:,}): shrink "
+                        "it or remove it") from None
+    except Image.UnidentifiedImageError:
+        size = file.stat().st_size
+        what = "is empty (0 bytes)" if size == 0 else f"is not an image Pillow can read ({size:,} bytes)"
+        raise UserError(f"{where} {what}: replace or remove it") from None
+    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, struct.error, ValueError...
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # without the path again
+        reason = clip(" ".join(text.split()) or type(exc).__name__, 120)
+        raise UserError(f"{where} cannot be read ({reason}): replace or remove it") from None
+
+
+def _jpeg_ends(fp) -> bool:
+    """Whether a JPEG file ends with its end-of-image marker (a truncated one does not)."""
+    where = fp.tell()
+    try:
+        fp.seek(-2, os.SEEK_END)
+        return fp.read(2) == b"\xff\xd9"
+    finally:
+        fp.seek(where)
+
+
+def check_images(cfg: DataConfig) -> int:
+    """check_image for every image the data stage will read; returns how many there are."""
+    train_root, has_splits, classes, _ = imagefolder_layout(cfg)
+    roots = [train_root, Path(cfg.path).expanduser() / "test"] if has_splits else [train_root]
+    count = 0
+    for root in roots:
+        for name in classes:
+            for file in image_files(root / name):
+                check_image(file)
+                count += 1
+    return count
+
+
+def class_count(cfg: DataConfig) -> int:
+    """How many classes the data stage will find (the models' num_classes), known before it runs."""
+    return len(imagefolder_layout(cfg)[2]) if cfg.dataset == "imagefolder" else len(FASHION_CLASSES)
 
 
 MISMATCH_FIX = "or set data.allow_class_mismatch = true"
@@ -192,9 +338,14 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str
     train_root = root / "train" if has_splits else root
     split_roots = [train_root, root / "test"] if has_splits else [train_root]
     classes = sorted(class_folders(train_root))
+    for split_root in split_roots:
+        broken = next((c for c in sorted(class_folders(split_root)) if c.splitlines() != [c]), None)
+        if broken is not None:  # labels.txt holds one class name a line
+            raise UserError(f"data.path: class folder {clip(repr(broken), 100)} in {_quote_path(split_root)} has a "
+                            "line break in its name (labels.txt holds one class a line): rename it")
     problems = []
     for split_root in split_roots:
-        empty = [c for c in classes if (split_root / c).is_dir() and not image_files(split_root / c)]
+        empty = [c for c in classes if (split_root / c).is_dir() and not has_images(split_root / c)]
         if empty:
             where = f" in {split_root.name}/" if has_splits else ""
             problems.append(f"class folder(s) {_names(empty)}{where} hold no images")
@@ -285,6 +436,15 @@ class DataStage(Stage):
             imagefolder_layout(cfg.data)
         elif cfg.data.dataset == "fashion-mnist" and cfg.data.path:
             fashion_mnist_dir(cfg.data)  # with data.path set: only checks the four files are there
+
+    @classmethod
+    def check_files(cls, cfg) -> None:
+        if cfg.data.dataset == "imagefolder":
+            check_images(cfg.data)
+        elif cfg.data.dataset == "fashion-mnist":
+            folder = local_fashion_mnist(cfg.data)
+            if folder is not None:  # else the stage downloads it (and read_idx checks what arrives)
+                check_fashion_mnist(folder, "data.path" if cfg.data.path else "data (the local Fashion-MNIST copy)")
 
     def run(self, ctx: StageContext) -> dict:
         cfg: DataConfig = ctx.config["data"]
