@@ -46,19 +46,22 @@ class TeacherStage(Stage):
 
     @classmethod
     def check(cls, cfg, world_size: int) -> None:
-        from stages.models import architecture, has_published_weights, readable_checkpoint
+        from stages.data import class_count
+        from stages.models import architecture, check_checkpoint, has_published_weights, readable_checkpoint
         from stages.training import check_batch_split
 
         teacher = cfg.teacher
         if teacher.epochs:
             check_batch_split("teacher", teacher.batch_size, world_size)
-        for key in ("checkpoint", "pretrained_file"):
-            if getattr(teacher, key):
-                readable_checkpoint(f"teacher.{key}", getattr(teacher, key))
+        if teacher.pretrained_file:
+            readable_checkpoint("teacher.pretrained_file", teacher.pretrained_file)
         if teacher.pretrained and not teacher.pretrained_file and not has_published_weights(teacher.model):
             raise UserError(f"teacher.pretrained = true: timm publishes no weights for {quote(teacher.model)}; set "
                             "teacher.pretrained = false, or give teacher.pretrained_file (a local checkpoint)")
-        architecture("teacher", teacher.model, teacher.overrides, cfg.data.channels, cfg.data.img_size)
+        model = architecture("teacher", teacher.model, teacher.overrides, cfg.data.channels, cfg.data.img_size,
+                             class_count(cfg.data))
+        if teacher.checkpoint:  # its tensors against the model's shapes, as the stage will load it
+            check_checkpoint("teacher", model, teacher.checkpoint)
 
     def run(self, ctx: StageContext) -> dict:
         import torch

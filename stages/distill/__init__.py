@@ -73,12 +73,13 @@ class DistillStage(Stage):
 
     @classmethod
     def check(cls, cfg, world_size: int) -> None:
+        from stages.data import class_count
         from stages.distill.train import manifold_layers
         from stages.models import architecture
         from stages.training import check_batch_split
 
         check_batch_split("distill", cfg.distill.batch_size, world_size)
-        data = cfg.data.channels, cfg.data.img_size
+        data = cfg.data.channels, cfg.data.img_size, class_count(cfg.data)
         student = architecture("student", cfg.student.model, cfg.student.overrides, *data)
         teacher = architecture("teacher", cfg.teacher.model, cfg.teacher.overrides, *data)
         manifold_layers(cfg.distill, student, teacher, cfg.data.img_size)

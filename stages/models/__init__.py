@@ -114,11 +114,14 @@ def _offline(exc: BaseException) -> bool:
                          "gaierror", "TimeoutError", "ConnectTimeout", "ReadTimeout", "MaxRetryError"})
 
 
-def architecture(field: str, name: str, overrides: dict, channels: int, img_size: int) -> nn.Module:
+def architecture(field: str, name: str, overrides: dict, channels: int, img_size: int,
+                 num_classes: int | None = None) -> nn.Module:
     """The model built and run on one image of the data's size, to check a config before anything runs: on
     the meta device (no weights, no memory), or for real on the CPU where the meta device cannot build or
-    run it. A model that cannot be built or cannot take that image is a UserError naming the field."""
-    data = {"in_chans": channels, "num_classes": overrides.get("num_classes", 10), "img_size": img_size}
+    run it. A model that cannot be built or cannot take that image is a UserError naming the field; so is an
+    overrides.num_classes that contradicts the data's `num_classes` (when given)."""
+    classes = overrides.get("num_classes", 10) if num_classes is None else num_classes
+    data = {"in_chans": channels, "num_classes": classes, "img_size": img_size}
     for device in ("meta", "cpu"):
         try:
             with torch.device(device):
@@ -162,12 +165,38 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
 
 def load_weights(field: str, model: nn.Module, path: str) -> None:
     """Load a local checkpoint: our model.pt, a timm/DeiT-style {'model'|'state_dict': ...}, or a state dict."""
+    record = checkpoint_state(field, path)
+    check_fit(field, path, model, record)
+    model.load_state_dict(record)
+
+
+def check_checkpoint(field: str, model: nn.Module, path: str) -> None:
+    """Before anything runs: `field`.checkpoint holds a state dict whose tensors fit `model` (which may be on the
+    meta device: only the shapes are compared), else the UserError `load_weights` would raise."""
+    check_fit(field, path, model, checkpoint_state(field, path))
+
+
+def check_fit(field: str, path: str, model: nn.Module, state: dict) -> None:
+    mismatch = first_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise UserError(f"{field}.checkpoint = {quote(path)} does not fit {field}.model: {mismatch}; check "
+                        f"{field}.model and {field}.overrides")
+
+
+def checkpoint_state(field: str, path: str) -> dict[str, torch.Tensor]:
+    """The state dict in `field`.checkpoint (loaded weights-only: our model.pt, a timm/DeiT-style
+    {'model'|'state_dict': ...}, a state dict, or a .safetensors file), else a UserError naming the field."""
     file = existing_file(f"{field}.checkpoint", path)
     try:
-        record = torch.load(file, map_location="cpu", weights_only=True)
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            record = load_file(str(file))
+        else:
+            record = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{field}.checkpoint = {quote(path)} is not a torch checkpoint ({reason})") from None
+        raise UserError(f"{field}.checkpoint = {quote(path)} is not a torch checkpoint ({load_failure(exc)})") \
+            from None
     if isinstance(record, dict):
         for key in ("state_dict", "model", "state_dict_ema"):
             if isinstance(record.get(key), dict):
@@ -176,19 +205,27 @@ def load_weights(field: str, model: nn.Module, path: str) -> None:
     if not isinstance(record, dict) or not all(isinstance(v, torch.Tensor) for v in record.values()):
         raise UserError(f"{field}.checkpoint = {quote(path)} holds no state dict (a {type(record).__name__}); give "
                         "a model.pt of ours, a timm/DeiT checkpoint or a plain state dict")
-    mismatch = first_mismatch(model.state_dict(), record)
-    if mismatch:
-        raise UserError(f"{field}.checkpoint = {quote(path)} does not fit {field}.model: {mismatch}; check "
-                        f"{field}.model and {field}.overrides")
-    model.load_state_dict(record)
+    return record
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in one short line: the unpickler's own reason rather than torch's
+    paragraph (which suggests weights_only=False, i.e. running code from the file)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        return f"weights-only loading refused it: {clip(detail, 120)}"
+    return clip(" ".join((text.strip().splitlines() or [type(exc).__name__])[0].split()), 160)
 
 
 def first_mismatch(expected: dict, given: dict) -> str | None:
-    """The first tensor that is missing, unexpected or of another shape, in words."""
+    """The first tensor that is missing, unexpected or of another shape, in words (names quoted: a checkpoint's
+    keys may hold anything)."""
     for name, tensor in expected.items():
         if name not in given:
-            return f"tensor '{name}' {tuple(tensor.shape)} is missing"
+            return f"tensor {quote(name, 100)} {tuple(tensor.shape)} is missing"
         if given[name].shape != tensor.shape:
-            return f"tensor '{name}' is {tuple(given[name].shape)}, the model needs {tuple(tensor.shape)}"
+            return f"tensor {quote(name, 100)} is {tuple(given[name].shape)}, the model needs {tuple(tensor.shape)}"
     extra = next((name for name in given if name not in expected), None)
-    return f"tensor '{extra}' is not in the model" if extra else None
+    return f"tensor {quote(extra, 100)} is not in the model" if extra is not None else None
