@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.errors import UserError, clip
+from pipeline.errors import UserError, clip, quote
 from pipeline.fileio import atomic_write, write_json
 from pipeline.section import Section, not_in_key
 from pipeline.stage import Stage, StageContext
@@ -163,7 +163,7 @@ def fashion_mnist_dir(cfg: DataConfig) -> Path:
     if cfg.path:
         folder = Path(cfg.path).expanduser()
         if not complete(folder):
-            raise UserError(f"data.path = {cfg.path!r} does not hold the four Fashion-MNIST IDX files "
+            raise UserError(f"data.path = {quote(cfg.path)} does not hold the four Fashion-MNIST IDX files "
                             f"({', '.join(FASHION_FILES.values())})")
         return folder
     cache = Path(cfg.cache_dir).expanduser() / "fashion-mnist"
@@ -202,8 +202,14 @@ def load_digits() -> tuple[Split, Split | None, list[str]]:
 
 
 def class_folders(root: Path) -> set[str]:
-    """The class folder names under `root` (hidden folders left out)."""
-    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    """The class folder names under `root` (hidden folders left out); a link that leads nowhere (a loop, a
+    missing target) is an error, not a class silently left out."""
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    lost = next((p for p in entries if p.is_symlink() and not p.exists()), None)
+    if lost is not None:
+        raise UserError(f"data.path: {_quote_path(lost)} is a link that leads nowhere (a loop or a missing target): "
+                        "point it at a class folder, or remove it")
+    return {p.name for p in entries if p.is_dir()}
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -333,7 +339,7 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str
     data.allow_class_mismatch notes (empty training classes and test-only classes left out)."""
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.path = {cfg.path!r} is not a folder")
+        raise UserError(f"data.path = {quote(cfg.path)} is not a folder")
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     train_root = root / "train" if has_splits else root
     split_roots = [train_root, root / "test"] if has_splits else [train_root]
@@ -364,7 +370,7 @@ def imagefolder_layout(cfg: DataConfig) -> tuple[Path, bool, list[str], list[str
         raise UserError(f"data.path: {rule} ({'; '.join(problems)}): add images or remove the folder(s), "
                         f"{MISMATCH_FIX}")
     if len(classes) < 2:
-        raise UserError(f"data.path = {cfg.path!r}: expected one folder per class (at least two) with images, "
+        raise UserError(f"data.path = {quote(cfg.path)}: expected one folder per class (at least two) with images, "
                         f"found {len(classes)}")
     notes = [f"data.allow_class_mismatch: {p}" for p in problems]
     skipped = hidden_files([s / c for s in split_roots for c in classes])

@@ -183,6 +183,15 @@ def test_a_class_folder_with_a_line_break_in_its_name_is_one_line(tmp_path, caps
                            "data.path: class folder 'do\\ng' in ")
 
 
+@pytest.mark.parametrize("target", ["loop", "missing"])
+def test_a_class_folder_link_that_leads_nowhere_is_one_line(tmp_path, capsys, target):
+    """A link in place of a class folder that loops to itself or points at nothing (it was silently skipped)."""
+    root = _images(tmp_path)
+    (root / "train" / "loop").symlink_to(target)
+    _fails_before_anything(tmp_path, capsys, _args(tmp_path, dataset="imagefolder"),
+                           "train/loop is a link that leads nowhere (a loop or a missing target)")
+
+
 def test_the_image_check_is_skipped_when_the_data_artifact_is_reused_and_redone_when_forced(tmp_path, capsys):
     """The check reads every image: it runs only when the data stage will (a stored dataset is not read again)."""
     _images(tmp_path)
