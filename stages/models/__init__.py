@@ -11,7 +11,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError, clip, quote
+from pipeline.errors import UserError, clip, quote, root_cause
 from pipeline.fileio import atomic_write
 from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* with timm)
 
@@ -216,7 +216,7 @@ def load_failure(exc: BaseException) -> str:
     if marker in text:
         detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
         return f"weights-only loading refused it: {clip(detail, 120)}"
-    return clip(" ".join((text.strip().splitlines() or [type(exc).__name__])[0].split()), 160)
+    return clip(" ".join(root_cause(exc).split()), 160)  # a bare value (a text file: KeyError 101) with its type
 
 
 def first_mismatch(expected: dict, given: dict) -> str | None:
