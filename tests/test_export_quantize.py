@@ -281,7 +281,8 @@ def test_per_channel_dynamic_int8_runs_and_agrees_with_fp32(small_vit, tmp_path)
     folder, images, reference = small_vit
     onnx = require("onnx", "onnx")
     for per_channel in (True, False):
-        cfg = QuantizeConfig(dynamic_per_channel=per_channel, reduce_range="off")
+        cfg = QuantizeConfig(dynamic_per_channel=per_channel)  # reduce_range auto: 7-bit weights on AVX2 hosts,
+        # whose U8S8 kernel saturates 8-bit ones (off there, the error was 0.14 of the largest logit)
         quantize_dynamic(folder / "m.onnx", tmp_path / "d.onnx", cfg)
         graph = onnx.load(str(tmp_path / "d.onnx")).graph
         weights = {n.input[1].removesuffix("_quantized") for n in graph.node if n.op_type == "MatMulInteger"}

@@ -210,7 +210,7 @@ def checkpoint_state(field: str, path: str) -> dict[str, torch.Tensor]:
 
 def load_failure(exc: BaseException) -> str:
     """Why torch.load(weights_only=True) failed, in one short line: the unpickler's own reason rather than torch's
-    paragraph (which suggests weights_only=False, i.e. running code from the file)."""
+    paragraph (which suggests turning weights-only loading off, i.e. running code from the file)."""
     text = str(exc)
     marker = "WeightsUnpickler error:"
     if marker in text:
