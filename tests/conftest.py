@@ -65,6 +65,26 @@ def artifact_folder(tmp_path: Path, stage: str) -> Path:
     return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
 
 
+def undecodable_png(path: Path) -> Path:
+    """A PNG whose header and chunk checksums are sound (the pre-flight passes it) but whose pixel data is not a
+    zlib stream: it fails only when the data stage decodes it, a failure inside a stage."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 50).save(buffer, "PNG")
+    png = buffer.getvalue()
+    start = png.index(b"IDAT") - 4
+    size = struct.unpack(">I", png[start:start + 4])[0]
+    data = bytes(size)
+    chunk = struct.pack(">I", size) + b"IDAT" + data + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    path.write_bytes(png[:start] + chunk + png[start + 12 + size:])
+    return path
+
+
 def model_with_an_unknown_op(op_name: str):
     """A module whose forward calls a custom op (`op_name`, registered here with a fake for tracing) that no
     exporter knows: the converters must name it in one line."""

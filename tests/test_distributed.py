@@ -13,7 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from conftest import artifact_folder, cli_args
+from conftest import artifact_folder, cli_args, undecodable_png
 from pipeline.cli import main
 from stages.batches import Batches
 from stages.models import load_model
@@ -243,7 +243,7 @@ def test_a_failure_inside_the_processes_is_reported_once_with_its_exit_code(tmp_
         (tmp_path / "images" / name).mkdir(parents=True)
         for i in range(4):
             Image.new("L", (8, 8), 40 * i).save(tmp_path / "images" / name / f"{i}.png")
-    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")  # found when read
+    undecodable_png(tmp_path / "images" / "dog" / "broken.png")  # passes the pre-flight, fails when read
     args = cli_args(tmp_path, "run", "data.dataset='imagefolder'", f"data.path='{tmp_path / 'images'}'",
                     "data.img_size=8", "run.threads=1", "benchmark.enabled=false")
     assert main([*args, "--until", "teacher", "--nproc", "2"]) == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_args
+from conftest import cli_args, undecodable_png
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_a_failed_stage_leaves_no_empty_work_folder_and_no_lock_files(tmp_path, 
         (tmp_path / "images" / name).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
-    (tmp_path / "images" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    undecodable_png(tmp_path / "images" / "dog" / "broken.png")  # passes the pre-flight, fails when read
     runs = tmp_path / "runs"
     code = main(["run", "--until", "data", "--set", f"run.output_dir='{runs}'", "--set", "data.dataset='imagefolder'",
                  "--set", f"data.path='{tmp_path / 'images'}'", "--set", "data.img_size=8"])
