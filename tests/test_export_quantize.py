@@ -33,11 +33,11 @@ from stages.quantize.onnx_int8 import (
     quantize_dynamic,
     quantize_static,
     quantized_op_types,
-    reduce_range,
     static_with_fallback,
 )
 from stages.quantize.openvino_int8 import compress_weights, compressed_weights, model_type
 from stages.quantize.timing import speedup
+from stages.quantize.weight_range import reduce_range
 from targets.agent import AgentError, OnnxRuntime, parse
 from targets.diagnosis import int8_instructions
 from targets.latency import agent_args

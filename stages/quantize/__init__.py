@@ -36,8 +36,9 @@ class QuantizeConfig(Section):
                                          "INT8 softmax that costs more than it saves (bench/int8_variants.py)")
     dynamic_per_channel: bool = Field(True, description="ONNX dynamic: per-channel weight scales")
     reduce_range: Literal["auto", "on", "off"] = Field(
-        "auto", description="ONNX INT8 with 7-bit weights; auto = on for x86 CPUs without VNNI (ONNX Runtime's "
-                            "advice there: AVX2 INT8 sums can saturate), off elsewhere")
+        "auto", description="ONNX and OpenVINO INT8 with 7-bit weights (OpenVINO: NNCF's overflow fix on every "
+                            "layer, not only the first); auto = on for x86 CPUs without VNNI (ONNX Runtime's and "
+                            "NNCF's advice there: AVX2 INT8 sums can saturate), off elsewhere")
     openvino_speed_check: bool = Field(True, description="time OpenVINO INT8 against fp32 on this host (1 "
                                        "thread, CPU time, interleaved) and mark INT8 `ship: false` when it is "
                                        "not faster")

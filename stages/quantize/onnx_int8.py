@@ -17,6 +17,7 @@ import numpy as np
 from stages.formats import ort_mobile
 from stages.quantize.fallback import Fallback, with_fallback
 from stages.quantize.job import QuantizeJob
+from stages.quantize.weight_range import reduce_range
 from targets.diagnosis import int8_instructions
 from targets.numerics import dynamic_int8, static_int8
 from targets.runtimes import OnnxRuntimeRunner, load_runner, predict, require
@@ -68,15 +69,6 @@ def attention_matmuls(path: Path) -> list[str]:
     constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
                                                        for o in n.output}
     return [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] not in constants]
-
-
-def reduce_range(cfg: QuantizeConfig, host: dict | None = None) -> bool:
-    """7-bit weights: ORT recommends them on x86 without VNNI, where the AVX2 U8S8 kernel's 16-bit
-    intermediate sums can saturate. `host`: targets.diagnosis.int8_instructions() (default: this host)."""
-    if cfg.reduce_range != "auto":
-        return cfg.reduce_range == "on"
-    host = host or int8_instructions()
-    return host["known"] and host["machine"].lower() in ("x86_64", "amd64", "i686", "x86") and not host["int8_dot"]
 
 
 def static_exclusions(src: Path, cfg: QuantizeConfig) -> list[str]:
