@@ -248,8 +248,7 @@ def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Sp
                         img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
                         images.append(np.asarray(img, dtype=np.uint8))
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                raise UserError(f"data.path: image {_quote_path(file)} has more pixels than Pillow reads safely "
-                                f"({Image.MAX_IMAGE_PIXELS:,}): shrink it or remove it") from None
+                raise _too_many_pixels(file) from None
             except OSError as exc:
                 raise UserError(f"data.path: cannot read image {_quote_path(file)}: "
                                 f"{clip(' '.join(str(exc).split()), 160)}") from None
@@ -257,6 +256,14 @@ def _read_folder(root: Path, classes: list[str], channels: int, size: int) -> Sp
     if not images:
         raise UserError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _too_many_pixels(file: Path) -> UserError:
+    """The error for a decompression bomb: an image over Pillow's pixel limit (or in its warning range)."""
+    from PIL import Image
+
+    return UserError(f"data.path: image {_quote_path(file)} has more pixels than Pillow reads safely "
+                     f"({Image.MAX_IMAGE_PIXELS:,}): shrink it or remove it")
 
 
 def _quote_path(file: Path) -> str:
@@ -284,8 +291,7 @@ def check_image(file: Path) -> None:
     except IsADirectoryError:
         raise UserError(f"{where} is a folder, not an image: rename or remove it") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{where} has more pixels than Pillow reads safely ({Image.MAX_IMAGE_PIXELS:,}): shrink "
-                        "it or remove it") from None
+        raise _too_many_pixels(file) from None
     except Image.UnidentifiedImageError:
         size = file.stat().st_size
         what = "is empty (0 bytes)" if size == 0 else f"is not an image Pillow can read ({size:,} bytes)"
