@@ -7,6 +7,7 @@ it runs), and one that does not load so, or is not a training state, is damaged:
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,21 @@ STATE = {"model": dict, "optimizer": dict, "schedule": dict, "rng": dict, "torch
          "epoch": int, "world_size": int}
 
 
-def read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(the training state, None), or (None, why it is damaged: "is damaged (...)")."""
+def load_weights_only(path: Path) -> Any:
+    """torch.load of tensors and plain data only (no object of the file's choosing is built, no code in it runs).
+    torch's multi-line warning about a pickle protocol it did not write is left out: a file that does not load
+    is said in one line by the caller."""
     import torch
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the training state, None), or (None, why it is damaged: "is damaged (...)")."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except pickle.UnpicklingError as exc:  # objects a weights-only load refuses to build (and never runs)
         return None, f"is damaged ({type(exc).__name__}: it holds objects other than tensors and plain data)"
     except Exception as exc:  # truncated or edited

@@ -69,3 +69,22 @@ def test_bench_exits_non_zero_when_every_measurement_failed(tiny_onnx, tmp_path,
     assert err == "error: nothing was measured: all 1 measurement(s) failed (the reasons are above)"
     (row,) = json.loads(out.read_text())["rows"]
     assert row["label"] == "needs-device" and "ssh" in row["error"] and "latency_ms" not in row
+
+
+@pytest.mark.parametrize("field", ["teacher.checkpoint", "teacher.pretrained_file"])
+def test_a_raw_pickle_as_checkpoint_is_one_line_without_torch_s_warning(tmp_path, capsys, field):
+    """A file pickled with protocol 4 (not torch's): refused by the weights-only loader, said in our one line;
+    torch's multi-line UserWarning about the protocol is not printed before it."""
+    import pickle
+    import warnings
+
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps(print, protocol=4))
+    sets = [f"run.output_dir='{tmp_path / 'runs'}'", f"{field}='{tmp_path / 'raw.pt'}'"]
+    if field == "teacher.pretrained_file":
+        sets.append("teacher.pretrained=true")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["run", *[a for s in sets for a in ("--set", s)]]) == 2
+    assert f"{field} = '{tmp_path / 'raw.pt'}' is not a" in one_line_error(capsys)
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]
+    assert not (tmp_path / "runs").exists()

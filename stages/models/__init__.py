@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from pipeline.errors import UserError, clip, quote, root_cause
 from pipeline.fileio import atomic_write
+from stages.checkpoints import load_weights_only
 from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* with timm)
 
 FORMAT = "manifold-edge/model-v1"
@@ -86,9 +87,9 @@ def readable_checkpoint(key: str, path: str) -> Path:
             with safe_open(str(file), "pt"):
                 pass
         else:
-            torch.load(file, map_location="cpu", weights_only=True)
+            load_weights_only(file)
     except Exception as exc:  # pickle, zip and safetensors raise their own types
-        raise UserError(f"{key} = {quote(path)} is not a checkpoint ({short(exc, 120)}): give a .safetensors or .pth "
+        raise UserError(f"{key} = {quote(path)} is not a checkpoint ({load_failure(exc)}): give a .safetensors or .pth "
                         "file of the model's weights") from None
     return file
 
@@ -151,7 +152,7 @@ def save_model(path: Path, model: nn.Module, name: str, kwargs: dict) -> None:
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by `save_model`; returns (model in eval mode, the saved record)."""
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    record = load_weights_only(path)
     if not (isinstance(record, dict) and isinstance(record.get("model"), str) and isinstance(record.get("kwargs"), dict)
             and isinstance(record.get("state_dict"), dict) and ":" not in record["model"]
             and timm.is_model(record["model"])):  # not an `hf-hub:` or `local-dir:` name: nothing is fetched
@@ -193,7 +194,7 @@ def checkpoint_state(field: str, path: str) -> dict[str, torch.Tensor]:
 
             record = load_file(str(file))
         else:
-            record = torch.load(file, map_location="cpu", weights_only=True)
+            record = load_weights_only(file)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise UserError(f"{field}.checkpoint = {quote(path)} is not a torch checkpoint ({load_failure(exc)})") \
             from None
