@@ -56,6 +56,12 @@ def check_stage_options(force: str | None, until: str | None) -> None:
                         f"forced; drop --force, or use --until {force} (or a later stage)")
 
 
+def forced_stages(force: str | None) -> set[str]:
+    """The stages `--force STAGE` reruns: STAGE and every one after it."""
+    names = list(STAGES)
+    return set(names[names.index(force):]) if force else set()
+
+
 @dataclass
 class PlannedStage:
     name: str
@@ -120,7 +126,7 @@ class Pipeline:
             stage_class(name).check(self.cfg, self.world_size())
         if not distributed.world().main:
             return
-        forced = set(list(STAGES)[list(STAGES).index(force):]) if force else set()
+        forced = forced_stages(force)
         for stage in self.plan()[: len(names)]:
             if getattr(stage.cls.check_files, "__func__", None) is Stage.check_files.__func__:
                 continue  # the stage reads no input files of its own
@@ -172,7 +178,7 @@ class Pipeline:
         here = distributed.start(device)
         names = list(STAGES)
         last = names.index(until) if until else len(names) - 1
-        forced = set(names[names.index(force):]) if force else set()
+        forced = forced_stages(force)
         plan = self.plan()[: last + 1]
         shared = max((i for i, s in enumerate(plan) if s.cls.distributed), default=-1) if here.size > 1 else last
         state = self._previous() if here.main else {}
