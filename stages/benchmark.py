@@ -1,10 +1,11 @@
 """Benchmark stage: every exported and quantized student on every configured target profile.
 
-A target's artifacts are measured by one benchmark agent call, timed interleaved, on the device
-(ssh/adb: measured), on this host with the profile's threads (local, or an unreachable device: proxy),
-or marked needs-device (Core ML off macOS). INT8 rows get a noise-aware verdict and a diagnosis against
-their float sibling. A target naming a public device also gets predicted rows (targets/predict/), kept apart
-from the timed ones; a `predicted` target is not timed at all.
+A target's artifacts, of all its runtimes, are measured by one benchmark agent call, timed interleaved, on
+the device with the profile's threads (ssh/adb: measured), on this host with the profile's threads capped at
+its usable cores (local, or an unreachable device: proxy), or marked needs-device (Core ML off macOS). INT8
+rows get a noise-aware verdict and a diagnosis against their float sibling. A target naming a public device
+also gets predicted rows (targets/predict/), kept apart from the timed ones; a `predicted` target is not
+timed at all.
 """
 from __future__ import annotations
 
@@ -62,9 +63,9 @@ class BenchmarkStage(Stage):
             return {"targets": {}, "rows": []}
         profiles = resolve(cfg.targets, ctx.config["targets"])
         models = stage_models(ctx.inputs)
-        # one agent call per runtime: its artifacts timed interleaved
-        work = [(name, p, [m for m in models if m.runtime == runtime]) for name, p in profiles.items()
-                for runtime in p.all_runtimes if p.connection != "predicted"]
+        # one agent call per target: the artifacts of all its runtimes timed interleaved
+        work = [(name, p, [m for runtime in p.all_runtimes for m in models if m.runtime == runtime])
+                for name, p in profiles.items() if p.connection != "predicted"]
         rows = []
         with ctx.progress.bar("  benchmarking", sum(len(fitting) for *_, fitting in work)) as bar:
             for name, profile, fitting in work:
@@ -96,7 +97,10 @@ def timed_row_text(row: dict) -> str:
         return f"{head}: {row['label']} ({row['error']})"
     lat = row["latency_ms"]
     ok = "within" if row["budget"]["latency_ok"] else "over"
-    return (f"{head} ({label}, {row['threads']} thread(s)): p50 {lat['p50']:.3f} ms {interval(lat)}, "
+    threads = f"{row['threads']} thread(s)"
+    if row["threads"] < row.get("threads_asked", row["threads"]):
+        threads += f", capped from {row['threads_asked']} at this host's cores"
+    return (f"{head} ({label}, {threads}): p50 {lat['p50']:.3f} ms {interval(lat)}, "
             f"p90 {lat['p90']:.3f} ms ({ok} {row['budget']['latency_ms']} ms), {row['runs']} runs, "
             f"model RSS {row['model_rss_mb']:.0f} MB")
 

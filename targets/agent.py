@@ -1,31 +1,43 @@
 """The benchmark agent: one self-contained script, run on the device itself (this host, an ssh board,
-an Android phone under Termux, a Mac), that measures one or more model files of one runtime and
-prints one JSON object.
+an Android phone under Termux, a Mac), that measures one or more model files, of one runtime or of
+several, and prints one JSON object.
 
-It needs only the Python standard library, numpy and the model's runtime, so it can be copied
+It needs only the Python standard library, numpy and the models' runtimes, so it can be copied
 anywhere with scp or adb push. Usage:
 
-    python agent.py MODEL [MODEL...] --runtime onnxruntime|openvino|coreml|executorch|litert [--threads N] [--runs N]
+    python agent.py MODEL [MODEL...] --runtime RUNTIME[,RUNTIME...] [--threads N] [--runs N]
                     [--max-seconds S] [--warmup N] [--block K] [--min-runs N] [--rel-interval F]
-                    [--throughput-batch B] [--input-size H] [--compute-units ALL] [--profile] [--raw]
+                    [--throughput-batch B] [--input-size H] [--execution-provider P]
+                    [--graph-optimization-level L] [--openvino-precision P] [--compute-units U]
+                    [--profile] [--raw]
 
-Measured: per model, load/compile time and warm-up (and the memory the model adds to the process,
-the runtime library imported before the baseline); then all models are timed interleaved at batch 1:
+RUNTIME is onnxruntime, openvino, coreml, executorch or litert: one for every model, or one per model in
+order, comma-separated (`a.onnx b.xml c.tflite --runtime onnxruntime,openvino,litert`). The runtime-specific
+flags apply to that runtime's models (--execution-provider and --graph-optimization-level to ONNX Runtime,
+--openvino-precision to OpenVINO, --compute-units to Core ML); --threads to all; --profile to the runtimes
+with a per-layer profiler (ONNX Runtime, OpenVINO, ExecuTorch).
+
+Measured: every runtime is imported first (the memory each import adds is recorded), then per model,
+load/compile time and warm-up (and the memory the model adds to the process); then all models, whatever
+their runtime, are timed interleaved at batch 1:
 round-robin, `--block` runs of each model per turn, until the 95% interval of every model's median
 (order statistics, distribution-free) is within `--rel-interval` of that median (when given; checked
 from `--min-runs` on), or `--runs` runs per model, or `--max-seconds` per model (all models together:
-max_seconds x models). Each run records wall time and the process's CPU time (all threads); the
-host's load average is read before and after. Per model: p50/p90/p99/mean/std/min/max ms with the
-median's interval, CPU ms, throughput at `--throughput-batch`, model size on disk; with --profile,
-a per-layer profile (ONNX Runtime's profiling JSON, OpenVINO's per-layer counters); with --raw,
-every run's wall and CPU ms.
+max_seconds x models), whichever comes first (timing.stopped says which). Each run records wall time
+and the process's CPU time (all threads); the host's load average is read before and after. Per model:
+p50/p90/p99/mean/std/min/max ms with the median's interval, CPU ms, throughput at `--throughput-batch`,
+model size on disk, the other models it was interleaved with; with --profile, a per-layer profile (ONNX
+Runtime's profiling JSON, OpenVINO's per-layer counters, ExecuTorch's ETDump); with --raw, every run's
+wall and CPU ms.
 One model prints its result object (as before); several print {"ok": true, "results": [...]}, and
 both carry "schedule" (the model index of each timed block, in order).
-On failure it prints {"ok": false, "kind": ..., "error": ...} and exits 3.
+On failure it prints {"ok": false, "kind": ..., "error": ...} (with "model": the file name, when the failure
+is one model's: a runtime missing for it, a file its runtime cannot load or run) and exits 3.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import math
@@ -36,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from statistics import NormalDist
 
 PROFILE_RUNS = 50
@@ -59,9 +72,26 @@ OV_FLOAT_PRECISIONS = {"f32", "fp32", "bf16", "f16", "fp16"}
 
 
 class AgentError(Exception):
-    def __init__(self, kind: str, message: str):
+    """kind and message for the caller; model: the file name of the model it failed on, where it is one."""
+
+    def __init__(self, kind: str, message: str, model: str | None = None):
         super().__init__(message)
-        self.kind = kind
+        self.kind, self.model = kind, model
+
+
+def file_name(path: str) -> str:
+    return os.path.basename(path.rstrip("/"))
+
+
+@contextlib.contextmanager
+def blame(path: str) -> Iterator[None]:
+    """An error inside names the model at path (so a caller can time the other models without it)."""
+    try:
+        yield
+    except AgentError as exc:
+        raise AgentError(exc.kind, str(exc), file_name(path)) from None
+    except Exception as exc:  # the runtime failed on this model (loading it, or its warm-up runs)
+        raise AgentError("runtime_error", f"{type(exc).__name__}: {exc}", file_name(path)) from None
 
 
 def status_mb(field: str) -> float | None:
@@ -479,6 +509,8 @@ def summarise(nodes: list[dict], runs: int, total_ms: float | None) -> dict:
 
 
 MOBILE = {"litert": LiteRT, "executorch": ExecuTorch}
+RUNTIMES = ("onnxruntime", "openvino", "coreml", *MOBILE)
+PROFILED = ("onnxruntime", "openvino", "executorch")  # the runtimes whose Python API gives a per-layer profile
 # What to import for a runtime before the memory baseline, where it is not the runtime's name (ExecuTorch's
 # Python runtime brings torch).
 RUNTIME_MODULES = {"litert": "ai_edge_litert.interpreter", "executorch": "executorch.runtime"}
@@ -598,10 +630,18 @@ def host_load() -> list[float] | None:
         return None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one, else every core."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def load_info(before: list[float] | None, after: list[float] | None, threads: int) -> dict:
     """The host's load around the timing, and whether the threads asked for exceed the free cores
-    (cores minus the 1-minute load before timing); threads 0 (the runtime's default) counts as all cores."""
-    cores = os.cpu_count() or 1
+    (usable cores minus the 1-minute load before timing); threads 0 (the runtime's default) counts as all cores."""
+    cores = usable_cores()
     info = {"cores": cores, "before": before, "after": after, "threads": threads or cores}
     if before is not None:
         info["free_cores"] = round(max(cores - before[0], 0.0), 2)
@@ -623,6 +663,27 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def window_start() -> float:
+    """Start a memory window: reset the peak where the OS allows it and return the RSS now (else the peak)."""
+    before = status_mb("VmRSS") if reset_peak_rss() else None
+    return rss_mb() if before is None else before
+
+
+def import_runtimes(paths: list[str], runtimes: list[str]) -> dict[str, float]:
+    """Import every runtime before any model loads, so that a model's memory is its own; the MB each
+    import added. A runtime that is missing is blamed on its first model. Core ML's coremltools is
+    imported with its model (and counted in it)."""
+    added = {}
+    for path, runtime in zip(paths, runtimes):
+        if runtime == "coreml" or runtime in added:
+            continue
+        before = window_start()
+        with blame(path):
+            _runtime(RUNTIME_MODULES.get(runtime, runtime))
+        added[runtime] = max(rss_mb() - before, 0.0)
+    return added
+
+
 def measure(args) -> tuple[list[dict], list[int]]:
     """Load every model (its own memory window), time them interleaved, then per model throughput and
     the optional profile. Returns one result per model and the block schedule."""
@@ -630,28 +691,27 @@ def measure(args) -> tuple[list[dict], list[int]]:
 
     for path in args.model:
         if not os.path.exists(path):
-            raise AgentError("bad_model", f"{path}: no such file on the device")
-    if args.runtime != "coreml":  # import the runtime first: model_rss_mb is what the model itself adds
-        _runtime(RUNTIME_MODULES.get(args.runtime, args.runtime))
-    load_before = host_load()
+            raise AgentError("bad_model", f"{path}: no such file on the device", file_name(path))
     baseline = rss_mb()
+    runtime_mb = import_runtimes(args.model, args.runtimes)
+    load_before = host_load()
     base_threads = thread_count()
     models = []
-    for path in args.model:
-        model_args = argparse.Namespace(**{**vars(args), "model": path})
-        before = status_mb("VmRSS") if reset_peak_rss() else None
-        before = rss_mb() if before is None else before
+    for path, runtime in zip(args.model, args.runtimes):
+        model_args = argparse.Namespace(**{**vars(args), "model": path, "runtime": runtime})
+        before = window_start()
         threads_before = thread_count()
         start = time.perf_counter()
-        runner = load(model_args)
-        load_ms = (time.perf_counter() - start) * 1000
-        shape = runner.input_shape(1, args.input_size)
-        rng = np.random.default_rng(0)
-        x = rng.uniform(0, 1, shape).astype(np.float32)
-        if args.runtime == "coreml":
-            x *= 255
-        for _ in range(args.warmup):
-            runner(x)
+        with blame(path):
+            runner = load(model_args)
+            load_ms = (time.perf_counter() - start) * 1000
+            shape = runner.input_shape(1, args.input_size)
+            rng = np.random.default_rng(0)
+            x = rng.uniform(0, 1, shape).astype(np.float32)
+            if runtime == "coreml":
+                x *= 255
+            for _ in range(args.warmup):
+                runner(x)
         added = max(rss_mb() - before, 0.0)
         threads = None if base_threads is None else base_threads + thread_count() - threads_before
         models.append({"args": model_args, "runner": runner, "x": x, "rng": rng, "shape": shape,
@@ -660,8 +720,8 @@ def measure(args) -> tuple[list[dict], list[int]]:
                         args.block, args.max_seconds, args.rel_interval)
     host_load_info = load_info(load_before, host_load(), args.threads)
     host = {"system": platform.system(), "machine": platform.machine(), "cpu": cpu_name(),
-            "cores": os.cpu_count(), "python": platform.python_version()}
-    names = [os.path.basename(m["args"].model.rstrip("/")) for m in models]
+            "cores": usable_cores(), "python": platform.python_version()}
+    names = [file_name(m["args"].model) for m in models]
     results = []
     for i, m in enumerate(models):
         wall, cpu = timing["wall_ms"][i], timing["cpu_ms"][i]
@@ -680,13 +740,14 @@ def measure(args) -> tuple[list[dict], list[int]]:
         result["process_threads"] = m["threads"]
         result["runtime_threads"] = getattr(runner, "threads", None)  # as the runtime reports it, where it does
         result["model_rss_mb"] = m["rss"]
-        result["peak_rss_mb"] = baseline + m["rss"]  # what a process running only this model would peak at
+        # what a process running only this model would peak at: the interpreter, its runtime and the model
+        result["peak_rss_mb"] = baseline + runtime_mb.get(runner.name, 0.0) + m["rss"]
         result["host"] = host
         result["host_load"] = host_load_info
         result["warnings"] = warnings(result)
         if args.raw:
             result["samples"] = {"wall_ms": wall, "cpu_ms": cpu}
-        if args.profile:
+        if args.profile and runner.name in PROFILED:
             result["profile"] = profile_layers(m["args"], m["x"])
         results.append(result)
     return results, timing["schedule"]
@@ -754,9 +815,11 @@ def profile_layers(args, x) -> dict:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="measure one model file on this device; prints JSON")
-    p.add_argument("model", nargs="+", help="one or more model files of --runtime, timed interleaved")
-    p.add_argument("--runtime", required=True, choices=("onnxruntime", "openvino", "coreml", *MOBILE))
+    p = argparse.ArgumentParser(description="measure model files on this device, timed interleaved; prints JSON")
+    p.add_argument("model", nargs="+", help="one or more model files, timed interleaved")
+    p.add_argument("--runtime", required=True, metavar="RUNTIME[,RUNTIME...]",
+                   help=f"the models' runtime ({', '.join(RUNTIMES)}): one for all, or one per model in order, "
+                        "comma-separated")
     p.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=200, help="at most this many timed runs per model")
@@ -773,9 +836,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--graph-optimization-level", default="all", choices=tuple(ORT_OPTIMIZATION),
                    help="ONNX Runtime graph optimisation level")
     p.add_argument("--compute-units", default="ALL", choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"))
-    p.add_argument("--profile", action="store_true", help="add a per-layer profile")
+    p.add_argument("--profile", action="store_true",
+                   help=f"add a per-layer profile (to the models of {', '.join(PROFILED)})")
     p.add_argument("--raw", action="store_true", help="add every run's wall and CPU ms")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    runtimes = args.runtime.split(",")
+    if unknown := [r for r in runtimes if r not in RUNTIMES]:
+        p.error(f"--runtime: unknown runtime {', '.join(unknown)} (choose from {', '.join(RUNTIMES)})")
+    if len(runtimes) not in (1, len(args.model)):
+        p.error(f"--runtime: {len(runtimes)} runtimes for {len(args.model)} models: give one for all, or one per model")
+    args.runtimes = runtimes * len(args.model) if len(runtimes) == 1 else runtimes
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -783,7 +854,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results, schedule = measure(args)
     except AgentError as exc:
-        print(json.dumps({"ok": False, "kind": exc.kind, "error": str(exc)}))
+        failure = {"ok": False, "kind": exc.kind, "error": str(exc)}
+        if exc.model:
+            failure["model"] = exc.model
+        print(json.dumps(failure))
         return 3
     except Exception as exc:  # the runtime failed mid-run: report it as data, the caller decides
         print(json.dumps({"ok": False, "kind": "runtime_error", "error": f"{type(exc).__name__}: {exc}"}))

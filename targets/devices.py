@@ -1,9 +1,10 @@
 """Devices that run the benchmark agent (targets/agent.py): this host, an ssh board or Mac, an adb phone.
 
 Every device copies the agent and the model files to a fresh temp folder on the device, runs
-`<python> agent.py MODEL [MODEL...] ARGS...` there (several models of one target in one call, timed
-interleaved; their file names must differ), reads the JSON object it prints and removes the folder.
-ExecuTorch and LiteRT on an adb phone are timed by their own native tools instead (targets/native_tools.py).
+`<python> agent.py MODEL [MODEL...] ARGS...` there (several models of one target in one call, of one
+runtime or several, timed interleaved; their file names must differ), reads the JSON object it prints
+and removes the folder. ExecuTorch and LiteRT on an adb phone are timed by their own native tools instead
+(targets/native_tools.py), apart from the call's other models.
 Commands are argument lists (never shell=True); the one string a remote shell sees is built with
 shlex.quote on every piece, and files are copied into a folder we name, so no file name, host or path
 can run as code.
@@ -35,11 +36,12 @@ MISSING_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'")
 
 class DeviceError(Exception):
     """A device could not give a result; kind is one of unreachable, runtime_missing, timeout,
-    agent_failed, needs_macos, bad_model."""
+    agent_failed, needs_macos, bad_model, tool_missing. model: the file name of the model it failed on,
+    where the failure is one model's."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, model: str | None = None):
         super().__init__(re.sub(r"\s*\n\s*", " ", message.strip()))
-        self.kind = kind
+        self.kind, self.model = kind, model
 
 
 class Device(Protocol):
@@ -83,7 +85,7 @@ def files_for(target: str, model: Path) -> list[Path]:
     try:
         return model_files(model)
     except DeviceError as exc:
-        raise DeviceError(exc.kind, f"{target}: {exc}") from None
+        raise DeviceError(exc.kind, f"{target}: {exc}", model.name) from None
 
 
 def last_line(text: str) -> str:
@@ -115,13 +117,14 @@ def agent_result(target: str, name: str, python: str, proc: subprocess.Completed
     if result.get("ok"):
         return result
     kind, error = result.get("kind"), str(result.get("error", "no message"))
-    if missing := MISSING_MODULE.match(error):  # numpy (needed by the agent itself) is missing
+    if missing := MISSING_MODULE.match(error):  # numpy (needed by the agent itself), or a runtime's dependency
         package = missing.group(1).split(".")[0]
         raise DeviceError("runtime_missing", f"{target}: the {package} Python package is not installed for "
-                                             f"{python} on the device; pip install {package} there")
+                                             f"{python} on the device; pip install {package} there",
+                          result.get("model"))
     if kind == "needs_macos":
         error += "; benchmark Core ML on a Mac (connection = 'ssh' with a Mac's host)"
-    raise DeviceError(kind if kind in AGENT_KINDS else "agent_failed", f"{target}: {error}")
+    raise DeviceError(kind if kind in AGENT_KINDS else "agent_failed", f"{target}: {error}", result.get("model"))
 
 
 class Deadline:
@@ -341,12 +344,27 @@ class AdbDevice(RemoteDevice):
                                           "check `adb devices`")
 
     def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
-        """ONNX Runtime (and OpenVINO) through the Python agent under Termux; ExecuTorch and LiteRT have no
-        Python runtime on Android: their own benchmark tools time them (targets/native_tools.py)."""
-        runtime = agent_args[agent_args.index("--runtime") + 1]
-        if runtime in native_tools.NATIVE_TOOLS:
-            return self.run_native_tool(as_list(model), runtime, agent_args, timeout)
-        return super().run_agent(model, agent_args, timeout)
+        """ONNX Runtime (and OpenVINO) models through the Python agent under Termux, in one call; ExecuTorch and
+        LiteRT have no Python runtime on Android: their own benchmark tools time them (targets/native_tools.py),
+        one runtime at a time. Results in the order of the models."""
+        models = as_list(model)
+        runtimes = agent.parse([*map(str, models), *agent_args]).runtimes
+        parts: dict[str | None, list[int]] = {}  # None: the agent's models; else a native tool's runtime
+        for i, runtime in enumerate(runtimes):
+            parts.setdefault(runtime if runtime in native_tools.NATIVE_TOOLS else None, []).append(i)
+        if list(parts) == [None]:
+            return super().run_agent(models, agent_args, timeout)
+        deadline = Deadline(timeout)
+        results: list[dict] = [{}] * len(models)
+        for runtime, indexes in parts.items():
+            subset = [models[i] for i in indexes]
+            at = agent_args.index("--runtime") + 1
+            args = [*agent_args[:at], ",".join(runtimes[i] for i in indexes), *agent_args[at + 1:]]
+            out = (self.run_native_tool(subset, runtime, args, deadline.left()) if runtime else
+                   super().run_agent(subset, args, deadline.left()))
+            for i, result in zip(indexes, out.get("results", [out])):
+                results[i] = result
+        return results[0] if len(results) == 1 else {"ok": True, "results": results}
 
     def run_native_tool(self, models: list[Path], runtime: str, agent_args: list[str], timeout: float) -> dict:
         """Time each model with the runtime's own tool in remote_dir, the models alternating block by block."""
@@ -356,7 +374,7 @@ class AdbDevice(RemoteDevice):
         if found.returncode:
             raise DeviceError("tool_missing", f"{self.target}: {runtime} is timed on Android by {tool}, and "
                                               f"{path} is missing: {how}, then adb push {tool} {path} && adb "
-                                              f"shell chmod +x {path}")
+                                              f"shell chmod +x {path}", models[0].name)
         options = agent.parse([*map(str, models), *agent_args])  # the settings the agent would time with
         threads = options.threads or 1
         per_block = max(1, options.runs // (native_tools.BLOCKS - 1))
@@ -374,7 +392,7 @@ class AdbDevice(RemoteDevice):
                     except ValueError as exc:
                         raise DeviceError("bad_model", f"{self.target}: {tool} on {m.name} (exit {proc.returncode}"
                                                        f"): {last_line(proc.stderr) or last_line(proc.stdout)} "
-                                                       f"({exc})") from None
+                                                       f"({exc})", m.name) from None
         results = [native_tools.result(runtime, m.name, m.stat().st_size, blocks[m.name],
                                        [o.name for o in models if o != m], threads, options.rel_interval, host)
                    for m in models]

@@ -4,12 +4,14 @@ INT8 result with its float sibling: a noise-aware verdict (faster / slower / equ
 diagnosis."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
 from pipeline.section import Section
+from targets.agent import PROFILED, usable_cores
 from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions
 from targets.numerics import Numerics
@@ -18,7 +20,8 @@ from targets.profiles import TargetProfile
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)
 FASTER, SLOWER, EQUAL, UNKNOWN = "faster", "slower", "equal within noise", "unknown"
 XNNPACK_RUNTIMES = ("executorch", "litert")  # on a phone's CPU and on this host, both run XNNPACK's kernels
-RETRY_ALONE = {"bad_model", "agent_failed"}  # a group call failing so: time each model on its own
+RETRY_ALONE = {"bad_model", "agent_failed"}  # a call failing so, naming no model: time each model on its own
+RUNTIME_WIDE = {"runtime_missing", "needs_macos", "tool_missing"}  # a failure that fails every model of the runtime
 
 
 class LatencyConfig(Section):
@@ -51,22 +54,31 @@ class Model:
     numerics: Numerics  # what the rules read
 
 
-def agent_args(runtime: str, profile: TargetProfile, settings: LatencyConfig) -> list[str]:
-    args = ["--runtime", runtime, "--threads", str(profile.threads), "--runs", str(settings.runs),
+def agent_args(runtime: str, profile: TargetProfile, settings: LatencyConfig, threads: int | None = None) -> list[str]:
+    """The agent's arguments for models of `runtime` (one, or one per model, comma-separated) on this target, at
+    `threads` (default: the profile's)."""
+    runtimes = runtime.split(",")
+    args = ["--runtime", runtime, "--threads", str(threads or profile.threads), "--runs", str(settings.runs),
             "--max-seconds", str(settings.max_seconds), "--warmup", str(settings.warmup),
             "--block", str(settings.block_runs), "--min-runs", str(settings.min_runs),
             "--rel-interval", str(settings.rel_interval),
             "--throughput-batch", str(settings.throughput_batch), "--compute-units", profile.compute_units]
     if profile.input_size:
         args += ["--input-size", str(profile.input_size)]
-    if runtime == "onnxruntime":
+    if "onnxruntime" in runtimes:
         args += ["--execution-provider", profile.execution_provider or "CPUExecutionProvider",
                  "--graph-optimization-level", profile.graph_optimization_level or "all"]
-    if runtime == "openvino":
+    if "openvino" in runtimes:
         args += ["--openvino-precision", profile.ov_precision_hint or "f32"]
-    if settings.profile_layers and runtime not in ("coreml", "litert"):  # no per-layer profile from their Python
+    if settings.profile_layers and set(runtimes) & set(PROFILED):  # the agent profiles those runtimes' models
         args.append("--profile")
     return args
+
+
+def runtime_arg(models: list[Model]) -> str:
+    """--runtime for a call: the one runtime of all models, or one per model."""
+    runtimes = [m.runtime for m in models]
+    return runtimes[0] if len(set(runtimes)) == 1 else ",".join(runtimes)
 
 
 def groups(models: list[Model]) -> list[list[Model]]:
@@ -83,39 +95,58 @@ def groups(models: list[Model]) -> list[list[Model]]:
 
 
 def measure_target(models: list[Model], name: str, profile: TargetProfile, settings: LatencyConfig) -> list[dict]:
-    """A target's artifacts (all of its runtime), timed interleaved in one agent call per group of distinct
-    file names: one row each, labelled measured / proxy / needs-device, or an error."""
+    """A target's artifacts, of every runtime, timed interleaved in one agent call per group of distinct file
+    names: one row each, labelled measured / proxy / needs-device, or an error. On this host (proxy) the
+    threads are the profile's, capped at the host's usable cores; on a device, the profile's. Core ML off
+    macOS gets a call of its own (the agent says it needs macOS)."""
     if not models:
         return []
-    runtime = models[0].runtime
-    rows = [{"target": name, "artifact": m.key, "runtime": m.runtime, "precision": m.precision,
-             "numerics": m.numerics.as_dict(),
-             "device": profile.device, "threads": profile.threads} for m in models]
+    rows = {m.key: {"target": name, "artifact": m.key, "runtime": m.runtime, "precision": m.precision,
+                    "numerics": m.numerics.as_dict(), "device": profile.device, "threads": profile.threads,
+                    "threads_asked": profile.threads} for m in models}
+    done: dict[str, dict] = {}
     device = make_device(profile, name)
     try:
         device.check()
     except DeviceError as exc:
-        if not settings.proxy_when_unreachable or runtime == "coreml":
-            return [{**row, "label": "needs-device", "error": str(exc), "error_kind": exc.kind} for row in rows]
-        for row in rows:
-            row["note"] = f"{exc}; measured on this host instead"
+        for m in models:  # Core ML is never timed on a proxy
+            if not settings.proxy_when_unreachable or m.runtime == "coreml":
+                done[m.key] = {**rows[m.key], "label": "needs-device", "error": str(exc), "error_kind": exc.kind}
+            else:
+                rows[m.key]["note"] = f"{exc}; measured on this host instead"
         device = make_device(profile.model_copy(update={"connection": "local"}), name)
-    args = agent_args(runtime, profile, settings)
-    by_key = {}
-    for group in groups(models):
-        for model, result in zip(group, run_group(device, group, args, profile.timeout_s)):
-            by_key[model.key] = result
-    return [finish(row, by_key[row["artifact"]], device, name, profile) for row in rows]
+    threads = profile.threads
+    if device.connection == "local":
+        threads = min(threads, usable_cores())
+        for row in rows.values():
+            row["threads"] = threads
+    timed = [m for m in models if m.key not in done]
+    apart = [m for m in timed if m.runtime == "coreml" and device.connection == "local" and sys.platform != "darwin"]
+    for group in [*groups([m for m in timed if m not in apart]), *groups(apart)]:
+        for model, result in zip(group, run_group(device, group, profile, settings, threads)):
+            done[model.key] = finish(rows[model.key], result, device, name, profile)
+    return [done[m.key] for m in models]
 
 
-def run_group(device, group: list[Model], args: list[str], timeout_s: float) -> list[dict | DeviceError]:
-    """The agent's result per model of one call, or the DeviceError of each; when a call of several models
-    fails on one of them (a model the runtime refuses), each is run on its own so the others still get timed."""
+def run_group(device, group: list[Model], profile: TargetProfile, settings: LatencyConfig,
+              threads: int) -> list[dict | DeviceError]:
+    """The agent's result per model of one call, or the DeviceError of each. When a call of several models
+    fails on one of them, the others still get timed: the model the error names gets it (with every model of
+    its runtime when the runtime itself is missing: RUNTIME_WIDE) and the rest are timed again in one call; a
+    failure that names no model (RETRY_ALONE: the agent died) retries each model in a call of its own."""
+    args = agent_args(runtime_arg(group), profile, settings, threads)
     try:
-        out = device.run_agent([m.path for m in group], args, timeout_s * len(group))
+        out = device.run_agent([m.path for m in group], args, profile.timeout_s * len(group))
     except DeviceError as exc:
-        if len(group) > 1 and exc.kind in RETRY_ALONE:
-            return [r for m in group for r in run_group(device, [m], args, timeout_s)]
+        failed = [m for m in group if m.path.name == exc.model]
+        if failed and exc.kind in RUNTIME_WIDE:
+            failed = [m for m in group if m.runtime == failed[0].runtime]
+        rest = [m for m in group if m not in failed]
+        if failed and rest:
+            results = dict(zip((m.key for m in rest), run_group(device, rest, profile, settings, threads)))
+            return [exc if m in failed else results[m.key] for m in group]
+        if not failed and len(group) > 1 and exc.kind in RETRY_ALONE:
+            return [r for m in group for r in run_group(device, [m], profile, settings, threads)]
         return [exc] * len(group)
     return out["results"] if "results" in out else [out]
 
@@ -126,9 +157,9 @@ def finish(row: dict, result: dict | DeviceError, device, name: str, profile: Ta
         return {**row, "label": label, "error": str(result), "error_kind": result.kind}
     result = {k: v for k, v in result.items() if k not in ("schedule", "samples")}
     notes = [row["note"]] if "note" in row else []
-    if device.label == "proxy" and profile.threads > (result["host"]["cores"] or 1):
-        notes.append(f"target '{name}' asks for {profile.threads} threads but this host has "
-                     f"{result['host']['cores']} cores: its proxy latency is oversubscribed (expect a long tail)")
+    if row["threads"] < row["threads_asked"]:
+        notes.append(f"target '{name}' timed at {row['threads']} thread(s): this host has {row['threads']} usable "
+                     f"cores; the profile asks for {row['threads_asked']}")
     if notes:
         row["note"] = "; ".join(notes)
     if "profile" in result:
@@ -143,19 +174,22 @@ def finish(row: dict, result: dict | DeviceError, device, name: str, profile: Ta
 
 
 def compare_latency(candidate: dict, baseline: dict) -> dict:
-    """Candidate vs baseline on one target. speedup = baseline p50 / candidate p50; its interval comes from the
-    two medians' 95% intervals, [baseline low / candidate high, baseline high / candidate low]: when both
-    intervals hold, so does this one (so it holds with at least 90% probability; as a test, "faster" means
-    the two intervals do not overlap, which is stricter than a 5% test). The verdict is "faster" when the
-    whole interval is above 1, "slower" when below, "equal within noise" when it includes 1, "unknown" when a
-    row has too few runs for an interval.
+    """Any two rows of one target, candidate vs baseline (INT8 vs its float sibling, one runtime vs another).
+    speedup = baseline p50 / candidate p50; its interval comes from the two medians' 95% intervals, [baseline
+    low / candidate high, baseline high / candidate low]: when both intervals hold, so does this one (so it
+    holds with at least 90% probability; as a test, "faster" means the two intervals do not overlap, which is
+    stricter than a 5% test). The verdict is "faster" when the whole interval is above 1, "slower" when below,
+    "equal within noise" when it includes 1 (the intervals overlap: a tie), "unknown" when a row has too few
+    runs for an interval or was not timed (speedup None). interleaved: both were timed in one agent call.
     cpu_speedup: the same ratio of CPU-time medians."""
-    c, b = candidate["latency_ms"], baseline["latency_ms"]
-    out = {"baseline": baseline["artifact"], "speedup": round(b["p50"] / c["p50"], 3),
-           "interleaved": baseline.get("model") in (candidate.get("timing") or {}).get("interleaved_with", [])}
+    c, b = candidate.get("latency_ms"), baseline.get("latency_ms")
+    interleaved = (candidate.get("target") == baseline.get("target")
+                   and baseline.get("model") in (candidate.get("timing") or {}).get("interleaved_with", []))
+    out = {"baseline": baseline["artifact"], "speedup": round(b["p50"] / c["p50"], 3) if c and b else None,
+           "interleaved": interleaved}
     if "cpu_ms" in candidate and "cpu_ms" in baseline and candidate["cpu_ms"]["p50"] > 0:
         out["cpu_speedup"] = round(baseline["cpu_ms"]["p50"] / candidate["cpu_ms"]["p50"], 3)
-    ci, bi = c.get("p50_interval"), b.get("p50_interval")
+    ci, bi = (c or {}).get("p50_interval"), (b or {}).get("p50_interval")
     if not ci or not bi or ci[0] <= 0:
         return {**out, "interval": None, "verdict": UNKNOWN}
     low, high = bi[0] / ci[1], bi[1] / ci[0]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 
@@ -59,10 +60,11 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
     assert {"onnx", "onnx_int8_static", "openvino", "openvino_int8"} <= artifacts
     timed = [r for r in rows if "latency_ms" in r]
     assert timed and all(r["label"] in ("proxy", "measured") for r in timed)
-    for r in timed:
+    for r in timed:  # on this host (proxy), the profile's threads capped at the host's cores
         lat = r["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-        assert r["threads"] == report["latency"]["targets"][r["target"]]["threads"]
+        assert r["threads_asked"] == report["latency"]["targets"][r["target"]]["threads"]
+        assert r["threads"] == min(r["threads_asked"], r["host"]["cores"])
         assert r["model_bytes"] > 0 and r["load_ms"] > 0
     for target in ("android-phone", "wearos-watch"):  # ExecuTorch and LiteRT compete with ONNX Runtime there
         xnnpack = {r["artifact"]: r for r in timed
@@ -78,9 +80,8 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
     coreml = [r for r in rows if r["runtime"] == "coreml"]
     assert coreml and all(r["label"] == "needs-device" and "macOS" in r["error"] for r in coreml)
     assert any("diagnosis" in r for r in timed)
-    for r in timed:  # a target's artifacts of one runtime are timed in one agent call, interleaved
-        same = {x["model"] for x in timed if x["target"] == r["target"] and x["runtime"] == r["runtime"]
-                and x["model"] != r["model"]}
+    for r in timed:  # a target's artifacts, of all its runtimes, are timed in one agent call, interleaved
+        same = {x["model"] for x in timed if x["target"] == r["target"] and x["model"] != r["model"]}
         assert set(r["timing"]["interleaved_with"]) == same and r["runs"] >= 6
         lo, hi = r["latency_ms"]["p50_interval"]
         assert lo <= r["latency_ms"]["p50"] <= hi and "before" in r["host_load"]
@@ -349,3 +350,126 @@ def test_one_agent_call_times_two_onnx_models_interleaved(tmp_path):
             assert r["timing"]["interleaved_with"] == [m.path.name for m in models if m.key != r["artifact"]]
         verdicts.append(compare_latency(rows[1], rows[0])["verdict"])
     assert verdicts == ["slower", "slower"]
+
+
+@pytest.fixture(scope="module")
+def three_runtimes(tmp_path_factory):
+    """One tiny float model as ONNX, OpenVINO IR and LiteRT .tflite files, and a file that is not a model."""
+    import openvino as ov
+    import torch
+
+    from stages.formats import litert
+
+    folder = tmp_path_factory.mktemp("runtimes")
+    onnx_path = write_chain(folder / "chain.onnx", 2, 16)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(folder / "chain.xml"), compress_to_fp16=False)
+    torch.manual_seed(0)
+    litert.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 16), torch.nn.ReLU()), (1, 4, 4),
+                  folder / "chain.tflite")
+    (folder / "junk.onnx").write_text("not a model\n")
+    return {"onnx": onnx_path, "openvino": folder / "chain.xml", "litert": folder / "chain.tflite",
+            "junk": folder / "junk.onnx"}
+
+
+def mixed_models(files: dict, *keys: str) -> list:
+    from targets.latency import Model
+
+    runtimes = {"onnx": "onnxruntime", "junk": "onnxruntime", "openvino": "openvino", "litert": "litert"}
+    return [Model(k, files[k], runtimes[k], "fp32", FP32) for k in keys]
+
+
+def test_one_agent_call_times_several_runtimes_interleaved(three_runtimes):
+    """ONNX Runtime, OpenVINO and LiteRT files in one agent process, round-robin across runtimes; each runtime's
+    own flags reach its models only, and --profile profiles the runtimes that have a profiler."""
+    from stages.benchmark import BenchmarkConfig
+    from targets.agent import main
+    from targets.devices import make_device
+    from targets.latency import compare_latency, measure_target
+    from targets.profiles import TargetProfile
+
+    files = [three_runtimes[k] for k in ("onnx", "openvino", "litert")]
+    names = [f.name for f in files]
+    profile = TargetProfile(runtime="onnxruntime", runtimes=["openvino", "litert"], threads=1,
+                            latency_budget_ms=1e3, memory_budget_mb=1e3)
+    raw = make_device(profile, "host").run_agent(
+        files, ["--runtime", "onnxruntime,openvino,litert", "--threads", "1", "--runs", "20", "--warmup", "2",
+                "--throughput-batch", "1", "--openvino-precision", "f32", "--profile"], timeout=120)
+    assert raw["schedule"] == [0, 1, 2] * 4
+    assert [r["runtime"] for r in raw["results"]] == ["onnxruntime", "openvino", "litert"]
+    for r, name in zip(raw["results"], names):
+        assert r["model"] == name and r["runs"] == 20
+        assert r["timing"]["interleaved_with"] == [n for n in names if n != name]
+        assert ("profile" in r) == (r["runtime"] != "litert") and r["peak_rss_mb"] >= r["model_rss_mb"]
+    for wrong in ("onnxruntime,openvino", "onnxruntime,tensorrt,litert"):  # neither one per model nor known
+        with pytest.raises(SystemExit) as caught:
+            main([*map(str, files), "--runtime", wrong])
+        assert caught.value.code == 2
+    settings = BenchmarkConfig(runs=30, max_seconds=0.5, warmup=2, throughput_batch=1, profile_layers=False)
+    rows = measure_target(mixed_models(three_runtimes, "onnx", "openvino", "litert"), "host", profile, settings)
+    for r in rows:
+        assert r["label"] == "proxy" and r["timing"]["interleaved_with"] == [n for n in names if n != r["model"]]
+    c = compare_latency(rows[1], rows[0])  # any two rows of a target: OpenVINO vs ONNX Runtime
+    assert c["interleaved"] and c["verdict"] in ("faster", "slower", "equal within noise")
+    lo, hi = c["interval"]
+    assert (lo <= 1 <= hi) == (c["verdict"] == "equal within noise")
+    assert not compare_latency(rows[1], {**rows[0], "target": "elsewhere"})["interleaved"]
+    untimed = {"target": "host", "artifact": "coreml", "label": "needs-device"}
+    for pair in ((untimed, rows[0]), (rows[0], untimed)):
+        assert compare_latency(*pair) == {"baseline": pair[1]["artifact"], "speedup": None, "interleaved": False,
+                                          "interval": None, "verdict": "unknown"}
+
+
+def test_proxy_threads_are_capped_at_the_host_cores(three_runtimes):
+    """A target asking for more threads than this host has is timed (proxy) at the host's usable cores, and the
+    row says so; also when it stands in for an unreachable device."""
+    from stages.benchmark import BenchmarkConfig
+    from targets.agent import usable_cores
+    from targets.latency import measure_target
+    from targets.profiles import TargetProfile
+
+    cores = usable_cores()
+    settings = BenchmarkConfig(runs=10, max_seconds=0.2, warmup=1, throughput_batch=1, profile_layers=False)
+    for connection in ("local", "adb"):  # an adb serial no device has: unreachable, timed on this host
+        profile = TargetProfile(runtime="openvino", threads=cores + 2, connection=connection, serial="no-such-phone",
+                                latency_budget_ms=1e3, memory_budget_mb=1e3)
+        row, = measure_target(mixed_models(three_runtimes, "openvino"), "big", profile, settings)
+        assert row["label"] == "proxy" and (row["threads_asked"], row["threads"]) == (cores + 2, cores)
+        assert row["runtime_threads"] == cores  # what OpenVINO compiled with
+        assert (f"target 'big' timed at {cores} thread(s): this host has {cores} usable cores; the profile asks "
+                f"for {cores + 2}") in row["note"]
+        assert ("measured on this host instead" in row["note"]) == (connection == "adb")
+
+
+def test_a_model_failing_in_a_mixed_call_leaves_the_others_timed(three_runtimes):
+    """The agent names the file ONNX Runtime cannot load: that row is the error, and the other runtimes' files
+    are timed again in one call, still interleaved. A runtime missing on the device fails all of its models."""
+    from stages.benchmark import BenchmarkConfig
+    from targets.devices import DeviceError, make_device
+    from targets.latency import Model, measure_target, run_group
+    from targets.profiles import TargetProfile
+
+    profile = TargetProfile(runtime="onnxruntime", runtimes=["openvino", "litert"], threads=1,
+                            latency_budget_ms=1e3, memory_budget_mb=1e3)
+    settings = BenchmarkConfig(runs=10, max_seconds=0.2, warmup=1, throughput_batch=1, profile_layers=False)
+    rows = measure_target(mixed_models(three_runtimes, "onnx", "junk", "openvino", "litert"), "host", profile,
+                          settings)
+    by_key = {r["artifact"]: r for r in rows}
+    assert [r["artifact"] for r in rows] == ["onnx", "junk", "openvino", "litert"]
+    assert by_key["junk"]["label"] == "error" and by_key["junk"]["error_kind"] == "bad_model"
+    assert "junk.onnx" in by_key["junk"]["error"]
+    for key in ("onnx", "openvino", "litert"):
+        others = {three_runtimes[k].name for k in ("onnx", "openvino", "litert") if k != key}
+        assert by_key[key]["runs"] == 10 and set(by_key[key]["timing"]["interleaved_with"]) == others
+    if sys.platform == "darwin":
+        return
+    folder = three_runtimes["onnx"].parent  # Core ML off macOS: the first .mlpackage fails the call for both
+    models = [*mixed_models(three_runtimes, "onnx", "openvino"),
+              *(Model(f"coreml_{i}", folder / f"m{i}.mlpackage", "coreml", "fp32", FP32) for i in (1, 2))]
+    for m in models[2:]:
+        m.path.mkdir(exist_ok=True)
+    onnx, ov, coreml_1, coreml_2 = run_group(make_device(profile, "host"), models, profile, settings, 1)
+    assert isinstance(coreml_1, DeviceError) and coreml_1.kind == "needs_macos" and coreml_1.model == "m1.mlpackage"
+    assert coreml_2 is coreml_1  # its whole runtime is out of the retried call
+    assert onnx["timing"]["interleaved_with"] == ["chain.xml"] and ov["timing"]["interleaved_with"] == ["chain.onnx"]
+
+
