@@ -51,6 +51,14 @@ class ReportConfig(Section):
     title: str = Field("manifold-edge run", description="heading of report.md")
 
 
+class ShipConfig(Section):
+    """How the ship rule (pipeline/ship.py) breaks ties between files that are equally fast."""
+
+    prefer: Literal["accuracy", "size"] = Field(
+        "accuracy", description="among equally fast files (or files nothing timed): accuracy = a file without a "
+                                "real top-1 loss first, then the smaller; size = the smaller file first")
+
+
 class PipelineConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -62,6 +70,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    ship: ShipConfig = Field(default_factory=ShipConfig)
     targets: dict[str, TargetProfile] = Field(default_factory=dict, description="your own target profiles "
                                               "([targets.NAME]); a built-in name here replaces the built-in")
 

@@ -1,17 +1,20 @@
-"""The deploy folder: `runs/<name>/deploy/<target>/` holds what an app needs for the model chosen for
-that target (pipeline/ship.py): the model file(s), labels.txt, preprocess.json and MODEL_CARD.md.
+"""The deploy folder: `runs/<name>/deploy/<target>/` holds README.md and ship.json (the overall pick and the
+answer per SDK, pipeline/ship.py) and one folder per runtime with a file to ship, `<target>/<runtime>/`: what
+an app linking that SDK needs: the model file(s), labels.txt, preprocess.json and MODEL_CARD.md.
 
 Files are copied out of the artifact cache (editing them never touches the cache). The whole folder is
 built next to the old one and swapped in, so a reader never sees half of it. No torch here.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from pipeline.app_files import latency_row, write_app_files
 from pipeline.errors import UserError
 from pipeline.fileio import unwritable
+from pipeline.ship import RUNTIME_NAMES
 from targets.devices import model_files as with_sidecars
 
 MARKER = ".manifold-edge-deploy"  # marks a folder this tool wrote, so it may replace it
@@ -42,8 +45,41 @@ def model_files(report: dict, artifact: str) -> list[Path]:
     raise KeyError(artifact)
 
 
+def target_readme(name: str, answer: dict) -> str:
+    """deploy/<target>/README.md: the overall pick first, then the answer for each SDK an app may link."""
+    lines = [f"# {name}", ""]
+    if answer.get("artifact"):
+        state = "" if answer["separated"] else " (no single fastest runtime: see why)"
+        lines += [f"**Overall pick: `{answer['runtime']}/{answer['artifact']}`**{state}: {answer['overall_why']}.", ""]
+    else:
+        lines += [f"**Nothing ships on {name}**: {answer['overall_why']}.", ""]
+    lines += ["Your app already links one SDK: take the folder for it.", "", "| SDK (runtime) | folder | file | why |",
+              "|---|---|---|---|"]
+    for runtime, choice in answer["by_runtime"].items():
+        folder = f"`{runtime}/`" if choice.get("artifact") else "-"
+        lines.append(f"| {RUNTIME_NAMES[runtime]} | {folder} | {choice.get('artifact') or 'nothing ships'} "
+                     f"| {choice['why']} |")
+    return "\n".join([*lines, ""])
+
+
+def write_runtime_folder(report: dict, choice: dict, folder: Path) -> None:
+    """deploy/<target>/<runtime>/: the chosen file(s) with labels.txt, preprocess.json and MODEL_CARD.md."""
+    folder.mkdir(parents=True)
+    if not choice.get("latency_ms"):
+        error = latency_row(report, choice["target"], choice["artifact"]).get("error") or choice["label"]
+        (folder / "README.md").write_text(
+            f"# {choice['artifact']} was not timed on {choice['target']}\n\n{error}.\n\n"
+            f"It was picked by the ship rule's order among the files within the budgets; see MODEL_CARD.md.\n")
+    files = []
+    for source in model_files(report, choice["artifact"]):
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / source.name)
+        files.append(source.name)
+    write_app_files(report, choice, folder, files)
+
+
 def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[str, str]:
-    """Write deploy/<target>/ for every target with a choice; target -> folder. `out` replaces run_dir/deploy."""
+    """Write deploy/<target>/ for every target: README.md and ship.json (the overall pick and the answer per
+    SDK), and <runtime>/ for each runtime with a file to ship; target -> folder. `out` replaces run_dir/deploy."""
     folder = Path(out) if out else Path(run_dir) / "deploy"
     check_folder(folder)
     building = folder.with_name(folder.name + ".partial")
@@ -51,23 +87,15 @@ def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[s
     building.mkdir(parents=True)
     (building / MARKER).write_text("written by manifold-edge: replaced whole by the next run or report\n")
     written = {}
-    for name, choice in (report.get("ship") or {}).items():
+    for name, answer in (report.get("ship") or {}).items():
         target = building / name
         target.mkdir(parents=True)
         written[name] = str(folder / name)
-        if not choice.get("artifact"):
-            (target / "README.md").write_text(f"# Nothing ships on {name}\n\n{choice['why']}.\n")
-            continue
-        if not choice.get("latency_ms"):
-            error = latency_row(report, name, choice["artifact"]).get("error") or choice["label"]
-            (target / "README.md").write_text(
-                f"# {choice['artifact']} was not timed on {name}\n\n{error}.\n\n"
-                f"It ships as the smallest file within the accuracy budget; see MODEL_CARD.md.\n")
-        files = []
-        for source in model_files(report, choice["artifact"]):
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target / source.name)
-            files.append(source.name)
-        write_app_files(report, choice, target, files)
+        (target / "README.md").write_text(target_readme(name, answer))
+        (target / "ship.json").write_text(json.dumps(answer, indent=2) + "\n")
+        for runtime, choice in answer["by_runtime"].items():
+            if choice.get("artifact"):
+                write_runtime_folder(report, choice, target / runtime)
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():

@@ -10,18 +10,20 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.activations import activation_mb, fp32_onnx
 from pipeline.config import PipelineConfig
 from pipeline.deploy import write_deploy
 from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import STAGES, Pipeline, RunRecord
 from pipeline.lock import holder
-from pipeline.ship import choose_all
+from pipeline.ship import RUNTIME_NAMES, choose_all
 from targets.latency import describe_comparison
 from targets.runtimes import NEEDS_MACOS
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
-            "onnxscript", "openvino", "nncf", "coremltools")
+            "onnxscript", "openvino", "nncf", "coremltools", "executorch", "torchao", "ai-edge-litert", "litert-torch",
+            "ai-edge-quantizer")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -80,7 +82,8 @@ def write_report(report: dict, run_dir: Path, deploy_to: Path | None = None) -> 
     the self-contained report.html."""
     from pipeline.html import render_html
 
-    report["ship"] = choose_all(report) if report.get("evaluation") and report.get("latency") else {}
+    ready = report.get("evaluation") and report.get("latency")
+    report["ship"] = choose_all(report, activation_mb(fp32_onnx(report))) if ready else {}
     report["deploy"] = write_deploy(report, run_dir, deploy_to) if report["ship"] else {}
     plots = make_plots(report, run_dir)
     write_json(run_dir / "report.json", report)
@@ -340,42 +343,71 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
     return "\n".join(lines)
 
 
+def _speed(c: dict) -> str:
+    """`p50 0.097 ms [0.094-0.100], p90 0.120 (proxy)`, or the label where nothing was timed."""
+    lat = c.get("latency_ms")
+    if not lat:
+        memory = f", memory est. {c['memory_mb_estimate']:.1f} MB" if "memory_mb_estimate" in c else ""
+        return f"{c['label']}{memory}"
+    ci = lat.get("p50_interval")
+    shown = f"p50 {lat['p50']:.3f} ms" + (f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else "")
+    return f"{shown}, p90 {lat['p90']:.3f} ({c['label']})"
+
+
 def ship_summary(report: dict) -> list[str]:
-    """The console's last lines: where the deploy folder is, and one line per target."""
+    """The console's last lines: where the deploy folder is, each target's overall pick and its answer per SDK."""
     if not report.get("deploy"):
         return []
     folder = Path(next(iter(report["deploy"].values()))).parent
-    lines = [f"deploy: {folder}/<target>/ (model, labels.txt, preprocess.json, MODEL_CARD.md)"]
-    for name, c in report["ship"].items():
-        if not c.get("artifact"):
-            lines.append(f"  {name}: nothing ships ({c['why']})")
+    lines = [f"deploy: {folder}/<target>/<runtime>/ (model, labels.txt, preprocess.json, MODEL_CARD.md); "
+             "take the runtime your app links"]
+    for name, answer in report["ship"].items():
+        if not answer.get("artifact"):
+            lines.append(f"  {name}: nothing ships ({answer['overall_why']})")
             continue
-        speed = f"p90 {c['latency_ms']['p90']:.3f} ms {c['label']}" if c["latency_ms"] else c["label"]
-        lines.append(f"  {name}: {c['artifact']} ({c['precision']}, top-1 {c['top1']:.2f}%, {speed})")
+        tie = "" if answer["separated"] else " (a tie within noise, broken by the stated order)"
+        lines.append(f"  {name}: overall {answer['runtime']}/{answer['artifact']}{tie}")
+        for runtime, c in answer["by_runtime"].items():
+            shown = (f"{c['artifact']} ({c['precision']}, top-1 {c['top1']:.2f}%, {_speed(c)})" if c.get("artifact")
+                     else f"nothing ships ({c['why']})")
+            lines.append(f"    app links {RUNTIME_NAMES[runtime]}: {shown}")
     return lines
 
 
 def ship_lines(report: dict) -> list[str]:
-    """The first screen: per target, the file to ship (under deploy/), its accuracy and speed, and why."""
+    """The first screen: per target, the overall pick and the file to ship for each SDK an app may link (under
+    deploy/<target>/<runtime>/), its accuracy and speed, and why."""
     ship = report.get("ship") or {}
     if not ship:
         return []
-    lines = ["## Ship", "", "Per target, by one rule: within quantize.max_drop top-1 points of the fp32 student and "
-             "the target's budgets, the fastest p90 (within 5% counts as equal), then the smaller file. "
-             "Each folder holds the model, labels.txt, preprocess.json and MODEL_CARD.md.", "",
-             "| target | ship | precision | top-1 % (Δ vs fp32, 95% interval) | p50 / p90 ms | size MB | why |",
-             "|---|---|---|---|---|---:|---|"]
-    for name, c in ship.items():
-        if not c.get("artifact"):
-            lines.append(f"| {name} | - | - | - | - | - | {c['why']} |")
-            continue
-        lo, hi = c["delta_interval"]
-        noise = ", equal within noise" if c["within_noise"] else ""
-        speed = f"{c['latency_ms']['p50']:.3f} / {c['latency_ms']['p90']:.3f} ({c['label']})" if c["latency_ms"] \
-            else c["label"]
-        lines.append(f"| {name} | `deploy/{name}/` `{c['artifact']}` | {c['precision']} | {c['top1']:.2f} "
-                     f"({c['delta_top1']:+.2f}, {lo:+.2f} to {hi:+.2f}{noise}; {c['evaluation']}) | {speed} "
-                     f"| {c['bytes'] / 1e6:.2f} | {c['why']} |")
+    prefer = (report["config"].get("ship") or {}).get("prefer", "accuracy")
+    lines = ["## Ship", "", "Per target and per SDK (runtime) an app on it may link, by one rule (pipeline/ship.py): "
+             "within quantize.max_drop top-1 points of the fp32 student and the target's budgets, the fastest: a "
+             "file is faster only when the medians' 95% intervals do not overlap and its median is at least 5% "
+             f"lower, otherwise the files tie and the tie goes by ship.prefer = \"{prefer}\" "
+             "(accuracy: no real top-1 loss first, then the smaller file; size: the smaller file first), then "
+             "the profile's runtime order. **Overall** marks the pick across SDKs. Each folder holds the model, "
+             "labels.txt, preprocess.json and MODEL_CARD.md.", "",
+             "| target | app links | ship | precision | top-1 % (Δ vs fp32, 95% interval) | latency ms | size MB "
+             "| why |",
+             "|---|---|---|---|---|---|---:|---|"]
+    for name, answer in ship.items():
+        if not answer.get("artifact"):
+            lines.append(f"| {name} | - | nothing ships | - | - | - | - | {answer['overall_why']} |")
+        for runtime, c in answer["by_runtime"].items():
+            if not c.get("artifact"):
+                lines.append(f"| {name} | {RUNTIME_NAMES[runtime]} | nothing ships | - | - | - | - | {c['why']} |")
+                continue
+            lo, hi = c["delta_interval"]
+            noise = ", equal within noise" if c["within_noise"] else ""
+            overall = ""
+            if answer.get("overall") == runtime:
+                overall = "**overall** " + ("" if answer["separated"] else "(tie) ")
+            why = c["why"] + (f"; overall: {answer['overall_why']}" if answer.get("overall") == runtime else "")
+            lines.append(f"| {name} | {RUNTIME_NAMES[runtime]} | {overall}`deploy/{name}/{runtime}/` "
+                         f"`{c['artifact']}` | {c['precision']} | {c['top1']:.2f} ({c['delta_top1']:+.2f}, "
+                         f"{lo:+.2f} to {hi:+.2f}{noise}; {c['evaluation']}) | {_speed(c)} | {c['bytes'] / 1e6:.2f} "
+                         f"| {why} |")
     return [*lines, ""]
 
 

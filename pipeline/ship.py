@@ -1,23 +1,34 @@
-"""What to ship on each target, chosen by one rule from the run's accuracy and latency tables.
+"""What to ship on each target: one answer per runtime (SDK) an app on it may link, and one overall pick.
 
-Per target, among the student artifacts that run in its runtime:
+Per target and runtime, among that runtime's student artifacts (a file its quantizer marked `ship: false`
+never ships):
 1. accuracy: drop those more than `quantize.max_drop` top-1 points below the torch fp32 student;
-2. budgets: where latency is known, drop those over the target's p90 latency or memory budget; known means
-   measured on the device when any row was, else predicted from public measurements (a target naming a
-   public device), else timed on this host as a proxy;
-3. speed: keep the fastest by p90, and every artifact within 5% of it (equally fast); where nothing was
-   timed (Core ML off macOS), keep them all and say so;
-4. ties: the smaller file, then the higher top-1, then the profile's preferred precision.
-A step that would drop every candidate is skipped, and the reason says so. No torch here.
+2. budgets: drop those over the target's p90 latency or memory budget where timed; an untimed file (Core ML
+   off macOS) is held to the memory budget by an estimate: file bytes + activations (pipeline/activations.py);
+3. speed: drop every file another one beats. A beats B when their medians' 95% intervals do not overlap and
+   A's median is at least 5% lower (without intervals: the medians alone); overlap is a tie. Latency evidence:
+   measured on the device, else predicted from public measurements, else this host (proxy);
+4. ties, in a stated order: with ship.prefer = "accuracy" (the default) a file without a real accuracy loss
+   (the upper end of its Δ top-1 interval is not below 0) first, then the smaller file; with "size" the
+   smaller file first, then no real loss; last the profile's runtime order, then the artifact name.
+The overall pick compares the runtimes' picks by step 3: it is *separated* when one pick beats every other;
+otherwise the tie is broken by step 4 and the answer says so. Every step reads only the run's tables, so the
+same tables give the same answers. A step that would drop every candidate is skipped, and the reason says so.
+No torch here.
 """
 from __future__ import annotations
 
 import math
 
+from targets.latency import FASTER, UNKNOWN, compare_latency
 from targets.numerics import Numerics
 
-SAME_SPEED = 1.05  # p90 within 5% of the fastest counts as equally fast
+SAME_SPEED = 1.05  # a median less than 5% lower is not faster, whatever the intervals say
 Z95 = 1.96
+PREFER = ("accuracy", "size")
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "coreml": "Core ML",
+                 "executorch": "ExecuTorch", "litert": "LiteRT"}
+EVIDENCE = ("measured", "predicted", "proxy")  # which latency rows decide, best first
 
 
 def difference_interval(top1: float, reference: float, agreement: float, images: int) -> tuple[float, float]:
@@ -33,63 +44,6 @@ def difference_interval(top1: float, reference: float, agreement: float, images:
     return round(100 * (d - spread), 2), round(100 * (d + spread), 2)
 
 
-def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop: float) -> dict | None:
-    """The artifact to ship on one target, with the evidence and the reason in words (None: no artifact)."""
-    runtimes = [target["runtime"], *target.get("runtimes", [])]
-    evaluated = [r for r in evaluation.get("artifacts", []) if r["runtime"] in runtimes]
-    scored = {r["artifact"]: r for r in evaluation.get("artifacts", []) if "top1" in r}
-    reference = scored.get("torch_fp32")
-    timed = {r["artifact"]: r for r in best_evidence(rows)}
-    candidates = [a for a in scored.values() if a["runtime"] in runtimes]
-    if evaluated and not candidates:
-        return {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact has a top-1: "
-                                                          f"{evaluated[0].get('reason', 'not evaluated')}"}
-    if not candidates or reference is None:
-        return None
-    why: list[str] = []
-
-    def keep(pool: list[dict], kept: list[dict], step: str) -> list[dict]:
-        if kept:
-            return kept
-        why.append(f"no artifact passes {step}: that step is skipped")
-        return pool
-
-    pool = keep(candidates, [a for a in candidates if reference["top1"] - a["top1"] <= max_drop],
-                f"the accuracy budget (max_drop {max_drop:g} points)")
-    if any(a["artifact"] in timed for a in pool):
-        budgets = [a for a in pool if a["artifact"] in timed and timed[a["artifact"]]["budget"]["latency_ok"]
-                   and timed[a["artifact"]]["budget"]["memory_ok"]]
-        pool = keep(pool, budgets, f"{name}'s latency and memory budgets")
-    fastest = min((timed[a["artifact"]]["latency_ms"]["p90"] for a in pool if a["artifact"] in timed), default=None)
-    if fastest is None:
-        why.append("nothing was timed on this target, so the smallest file within the accuracy budget ships")
-    else:
-        pool = [a for a in pool if a["artifact"] in timed
-                and timed[a["artifact"]]["latency_ms"]["p90"] <= fastest * SAME_SPEED]
-    preferred = target.get("precision")
-    best = min(pool, key=lambda a: (a["bytes"], -a["top1"], Numerics.of(a).kind != preferred))
-    row = timed.get(best["artifact"])
-    interval = difference_interval(best["top1"], reference["top1"], best["agreement"], evaluation["images"])
-    choice = {"target": name, "artifact": best["artifact"], "runtime": best["runtime"],
-              "precision": best["precision"], "top1": best["top1"], "delta_top1": round(best["top1"] -
-                                                                                       reference["top1"], 2),
-              "delta_interval": list(interval), "within_noise": interval[0] <= 0 <= interval[1],
-              "evaluation": best["evaluation"], "bytes": best["bytes"],
-              "label": row["label"] if row else next((r["label"] for r in rows if r["artifact"] == best["artifact"]),
-                                                     "not timed"),
-              "latency_ms": {k: row["latency_ms"][k] for k in ("p50", "p90")} if row else None}
-    if row and row["label"] == "predicted":
-        p = row["predicted"]
-        why.append(f"latency predicted for {p['device']} ({p['runtime']}, {p['precision']}) from public "
-                   f"measurements of {p['models']} models, interval {p['interval_ms'][0]:.3g}-"
-                   f"{p['interval_ms'][1]:.3g} ms: not measured")
-    choice["why"] = "; ".join([*_reasons(best, pool, candidates, timed, reference, max_drop, fastest), *why])
-    return choice
-
-
-EVIDENCE = ("measured", "predicted", "proxy")  # which latency rows decide, best first
-
-
 def best_evidence(rows: list[dict]) -> list[dict]:
     """A target's latency rows of the best kind it has: measured on the device, else predicted, else proxy."""
     timed = [r for r in rows if "latency_ms" in r]
@@ -99,34 +53,205 @@ def best_evidence(rows: list[dict]) -> list[dict]:
     return timed
 
 
-def _reasons(best: dict, pool: list[dict], candidates: list[dict], timed: dict, reference: dict, max_drop: float,
-             fastest: float | None) -> list[str]:
+def beats(a: dict, b: dict) -> tuple[bool, dict]:
+    """Whether latency row `a` is faster than row `b` (see the module's step 3), with the comparison."""
+    c = compare_latency(a, b)
+    return c["speedup"] >= SAME_SPEED and c["verdict"] in (FASTER, UNKNOWN), c
+
+
+def ratio_text(c: dict) -> str:
+    """`1.31x as fast (interval 1.20-1.45x)`: b's median over a's."""
+    shown = f"{c['speedup']:.2f}x as fast"
+    return shown + (f" (interval {c['interval'][0]:.2f}-{c['interval'][1]:.2f}x)" if c["interval"] else
+                    " (no interval: too few runs)")
+
+
+class Candidates:
+    """One target's scored artifacts and their evidence: what the rule's steps read."""
+
+    def __init__(self, name: str, target: dict, rows: list[dict], evaluation: dict, max_drop: float,
+                 prefer: str, unshippable: dict[str, str], activation_mb: float | None):
+        self.name, self.target, self.max_drop, self.prefer = name, target, max_drop, prefer
+        self.order = [target["runtime"], *(r for r in target.get("runtimes", []) if r != target["runtime"])]
+        self.unshippable, self.activation_mb = unshippable, activation_mb
+        self.images = evaluation.get("images", 0)
+        self.scored = {r["artifact"]: r for r in evaluation.get("artifacts", []) if "top1" in r}
+        self.evaluated = [r for r in evaluation.get("artifacts", []) if r["runtime"] in self.order]
+        self.reference = self.scored.get("torch_fp32")
+        self.timed = {r["artifact"]: r for r in best_evidence(rows)}
+        self.rows = rows
+
+    def interval(self, a: dict) -> tuple[float, float]:
+        return difference_interval(a["top1"], self.reference["top1"], a["agreement"], self.images)
+
+    def tie_key(self, a: dict) -> tuple:
+        loss = self.interval(a)[1] < 0
+        rank = self.order.index(a["runtime"]) if a["runtime"] in self.order else len(self.order)
+        first = (loss, a["bytes"]) if self.prefer == "accuracy" else (a["bytes"], loss)
+        return (*first, rank, a["artifact"])
+
+    def tie_rule(self) -> str:
+        first = ("no real accuracy loss, then the smaller file" if self.prefer == "accuracy"
+                 else "the smaller file, then no real accuracy loss")
+        return f"{first}, then {self.name}'s runtime order (ship.prefer = \"{self.prefer}\")"
+
+    def memory_mb(self, a: dict) -> float | None:
+        """Estimated memory of an untimed file: its bytes plus activations (fp16 compute for Core ML)."""
+        if self.activation_mb is None:
+            return None
+        scale = 0.5 if a["runtime"] == "coreml" else 1.0
+        return a["bytes"] / 1e6 + self.activation_mb * scale
+
+    def fastest(self, pool: list[dict]) -> list[dict]:
+        """The files no other file in `pool` beats (all of `pool` when none is timed)."""
+        timed = [a for a in pool if a["artifact"] in self.timed]
+        if not timed:
+            return pool
+        return [a for a in timed if not any(beats(self.timed[o["artifact"]], self.timed[a["artifact"]])[0]
+                                            for o in timed if o is not a)]
+
+
+def choose_runtime(c: Candidates, runtime: str) -> dict:
+    """The file to ship for apps that link `runtime` on target c.name, with the evidence and the reason."""
+    name = c.name
+    evaluated = [r for r in c.evaluated if r["runtime"] == runtime]
+    candidates = [a for a in c.scored.values() if a["runtime"] == runtime]
+    if not evaluated:
+        return {"target": name, "runtime": runtime, "artifact": None,
+                "why": f"no {runtime} artifact in this run: enable its export (and quantize) section"}
+    if not candidates or c.reference is None:
+        return {"target": name, "runtime": runtime, "artifact": None,
+                "why": f"no {runtime} artifact has a top-1: {evaluated[0].get('reason', 'not evaluated')}"}
+    why: list[str] = []
+    blocked = [a for a in candidates if a["artifact"] in c.unshippable]
+    candidates = [a for a in candidates if a["artifact"] not in c.unshippable]
+    for a in blocked:
+        why.append(f"`{a['artifact']}` is marked ship: false ({c.unshippable[a['artifact']]})")
+    if not candidates:
+        return {"target": name, "runtime": runtime, "artifact": None, "why": "; ".join(why)}
+
+    def keep(pool: list[dict], kept: list[dict], step: str) -> list[dict]:
+        if kept:
+            return kept
+        why.append(f"no artifact passes {step}: that step is skipped")
+        return pool
+
+    pool = keep(candidates, [a for a in candidates if c.reference["top1"] - a["top1"] <= c.max_drop],
+                f"the accuracy budget (max_drop {c.max_drop:g} points)")
+    budget = c.target.get("memory_budget_mb")
+    if any(a["artifact"] in c.timed for a in pool):
+        within = [a for a in pool if a["artifact"] in c.timed and c.timed[a["artifact"]]["budget"]["latency_ok"]
+                  and c.timed[a["artifact"]]["budget"]["memory_ok"]]
+        pool = keep(pool, within, f"{name}'s latency and memory budgets")
+    elif budget is not None and c.activation_mb is not None:
+        within = [a for a in pool if c.memory_mb(a) <= budget]
+        pool = keep(pool, within, f"{name}'s memory budget ({budget:g} MB, estimated)")
+    fastest = c.fastest(pool)
+    best = min(fastest, key=c.tie_key)
+    choice = _choice(c, best)
+    tied = [a["artifact"] for a in fastest if a is not best]
+    if best["artifact"] in c.timed:
+        why.insert(0, "fastest within the budgets" + (f" (ties within noise with {', '.join(tied)}: broken by "
+                                                       f"{c.tie_rule()})" if tied else ""))
+    else:
+        why.insert(0, f"nothing was timed for {runtime} on {name}, so the rule's order picks it among the files "
+                      f"within the accuracy" + (" and memory budgets" if c.activation_mb is not None else " budget")
+                   + f": {c.tie_rule()}")
+    why += _reasons(c, best, candidates)
+    choice["why"] = "; ".join(why)
+    return choice
+
+
+def _choice(c: Candidates, best: dict) -> dict:
+    row = c.timed.get(best["artifact"])
+    interval = c.interval(best)
+    choice = {"target": c.name, "artifact": best["artifact"], "runtime": best["runtime"],
+              "precision": best["precision"], "top1": best["top1"],
+              "delta_top1": round(best["top1"] - c.reference["top1"], 2), "delta_interval": list(interval),
+              "within_noise": interval[0] <= 0 <= interval[1], "evaluation": best["evaluation"],
+              "bytes": best["bytes"],
+              "label": row["label"] if row else next((r["label"] for r in c.rows if r["artifact"] == best["artifact"]),
+                                                     "not timed"),
+              "latency_ms": {k: row["latency_ms"][k] for k in ("p50", "p90")} if row else None}
+    if row and row["latency_ms"].get("p50_interval"):
+        choice["latency_ms"]["p50_interval"] = row["latency_ms"]["p50_interval"]
+    if not row and c.memory_mb(best) is not None:
+        choice["memory_mb_estimate"] = round(c.memory_mb(best), 2)
+    return choice
+
+
+def _reasons(c: Candidates, best: dict, candidates: list[dict]) -> list[str]:
     reasons = []
-    if fastest is not None:
-        tied = [a["artifact"] for a in pool if a is not best]
-        reasons.append("fastest p90 within the budgets" + (f" (equal within 5% to {', '.join(tied)}: smaller "
-                                                            "file wins)" if tied else ""))
+    row = c.timed.get(best["artifact"])
+    if row and row["label"] == "predicted" and "predicted" in row:
+        p = row["predicted"]
+        reasons.append(f"latency predicted for {p['device']} ({p['runtime']}, {p['precision']}) from public "
+                       f"measurements of {p['models']} models, interval {p['interval_ms'][0]:.3g}-"
+                       f"{p['interval_ms'][1]:.3g} ms: not measured")
+    if not row and c.activation_mb is not None:
+        reasons.append(f"memory estimated at {c.memory_mb(best):.1f} MB (file + activations) against "
+                       f"{c.target.get('memory_budget_mb', 0):g} MB")
     for other in candidates:
-        if other is best or other["artifact"] not in timed or best["artifact"] not in timed:
+        if other is best:
             continue
-        if Numerics.of(other).quantized and not Numerics.of(best).quantized:
-            speed = timed[best["artifact"]]["latency_ms"]["p90"] / timed[other["artifact"]]["latency_ms"]["p90"]
-            if speed < 1:
-                reasons.append(f"`{other['artifact']}` runs at {speed:.2f}x its speed, so float ships")
-        if reference["top1"] - other["top1"] > max_drop:
-            reasons.append(f"`{other['artifact']}` loses {reference['top1'] - other['top1']:.2f} points, over "
-                           f"max_drop {max_drop:g}")
+        if row and other["artifact"] in c.timed and Numerics.of(other).quantized and not Numerics.of(best).quantized:
+            faster, cmp = beats(row, c.timed[other["artifact"]])
+            if faster:
+                reasons.append(f"`{other['artifact']}` is slower: {best['artifact']} is {ratio_text(cmp)}, "
+                               "so float ships")
+        if c.reference["top1"] - other["top1"] > c.max_drop:
+            reasons.append(f"`{other['artifact']}` loses {c.reference['top1'] - other['top1']:.2f} points, over "
+                           f"max_drop {c.max_drop:g}")
     return reasons
 
 
-def choose_all(report: dict) -> dict[str, dict]:
-    """target name -> choice (or a reason why nothing ships there)."""
+def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop: float, prefer: str = "accuracy",
+           unshippable: dict[str, str] | None = None, activation_mb: float | None = None) -> dict:
+    """The answer for one target: by_runtime (runtime -> choice), and the overall pick's fields at the top with
+    `overall` (its runtime, or None), `separated` and `overall_why`."""
+    c = Candidates(name, target, rows, evaluation, max_drop, prefer, unshippable or {}, activation_mb)
+    by_runtime = {r: choose_runtime(c, r) for r in c.order}
+    picks = [ch for ch in by_runtime.values() if ch.get("artifact")]
+    answer = {"target": name, "by_runtime": by_runtime}
+    if not picks:
+        first = by_runtime[c.order[0]]
+        return {**answer, **{k: v for k, v in first.items() if k != "runtime"}, "artifact": None, "overall": None,
+                "separated": False, "overall_why": first["why"]}
+    scored = [c.scored[p["artifact"]] for p in picks]
+    fastest = c.fastest(scored)
+    best = by_runtime[min(fastest, key=c.tie_key)["runtime"]]
+    others = [p for p in picks if p is not best]
+    separated = len(fastest) == 1 and best["artifact"] in c.timed
+    if not others:
+        overall_why = f"{RUNTIME_NAMES[best['runtime']]} is the only runtime with a file for {name}"
+    elif separated:
+        ahead = [(p, beats(c.timed[best["artifact"]], c.timed[p["artifact"]])[1]) for p in others]
+        overall_why = "faster than " + ", ".join(f"{RUNTIME_NAMES[p['runtime']]}'s `{p['artifact']}` "
+                                                 f"({ratio_text(cmp)})" for p, cmp in ahead)
+    elif best["artifact"] in c.timed:
+        tied = [RUNTIME_NAMES[a["runtime"]] for a in fastest if a["artifact"] != best["artifact"]]
+        overall_why = (f"no single fastest runtime: ties within noise with {', '.join(tied)}, broken by "
+                       f"{c.tie_rule()}; ship the file for the SDK your app links")
+    else:
+        overall_why = f"not timed on {name}: picked by {c.tie_rule()}"
+    return {**answer, **best, "overall": best["runtime"], "separated": separated, "overall_why": overall_why}
+
+
+def unshippable_files(report: dict) -> dict[str, str]:
+    """artifact -> why, for every file its quantizer marked ship: false."""
+    records = ((report.get("stages") or {}).get("quantize") or {}).get("summary", {}).get("artifacts", {})
+    return {k: r.get("ship_note") or "its quantizer found it not faster than its float sibling on this host"
+            for k, r in records.items() if r.get("ship") is False}
+
+
+def choose_all(report: dict, activation_mb: float | None = None) -> dict[str, dict]:
+    """target name -> its answer (choose)."""
     latency, evaluation = report.get("latency") or {}, report.get("evaluation") or {}
     max_drop = report["config"]["quantize"]["max_drop"]
+    prefer = (report["config"].get("ship") or {}).get("prefer", "accuracy")
+    unshippable = unshippable_files(report)
     ship = {}
     for name, target in (latency.get("targets") or {}).items():
         rows = [r for r in latency["rows"] + latency.get("predicted", []) if r["target"] == name]
-        ship[name] = choose(name, target, rows, evaluation, max_drop) or \
-            {"target": name, "artifact": None, "why": f"no {target['runtime']} artifact in this run: enable its "
-                                                      "export (and quantize) section"}
+        ship[name] = choose(name, target, rows, evaluation, max_drop, prefer, unshippable, activation_mb)
     return ship

@@ -23,8 +23,10 @@ class TargetProfile(Section):
     runtimes: list[RUNTIME] = Field(default_factory=list, description="other runtimes the app could ship instead "
                                     "(e.g. executorch, litert on Android): their artifacts are timed on this "
                                     "target too and compete in the ship rule")
-    precision: Literal["int8", "fp16", "fp32"] = Field("int8", description="preferred precision: the report "
-                                                                          "recommends it when it meets the budgets")
+    precision: Literal["int8", "fp16", "fp32"] = Field("int8", description="the precision the device's "
+                                                                          "accelerator favours, for information "
+                                                                          "(`manifold-edge targets`): the ship rule "
+                                                                          "goes by measured speed and accuracy")
     threads: int = Field(1, ge=1, le=256, description="runtime threads (batch-1 latency)")
     input_size: int | None = Field(None, ge=4, le=4096, description="H = W of the input; default: the model's")
     memory_budget_mb: float = Field(64.0, gt=0, description="memory the model may add to the app (RSS)")
