@@ -1,7 +1,9 @@
 """How well the latency predictor predicts a model it has never seen: every candidate kind fitted per
-(device, runtime, precision) on the public measurements, scored leave-one-family-out (all variants of
+(device, runtime, precision) on the public NPU measurements, scored leave-one-family-out (all variants of
 one architecture held out together), the kind with the lowest error chosen and written to
-targets/predict/predictor.json with its per-device error and interval; the full comparison goes to JSON.
+targets/predict/predictor.json with its per-device error and interval, each family's leave-one-model-out
+error (what a prediction for a member of that family states) and the error of fitting the device from its
+sibling (targets/predict/predictor.SIBLINGS); the full comparison goes to JSON.
 
     .venv/bin/python bench/latency_predictor.py [--out bench/results/latency_predictor.json]
 
@@ -19,7 +21,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.fileio import write_json  # noqa: E402
-from targets.predict.predictor import KINDS, LEVEL, PREDICTOR_FILE, datasets, evaluate_kind  # noqa: E402
+from targets.predict.predictor import KINDS, LEVEL, PREDICTOR_FILE, datasets, details, evaluate_kind  # noqa: E402
+from targets.predict.zoo import STUDENT_FAMILY  # noqa: E402
 from targets.profiles import builtin_profiles  # noqa: E402
 
 TOP_DEVICES = 6  # the docs/targets.md table: the devices with the most public data
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         counts[key[0]] = counts.get(key[0], 0) + len(d.ms)
     top = sorted(counts, key=lambda dev: (-counts[dev], dev))[:TOP_DEVICES]
     named = sorted({p.public_device for p in builtin_profiles().values() if p.public_device})
-    chosen = by_kind[best]
+    with console.status(f"{best}: per-family (leave-one-model-out) and sibling-device errors"):
+        chosen = {name(key): {**by_kind[best][name(key)], **details(key, data, best)} for key in data}
     top_rows = {k: v for k, v in chosen.items() if k.split(" | ")[0] in top}
     shown = {k: v for k, v in chosen.items() if k.split(" | ")[0] in [*top, *named]}
     write_json(PREDICTOR_FILE, {
@@ -80,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{s['worst_median_ape']:.1%}", f"{s['median_p90_ape']:.1%}", f"{s['coverage']:.1%}",
                       f"{s['band_stretch']:.2f}")
     console.print(table)
-    console.print(f"\n| device | runtime | precision | models (families) | median APE | P90 APE | "
-                  f"{LEVEL:.0%} interval coverage |\n|---|---|---|---:|---:|---:|---:|")
+    console.print(f"\n| device | runtime | precision | models (families) | new family: median / P90 APE | "
+                  f"{STUDENT_FAMILY} family, one model held out: median / P90 APE (models) | sibling device: "
+                  f"median / P90 APE | {LEVEL:.0%} interval coverage |\n|---|---|---|---:|---:|---:|---|---:|")
     for key, r in sorted(shown.items()):
-        console.print(f"| {' | '.join(key.split(' | '))} | {r['models']} ({r['families']}) | {r['median_ape']:.0%} "
-                      f"| {r['p90_ape']:.0%} | {r['coverage']:.0%} |", soft_wrap=True)
+        own, sib = r["by_family"].get(STUDENT_FAMILY), r["sibling"]
+        console.print(f"| {' | '.join(key.split(' | '))} | {r['models']} ({r['families']}) | {r['median_ape']:.0%} / "
+                      f"{r['p90_ape']:.0%} | " + (f"{own['median_ape']:.0%} / {own['p90_ape']:.0%} ({own['models']})"
+                                                  if own else "-")
+                      + " | " + (f"{sib['device']}: {sib['median_ape']:.0%} / {sib['p90_ape']:.0%}" if sib else "-")
+                      + f" | {r['coverage']:.0%} |", soft_wrap=True)
     console.print(f"\nchosen: {best}; wrote {PREDICTOR_FILE} and {args.out}")
     return 0
 

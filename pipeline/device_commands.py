@@ -37,30 +37,43 @@ def list_targets(cfg: PipelineConfig, console: Console) -> None:
     for name, p in profiles.items():
         console.print(f"[bold]{name}[/]: {escape(p.description or '(no description)')}")
     console.print(escape(f"built-in profiles: {BUILTIN_FILE}; add yours as [targets.NAME] in pipeline.toml"))
-    from targets.predict.predictor import available
+    from targets.predict.predictor import available, table_jobs_by_compute_unit
 
     by_device: dict[str, set[str]] = {}
     for device, runtime, precision in available():
         by_device.setdefault(device, set()).add(f"{runtime} {precision}")
-    console.print("public_device (predicted latency, from Qualcomm AI Hub's public measurements): " + "; ".join(
+    console.print("public_device (predicted NPU latency, from Qualcomm AI Hub's public measurements): " + "; ".join(
         escape(f"{d} ({', '.join(sorted(r))})") for d, r in sorted(by_device.items())))
+    jobs = table_jobs_by_compute_unit()
+    console.print(f"the public table for these devices and runtimes is {jobs['NPU']} NPU, {jobs['GPU']} GPU and "
+                  f"{jobs['CPU']} CPU jobs: predictions are NPU latency; no phone CPU latency can be predicted from it")
 
 
 def bench_predicted(fitting: list[Model], models: list[Model], name: str, profile, console: Console) -> list[dict]:
-    """A predicted target's rows for the given files: features from the .onnx among them (taken as the float
-    graph of every file given)."""
+    """A predicted target's rows for the given files, each at the precision its own numerics say (read from the
+    file): features from the fp32 .onnx among them (the float graph the others are taken to be made from)."""
     from stages.benchmark import predicted_row_text
+    from targets.predict.file_numerics import file_numerics
     from targets.predict.rows import predicted_rows
 
-    graph = next((m for m in models if m.path.suffix == ".onnx"), None)
+    read = {m.path: file_numerics(m.path) for m in models if m in fitting or m.path.suffix == ".onnx"}
+    graph = next((m for m in models if m.path.suffix == ".onnx" and read[m.path] == FP32), None)
     if graph is None:
-        raise UserError(f"--target {name} predicts latency from an ONNX graph's features: give the model's .onnx "
-                        "too (its float export)")
-    given = [Model(m.key, m.path, m.runtime, "fp32", FP32) for m in fitting if m is not graph]
+        raise UserError(f"--target {name} predicts latency from the fp32 ONNX graph's features: give the model's fp32 "
+                        ".onnx too (its float export: quantized files are predicted from its features)")
+    given = [Model(m.key, m.path, m.runtime, precision_label(read[m.path]), read[m.path])
+             for m in fitting if m is not graph]
     rows = predicted_rows([Model(graph.key, graph.path, "onnxruntime", "fp32", FP32), *given], name, profile)
     for row in rows:
         console.print(predicted_row_text(row), markup=False)
     return rows
+
+
+def precision_label(numerics: Numerics) -> str:
+    """A readable precision for numerics read from a file: fp32, fp16, int8 static, int8 dynamic..."""
+    if numerics.scheme in ("float", "unknown"):
+        return numerics.weights
+    return f"{numerics.weights} {numerics.scheme}"
 
 
 def model_of(path: str) -> Model:

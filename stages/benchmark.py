@@ -78,8 +78,9 @@ class BenchmarkStage(Stage):
                     within = "latency_ms" in row and row["budget"]["latency_ok"]
                     log.log(logging.INFO if within else logging.WARNING, timed_row_text(row))
         add_diagnoses(rows)
+        architecture = read_json(ctx.inputs["export"] / "export.json")["model"]  # for its family's held-out error
         predicted = [row for name, p in profiles.items() if p.public_device
-                     for row in predicted_rows(models, name, p)]
+                     for row in predicted_rows(models, name, p, architecture)]
         for row in predicted:
             log.info(predicted_row_text(row))
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}
@@ -106,14 +107,24 @@ def timed_row_text(row: dict) -> str:
 
 
 def predicted_row_text(row: dict) -> str:
+    """A predicted row in one line: the NPU latency and its interval, p90 as the interval's upper end, the
+    held-out error of its basis with the sibling-device error, and what the public table covers."""
     head = f"{row['target']} / {row['artifact']}"
+    jobs = row["public_coverage"]["jobs_by_compute_unit"]
+    table = (f"public table for {row['public_device']} {row['public_runtime']}: {jobs['NPU']} NPU, {jobs['GPU']} GPU, "
+             f"{jobs['CPU']} CPU jobs: no phone CPU latency can be predicted from it")
     if "predicted" not in row:
-        return f"{head}: predicted: {row['error']}"
-    p = row["predicted"]
-    lo, hi = p["interval_ms"]
-    return (f"{head}: predicted {p['p50_ms']:.3f} ms ({p['level']:.0%} interval {lo:.3f}-{hi:.3f}) on "
-            f"{p['device']} {p['runtime']} {p['precision']}, from {p['models']} public models "
-            f"(held-out median error {p['median_ape']:.0%})" + (" [widened: extrapolated]" if p["widened"] else ""))
+        return f"{head}: predicted: {row['error']} ({table})"
+    p, lat, e = row["predicted"], row["latency_ms"], row["predicted"]["held_out_error"]
+    lo, hi = lat["p50_interval"]
+    basis = f"{e['family']} family, one model held out" if e["basis"] == "own family held out" else "new family"
+    sibling = (f"; fitted from its sibling {e['sibling_device']}: {e['sibling_device_median_ape']:.0%}"
+               if e["sibling_device"] else "")
+    widened = f" [interval widened: {'; '.join(p['widened'])}]" if p["widened"] else ""
+    return (f"{head}: predicted NPU p50 {p['p50_ms']:.3f} ms ({p['level']:.0%} interval {lo:.3f}-{hi:.3f}; p90 "
+            f"stated as its upper end {lat['p90']:.3f} ms) on {p['device']} {p['runtime']} {p['precision']} "
+            f"({row['precision']}), from {p['models']} public models; held-out error ({basis}, {e['models']} "
+            f"models): median {e['median_ape']:.0%}, p90 {e['p90_ape']:.0%}{sibling}; {table}{widened}")
 
 
 def interval(lat: dict) -> str:

@@ -1,6 +1,8 @@
 """Latency predicted from public on-device measurements (targets/predict/): the tables read out of a
 qai-hub-models wheel, graph features, held-out error and interval coverage, the widening for what the
-features miss, profile checks, and the place of predictions in the ship choice."""
+features miss, profile checks, the place of predictions in the ship choice, and what a predicted row states:
+the precision its file's numerics say, p90 as the interval's upper end, the held-out error of its own family
+(or a new family's) beside the sibling device's, and the NPU-only coverage of the public table."""
 from __future__ import annotations
 
 import csv
@@ -10,10 +12,12 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import artifact_folder
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.ship import choose
-from targets.numerics import floating, static_int8
+from targets.latency import Model
+from targets.numerics import FP32, Numerics, dynamic_int8, floating, static_int8
 from targets.predict.features import features
 from targets.predict.measurements import FIELDS, OUT, main, read_wheel
 from targets.predict.predictor import (
@@ -23,11 +27,15 @@ from targets.predict.predictor import (
     accuracy_context,
     chosen,
     datasets,
+    details,
     evaluate,
     hold_out,
     predict,
+    public_coverage,
 )
-from targets.predict.zoo import ZOO
+from targets.predict.rows import predicted_rows
+from targets.predict.zoo import STUDENT_FAMILY, ZOO, family_of
+from targets.profiles import TargetProfile
 
 PERF = """precisions:
   float:
@@ -164,7 +172,7 @@ def test_every_training_point_traces_to_a_public_job_and_a_model_built_here():
 def test_held_out_models_land_in_the_stated_interval_at_its_nominal_rate():
     """Leave-one-family-out on the two devices with the most data: the interval, set from the other families'
     errors, holds the held-out measurement at least LEVEL - 10 points of the time; the shipped predictor.json
-    is what the shipped tables give."""
+    (its per-family and sibling-device errors included) is what the shipped tables give."""
     shipped = chosen()
     inside = total = 0
     for key, data in datasets().items():
@@ -172,7 +180,9 @@ def test_held_out_models_land_in_the_stated_interval_at_its_nominal_rate():
             continue
         stats = shipped["datasets"][" | ".join(key)]
         result = evaluate(hold_out(data, shipped["kind"]), shipped["band_stretch"], stats["coverage_factor"])
-        assert result == stats
+        assert result == {k: stats[k] for k in result}
+        assert details(key, datasets(), shipped["kind"]) == {"by_family": stats["by_family"],
+                                                              "sibling": stats["sibling"]}
         inside += result["coverage"] * result["models"]
         total += result["models"]
     assert total > 100 and inside / total >= LEVEL - 0.10
@@ -266,6 +276,22 @@ def test_a_run_shows_predicted_rows_for_the_named_devices_and_never_as_measured(
         assert len(p["nearest"]) == 3 and p["models"] >= MIN_MODELS and r["accuracy_context"]["models"] > 0
     skipped = [r for r in latency["predicted"] if "predicted" not in r]
     assert skipped and all("not predicted" in r["error"] for r in skipped)  # dynamic INT8: no NPU counterpart
+    assert all(Numerics.of(r).scheme == "dynamic" and "dynamic INT8" in r["error"] for r in skipped)
+    for r in predicted:  # the precision predicted is the artifact's numerics; the error is the student's family's
+        assert r["predicted"]["precision"] == ("w8a8" if Numerics.of(r) == Numerics(**static_int8()) else "float")
+        assert r["predicted"]["held_out_error"]["basis"] == "own family held out"
+        assert r["predicted"]["held_out_error"]["family"] == STUDENT_FAMILY
+        assert r["latency_ms"]["p90"] == r["predicted"]["interval_ms"][1] > r["latency_ms"]["p50"]
+    from targets.predict.file_numerics import file_numerics
+
+    read = 0  # what `manifold-edge bench` reads from a file is what the export and quantize stages recorded
+    for stage in ("export", "quantize"):
+        folder = artifact_folder(trained_run, stage)
+        for a in json.loads((folder / f"{stage}.json").read_text())["artifacts"].values():
+            if a["file"].endswith((".onnx", ".tflite")):
+                assert file_numerics(folder / a["file"]) == Numerics.of(a), a["file"]
+                read += 1
+    assert read >= 6
     for name in named:
         assert report["ship"][name]["label"] == "predicted" and "not measured" in report["ship"][name]["why"]
         card = (trained_run / "runs" / "default" / "deploy" / name / "MODEL_CARD.md").read_text()
@@ -301,3 +327,153 @@ def test_only_static_int8_has_an_npu_counterpart():
     assert public_precision(Numerics(**floating("fp16"))) == public_precision(Numerics(**floating("fp32"))) == "float"
     for other in (dynamic_int8(), weights_only("palette4", "fp16"), weights_only("int8", "fp32")):
         assert public_precision(Numerics(**other)) is None
+
+
+def _numerics_variants(folder):
+    """The test graph as fp32, static INT8 (QDQ) and dynamic INT8 ONNX files, made by ONNX Runtime's quantizer
+    as the quantize stage does."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": np.random.default_rng(i).random((1, 3, 16, 16), np.float32)} for i in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    onnx.save(_graph_with(extra_op=False), folder / "mine.onnx")
+    quantize_static(str(folder / "mine.onnx"), str(folder / "mine_int8.onnx"), Images(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_dynamic(str(folder / "mine.onnx"), str(folder / "mine_dynamic.onnx"), weight_type=QuantType.QInt8)
+    return [folder / n for n in ("mine.onnx", "mine_int8.onnx", "mine_dynamic.onnx")]
+
+
+def test_bench_predicts_each_file_at_the_precision_its_numerics_say(tmp_path, capsys):
+    """Static INT8 is predicted as w8a8, dynamic INT8 is not predicted and says why, and no INT8 file is called
+    fp32; the float graph the features come from must be among the files."""
+    from pipeline.cli import main
+    from targets.predict.file_numerics import file_numerics
+
+    files = _numerics_variants(tmp_path)
+    assert [file_numerics(f) for f in files] == [FP32, Numerics(**static_int8()), Numerics(**dynamic_int8())]
+    out = tmp_path / "bench.json"
+    assert main(["bench", *map(str, files), "--target", "galaxy-s24-npu-qnn", "--json", str(out)]) == 0
+    rows = {r["artifact"]: r for r in json.loads(out.read_text())["predicted"]}
+    assert rows["mine.onnx"]["predicted"]["precision"] == "float" and rows["mine.onnx"]["precision"] == "fp32"
+    static = rows["mine_int8.onnx"]
+    assert static["predicted"]["precision"] == "w8a8" and static["precision"] == "int8 static"
+    assert Numerics.of(static) == Numerics(**static_int8())
+    dynamic = rows["mine_dynamic.onnx"]
+    assert "predicted" not in dynamic and "latency_ms" not in dynamic and dynamic["precision"] == "int8 dynamic"
+    assert "dynamic INT8" in dynamic["error"] and "not predicted" in dynamic["error"]
+    assert "mine_dynamic.onnx: predicted: dynamic INT8" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["bench", str(files[1]), "--target", "galaxy-s24-npu-qnn"]) == 2
+    assert "give the model's fp32 .onnx too" in capsys.readouterr().err
+
+
+def _features_of_graph(tmp_path):
+    import onnx
+
+    onnx.save(_graph_with(extra_op=False), tmp_path / "g.onnx")
+    return features(tmp_path / "g.onnx")
+
+
+def _rows(tmp_path, public_device="Samsung Galaxy S24", runtime="onnxruntime", budget=10.0, architecture=None,
+          extra=()):
+    """The predicted rows of the test graph's fp32 ONNX (and `extra` models) on a predicted target."""
+    import onnx
+
+    onnx.save(_graph_with(extra_op=False), tmp_path / "g.onnx")
+    profile = TargetProfile(runtime=runtime, public_device=public_device, connection="predicted",
+                            latency_budget_ms=budget)
+    models = [Model("onnx", tmp_path / "g.onnx", "onnxruntime", "fp32", FP32), *extra]
+    return predicted_rows(models, "npu", profile, architecture)
+
+
+def test_a_predicted_p90_is_the_interval_s_upper_end_and_the_budget_reads_it(tmp_path):
+    """The public table has one time per job: p90 is stated as the interval's upper end (not a copy of p50), the
+    interval travels as p50_interval like a timed row's, and the p90 budget is checked against it."""
+    (row,) = _rows(tmp_path)
+    lat, p = row["latency_ms"], row["predicted"]
+    assert lat["p50"] == p["p50_ms"] < lat["p90"] == p["interval_ms"][1]
+    assert lat["p50_interval"] == p["interval_ms"] and "upper end" in lat["p90_basis"]
+    (tight,) = _rows(tmp_path, budget=(lat["p50"] + lat["p90"]) / 2)  # p50 within it, the upper end not
+    assert tight["latency_ms"] == lat and tight["budget"]["latency_ok"] is False
+    assert row["budget"]["latency_ok"] is True
+
+
+def test_the_error_stated_is_the_own_family_s_else_a_new_family_s_with_the_sibling_device_s_beside_it(tmp_path):
+    """A ViT (the default student's family) is predicted with the ViT family's leave-one-model-out error, which
+    is larger than the all-families figure; a model of unknown family gets the new-family error; both carry the
+    error of fitting the device from its sibling, and the ViT interval holds the ViT models' held-out errors."""
+    from stages.benchmark import predicted_row_text
+
+    f = _features_of_graph(tmp_path)
+    stats = chosen()["datasets"]["Samsung Galaxy S24 | tflite | float"]
+    own = predict(f, "Samsung Galaxy S24", "tflite", "float", family="vit")
+    new = predict(f, "Samsung Galaxy S24", "tflite", "float")
+    assert own["held_out_error"] | {"basis": None} == {
+        "basis": None, "family": "vit", "models": 2, "median_ape": stats["by_family"]["vit"]["median_ape"],
+        "p90_ape": stats["by_family"]["vit"]["p90_ape"], "sibling_device": "Samsung Galaxy S25",
+        "sibling_device_median_ape": stats["sibling"]["median_ape"],
+        "sibling_device_p90_ape": stats["sibling"]["p90_ape"]}
+    assert own["held_out_error"]["basis"] == "own family held out" and new["held_out_error"]["basis"] == "new family"
+    assert (new["median_ape"], new["held_out_error"]["models"]) == (stats["median_ape"], stats["models"])
+    assert own["median_ape"] > 2 * new["median_ape"]  # ViTs are predicted worse than the average family
+    lo, hi = (np.log(v / own["p50_ms"]) for v in own["interval_ms"])
+    assert lo <= stats["by_family"]["vit"]["log_err"][0] and stats["by_family"]["vit"]["log_err"][1] <= hi
+    assert any("vit family's public models" in w for w in own["widened"])
+    (row,) = _rows(tmp_path, runtime="litert", extra=[Model("litert", tmp_path / "g.tflite", "litert", "fp32", FP32)],
+                   architecture="convstem_vit_tiny")
+    text = predicted_row_text(row)
+    assert "vit family, one model held out, 2 models" in text and "sibling Samsung Galaxy S25" in text
+
+
+def test_a_timm_model_s_family_is_the_public_family_of_its_class():
+    assert family_of("convstem_vit_tiny") == STUDENT_FAMILY == "vit"
+    assert load_config(None, []).student.model == "convstem_vit_tiny"  # the default student
+    timm_builders = {m: b.split(":")[1] for m, b in [(m, v[1]) for m, v in ZOO.items()] if b.startswith("timm:")}
+    found = {m: family_of(name) for m, name in timm_builders.items()}
+    assert all(family in (ZOO[m][0], None) for m, family in found.items())  # never another family's
+    assert {m for m, family in found.items() if family is None} == {"efficientnet_lite4", "mobile_vit"}
+    assert family_of("not_a_timm_model") is None and family_of(None) is None
+
+
+def test_predictions_are_npu_only_and_every_row_says_what_the_public_table_covers(tmp_path, capsys):
+    """The fit reads NPU jobs only; every predicted row, predicted or not, counts the table's NPU / GPU / CPU jobs
+    for its device and runtime and says no phone CPU latency can be predicted; so does `manifold-edge targets`."""
+    from pipeline.cli import main
+    from stages.benchmark import predicted_row_text
+
+    with open(OUT) as f:
+        rows = list(csv.DictReader(f))
+    unit = {(r["model"], r["device"], r["runtime"], r["precision"]): r["compute_unit"] for r in rows}
+    assert {unit[(m, *key)] for key, d in datasets().items() for m in d.models} == {"NPU"}
+    counts = {"NPU": 0, "GPU": 0, "CPU": 0}
+    for r in rows:
+        if (r["device"], r["runtime"]) == ("Samsung Galaxy S24", "tflite"):
+            counts[r["compute_unit"]] += 1
+    assert counts["CPU"] > 0 and public_coverage("Samsung Galaxy S24", "tflite")["jobs_by_compute_unit"] == counts
+    dynamic = Model("litert_int8_dynamic", tmp_path / "d.tflite", "litert", "int8 dynamic", Numerics(**dynamic_int8()))
+    for row in _rows(tmp_path, runtime="litert", extra=[dynamic]):
+        assert row["public_coverage"]["jobs_by_compute_unit"] == counts and row["public_coverage"]["predicts"] == "NPU"
+        assert f"{counts['NPU']} NPU, {counts['GPU']} GPU, {counts['CPU']} CPU jobs" in predicted_row_text(row)
+        assert "no phone CPU latency can be predicted" in predicted_row_text(row)
+    assert main(["targets"]) == 0
+    assert "no phone CPU latency can be predicted" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_a_precision_the_device_has_no_public_jobs_of_is_not_predicted_and_says_so(tmp_path):
+    """Dragonwing Q-7790 has w8a8 jobs only: its float artifact is not predicted, with the reason."""
+    extra = [Model("litert", tmp_path / "m.tflite", "litert", "fp32", FP32)]
+    (row,) = _rows(tmp_path, public_device="Dragonwing Q-7790", runtime="litert", extra=extra)
+    assert "predicted" not in row and "latency_ms" not in row
+    assert "no public measurements of float models on Dragonwing Q-7790 with tflite (there are: w8a8)" in row["error"]
+    assert row["error"].endswith("not predicted")

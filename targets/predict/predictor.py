@@ -2,12 +2,15 @@
 
 One data set per (device, runtime, precision): the public models' graph features (features.csv, built
 here) joined with their on-device inference times (measurements.csv, Qualcomm AI Hub). Several model
-kinds are fitted on it; bench/latency_predictor.py measures each by leave-one-family-out error (all
-variants of one architecture held out together) and writes the winner to predictor.json. A prediction
-refits the chosen kind on the shipped tables (milliseconds, no network) and states an interval: the
-10th-90th percentile of the held-out log errors on that data set, stretched by one factor calibrated so
-that bands made without a family hold LEVEL of that family's models, and widened by rule (stated in the
-prediction) for a model outside the public models' FLOPs range or with op types the features do not cover.
+kinds are fitted on it (NPU jobs only: the table has no phone CPU timings); bench/latency_predictor.py measures
+each by leave-one-family-out error (all variants of one architecture held out together) and writes the winner
+to predictor.json with, per data set, each family's leave-one-model-out error and the error of fitting the
+device from its sibling. A prediction refits the chosen kind on the shipped tables (milliseconds, no network),
+states the held-out error of its basis (the model's own family when the table has it, else a new family's),
+and an interval: the 10th-90th percentile of the held-out log errors on that data set, stretched by one factor
+calibrated so that bands made without a family hold LEVEL of that family's models, extended to hold the own
+family's held-out errors, and widened by rule (stated in the prediction) for a model outside the public
+models' FLOPs range or with op types the features do not cover.
 """
 from __future__ import annotations
 
@@ -32,6 +35,10 @@ COSTS = ["linear_gflops", "attention_gflops", "conv_gflops", "dwconv_gflops", "s
          "elementwise_melems", "pool_melems", "movement_mb", "param_mb"]
 NEAR = ["total_gflops", "param_mb", "activation_mb", "nodes"]  # what "similar" means for the nearest models
 UNCOVERED_WIDENING = 1.5  # log-interval half-widths times this when the graph has ops the features miss
+# a device -> the adjacent generation of its line in the table: the sibling-device error fits one from the other
+SIBLINGS = {"Samsung Galaxy S22 5G": "Samsung Galaxy S24", "Samsung Galaxy S24": "Samsung Galaxy S25",
+            "Samsung Galaxy S25": "Samsung Galaxy S24", "Samsung Galaxy S26": "Samsung Galaxy S25",
+            "Snapdragon X Elite CRD": "Snapdragon X2 Elite CRD", "Snapdragon X2 Elite CRD": "Snapdragon X Elite CRD"}
 
 
 @dataclass
@@ -126,11 +133,12 @@ def zoo_features() -> dict[str, dict]:
 
 @cache
 def datasets() -> dict[tuple[str, str, str], Dataset]:
-    """Every (device, runtime, precision) with at least MIN_MODELS public models of MIN_FAMILIES families."""
+    """Every (device, runtime, precision) with at least MIN_MODELS public models of MIN_FAMILIES families, from
+    the jobs that ran mainly on the NPU (a job AI Hub lists as GPU or CPU is a model the NPU did not take)."""
     zoo = zoo_features()
     grouped: dict[tuple, list[dict]] = {}
     for row in _read(MEASUREMENTS_FILE):
-        if row["model"] in zoo and row["runtime"] in RUNTIMES:
+        if row["model"] in zoo and row["runtime"] in RUNTIMES and row["compute_unit"] == "NPU":
             grouped.setdefault((row["device"], row["runtime"], row["precision"]), []).append(row)
     out = {}
     for key, rows in sorted(grouped.items()):
@@ -212,6 +220,43 @@ def evaluate(run: HeldOut, factor: float, coverage_factor: float) -> dict:
             "coverage_factor": coverage_factor, "band": [round(v, 4) for v in widened(*band(run.log_err), factor)]}
 
 
+def _errors(pred: np.ndarray, ms: np.ndarray) -> dict:
+    ape = np.abs(pred / ms - 1)
+    return {"models": len(ape), "median_ape": round(float(np.median(ape)), 4),
+            "p90_ape": round(float(np.quantile(ape, 0.9)), 4)}
+
+
+def by_family(data: Dataset, kind: str) -> dict[str, dict]:
+    """Per family, the error for a new member of a family the table has: each model predicted by `kind` fitted
+    on all the others (leave-one-model-out: its family's other members stay in the fit), and the range of its
+    family's log(measured / predicted)."""
+    pred = np.array([KINDS[kind](np.delete(data.x, i, axis=0), np.delete(data.ms, i))(data.x[i:i + 1])[0]
+                     for i in range(len(data.ms))])
+    log_err, families = np.log(data.ms / pred), np.array(data.families)
+    return {family: {**_errors(pred[families == family], data.ms[families == family]),
+                     "log_err": [round(float(log_err[families == family].min()), 4),
+                                 round(float(log_err[families == family].max()), 4)]}
+            for family in sorted(set(data.families))}
+
+
+def sibling_error(data: Dataset, sibling: Dataset, kind: str) -> dict:
+    """The error of predicting `data`'s device from its sibling's: each model predicted by `kind` fitted on the
+    sibling's measurements of the other families (the model and its family unseen, as for a new model)."""
+    families, theirs = np.array(data.families), np.array(sibling.families)
+    pred = np.empty(len(data.ms))
+    for family in dict.fromkeys(data.families):
+        out = families == family
+        pred[out] = KINDS[kind](sibling.x[theirs != family], sibling.ms[theirs != family])(data.x[out])
+    return {"device": sibling.key[0], **_errors(pred, data.ms)}
+
+
+def details(key: tuple[str, str, str], data: dict[tuple[str, str, str], Dataset], kind: str) -> dict:
+    """What predictor.json adds to a data set's held-out error: per-family and sibling-device errors."""
+    sibling = data.get((SIBLINGS.get(key[0]), *key[1:]))
+    return {"by_family": by_family(data[key], kind),
+            "sibling": sibling_error(data[key], sibling, kind) if sibling else None}
+
+
 def evaluate_kind(kind: str, data: dict[tuple[str, str, str], Dataset]) -> tuple[float, dict[str, dict]]:
     """One kind on every data set: the band stretch calibrated on all of them, and per data set its error
     with a coverage measured with the stretch calibrated on the other devices' data sets."""
@@ -257,9 +302,52 @@ def check_public(device: str, public_runtime: str | None, runtime: str) -> None:
         raise ValueError(f"public_runtime: {device} has no public {wanted} measurements; it has {', '.join(have)}")
 
 
-def predict(f: dict, device: str, runtime: str, precision: str) -> dict:
-    """The latency of a model with features `f` (features.features) on one public device, runtime and
-    precision: point, interval, the error behind it, why it was widened, and the 3 nearest public models."""
+def held_out_error(stats: dict, family: str | None) -> dict:
+    """The error a prediction states: its own family's leave-one-model-out error when the data set has that
+    family, else a new family's (leave-one-family-out, all models), with the sibling-device error beside it."""
+    own = stats["by_family"].get(family) if family else None
+    basis = ({"basis": "own family held out", "models": own["models"], "median_ape": own["median_ape"],
+              "p90_ape": own["p90_ape"]} if own else
+             {"basis": "new family", "models": stats["models"], "median_ape": stats["median_ape"],
+              "p90_ape": stats["p90_ape"]})
+    sibling = stats["sibling"] or {}
+    return {**basis, "family": family, "sibling_device": sibling.get("device"),
+            "sibling_device_median_ape": sibling.get("median_ape"), "sibling_device_p90_ape": sibling.get("p90_ape")}
+
+
+@cache
+def _jobs_by_unit() -> dict[tuple[str, str], dict[str, int]]:
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for row in _read(MEASUREMENTS_FILE):
+        units = counts.setdefault((row["device"], row["runtime"]), {"NPU": 0, "GPU": 0, "CPU": 0})
+        units[row["compute_unit"]] = units.get(row["compute_unit"], 0) + 1
+    return counts
+
+
+def public_coverage(device: str, runtime: str) -> dict:
+    """What the public table holds for one device and runtime: its jobs by AI Hub's primary compute unit (all
+    models and precisions), and what can be predicted from it."""
+    jobs = _jobs_by_unit().get((device, runtime), {"NPU": 0, "GPU": 0, "CPU": 0})
+    return {"device": device, "runtime": runtime, "jobs_by_compute_unit": jobs, "predicts": "NPU",
+            "note": f"{jobs['NPU']} NPU, {jobs['GPU']} GPU, {jobs['CPU']} CPU jobs (a GPU or CPU job is a model "
+                    "the NPU did not take); predictions are NPU latency, fitted on NPU jobs only: no phone CPU "
+                    "latency can be predicted from this table"}
+
+
+def table_jobs_by_compute_unit() -> dict[str, int]:
+    """The public jobs of the devices with data sets, on the runtimes a prediction serves, by compute unit."""
+    devices, total = {k[0] for k in available()}, {"NPU": 0, "GPU": 0, "CPU": 0}
+    for (device, runtime), units in _jobs_by_unit().items():
+        if device in devices and runtime in RUNTIMES:
+            for unit, n in units.items():
+                total[unit] = total.get(unit, 0) + n
+    return total
+
+
+def predict(f: dict, device: str, runtime: str, precision: str, family: str | None = None) -> dict:
+    """The latency of a model with features `f` (features.features) of architecture `family` (zoo.family_of;
+    None: unknown) on one public device's NPU, runtime and precision: point, interval, the held-out error behind
+    them, why the interval was widened, and the 3 nearest public models."""
     key = (device, runtime, precision)
     stats = chosen()["datasets"].get(" | ".join(key))
     if stats is None:
@@ -272,6 +360,12 @@ def predict(f: dict, device: str, runtime: str, precision: str) -> dict:
     point = float(KINDS[kind](data.x, data.ms)(q)[0])
     lo, hi = stats["band"]
     why = []
+    own = stats["by_family"].get(family) if family else None
+    if own and (own["log_err"][0] < lo or own["log_err"][1] > hi):
+        lo, hi = min(lo, own["log_err"][0]), max(hi, own["log_err"][1])
+        why.append(f"the {family} family's public models, each held out, measured {math.exp(own['log_err'][0]):.2f}"
+                   f"-{math.exp(own['log_err'][1]):.2f}x their prediction, outside the band: interval extended to "
+                   "hold them")
     flops, known = f["total_gflops"], data.x[:, NUMERIC.index("total_gflops")]
     outside = max(known.min() / max(flops, 1e-9), flops / known.max(), 1.0)
     if outside > 1:
@@ -286,11 +380,12 @@ def predict(f: dict, device: str, runtime: str, precision: str) -> dict:
         ops = ", ".join(f"{op} x{n}" for op, n in f["uncovered"].items())
         why.append(f"ops the features do not cover ({ops}): their cost is not in the prediction, interval "
                    f"widened {UNCOVERED_WIDENING}x (by rule)")
-    return {"device": device, "runtime": runtime, "precision": precision, "kind": kind,
+    error = held_out_error(stats, family)
+    return {"device": device, "runtime": runtime, "precision": precision, "compute_unit": "NPU", "kind": kind,
             "p50_ms": round(point, 4), "interval_ms": [round(point * math.exp(lo), 4), round(point * math.exp(hi), 4)],
             "level": LEVEL, "models": stats["models"], "families": stats["families"],
-            "median_ape": stats["median_ape"], "p90_ape": stats["p90_ape"], "coverage": stats["coverage"],
-            "widened": why, "nearest": nearest(f, data)}
+            "median_ape": error["median_ape"], "p90_ape": error["p90_ape"], "held_out_error": error,
+            "coverage": stats["coverage"], "widened": why, "nearest": nearest(f, data)}
 
 
 def nearest(f: dict, data: Dataset, k: int = 3) -> list[dict]:

@@ -66,6 +66,33 @@ ZOO = {
     "swinv2_base": ("swin", "torchvision:swin_v2_b", 256),
 }
 FIELDS = ["model", "family", "builder", "input_size", *NUMERIC, "uncovered"]
+# the class timm builds a model with -> its family above; a class left out (timm's EfficientNet builds
+# EfficientNets, MobileNetV2s and MnasNets; ByobNet many designs) names no family
+FAMILY_OF_CLASS = {"VisionTransformer": "vit", "Beit": "vit", "SwinTransformer": "swin", "SwinTransformerV2": "swin",
+                   "Levit": "levit", "LevitDistilled": "levit", "ConvNeXt": "convnext", "ResNet": "resnet",
+                   "DenseNet": "densenet", "DLA": "dla", "EfficientFormer": "efficientformer",
+                   "EfficientVit": "efficientvit", "EfficientVitLarge": "efficientvit", "InceptionV3": "inception",
+                   "InceptionV4": "inception", "RegNet": "regnet", "RepVit": "repvit", "MobileNetV3": "mobilenet",
+                   "NASNetALarge": "nasnet", "Sequencer2d": "sequencer"}
+STUDENT_FAMILY = "vit"  # the default student's (convstem_vit_tiny: timm's VisionTransformer with a conv stem)
+
+
+def family_of(architecture: str | None) -> str | None:
+    """The public family of a timm model name (export.json's `model`), from the class timm builds it with (on
+    the meta device: no weights); None for a class no public family shares or a name timm cannot build."""
+    if not architecture:
+        return None
+    import timm
+    import torch
+
+    import stages.models  # noqa: F401  (registers the project's own models with timm)
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(architecture, pretrained=False)
+    except Exception:  # timm raises many types for a name it cannot build: no family
+        return None
+    return FAMILY_OF_CLASS.get(type(model).__name__)
 
 
 def build(builder: str):
