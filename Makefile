@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data test-tools run test test-fast bench clean
+.PHONY: setup data mediapipe test-tools run test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,24 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[onnx,openvino,coreml,executorch,litert,test]'
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# MediaPipe in its own environment: its TFLite metadata writer (the .tflite in deploy folders) and its
+# ImageClassifier (the test that MediaPipe takes such a file). MediaPipe 0.10.21 needs numpy 1.x, and the
+# releases since ship without the module the writer imports. --no-deps: what the writer and the classifier
+# import (MediaPipe's jax, sentencepiece and sounddevice serve other tasks).
+MEDIAPIPE := $(VENV)/mediapipe
+MEDIAPIPE_PINS := mediapipe==0.10.21 numpy==1.26.4 protobuf==4.25.9 flatbuffers==25.12.19 absl-py==2.5.1 \
+	attrs==26.1.0 opencv-contrib-python==4.11.0.86 matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 \
+	fonttools==4.69.1 kiwisolver==1.5.1 packaging==26.4 pillow==13.0.0 pyparsing==3.3.3 python-dateutil==4.0.0
+MEDIAPIPE_STAMP := $(MEDIAPIPE)/.installed-$(shell echo $(MEDIAPIPE_PINS) | cksum | cut -d' ' -f1)
+
+mediapipe: $(MEDIAPIPE_STAMP)
+
+$(MEDIAPIPE_STAMP):
+	$(PYTHON) -m venv $(MEDIAPIPE)
+	$(MEDIAPIPE)/bin/pip install --quiet --no-deps $(MEDIAPIPE_PINS)
+	rm -f $(MEDIAPIPE)/.installed-*
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist where apt exists; elsewhere the pipeline
@@ -38,13 +56,13 @@ test-tools:
 		if [ -z "$$had_sshd" ] && [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now -q ssh; fi; \
 	else echo "apt-get not found: install OpenSSH's sshd, adb and chromium, or their tests are skipped"; fi
 
-run: setup data
+run: setup data mediapipe
 	$(VENV)/bin/manifold-edge run pipeline.toml
 
-test: setup data test-tools
+test: setup data test-tools mediapipe
 	$(VENV)/bin/python -m pytest -q
 
-test-fast: setup data test-tools
+test-fast: setup data test-tools mediapipe
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: setup data

@@ -1,12 +1,31 @@
-"""What goes beside a shipped model file: preprocess.json (how an app makes the input), MODEL_CARD.md (what the
-model is and how it was measured), and the same written into the file where its format has a place for it.
-No torch here.
+"""What goes beside a shipped model file: preprocess.json (the file's own inputs and outputs, read from the file,
+and how an app makes the input), MODEL_CARD.md (what the model is, what runs it, how it was measured), and the
+same written into the file where its format has a place for it. No torch here.
+
+The .tflite's metadata is written by MediaPipe's metadata writer, which runs in its own environment
+(`make mediapipe`: MediaPipe 0.10.21 needs numpy 1.x; the releases since ship without the module the writer
+imports), called through a subprocess.
 """
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import subprocess
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# runtime -> the package whose version report.json's run.versions holds for it
+PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "coreml": "coremltools",
+            "executorch": "executorch", "litert": "ai-edge-litert"}
+NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "coreml": "Core ML", "executorch": "ExecuTorch",
+         "litert": "LiteRT"}
+MEDIAPIPE_PYTHON = "MANIFOLD_EDGE_MEDIAPIPE_PYTHON"  # the MediaPipe environment's python, if not .venv/mediapipe
+NORMALISE = "x = (pixel / 255 - mean[c]) / std[c]"
+# The input MediaPipe's ImageClassifier takes (mediapipe/tasks/cc/vision/utils/image_tensor_specs.cc)
+MEDIAPIPE_INPUT = "one 1 x height x width x 3 input (RGB, channels last), uint8 or float32"
 
 
 def latency_row(report: dict, target: str, artifact: str) -> dict:
@@ -15,26 +34,238 @@ def latency_row(report: dict, target: str, artifact: str) -> dict:
                  if r["target"] == target and r["artifact"] == artifact), {})
 
 
-def preprocess(report: dict, runtime: str) -> dict:
-    """How an app turns a picture into the model's input, from the data stage's record."""
+def artifact_record(report: dict, artifact: str) -> dict:
+    """The export or quantize stage's record of an artifact ({} when neither has it)."""
+    for stage in ("quantize", "export"):
+        record = (((report["stages"].get(stage) or {}).get("summary") or {}).get("artifacts") or {}).get(artifact)
+        if record:
+            return record
+    return {}
+
+
+def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
+    """The file's inputs and outputs as its runtime reads them: name, shape (None or a name for a dynamic
+    dimension) and dtype; Core ML features by kind (an image with its colour space and size, a multiarray, a
+    class label, a score per class) and the package's specificationVersion; LiteRT quantization parameters
+    where a tensor is quantized. Only a .pte without ExecuTorch installed is described from the export record."""
+    if runtime == "onnxruntime":
+        import onnx
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        constants = {i.name for i in graph.initializer}
+
+        def onnx_tensor(value) -> dict:
+            t = value.type.tensor_type
+            return {"name": value.name, "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                                                  for d in t.shape.dim],
+                    "dtype": tensor_dtype_to_np_dtype(t.elem_type).name}
+
+        return {"inputs": [onnx_tensor(v) for v in graph.input if v.name not in constants],
+                "outputs": [onnx_tensor(v) for v in graph.output]}
+    if runtime == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+
+        def port(p) -> dict:
+            return {"name": p.get_any_name(), "shape": [d.get_length() if d.is_static else None
+                                                        for d in p.get_partial_shape()],
+                    "dtype": p.get_element_type().to_dtype().name}
+
+        return {"inputs": [port(p) for p in model.inputs], "outputs": [port(p) for p in model.outputs]}
+    if runtime == "coreml":
+        from coremltools.proto import FeatureTypes_pb2 as types
+
+        from targets.coreml import coremltools, quiet
+
+        with quiet():
+            spec = coremltools().models.MLModel(str(path), skip_model_load=True).get_spec()
+        described = spec.description
+        roles = {described.predictedFeatureName: "the top class's name",
+                 described.predictedProbabilitiesName: "class name -> logit (the export adds no softmax: apply one "
+                                                        "for probabilities)"}
+
+        def feature(f) -> dict:
+            kind = f.type.WhichOneof("Type")
+            entry = {"name": f.name}
+            if kind == "imageType":
+                image = f.type.imageType
+                entry.update(type="image", color=types.ImageFeatureType.ColorSpace.Name(image.colorSpace),
+                             width=image.width, height=image.height)
+            elif kind == "multiArrayType":
+                array = f.type.multiArrayType
+                entry.update(type="multiarray", shape=list(array.shape),
+                             dtype=types.ArrayFeatureType.ArrayDataType.Name(array.dataType).lower())
+            elif kind == "dictionaryType":
+                entry.update(type="dictionary", key=f.type.dictionaryType.WhichOneof("KeyType").removesuffix(
+                    "KeyType"), value="double")
+            else:
+                entry["type"] = kind.removesuffix("Type")
+            if f.name in roles:
+                entry["meaning"] = roles[f.name]
+            return entry
+
+        return {"inputs": [feature(f) for f in described.input], "outputs": [feature(f) for f in described.output],
+                "specification_version": spec.specificationVersion}
+    if runtime == "litert":
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+
+        def detail(d: dict) -> dict:
+            entry = {"name": d["name"], "shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name}
+            q = d["quantization_parameters"]
+            if len(q["scales"]):
+                entry["quantization"] = {"scale": q["scales"].tolist(), "zero_point": q["zero_points"].tolist()}
+            return entry
+
+        return {"inputs": [detail(d) for d in interpreter.get_input_details()],
+                "outputs": [detail(d) for d in interpreter.get_output_details()]}
+    if runtime == "executorch":
+        try:
+            from executorch.runtime import Runtime
+        except ImportError:
+            data = report["stages"]["data"]["summary"]
+            batch = artifact_record(report, artifact).get("max_batch", 1)
+            return {"source": "the export record (ExecuTorch is not installed here)",
+                    "inputs": [{"name": "input 0", "shape": [batch, data["channels"], data["img_size"],
+                                                             data["img_size"]], "dtype": "float32"}],
+                    "outputs": [{"name": "output 0", "shape": [batch, len(data["classes"])], "dtype": "float32"}]}
+        from executorch.exir.scalar_type import ScalarType
+
+        meta = Runtime.get().load_program(Path(path)).load_method("forward").metadata
+        dtypes = {"BYTE": "uint8", "CHAR": "int8", "SHORT": "int16", "INT": "int32", "LONG": "int64",
+                  "HALF": "float16", "FLOAT": "float32", "DOUBLE": "float64", "BOOL": "bool"}
+
+        def info(kind: str, i: int) -> dict:
+            tensor = getattr(meta, f"{kind}_tensor_meta")(i)
+            name = ScalarType(tensor.dtype()).name
+            return {"name": f"{kind} {i}", "shape": list(tensor.sizes()), "dtype": dtypes.get(name, name.lower())}
+
+        return {"inputs": [info("input", i) for i in range(meta.num_inputs())],
+                "outputs": [info("output", i) for i in range(meta.num_outputs())]}
+    raise ValueError(f"no reader for runtime {runtime!r}")
+
+
+def preprocess(report: dict, choice: dict, file: str, io: dict) -> dict:
+    """preprocess.json: the file's inputs and outputs (`io`, tensors() of it) and how an app turns a picture into
+    the first input. mean/std and the formula are there only where the app applies them (not for Core ML, whose
+    package takes pixels 0-255 and normalises inside)."""
     data = report["stages"]["data"]["summary"]
     size, channels = data["img_size"], data["channels"]
-    spec = {"input_name": "input", "layout": "NCHW", "shape": [1, channels, size, size], "dtype": "float32",
-            "color": "grayscale" if channels == 1 else "RGB", "resize": [size, size],
-            "resize_method": "bilinear, antialiased", "pixel_range": [0, 255], "mean": data["mean"],
-            "std": data["std"], "output_name": "logits", "output": "logits (apply softmax for probabilities)"}
-    if runtime == "coreml":
-        coreml = report["config"]["export"]["coreml"]
-        spec.update(input_name="image", expects="image pixels (normalisation is inside the model)"
-                    if coreml["input"] == "image" else "float tensor of 0-255 pixels (normalisation is inside "
-                                                       "the model)", formula="none: pass pixels")
-    else:
-        spec.update(expects="normalised tensor", formula="x = (pixel / 255 - mean[c]) / std[c]")
+    first, output = io["inputs"][0], io["outputs"][0]
+    spec = {"file": file, "runtime": choice["runtime"], "input_name": first["name"], "inputs": io["inputs"],
+            "output_name": output["name"], "outputs": io["outputs"]}
+    if "source" in io:
+        spec["source"] = io["source"]
+    spec.update(color="grayscale" if channels == 1 else "RGB", resize=[size, size],
+                resize_method="bilinear, antialiased", pixel_range=[0, 255])
+    if choice["runtime"] == "coreml":
+        image = first["type"] == "image"
+        spec.update(expects=f"an image ({first.get('color')}, {first.get('width')} x {first.get('height')})" if image
+                    else f"a {first.get('dtype')} multiarray {first.get('shape')} of pixels 0-255, channels first",
+                    formula="none: pass pixels 0-255 (the normalisation is inside the model)",
+                    output=f"{output['name']}: the top class's name; "
+                           + "; ".join(f"{o['name']}: {o['meaning']}" for o in io["outputs"][1:] if "meaning" in o))
+        return spec
+    shape = first["shape"]
+    layout = "NCHW" if len(shape) == 4 and shape[1] == channels else \
+        "NHWC" if len(shape) == 4 and shape[3] == channels else "as shape"
+    formula = NORMALISE
+    if "quantization" in first:
+        q = first["quantization"]
+        formula += f"; then q = round(x / {q['scale'][0]:g}) + {q['zero_point'][0]} ({first['dtype']} input)"
+    batch = artifact_record(report, choice["artifact"]).get("max_batch", 1) if choice["runtime"] == "executorch" else 1
+    if batch > 1:
+        spec["batch"] = f"1 to {batch} (the .pte's sizes are the upper bound)"
+    spec.update(layout=layout, shape=shape, dtype=first["dtype"], expects="a normalised tensor", mean=data["mean"],
+                std=data["std"], formula=formula,
+                output="logits, one per class in labels.txt order (apply softmax for probabilities)"
+                       + (f"; dequantize first: (q - {output['quantization']['zero_point'][0]}) * "
+                          f"{output['quantization']['scale'][0]:g}" if "quantization" in output else ""))
     return spec
 
 
-def model_card(report: dict, choice: dict, files: list[str]) -> str:
-    """MODEL_CARD.md: what the model is, how it was made, how accurate and fast it is, and where that was measured."""
+def profile(report: dict, target: str) -> dict:
+    """The target's profile as the benchmark stage recorded it ({} when there is none)."""
+    return ((report.get("latency") or {}).get("targets") or {}).get(target) or {}
+
+
+def runtime_line(report: dict, choice: dict, files: list[str]) -> str:
+    """The runtime with the version this run used, and the backend / delegate / plugin the file needs."""
+    runtime, target = choice["runtime"], choice["target"]
+    version = (report["run"].get("versions") or {}).get(PACKAGES.get(runtime, runtime)) or "version not recorded"
+    settings = profile(report, target)
+    if runtime == "coreml":
+        units = settings.get("compute_units")
+        return (f"Core ML (the OS's; converted with coremltools {version}); compute units: "
+                + (f"{units} ({target}'s profile)" if units else "not set by the target's profile (Core ML's "
+                                                                 "default: ALL)"))
+    portable = sorted(artifact_record(report, choice["artifact"]).get("undelegated_ops") or {})
+    needs = {"executorch": "the ExecuTorch runtime with its XNNPACK backend linked (the .pte delegates to "
+                           "XnnpackBackend)" + (f" and the portable kernels of {', '.join(portable)}" if portable
+                                                else ""),
+             "litert": "the XNNPACK delegate (LiteRT's default on CPU): CPU",
+             "openvino": "the OpenVINO CPU plugin (device \"CPU\")",
+             "onnxruntime": f"the {settings.get('execution_provider') or 'CPUExecutionProvider'} (CPU execution "
+                            "provider)"}[runtime]
+    mobile = [f for f in files if f.endswith(".ort")]
+    if mobile:
+        needs += f"; {mobile[0]} is the same model for ONNX Runtime Mobile"
+    return f"{NAMES[runtime]} {version} (`{PACKAGES[runtime]}`, the version this run used); needs {needs}"
+
+
+def minimum_os(report: dict, choice: dict, io: dict) -> str:
+    """Core ML: the OS versions that run the package's specificationVersion (watchOS alone for a watch, iOS for a
+    phone, macOS for a laptop); the other runtimes: not stated (their docs give no minimum for these versions)."""
+    if choice["runtime"] != "coreml":
+        return (f"not stated (the docs of {NAMES[choice['runtime']]}'s own library give no minimum OS for this "
+                "version; check the library you link)")
+    from targets.coreml import coremltools
+
+    version = io["specification_version"]
+    names: dict[str, str] = {}
+    for alias, target in coremltools().target.__members__.items():  # iOS17, macOS14, watchOS10, tvOS17 share 8
+        if target.value == version:
+            platform = alias.rstrip("0123456789_")
+            names[platform] = f"{platform} {alias[len(platform):].replace('_', '.')}"
+    wanted = {"watch": ["watchOS"], "phone": ["iOS"], "laptop": ["macOS"]}.get(profile(
+        report, choice["target"]).get("device"), list(names))
+    return ", ".join(names[p] for p in wanted if p in names) + f" (Core ML specification version {version})"
+
+
+def mixed_precision(report: dict, choice: dict) -> str | None:
+    """What the choice or the quantize record says stays float in an INT8 file, None when nothing does."""
+    if choice.get("mixed_precision"):
+        return str(choice["mixed_precision"])
+    record = artifact_record(report, choice["artifact"])
+    kept = list((record.get("fallback") or {}).get("excluded") or [])
+    attention = record.get("float_attention_matmuls") or []
+    parts = ([f"{len(kept)} layer(s) kept in float by the accuracy fallback ({', '.join(map(str, kept))})"]
+             if kept else []) + ([f"{len(attention)} attention matmuls in float"] if attention else [])
+    return "; ".join(parts) or None
+
+
+def mediapipe_verdict(spec: dict) -> str:
+    """Whether MediaPipe's ImageClassifier can take the .tflite, from its input (MEDIAPIPE_INPUT) and its
+    normalisation (MediaPipe applies one mean and one std to every channel)."""
+    shape = spec["shape"]
+    if not (spec.get("layout") == "NHWC" and shape[0] == 1 and shape[3] in (3, 4) and spec["dtype"] in ("uint8",
+                                                                                                        "float32")):
+        return (f"MediaPipe's ImageClassifier cannot take it: its input is {spec['dtype']} {spec['layout']} {shape}, "
+                f"and MediaPipe needs {MEDIAPIPE_INPUT}")
+    if len(set(spec["mean"])) > 1 or len(set(spec["std"])) > 1:
+        return ("MediaPipe's ImageClassifier cannot take it: it applies one mean and one std to every channel, and "
+                f"this model's differ per channel (mean {spec['mean']}, std {spec['std']})")
+    return "MediaPipe's ImageClassifier takes it (image input, labels and normalisation in the metadata)"
+
+
+def model_card(report: dict, choice: dict, files: list[str], io: dict, spec: dict, tflite: str | None = None) -> str:
+    """MODEL_CARD.md: what the model is, what runs it (runtime version, backend, minimum OS), how it was made, how
+    accurate and fast it is, and where that was measured. `io` and `spec` are the file's tensors() and
+    preprocess(); `tflite` says what the .tflite's metadata holds."""
     ev, run, cfg = report["evaluation"], report["run"], report["config"]
     teacher, student = ev["teacher"], ev["student"]
     distill = report["stages"]["distill"]["summary"]
@@ -56,11 +287,20 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
                  f"{predicted['median_ape']:.0%}): not measured")
     manifold = (f" + the manifold loss (student blocks {distill['student_layers']} <- teacher blocks "
                 f"{distill['teacher_layers']})" if distill["manifold"] else "")
-    return "\n".join([
+    mixed = mixed_precision(report, choice)
+    lines = [
         f"# {student['model']} for {choice['target']}: `{files[0]}`", "",
-        f"- Runtime: {choice['runtime']}, precision: {choice['precision']}; files: {', '.join(files)}.",
+        f"- Runtime: {runtime_line(report, choice, files)}.",
+        f"- Precision: {choice['precision']}" + (f"; mixed precision: {mixed}" if mixed else "")
+        + f"; files: {', '.join(files)}.",
+        f"- Minimum OS: {minimum_os(report, choice, io)}.",
+    ]
+    if tflite is not None:
+        lines.append(f"- TFLite metadata: {tflite}; {mediapipe_verdict(spec)}.")
+    return "\n".join([
+        *lines,
         f"- Task: image classification, {len(report['stages']['data']['summary']['classes'])} classes "
-        f"(labels.txt, in output order); inputs as in preprocess.json.",
+        f"(labels.txt, in output order); inputs and outputs as in preprocess.json.",
         f"- Student: `{student['model']}`, {student['params']:,} parameters, distilled from the teacher "
         f"`{teacher['model']}` ({teacher['params']:,} parameters) with KD `{distill['kd']}`{manifold}.",
         f"- Test top-1 on the {ev['split']} split ({ev['images']} images): teacher {teacher['top1']:.2f}%, "
@@ -73,10 +313,63 @@ def model_card(report: dict, choice: dict, files: list[str]) -> str:
         f"`{run['config_hash'][:12]}`, seed {run['seed']}; licence: {cfg['export']['coreml']['license']}.", ""])
 
 
+def mediapipe_python() -> Path | None:
+    """The MediaPipe environment's python: $MANIFOLD_EDGE_MEDIAPIPE_PYTHON, else .venv/mediapipe in the
+    checkout (`make mediapipe`); None when there is none."""
+    path = Path(os.environ.get(MEDIAPIPE_PYTHON) or Path(__file__).resolve().parents[1] / ".venv" / "mediapipe" / "bin"
+                / "python")
+    return path if path.is_file() else None
+
+
+def in_mediapipe(function: str, **kwargs):
+    """Call `function` of this file in the MediaPipe environment (isolated: only this file is loaded there, by
+    path) with JSON arguments on stdin; returns its JSON result."""
+    python = mediapipe_python()
+    code = ("import importlib.util, json, sys; spec = importlib.util.spec_from_file_location('app_files', "
+            "sys.argv[1]); module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+            "print(json.dumps(getattr(module, sys.argv[2])(**json.load(sys.stdin))))")
+    done = subprocess.run([str(python), "-I", "-c", code, __file__, function], input=json.dumps(kwargs),
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"{function} failed in the MediaPipe environment ({python}): "
+                           + "\n".join(done.stderr.strip().splitlines()[-5:]))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_tflite_metadata(path: str, labels: list[str], spec: dict, card: str, name: str) -> None:
+    """Runs in the MediaPipe environment: MediaPipe's metadata writer puts into the .tflite the model's name and
+    card, its input (an image with its colour space and normalisation where the input is a channels-last
+    image, else a tensor described in words: an image property there would tell readers, which assume channels
+    last, the wrong layout) and the classification output with its labels."""
+    from mediapipe.tasks.metadata.metadata_schema_py_generated import ColorSpaceType
+    from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
+
+    writer = metadata_writer.MetadataWriter.create(bytearray(Path(path).read_bytes()))
+    writer.add_general_info(name, card)
+    channels = 1 if spec["color"] == "grayscale" else 3
+    if spec["layout"] == "NHWC":  # one value where every channel has the same (all MediaPipe applies)
+        mean, std = (values[:1] if len(set(values)) == 1 else values for values in (spec["mean"], spec["std"]))
+        writer.add_image_input([255 * m for m in mean], [255 * s for s in std],
+                               ColorSpaceType.GRAYSCALE if channels == 1 else ColorSpaceType.RGB,
+                               description=f"{spec['color']} image, pixels 0-255 (MediaPipe applies mean/std)")
+    else:
+        writer.add_feature_input(spec["input_name"], f"{spec['dtype']} {spec['layout']} {spec['shape']}, "
+                                                     f"{spec['color']}: {spec['formula']}, mean {spec['mean']}, "
+                                                     f"std {spec['std']}")
+    writer.add_classification_output(metadata_writer.Labels().add(labels),
+                                     description="a logit per class in labels order (no softmax)")
+    model, _ = writer.populate()
+    tmp = Path(path).with_name("tmp-" + Path(path).name)
+    tmp.write_bytes(model)
+    tmp.replace(path)
+
+
 def embed_metadata(path: Path, runtime: str, meta: dict[str, str]) -> None:
-    """Write `meta` into the (copied) model file where its format has a place for it: ONNX metadata_props,
-    OpenVINO rt_info (under manifold_edge), Core ML user_defined_metadata. Each is saved beside and renamed.
-    ExecuTorch .pte and LiteRT .tflite files are left as written: labels.txt and preprocess.json say it."""
+    """Write `meta` (labels, preprocess, model_card) into the (copied) model file where its format has a place for
+    it: ONNX metadata_props, OpenVINO rt_info (under manifold_edge), Core ML user_defined_metadata, TFLite metadata
+    (MediaPipe's writer: labels, input, normalisation, the card as description). Each is saved beside and
+    renamed; the .tflite only where the MediaPipe environment is (tflite_metadata() says so in the card). A .pte
+    has no place: labels.txt and preprocess.json say it."""
     if runtime == "onnxruntime":
         import onnx
 
@@ -106,16 +399,34 @@ def embed_metadata(path: Path, runtime: str, meta: dict[str, str]) -> None:
             model.save(str(tmp))
         shutil.rmtree(path)
         tmp.rename(path)
+    elif runtime == "litert" and mediapipe_python() is not None:
+        in_mediapipe("write_tflite_metadata", path=str(path), labels=json.loads(meta["labels"]),
+                     spec=json.loads(meta["preprocess"]), card=meta["model_card"], name=path.stem)
+
+
+def tflite_metadata(spec: dict) -> str:
+    """What embed_metadata writes into the .tflite with this preprocess spec, in words."""
+    if mediapipe_python() is None:
+        return f"none (no MediaPipe environment here: `make mediapipe`, or set {MEDIAPIPE_PYTHON})"
+    what = "an image input with its colour space and normalisation" if spec["layout"] == "NHWC" else \
+        f"the input described in words ({spec['layout']}: not an image to metadata readers, which assume NHWC)"
+    return f"labels, {what}, and this card (MediaPipe's metadata writer)"
 
 
 def write_app_files(report: dict, choice: dict, folder: Path, files: list[str]) -> None:
     """labels.txt, preprocess.json and MODEL_CARD.md beside the copied model `files` in `folder`, and the same
     embedded in the first file."""
     classes = report["stages"]["data"]["summary"]["classes"]
-    spec = preprocess(report, choice["runtime"])
-    card = model_card(report, choice, files)
+    path = folder / files[0]
+    io = tensors(path, choice["runtime"], report, choice["artifact"])
+    spec = preprocess(report, choice, path.name, io)
+    card = model_card(report, choice, files, io, spec,
+                      tflite_metadata(spec) if choice["runtime"] == "litert" else None)
     (folder / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
     (folder / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")
     (folder / "MODEL_CARD.md").write_text(card)
-    embed_metadata(folder / files[0], choice["runtime"], {"labels": json.dumps(classes),
-                                                          "preprocess": json.dumps(spec), "model_card": card})
+    if choice["runtime"] == "litert" and mediapipe_python() is None:
+        log.warning(f"{path.name}: no TFLite metadata written (no MediaPipe environment: `make mediapipe`, or set "
+                    f"{MEDIAPIPE_PYTHON})")
+    embed_metadata(path, choice["runtime"], {"labels": json.dumps(classes), "preprocess": json.dumps(spec),
+                                             "model_card": card})
