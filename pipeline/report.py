@@ -374,6 +374,26 @@ def ship_summary(report: dict) -> list[str]:
     return lines
 
 
+def ship_matrix(ship: dict) -> list[str]:
+    """Targets x SDKs: the file each SDK's app ships, the overall pick in bold (a table that fits a screen)."""
+    runtimes = [r for r in RUNTIME_NAMES if any(r in a["by_runtime"] for a in ship.values())]
+    lines = ["| target | " + " | ".join(f"app links {RUNTIME_NAMES[r]}" for r in runtimes) + " |",
+             "|---|" + "---|" * len(runtimes)]
+    for name, answer in ship.items():
+        cells = []
+        for runtime in runtimes:
+            c = answer["by_runtime"].get(runtime)
+            if c is None:
+                cells.append("")
+                continue
+            shown = f"`{c['artifact']}`" if c.get("artifact") else "nothing ships"
+            if answer.get("overall") == runtime:
+                shown = f"**{shown}**" + ("" if answer["separated"] else " *(tie)*")
+            cells.append(shown)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def ship_lines(report: dict) -> list[str]:
     """The first screen: per target, the overall pick and the file to ship for each SDK an app may link (under
     deploy/<target>/<runtime>/), its accuracy and speed, and why."""
@@ -381,13 +401,16 @@ def ship_lines(report: dict) -> list[str]:
     if not ship:
         return []
     prefer = (report["config"].get("ship") or {}).get("prefer", "accuracy")
-    lines = ["## Ship", "", "Per target and per SDK (runtime) an app on it may link, by one rule (pipeline/ship.py): "
+    lines = ["## Ship", "", "Your app links one SDK: its column is your answer (`deploy/<target>/<runtime>/`); "
+             "**bold** is the overall pick, *(tie)* where no runtime is faster than the others beyond noise.", "",
+             *ship_matrix(ship), "",
+             "Per target and per SDK (runtime) an app on it may link, by one rule (pipeline/ship.py): "
              "within quantize.max_drop top-1 points of the fp32 student and the target's budgets, the fastest: a "
              "file is faster only when the medians' 95% intervals do not overlap and its median is at least 5% "
              f"lower, otherwise the files tie and the tie goes by ship.prefer = \"{prefer}\" "
              "(accuracy: no real top-1 loss first, then the smaller file; size: the smaller file first), then "
-             "the profile's runtime order. **Overall** marks the pick across SDKs. Each folder holds the model, "
-             "labels.txt, preprocess.json and MODEL_CARD.md.", "",
+             "the profile's runtime order. Each folder holds the model, labels.txt, preprocess.json and "
+             "MODEL_CARD.md.", "",
              "| target | app links | ship | precision | top-1 % (Δ vs fp32, 95% interval) | latency ms | size MB "
              "| why |",
              "|---|---|---|---|---|---|---:|---|"]

@@ -56,7 +56,7 @@ def best_evidence(rows: list[dict]) -> list[dict]:
 def beats(a: dict, b: dict) -> tuple[bool, dict]:
     """Whether latency row `a` is faster than row `b` (see the module's step 3), with the comparison."""
     c = compare_latency(a, b)
-    return c["speedup"] >= SAME_SPEED and c["verdict"] in (FASTER, UNKNOWN), c
+    return c["speedup"] is not None and c["speedup"] >= SAME_SPEED and c["verdict"] in (FASTER, UNKNOWN), c
 
 
 def ratio_text(c: dict) -> str:

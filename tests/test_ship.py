@@ -256,9 +256,15 @@ def test_the_first_screen_is_the_ship_table(trained_run, tmp_path):
     dom, _, shot = render(trained_run / "runs" / "default" / "report.html", tmp_path, height=800)
     headings = re.findall(r"<h2[^>]*>(.*?)</h2>", dom)
     assert headings[0] == "Ship"
-    table = re.search(r"<h2[^>]*>Ship</h2>.*?<table>(.*?)</table>", dom, re.S).group(1)
-    for target in read_report(trained_run)["ship"]:
-        assert f"deploy/{target}/" in table
+    matrix, detail = re.search(r"<h2[^>]*>Ship</h2>.*?<table>(.*?)</table>.*?<table>(.*?)</table>", dom,
+                               re.S).groups()
+    for target, answer in read_report(trained_run)["ship"].items():
+        row = re.search(rf"<td>{re.escape(target)}</td>(.*?)</tr>", matrix, re.S).group(1)
+        for choice in answer["by_runtime"].values():
+            assert choice["artifact"] is None or f"<code>{choice['artifact']}</code>" in row
+        if answer["artifact"]:  # the overall pick, bold, and its folder in the detailed table
+            assert f"<strong><code>{answer['artifact']}</code></strong>" in row
+            assert f"deploy/{target}/{answer['runtime']}/" in detail
     assert shot.stat().st_size > 10_000
 
 
