@@ -167,8 +167,7 @@ def preprocess(report: dict, choice: dict, file: str, io: dict) -> dict:
         spec.update(expects=f"an image ({first.get('color')}, {first.get('width')} x {first.get('height')})" if image
                     else f"a {first.get('dtype')} multiarray {first.get('shape')} of pixels 0-255, channels first",
                     formula="none: pass pixels 0-255 (the normalisation is inside the model)",
-                    output=f"{output['name']}: the top class's name; "
-                           + "; ".join(f"{o['name']}: {o['meaning']}" for o in io["outputs"][1:] if "meaning" in o))
+                    output="; ".join(f"{o['name']}: {o['meaning']}" for o in io["outputs"] if "meaning" in o))
         return spec
     shape = first["shape"]
     layout = "NCHW" if len(shape) == 4 and shape[1] == channels else \
@@ -196,7 +195,7 @@ def profile(report: dict, target: str) -> dict:
 def runtime_line(report: dict, choice: dict, files: list[str]) -> str:
     """The runtime with the version this run used, and the backend / delegate / plugin the file needs."""
     runtime, target = choice["runtime"], choice["target"]
-    version = (report["run"].get("versions") or {}).get(PACKAGES.get(runtime, runtime)) or "version not recorded"
+    version = (report["run"].get("versions") or {}).get(PACKAGES[runtime]) or "version not recorded"
     settings = profile(report, target)
     if runtime == "coreml":
         units = settings.get("compute_units")
@@ -236,16 +235,18 @@ def minimum_os(report: dict, choice: dict, io: dict) -> str:
     return ", ".join(names[p] for p in wanted if p in names) + f" (Core ML specification version {version})"
 
 
-def mixed_precision(report: dict, choice: dict) -> str | None:
-    """What the choice or the quantize record says stays float in an INT8 file, None when nothing does."""
-    if choice.get("mixed_precision"):
-        return str(choice["mixed_precision"])
-    record = artifact_record(report, choice["artifact"])
-    kept = list((record.get("fallback") or {}).get("excluded") or [])
+def mixed_precision(report: dict, artifact: str) -> str | None:
+    """For an INT8 file (static or dynamic), which ops its record read back as INT8 (the rest run in float), and
+    what the accuracy fallback or the attention setting kept in float; None for float and weights-only files."""
+    record = artifact_record(report, artifact)
+    if (record.get("numerics") or {}).get("scheme") not in ("static", "dynamic"):
+        return None
+    ops = record.get("op_types") or {}
+    kept = (record.get("fallback") or {}).get("excluded") or []
     attention = record.get("float_attention_matmuls") or []
-    parts = ([f"{len(kept)} layer(s) kept in float by the accuracy fallback ({', '.join(map(str, kept))})"]
-             if kept else []) + ([f"{len(attention)} attention matmuls in float"] if attention else [])
-    return "; ".join(parts) or None
+    return "; ".join([f"INT8 ops: {', '.join(f'{op} x{n}' for op, n in sorted(ops.items()))}, the others in float"]
+                     + ([f"kept in float by the accuracy fallback: {', '.join(map(str, kept))}"] if kept else [])
+                     + ([f"{len(attention)} attention matmuls in float"] if attention else []))
 
 
 def mediapipe_verdict(spec: dict) -> str:
@@ -287,7 +288,7 @@ def model_card(report: dict, choice: dict, files: list[str], io: dict, spec: dic
                  f"{predicted['median_ape']:.0%}): not measured")
     manifold = (f" + the manifold loss (student blocks {distill['student_layers']} <- teacher blocks "
                 f"{distill['teacher_layers']})" if distill["manifold"] else "")
-    mixed = mixed_precision(report, choice)
+    mixed = mixed_precision(report, choice["artifact"])
     lines = [
         f"# {student['model']} for {choice['target']}: `{files[0]}`", "",
         f"- Runtime: {runtime_line(report, choice, files)}.",

@@ -245,7 +245,10 @@ def test_every_artifact_of_a_run_gets_its_own_inputs_outputs_and_card(trained_ru
                 assert needs in card and "Minimum OS: not stated" in card
             if record.get("mobile"):
                 assert f"{record['mobile']['file']} is the same model for ONNX Runtime Mobile" in card
-            if (record.get("fallback") or {}).get("excluded"):
-                assert "mixed precision:" in card
+            if record["numerics"]["scheme"] in ("static", "dynamic"):  # INT8 ops as read back, the rest float
+                assert all(f"{op} x{n}" in card for op, n in record["op_types"].items()), card
+                assert ("attention matmuls in float" in card) == bool(record.get("float_attention_matmuls"))
+            else:
+                assert "mixed precision" not in card
             seen.add(runtime)
     assert seen == set(targets)
