@@ -329,9 +329,9 @@ def public_coverage(device: str, runtime: str) -> dict:
     models and precisions), and what can be predicted from it."""
     jobs = _jobs_by_unit().get((device, runtime), {"NPU": 0, "GPU": 0, "CPU": 0})
     return {"device": device, "runtime": runtime, "jobs_by_compute_unit": jobs, "predicts": "NPU",
-            "note": f"{jobs['NPU']} NPU, {jobs['GPU']} GPU, {jobs['CPU']} CPU jobs (a GPU or CPU job is a model "
-                    "the NPU did not take); predictions are NPU latency, fitted on NPU jobs only: no phone CPU "
-                    "latency can be predicted from this table"}
+            "note": f"{jobs['NPU']} NPU, {jobs['GPU']} GPU, {jobs['CPU']} CPU jobs (a GPU or CPU job is one whose "
+                    "layers mostly ran off the NPU); predictions are NPU latency, fitted on NPU jobs only: no phone "
+                    "CPU latency can be predicted from this table"}
 
 
 def table_jobs_by_compute_unit() -> dict[str, int]:
