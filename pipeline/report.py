@@ -524,27 +524,35 @@ def predicted_lines(latency: dict) -> list[str]:
     measured = {(r["target"], r["artifact"]): r for r in latency["rows"] if r.get("label") == "measured"}
     lines = ["## Predicted latency on named devices (from public measurements, not timed here)", "",
              "Predicted from Qualcomm AI Hub's published on-device times of public models (qai-hub-models "
-             "0.65.0), fitted on this model's ONNX graph features; the interval's coverage and the error were "
-             "measured by holding out whole model families (docs/targets.md, \"Predicted latency\").", "",
+             "0.65.0), fitted on this model's ONNX graph features. The error shown is the one for this model: its "
+             "own family's with one public model held out when the table has the family, else a whole new "
+             "family's; beside it, the error of fitting the device from its sibling (docs/targets.md, "
+             "\"Predicted latency\"). p90 is the interval's upper end: the public table has one time per model.", "",
              "| target | artifact | device / runtime / precision | predicted ms (interval) | measured p50 ms "
-             "| public models (families), held-out median / P90 error | nearest public models, measured ms |",
-             "|---|---|---|---:|---:|---|---|"]
+             "| held-out median / p90 error (basis) | sibling device's error | nearest public models, measured ms |",
+             "|---|---|---|---:|---:|---|---|---|"]
     notes = []
     for r in rows:
         if "predicted" not in r:
             lines.append(f"| {r['target']} | `{r['artifact'] or '-'}` | {r['public_device']} / {r['public_runtime']} "
-                         f"| - | - | - | {r['error']} |")
+                         f"| - | - | - | - | {r['error']} |")
             continue
         p = r["predicted"]
         lo, hi = p["interval_ms"]
         seen = measured.get((r["target"], r["artifact"]))
         seen_ms = f"{seen['latency_ms']['p50']:.3f}" if seen else "-"
         near = ", ".join(f"{n['model']} {n['measured_ms']:.3g}" for n in p["nearest"])
+        e = p["held_out_error"]
+        sibling = (f"{e['sibling_device']}: {e['sibling_device_median_ape']:.0%} / {e['sibling_device_p90_ape']:.0%}"
+                   if e.get("sibling_device") and e.get("sibling_device_p90_ape") is not None
+                   else "no sibling in the table")
         lines.append(f"| {r['target']} | `{r['artifact']}` | {p['device']} / {p['runtime']} / {p['precision']} "
                      f"| {p['p50_ms']:.3f} ({lo:.3f}-{hi:.3f}, {p['level']:.0%}) | {seen_ms} "
-                     f"| {p['models']} ({p['families']}), {p['median_ape']:.0%} / {p['p90_ape']:.0%} ({p['kind']}) "
-                     f"| {near} |")
+                     f"| {e['median_ape']:.0%} / {e['p90_ape']:.0%} ({e['basis']}: {e['family']}, {e['models']} "
+                     f"models) | {sibling} | {near} |")
         notes += [f"{r['target']}: {w}" for w in p["widened"]]
+        if r.get("public_coverage"):
+            notes.append(f"{r['target']}: {r['public_coverage']['note']}")
         ctx = r.get("accuracy_context")
         if ctx:
             notes.append(f"{p['runtime']} {p['precision']} on device vs torch, public models (context, not this "
