@@ -104,12 +104,9 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
         if profile.connection == "predicted":
             predicted += bench_predicted(fitting, models, name, profile, console)
             continue
-        timed = []
-        for runtime in profile.all_runtimes:
-            same = [m for m in fitting if m.runtime == runtime]
-            with console.status(f"{name}: {', '.join(m.key for m in same)}" +
-                                (" (interleaved)" if len(same) > 1 else "")):
-                timed += measure_target(same, name, profile, cfg.benchmark)
+        with console.status(f"{name}: {', '.join(m.key for m in fitting)}" +
+                            (" (interleaved)" if len(fitting) > 1 else "")):
+            timed = measure_target(fitting, name, profile, cfg.benchmark)
         for row in timed:
             if row.get("error_kind") == "bad_model":
                 raise UserError(row["error"])
