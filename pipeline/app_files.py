@@ -45,8 +45,8 @@ def artifact_record(report: dict, artifact: str) -> dict:
 
 def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
     """The file's inputs and outputs as its runtime reads them: name, shape (None or a name for a dynamic
-    dimension) and dtype; Core ML features by kind (an image with its colour space and size, a multiarray, a
-    class label, a score per class) and the package's specificationVersion; LiteRT quantization parameters
+    dimension) and dtype; Core ML features by kind (an image with its colour space and size, a multiarray, the
+    class label, a logit per class) and the package's specificationVersion; LiteRT quantization parameters
     where a tensor is quantized. Only a .pte without ExecuTorch installed is described from the export record."""
     if runtime == "onnxruntime":
         import onnx
