@@ -28,7 +28,8 @@ def list_targets(cfg: PipelineConfig, console: Console) -> None:
     for name, p in profiles.items():
         reach = {"local": "this host (proxy)", "ssh": f"ssh {p.user + '@' if p.user else ''}{p.host}",
                  "adb": f"adb {p.serial or ''}".strip(),
-                 "predicted": f"not timed: predicted for {p.public_device} ({p.predicted_runtime})"}[p.connection]
+                 "predicted": f"not timed: predicted for {p.public_device} ({p.predicted_runtime})",
+                 "arm64-emulated": f"not timed: emulated {p.cpu} (accuracy only)"}[p.connection]
         if p.runtime == "coreml":
             reach = f"a Mac, {p.compute_units}"
         table.add_row(name, p.device, p.runtime, p.precision, str(p.threads), f"{p.latency_budget_ms:g}",

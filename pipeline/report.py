@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import STAGES, Pipeline, RunRecord
 from pipeline.lock import holder
+from pipeline.report_arm64 import arm64_lines
 from pipeline.ship import RUNTIME_NAMES, choose_all
 from targets.latency import describe_comparison
 from targets.runtimes import NEEDS_MACOS
@@ -305,6 +306,7 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
         lines.append("")
         lines += _artifact_lines(evaluation.get("artifacts", []), report["stages"].get("quantize", {}).get("summary"))
         lines += mobile_lines(report)
+        lines += arm64_lines(evaluation.get("arm64"))
     plots = plots or {}
     if report.get("latency"):
         lines += latency_lines(report["latency"], evaluation, plots)

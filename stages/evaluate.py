@@ -4,8 +4,9 @@ Teacher and student (torch): top-1/top-5, params, FLOPs, checkpoint size. Every 
 quantized student (Core ML on Linux: simulated by running the package's own ML program in torch):
 top-1, the change vs torch fp32, argmax agreement with torch fp32, size on disk, and for compressed
 artifacts the classes compression hurts most. A Core ML package the simulation cannot run gets a row
-with "evaluation": "not simulated" and a "reason", and no top-1. torch and the runtimes are imported where the
-stage runs, so the engine starts without them.
+with "evaluation": "not simulated" and a "reason", and no top-1. With `arm64` on, the files of the emulated arm64
+targets' runtimes also run on those cores (targets/arm64.py) over a fixed subset. torch and the runtimes are
+imported where the stage runs, so the engine starts without them.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.fileio import read_json, write_json
 from pipeline.section import Section, not_in_key
@@ -34,6 +35,21 @@ class EvaluateConfig(Section):
     threads: int = not_in_key(0, "runtime threads; 0 = the CPU cores shared out between the jobs (with one "
                                  "job: the runtime's default)", ge=0)
     jobs: int = not_in_key(0, "artifacts evaluated at once; 0 = one per CPU core", ge=0)
+    arm64: Literal["auto", "on", "off"] = Field(
+        "off", description="accuracy of the files of `arm64_targets`' runtimes on their emulated arm64 cores (the "
+                           "aarch64 runtimes under QEMU, `make arm64`): on, off, or auto = on where the root is built "
+                           "(resolved as the config loads: building the root reruns this stage)")
+    arm64_targets: list[str] = Field(default_factory=lambda: ["android-phone-arm64", "wearos-watch-arm64"],
+                                     description="targets with connection = 'arm64-emulated' (docs/targets.md)")
+    arm64_images: int = Field(1000, ge=1, description="test images run on each emulated core (a fixed random "
+                                                      "subset); top-1 and agreement come with their 95% interval")
+
+    @field_validator("arm64")
+    @classmethod
+    def _resolve_auto(cls, value: str) -> str:
+        from targets.arm64 import usable
+
+        return ("on" if usable() else "off") if value == "auto" else value
 
 
 def score_model(model_file: Path, data, device: str) -> dict:
@@ -60,9 +76,16 @@ _LOADING = threading.Lock()
 
 class EvaluateStage(Stage):
     name = "evaluate"
-    sections = ("evaluate",)
+    sections = ("evaluate", "targets")
     inputs = ("data", "teacher", "distill", "export", "quantize")
     uses_seed = False
+
+    @classmethod
+    def check(cls, cfg, world_size: int) -> None:
+        if cfg.evaluate.arm64 == "on":
+            from targets.arm64 import check_config
+
+            check_config(cfg.evaluate.arm64_targets, cfg.targets)
 
     def run(self, ctx: StageContext) -> dict:
         import torch
@@ -90,6 +113,11 @@ class EvaluateStage(Stage):
         finally:
             torch.set_num_threads(restore)
         result["artifacts"] = self._log(rows)
+        if cfg.arm64 == "on":
+            from targets.arm64 import stage_accuracy
+
+            result["arm64"] = stage_accuracy(ctx.inputs, data, cfg.arm64_targets, ctx.config["targets"],
+                                             cfg.arm64_images)
         write_json(ctx.out / "metrics.json", result)
         return result
 

@@ -10,6 +10,7 @@ anywhere with scp or adb push. Usage:
                     [--throughput-batch B] [--input-size H] [--execution-provider P]
                     [--graph-optimization-level L] [--openvino-precision P] [--compute-units U]
                     [--profile] [--raw]
+    python agent.py MODEL [MODEL...] --runtime RUNTIME[,RUNTIME...] --predict IMAGES.npz [--threads N]
 
 RUNTIME is onnxruntime, openvino, coreml, executorch or litert: one for every model, or one per model in
 order, comma-separated (`a.onnx b.xml c.tflite --runtime onnxruntime,openvino,litert`). The runtime-specific
@@ -31,6 +32,10 @@ Runtime's profiling JSON, OpenVINO's per-layer counters, ExecuTorch's ETDump); w
 wall and CPU ms.
 One model prints its result object (as before); several print {"ok": true, "results": [...]}, and
 both carry "schedule" (the model index of each timed block, in order).
+With --predict (accuracy, nothing timed): every model runs on the float32 array `images` of IMAGES.npz (read
+with allow_pickle=False; a batch of the models' input), and the result holds, per model, each image's argmax
+and its logits (float32 little-endian, base64), plus the machine and, on Arm, the CPU features the kernel
+reports (the auxiliary vector: it needs no /proc). Core ML files, which take pixels, are refused.
 On failure it prints {"ok": false, "kind": ..., "error": ...} (with "model": the file name, when the failure
 is one model's: a runtime missing for it, a file its runtime cannot load or run) and exits 3.
 """
@@ -814,6 +819,88 @@ def profile_layers(args, x) -> dict:
     return best
 
 
+PREDICT_BATCH = 64  # images per call where the model's batch dimension is free (else one at a time)
+# Linux arm64 hwcap bits (AT_HWCAP, AT_HWCAP2) of the features that pick INT8 and float kernels.
+ARM_HWCAP = {"asimd": 1, "asimdhp": 10, "asimddp": 20, "sve": 22, "asimdfhm": 23}
+ARM_HWCAP2 = {"sve2": 1, "i8mm": 13, "bf16": 14, "sme": 23}
+
+
+def arm_features() -> list[str] | None:
+    """The kernel's hwcaps (getauxval) by name on an aarch64 Linux; None elsewhere."""
+    if platform.machine() != "aarch64" or not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype = ctypes.c_ulong
+    caps, caps2 = getauxval(16), getauxval(26)  # AT_HWCAP, AT_HWCAP2
+    return [name for name, bit in ARM_HWCAP.items() if caps >> bit & 1] + \
+        [name for name, bit in ARM_HWCAP2.items() if caps2 >> bit & 1]
+
+
+def read_images(path: str):
+    """The float32 4-d `images` array of an .npz file."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images = f["images"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise AgentError("bad_input", f"--predict {path}: not an .npz file with an `images` array ({exc})") from None
+    if images.dtype != np.float32 or images.ndim != 4:
+        raise AgentError("bad_input", f"--predict {path}: images must be a float32 batch of 3-d inputs, not "
+                                      f"{images.dtype} {list(images.shape)}")
+    return images
+
+
+def logits(runner, images):
+    """The model's first output for every image, as float32 N x classes: images go in whole batches where the
+    model's batch dimension is free, else one at a time."""
+    import numpy as np
+
+    shape = runner.input_shape(1, None)
+    if shape[1:] != list(images.shape[1:]):
+        raise AgentError("bad_input", f"the images are {list(images.shape[1:])} but the model takes {shape[1:]}")
+    free = runner.name == "onnxruntime" and not isinstance(runner.input.shape[0], int)
+    step = PREDICT_BATCH if free else 1
+    out = []
+    for i in range(0, len(images), step):
+        x = np.ascontiguousarray(images[i:i + step])
+        y = runner(x)
+        if runner.name == "litert":
+            y = np.concatenate(y)
+        elif runner.name == "executorch":
+            y = y.numpy()
+        else:  # ONNX Runtime's list of outputs, OpenVINO's results by output index
+            y = y[0]
+        out.append(np.asarray(y, dtype=np.float32).reshape(len(x), -1))
+    return np.concatenate(out)
+
+
+def predict(args) -> dict:
+    """Every model's argmax and logits on the images of args.predict."""
+    import base64
+
+    images = read_images(args.predict)
+    results = []
+    for path, runtime in zip(args.model, args.runtimes):
+        if runtime == "coreml":
+            raise AgentError("bad_model", "--predict takes tensors, and Core ML files take pixels: leave them out",
+                             file_name(path))
+        with blame(path):
+            if not os.path.exists(path):
+                raise AgentError("bad_model", f"{path}: no such file on the device")
+            runner = load(argparse.Namespace(**{**vars(args), "model": path, "runtime": runtime}))
+            out = logits(runner, images)
+        results.append({"model": file_name(path), "runtime": runner.name, "runtime_version": runner.version,
+                        "images": len(out), "argmax": out.argmax(1).tolist(),
+                        "logits": {"dtype": "<f4", "shape": list(out.shape),
+                                   "base64": base64.b64encode(out.astype("<f4").tobytes()).decode("ascii")}})
+    host = {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version(),
+            "cpu_features": arm_features()}
+    return {"ok": True, "results": results, "host": host}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="measure model files on this device, timed interleaved; prints JSON")
     p.add_argument("model", nargs="+", help="one or more model files, timed interleaved")
@@ -839,6 +926,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help=f"add a per-layer profile (to the models of {', '.join(PROFILED)})")
     p.add_argument("--raw", action="store_true", help="add every run's wall and CPU ms")
+    p.add_argument("--predict", metavar="IMAGES.npz", default=None,
+                   help="time nothing: print each model's argmax and logits on the float32 `images` array of "
+                        "this .npz file (a batch of the models' input)")
     args = p.parse_args(argv)
     runtimes = args.runtime.split(",")
     if unknown := [r for r in runtimes if r not in RUNTIMES]:
@@ -852,6 +942,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
+        if args.predict:
+            print(json.dumps(predict(args)))
+            return 0
         results, schedule = measure(args)
     except AgentError as exc:
         failure = {"ok": False, "kind": exc.kind, "error": str(exc)}

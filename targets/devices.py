@@ -1,4 +1,5 @@
-"""Devices that run the benchmark agent (targets/agent.py): this host, an ssh board or Mac, an adb phone.
+"""Devices that run the benchmark agent (targets/agent.py): this host, an ssh board or Mac, an adb phone, an
+emulated arm64 core (targets/arm64.py: accuracy only).
 
 Every device copies the agent and the model files to a fresh temp folder on the device, runs
 `<python> agent.py MODEL [MODEL...] ARGS...` there (several models of one target in one call, of one
@@ -45,8 +46,8 @@ class DeviceError(Exception):
 
 
 class Device(Protocol):
-    connection: str  # local | ssh | adb
-    label: str       # proxy (this host stands in for the device) | measured
+    connection: str  # local | ssh | adb | arm64-emulated
+    label: str       # proxy (this host stands in for the device) | measured | emulated (accuracy only)
 
     def check(self) -> None: ...
 
@@ -78,6 +79,10 @@ def make_device(profile: TargetProfile, name: str) -> Device:
         return SshDevice(profile, name)
     if profile.connection == "adb":
         return AdbDevice(profile, name)
+    if profile.connection == "arm64-emulated":
+        from targets.arm64 import Arm64Device  # it builds on this module
+
+        return Arm64Device(profile, name)
     return LocalDevice(profile, name)
 
 

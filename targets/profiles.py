@@ -11,6 +11,8 @@ from pipeline.errors import UserError
 from pipeline.section import Section
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.toml")
+# The cores QEMU 7.2 (Debian bookworm's qemu-user-static) emulates: `qemu-aarch64-static -cpu help`.
+ARM64_CORES = ("cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx", "max")
 RUNTIME = Literal["onnxruntime", "openvino", "coreml", "executorch", "litert"]
 
 
@@ -31,10 +33,15 @@ class TargetProfile(Section):
     input_size: int | None = Field(None, ge=4, le=4096, description="H = W of the input; default: the model's")
     memory_budget_mb: float = Field(64.0, gt=0, description="memory the model may add to the app (RSS)")
     latency_budget_ms: float = Field(10.0, gt=0, description="batch-1 p90 latency budget")
-    connection: Literal["local", "ssh", "adb", "predicted"] = Field(
+    connection: Literal["local", "ssh", "adb", "predicted", "arm64-emulated"] = Field(
         "local", description="local = this host stands in for the device (proxy); ssh / adb = measured on the "
                              "device; predicted = not timed anywhere: latency predicted from public measurements "
-                             "of public_device")
+                             "of public_device; arm64-emulated = the aarch64 runtimes under QEMU on this host "
+                             "(`make arm64`), for accuracy only (evaluate.arm64_targets), never timed")
+    cpu: str | None = Field(None, pattern=r"^[a-z0-9-]+(,[a-z0-9-]+=[a-z0-9]+)*$",
+                            description="the core an arm64-emulated target emulates (QEMU_CPU: cortex-a76, "
+                                        "cortex-a53, max...; `qemu-aarch64-static -cpu help`), optionally with "
+                                        "QEMU's feature switches (max,sme=off)")
     public_device: str | None = Field(None, description="the device's name in Qualcomm AI Hub's public "
                                       "measurements (e.g. 'Samsung Galaxy S24'; `manifold-edge targets` lists "
                                       "them): adds predicted latency rows, beside measured ones when the device "
@@ -93,6 +100,12 @@ class TargetProfile(Section):
             from targets.predict.predictor import check_public
 
             check_public(self.public_device, self.predicted_runtime, self.runtime)
+        if (self.connection == "arm64-emulated") != (self.cpu is not None):
+            raise ValueError("cpu names the core of connection = 'arm64-emulated', and such a target needs it "
+                             "(e.g. cpu = 'cortex-a76'): set both or neither")
+        if self.cpu and self.cpu.split(",")[0] not in ARM64_CORES:
+            raise ValueError(f"cpu: QEMU emulates no core {self.cpu.split(',')[0]!r}; choose from "
+                             f"{', '.join(ARM64_CORES)}")
         if self.connection == "ssh" and not self.host:
             raise ValueError("a target with connection = 'ssh' needs host (and usually user, identity_file)")
         for field, runtime in (("execution_provider", "onnxruntime"), ("graph_optimization_level", "onnxruntime"),

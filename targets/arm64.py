@@ -1,0 +1,418 @@
+"""An emulated arm64 device: the aarch64 builds of the runtimes, run by QEMU user-mode emulation in a Debian
+bookworm arm64 root, with QEMU_CPU naming the core whose features (dotprod, i8mm, SVE...) pick the kernels.
+It answers numerics (what a phone's own kernels compute), never latency: emulated code runs 50-85x slower than
+this host's own, and its speed says nothing of the core's, so the device refuses timing calls.
+
+`make arm64` (`python -m targets.arm64 build`) builds the root once, as root, into
+~/.cache/manifold-edge/arm64 ($MANIFOLD_EDGE_ARM64_ROOT): debootstrap's first stage on this host, its second
+stage inside the root (arm64 binaries run through binfmt_misc and qemu-user-static), then the aarch64 wheels
+of ONNX Runtime, LiteRT and numpy at the versions this environment has, installed by this host's pip with
+--platform (no emulated pip). Nothing downloads at run time.
+
+At run time the agent (targets/agent.py) runs as `chroot ROOT qemu-aarch64-static python3.11 agent.py ...`
+with QEMU_CPU set from the profile's `cpu`. /proc is not mounted in the root: with the host's x86
+/proc/cpuinfo, ONNX Runtime's cpuinfo crashes qemu; without it, it warns "failed to parse" and takes the
+features from the auxiliary vector, which qemu fills in for the emulated core.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, distributions, version
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from targets.devices import AGENT, TEMP_PREFIX, DeviceError, agent_result, as_list, files_for
+from targets.profiles import TargetProfile
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "MANIFOLD_EDGE_ARM64_ROOT"
+DEFAULT_ROOT = "~/.cache/manifold-edge/arm64"
+STAMP = "manifold-edge-arm64.json"  # in the root: what the build installed; written last
+QEMU = "/usr/bin/qemu-aarch64-static"
+PYTHON = "/usr/bin/python3.11"
+SITE = "usr/local/lib/python3.11/dist-packages"  # on Debian's python3.11 path
+SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
+RUNTIMES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}  # runtime -> the wheel installed for it
+PACKAGES = (*RUNTIMES.values(), "numpy")
+# ExecuTorch is not in the root: its Python runtime imports torch, and the only aarch64 torch wheel on the
+# index (2.14.1) is a CUDA build whose libtorch_cpu needs libcudart.
+MISSING = {"executorch": "ExecuTorch's Python runtime imports torch, and the only aarch64 torch wheel (2.14.1) is "
+                         "a CUDA build that needs libcudart: not in the arm64 root"}
+BATCH = 256  # images per x86 call
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+BUILD_HINT = "build it with `make arm64` (as root: about 10 minutes and 0.5 GB, once)"
+
+
+def root_path() -> Path:
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser()
+
+
+def read_stamp(root: Path) -> dict | None:
+    """What the build installed into root, or None when root holds no finished build."""
+    try:
+        return json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ready(root: Path | None = None) -> bool:
+    return read_stamp(root or root_path()) is not None
+
+
+def usable() -> bool:
+    """The root is built and this process may enter it (chroot needs root)."""
+    return ready() and os.geteuid() == 0
+
+
+def chroot() -> str:
+    """This host's chroot (in /usr/sbin, which the emulated command's own PATH leaves out)."""
+    return shutil.which("chroot") or "/usr/sbin/chroot"
+
+
+def require_root(root: Path | None = None) -> dict:
+    """The finished build's stamp, or a one-line UserError saying how to build it."""
+    root = root or root_path()
+    stamp = read_stamp(root)
+    if stamp is None:
+        raise UserError(f"no emulated arm64 root at {root} (set {ROOT_ENV} to use another): {BUILD_HINT}")
+    return stamp
+
+
+class Arm64Device:
+    """A profile with connection = 'arm64-emulated': the agent in its predict mode inside the arm64 root, on
+    the profile's `cpu`. Each call gets a fresh folder in the root's /tmp (each model in a subfolder of its own,
+    so files of the same name can share a call), removed afterwards whatever happens."""
+
+    connection = "arm64-emulated"
+    label = "emulated"
+
+    def __init__(self, profile: TargetProfile, name: str):
+        self.profile, self.name, self.root = profile, name, root_path()
+
+    @property
+    def target(self) -> str:
+        return f"target '{self.name}' (emulated arm64, {self.profile.cpu})"
+
+    def check(self) -> None:
+        """Nothing to reach: run_agent checks the root, after refusing a timing call, so that a benchmark of this
+        target gets that refusal rather than timing this host in its place as a proxy."""
+
+    def usable(self) -> None:
+        """Raise DeviceError('unreachable') unless the root is built and this process may chroot into it."""
+        try:
+            require_root(self.root)
+        except UserError as exc:
+            raise DeviceError("unreachable", f"{self.target}: {exc}") from None
+        if os.geteuid() != 0:
+            raise DeviceError("unreachable", f"{self.target}: entering the arm64 root needs chroot, which needs "
+                                             "root: run as root (or sudo)")
+
+    def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
+        if "--predict" not in agent_args:
+            raise DeviceError("agent_failed", f"{self.target}: an emulated device gives accuracy only, never "
+                                              "latency (emulated speed says nothing of the core's): remove it from "
+                                              "benchmark.targets; evaluate.arm64_targets measures its accuracy")
+        self.usable()
+        models = as_list(model)
+        at = agent_args.index("--predict") + 1
+        images = Path(agent_args[at])
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=self.root / "tmp") as folder:
+            inside = "/tmp/" + Path(folder).name
+            shutil.copy(AGENT, folder)
+            shutil.copy(images, Path(folder, "images.npz"))
+            paths = []
+            for i, m in enumerate(models):
+                Path(folder, str(i)).mkdir()
+                for f in files_for(self.target, m):
+                    (shutil.copytree if f.is_dir() else shutil.copy)(f, Path(folder, str(i), f.name))
+                paths.append(f"{inside}/{i}/{m.name}")
+            args = [*agent_args[:at], f"{inside}/images.npz", *agent_args[at + 1:]]
+            argv = [chroot(), str(self.root), QEMU, PYTHON, f"{inside}/{AGENT.name}", *paths, *args]
+            env = {"QEMU_CPU": self.profile.cpu, "PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+                   "PYTHONDONTWRITEBYTECODE": "1"}
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                                      stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise DeviceError("timeout", f"{self.target}: the predictions took longer than {timeout:g} s; raise "
+                                             f"timeout_s in [targets.{self.name}]") from None
+            return agent_result(self.target, self.name, f"{PYTHON} in {self.root}", proc)
+
+
+# Accuracy on the emulated cores (the evaluate stage).
+def emulated_profiles(names: list[str], user: dict[str, TargetProfile] | None) -> dict[str, TargetProfile]:
+    """The profiles evaluate.arm64_targets names, each an arm64-emulated one, or a one-line UserError."""
+    from targets.profiles import all_profiles
+
+    known = all_profiles(user)
+    emulated = [n for n, p in known.items() if p.connection == "arm64-emulated"]
+    for name in names:
+        if name not in known or known[name].connection != "arm64-emulated":
+            what = "no such target profile" if name not in known else "its connection is not 'arm64-emulated'"
+            raise UserError(f"evaluate.arm64_targets: {name!r}: {what}; emulated ones: {', '.join(emulated)} "
+                            "(or a [targets.NAME] table with connection = 'arm64-emulated' and cpu)")
+    return {n: known[n] for n in names}
+
+
+def check_config(names: list[str], user: dict[str, TargetProfile] | None) -> None:
+    """For evaluate.arm64 = 'on': the targets resolve, the root is built and this process may enter it."""
+    emulated_profiles(names, user)
+    require_root()
+    if os.geteuid() != 0:
+        raise UserError("evaluate.arm64 = 'on' enters the arm64 root with chroot, which needs root: run as root, or "
+                        "set evaluate.arm64 = 'auto' (on only where it can run)")
+
+
+def stage_accuracy(inputs: dict[str, Path], data, names: list[str], user: dict[str, TargetProfile] | None,
+                   images: int) -> dict:
+    """The evaluate stage's arm64 part: the exported and quantized files on each target of `names`, over a fixed
+    random subset of `images` test images."""
+    from pipeline.fileio import read_json
+    from stages.batches import Batches
+
+    files = [{"artifact": "torch_fp32", "path": inputs["distill"] / "model.pt", "runtime": "torch"}]
+    for stage in ("export", "quantize"):
+        for key, a in read_json(inputs[stage] / f"{stage}.json")["artifacts"].items():
+            files.append({"artifact": key, "path": inputs[stage] / a["file"], "runtime": a["runtime"],
+                          "precision": a["precision"], "numerics": a["numerics"]})
+    test = data.test
+    idx = subset(len(test), images)
+    x, y = Batches(test.images[idx], test.labels[idx], test.mean, test.std).head(len(idx))
+    result = accuracy(files, x, y, emulated_profiles(names, user))
+    for row in result["rows"]:
+        log.log(logging.WARNING if "error" in row else logging.INFO, row_text(row))
+    return result
+
+
+def row_text(row: dict) -> str:
+    head = f"{row['target']} / {row['artifact']} (emulated {row['cpu']})"
+    if "error" in row:
+        return f"{head}: not measured: {row['error']}"
+    lo, hi = row["arm64_top1_interval"]
+    return (f"{head}: top-1 {row['arm64_top1']:.2f}% [{lo:.2f}, {hi:.2f}] on {row['images']} images (x86 "
+            f"{row['x86_top1']:.2f}%, torch {row['torch_top1']:.2f}%), agreement with torch {row['agreement']:.2f}%; "
+            f"vs x86: {row['vs_x86']['argmax_differ']} argmax differ, max |logit diff| "
+            f"{row['vs_x86']['max_abs_diff']:.2g}")
+
+
+def subset(n: int, size: int) -> np.ndarray:
+    """A fixed random subset (seed 0) of a split's n indices, sorted: the same images in every run."""
+    return np.sort(np.random.default_rng(0).choice(n, min(size, n), replace=False))
+
+
+def wilson(hits: int, n: int, z: float = Z95) -> list[float]:
+    """The 95% Wilson score interval of a proportion hits / n, in percent."""
+    p, z2 = hits / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [round(100 * max(centre - half, 0.0), 3), round(100 * min(centre + half, 1.0), 3)]
+
+
+def decode(record: dict) -> np.ndarray:
+    """The agent's logits record (float32 little-endian, base64) as an array."""
+    return np.frombuffer(base64.b64decode(record["base64"]), dtype=record["dtype"]).reshape(record["shape"])
+
+
+def share(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """How many of a equal b, and that as a percentage."""
+    hits = int((a == b).sum())
+    return hits, round(100 * hits / len(a), 3)
+
+
+def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str, TargetProfile]) -> dict:
+    """Each file of a target's runtimes run on its emulated core over the images x (labels y), against torch
+    (files[0], the fp32 checkpoint) and the same file's x86 run: top-1 with its 95% interval, argmax agreement
+    with torch, how many argmaxes differ from x86 and the largest logit difference. A file its runtime cannot
+    run there gets a row with the reason."""
+    from targets.devices import make_device
+    from targets.runtimes import load_runner, predict
+
+    stamp = require_root()
+    threads_cap = len(os.sched_getaffinity(0))
+
+    def run(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """x86 logits, and the file's own input for x (a runner may make it, e.g. app pixels for a .tflite)."""
+        runner = load_runner(path)
+        model_input = runner.feed(x) if hasattr(runner, "feed") else x
+        return predict(runner, (x[i:i + BATCH] for i in range(0, len(x), BATCH))), model_input
+
+    torch_pred = run(files[0]["path"])[0].argmax(1)
+    wanted = {runtime for p in profiles.values() for runtime in p.all_runtimes}
+    x86 = {f["artifact"]: run(f["path"]) for f in files[1:] if f["runtime"] in wanted and f["runtime"] in RUNTIMES}
+    rows = []
+    for name, profile in profiles.items():
+        device = make_device(profile, name)
+        fitting = [f for f in files[1:] if f["runtime"] in profile.all_runtimes]
+        base = {f["artifact"]: {"target": name, "cpu": profile.cpu, "artifact": f["artifact"], "runtime": f["runtime"],
+                                "precision": f["precision"], "numerics": f["numerics"], "file": f["path"].name}
+                for f in fitting}
+        groups: dict[tuple[str, bytes], list[dict]] = {}
+        for f in fitting:
+            if f["runtime"] in MISSING:
+                rows.append({**base[f["artifact"]], "error": MISSING[f["runtime"]]})
+            else:
+                groups.setdefault((f["runtime"], hashlib.sha256(x86[f["artifact"]][1]).digest()), []).append(f)
+        for (runtime, _), group in groups.items():
+            with tempfile.TemporaryDirectory() as folder:
+                images = Path(folder, "images.npz")
+                np.savez(images, images=x86[group[0]["artifact"]][1])
+                args = ["--runtime", runtime, "--threads", str(min(profile.threads, threads_cap)),
+                        "--predict", str(images)]
+                try:
+                    out = device.run_agent([f["path"] for f in group], args, profile.timeout_s * len(group))
+                except DeviceError as exc:
+                    rows += [{**base[f["artifact"]], "error": str(exc)} for f in group]
+                    continue
+            for f, result in zip(group, out["results"]):
+                logits, x86_logits = decode(result["logits"]), x86[f["artifact"]][0]
+                pred, x86_pred = logits.argmax(1), x86_logits.argmax(1)
+                top1, agree, x86_agree = share(pred, y), share(pred, torch_pred), share(x86_pred, torch_pred)
+                rows.append({**base[f["artifact"]], "images": len(y), "runtime_version": result["runtime_version"],
+                             "cpu_features": out["host"]["cpu_features"],
+                             "torch_top1": share(torch_pred, y)[1], "x86_top1": share(x86_pred, y)[1],
+                             "arm64_top1": top1[1], "arm64_top1_interval": wilson(top1[0], len(y)),
+                             "agreement": agree[1], "agreement_interval": wilson(agree[0], len(y)),
+                             "x86_agreement": x86_agree[1],
+                             "vs_x86": {"argmax_differ": int((pred != x86_pred).sum()),
+                                        "max_abs_diff": float(np.abs(logits - x86_logits).max())}})
+    order = {(name, f["artifact"]): i for i, (name, f) in enumerate((n, f) for n in profiles for f in files)}
+    rows.sort(key=lambda r: order[(r["target"], r["artifact"])])
+    return {"images": len(y), "subset": "a fixed random subset (seed 0) of the test split", "confidence": 0.95,
+            "qemu": stamp["qemu"], "packages": stamp["packages"], "rows": rows}
+
+
+# Building the root (as root, on a Debian/Ubuntu host with qemu-user-static, debootstrap and binfmt-support).
+def host_versions() -> dict[str, str]:
+    """The versions of the runtimes (and numpy) in this environment: the root gets the same, so that the
+    x86 and arm64 builds compared are one release."""
+    try:
+        return {p: version(p) for p in PACKAGES}
+    except PackageNotFoundError as exc:
+        raise UserError(f"{exc.name} is not installed here, so its version for the arm64 root is unknown: "
+                        "`make setup` first") from None
+
+
+def constraints() -> str:
+    """name==version of every distribution in this environment: the wheels' own dependencies (protobuf,
+    flatbuffers, ml_dtypes...) resolve to the versions the x86 runtimes run with, where this environment has them."""
+    pins = {d.metadata["Name"].lower(): d.version for d in distributions() if d.metadata["Name"]}
+    return "".join(f"{name}=={v}\n" for name, v in sorted(pins.items()) if "+" not in v)
+
+
+def step(argv: list[str], what: str, **kwargs) -> None:
+    print(f"arm64 root: {what}", flush=True)
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, **kwargs)
+    if proc.returncode != 0:
+        raise UserError(f"building the arm64 root: {what} failed with status {proc.returncode} (its output is "
+                        "above); fix that and run `make arm64` again")
+
+
+def enable_binfmt() -> None:
+    """binfmt_misc mounted and qemu-aarch64 registered, so that debootstrap's second stage runs arm64 binaries."""
+    misc = Path("/proc/sys/fs/binfmt_misc")
+    if not (misc / "register").exists():
+        step(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)], "mounting binfmt_misc")
+    if not (misc / "qemu-aarch64").exists():
+        step(["update-binfmts", "--enable", "qemu-aarch64"], "registering qemu-aarch64 with binfmt_misc")
+
+
+def install_wheels(target: Path, packages: dict[str, str]) -> None:
+    """The aarch64 cp311 wheels, by this host's pip, into the root's dist-packages."""
+    glibc = [f"manylinux_2_{minor}_aarch64" for minor in range(17, 37)]  # bookworm has glibc 2.36
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
+        pins.write(constraints())
+        pins.flush()
+        step([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), "--python-version", "3.11",
+              "--implementation", "cp", "--abi", "cp311", *[a for p in (*glibc, "manylinux2014_aarch64")
+                                                           for a in ("--platform", p)],
+              "--only-binary=:all:", "--no-compile", "--constraint", pins.name,
+              *(f"{p}=={v}" for p, v in packages.items())], "installing the aarch64 wheels")
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount anything debootstrap left mounted inside root (its second stage mounts /proc and /sys)."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+def folder_bytes(root: Path) -> int:
+    return sum(p.lstat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def build(root: Path, mirror: str = MIRROR) -> dict:
+    """Build the root (or bring its wheels to this environment's versions); returns its stamp."""
+    packages = host_versions()
+    stamp = read_stamp(root)
+    if stamp and stamp["packages"] == packages:
+        print(f"arm64 root: {root} is up to date ({', '.join(f'{p} {v}' for p, v in packages.items())})")
+        return stamp
+    if os.geteuid() != 0:
+        raise UserError("building the arm64 root needs root (debootstrap, chroot, binfmt_misc): sudo make arm64")
+    if missing := [tool for tool in ("debootstrap", "update-binfmts", QEMU) if shutil.which(tool) is None]:
+        raise UserError(f"{', '.join(missing)} not found: apt-get install qemu-user-static debootstrap binfmt-support")
+    start = time.monotonic()
+    if stamp:  # the base system is there: only the wheels change
+        shutil.rmtree(root / SITE, ignore_errors=True)
+        install_wheels(root / SITE, packages)
+        work = root
+    else:
+        enable_binfmt()
+        work = root.with_name(root.name + ".partial")
+        unmount_below(work)
+        shutil.rmtree(work, ignore_errors=True)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        step(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", "--include=python3.11", SUITE,
+              str(work), mirror], f"debootstrap's first stage ({SUITE} arm64 from {mirror})")
+        shutil.copy(QEMU, work / QEMU.lstrip("/"))
+        try:
+            step([chroot(), str(work), "/debootstrap/debootstrap", "--second-stage"],
+                 "debootstrap's second stage, emulated (about 8 minutes)")
+        finally:
+            unmount_below(work)
+        install_wheels(work / SITE, packages)
+    step([chroot(), str(work), QEMU, PYTHON, "-c", "import numpy, onnxruntime, ai_edge_litert.interpreter"],
+         "importing the runtimes inside the root", env={"PATH": "/usr/bin:/bin", "QEMU_CPU": "cortex-a76"})
+    qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    stamp = {"suite": SUITE, "mirror": mirror, "python": PYTHON, "packages": packages, "qemu": qemu,
+             "build_s": round(time.monotonic() - start, 1),
+             "bytes": folder_bytes(work), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (work / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    if work != root:
+        shutil.rmtree(root, ignore_errors=True)
+        work.rename(root)
+    print(f"arm64 root: {root} built in {stamp['build_s']:.0f} s, {stamp['bytes'] / 1e6:.0f} MB")
+    return stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m targets.arm64", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("build", help="build the root (once; again only when the runtimes' versions change)")
+    make.add_argument("--root", type=Path, default=None, help=f"default: ${ROOT_ENV} or {DEFAULT_ROOT}")
+    make.add_argument("--mirror", default=MIRROR, help="Debian mirror for debootstrap")
+    args = parser.parse_args(argv)
+    try:
+        build((args.root or root_path()).expanduser().absolute(), args.mirror)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
