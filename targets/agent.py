@@ -34,8 +34,9 @@ One model prints its result object (as before); several print {"ok": true, "resu
 both carry "schedule" (the model index of each timed block, in order).
 With --predict (accuracy, nothing timed): every model runs on the float32 array `images` of IMAGES.npz (read
 with allow_pickle=False; a batch of the models' input), and the result holds, per model, each image's argmax
-and its logits (float32 little-endian, base64), plus the machine and, on Arm, the CPU features the kernel
-reports (the auxiliary vector: it needs no /proc). Core ML files, which take pixels, are refused.
+and its logits (float32 little-endian, base64), for LiteRT how many XNNPACK partitions took the graph, plus the
+machine and, on Arm, the CPU features the kernel reports (the auxiliary vector: it needs no /proc). Core ML
+files, which take pixels, are refused.
 On failure it prints {"ok": false, "kind": ..., "error": ...} (with "model": the file name, when the failure
 is one model's: a runtime missing for it, a file its runtime cannot load or run) and exits 3.
 """
@@ -892,10 +893,14 @@ def predict(args) -> dict:
                 raise AgentError("bad_model", f"{path}: no such file on the device")
             runner = load(argparse.Namespace(**{**vars(args), "model": path, "runtime": runtime}))
             out = logits(runner, images)
-        results.append({"model": file_name(path), "runtime": runner.name, "runtime_version": runner.version,
-                        "images": len(out), "argmax": out.argmax(1).tolist(),
-                        "logits": {"dtype": "<f4", "shape": list(out.shape),
-                                   "base64": base64.b64encode(out.astype("<f4").tobytes()).decode("ascii")}})
+        result = {"model": file_name(path), "runtime": runner.name, "runtime_version": runner.version,
+                  "images": len(out), "argmax": out.argmax(1).tolist(),
+                  "logits": {"dtype": "<f4", "shape": list(out.shape),
+                             "base64": base64.b64encode(out.astype("<f4").tobytes()).decode("ascii")}}
+        if runner.name == "litert":  # XNNPACK took the graph (the phone's kernels) or not (LiteRT's own)
+            result["xnnpack_partitions"] = sum(op["op_name"] == "DELEGATE"
+                                               for op in runner.interpreter._get_ops_details())
+        results.append(result)
     host = {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version(),
             "cpu_features": arm_features()}
     return {"ok": True, "results": results, "host": host}

@@ -9,15 +9,17 @@ stage inside the root (arm64 binaries run through binfmt_misc and qemu-user-stat
 of ONNX Runtime, LiteRT and numpy at the versions this environment has, installed by this host's pip with
 --platform (no emulated pip). Nothing downloads at run time.
 
-At run time the agent (targets/agent.py) runs as `chroot ROOT qemu-aarch64-static python3.11 agent.py ...`
-with QEMU_CPU set from the profile's `cpu`. /proc is not mounted in the root: with the host's x86
-/proc/cpuinfo, ONNX Runtime's cpuinfo crashes qemu; without it, it warns "failed to parse" and takes the
-features from the auxiliary vector, which qemu fills in for the emulated core.
+At run time the agent (targets/agent.py) runs as `chroot ROOT qemu-aarch64-static python3.11 arm64_boot.py
+agent.py ...` with QEMU_CPU set from the profile's `cpu`. /proc and /sys are not mounted in the root (with the
+host's x86 /proc/cpuinfo, ONNX Runtime's cpuinfo crashes qemu); targets/arm64_boot.py first writes them as plain
+files describing the emulated core (its MIDR and features), without which cpuinfo fails and XNNPACK, so LiteRT's
+phone kernels, would not start.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import hashlib
 import json
 import logging
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from targets import arm64_boot
 from targets.devices import AGENT, TEMP_PREFIX, DeviceError, agent_result, as_list, files_for
 from targets.profiles import TargetProfile
 
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 ROOT_ENV = "MANIFOLD_EDGE_ARM64_ROOT"
 DEFAULT_ROOT = "~/.cache/manifold-edge/arm64"
 STAMP = "manifold-edge-arm64.json"  # in the root: what the build installed; written last
+LOCK = ".manifold-edge-core.lock"  # in the root's /tmp: held by each call
+BOOT = Path(arm64_boot.__file__)  # runs first in the emulated process: describes the core, then runs the agent
 QEMU = "/usr/bin/qemu-aarch64-static"
 PYTHON = "/usr/bin/python3.11"
 SITE = "usr/local/lib/python3.11/dist-packages"  # on Debian's python3.11 path
@@ -131,9 +136,12 @@ class Arm64Device:
         models = as_list(model)
         at = agent_args.index("--predict") + 1
         images = Path(agent_args[at])
-        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=self.root / "tmp") as folder:
+        with open(self.root / "tmp" / LOCK, "w") as lock, \
+                tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=self.root / "tmp") as folder:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the root's /proc/cpuinfo describes one core at a time
             inside = "/tmp/" + Path(folder).name
             shutil.copy(AGENT, folder)
+            shutil.copy(BOOT, folder)
             shutil.copy(images, Path(folder, "images.npz"))
             paths = []
             for i, m in enumerate(models):
@@ -142,7 +150,8 @@ class Arm64Device:
                     (shutil.copytree if f.is_dir() else shutil.copy)(f, Path(folder, str(i), f.name))
                 paths.append(f"{inside}/{i}/{m.name}")
             args = [*agent_args[:at], f"{inside}/images.npz", *agent_args[at + 1:]]
-            argv = [chroot(), str(self.root), QEMU, PYTHON, f"{inside}/{AGENT.name}", *paths, *args]
+            argv = [chroot(), str(self.root), QEMU, PYTHON, f"{inside}/{BOOT.name}", f"{inside}/{AGENT.name}", *paths,
+                    *args]
             env = {"QEMU_CPU": self.profile.cpu, "PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
                    "PYTHONDONTWRITEBYTECODE": "1"}
             try:
@@ -244,11 +253,16 @@ def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str
     stamp = require_root()
     threads_cap = len(os.sched_getaffinity(0))
 
-    def run(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        """x86 logits, and the file's own input for x (a runner may make it, e.g. app pixels for a .tflite)."""
+    inputs: dict[bytes, np.ndarray] = {}  # the files' own inputs for x, by digest (most files share one)
+
+    def run(path: Path) -> tuple[np.ndarray, bytes]:
+        """x86 logits, and the digest of the file's own input for x (a runner may make it: app pixels for a
+        .tflite that takes them)."""
         runner = load_runner(path)
         model_input = runner.feed(x) if hasattr(runner, "feed") else x
-        return predict(runner, (x[i:i + BATCH] for i in range(0, len(x), BATCH))), model_input
+        digest = hashlib.sha256(model_input).digest()
+        inputs.setdefault(digest, model_input)
+        return predict(runner, (x[i:i + BATCH] for i in range(0, len(x), BATCH))), digest
 
     torch_pred = run(files[0]["path"])[0].argmax(1)
     wanted = {runtime for p in profiles.values() for runtime in p.all_runtimes}
@@ -265,11 +279,11 @@ def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str
             if f["runtime"] in MISSING:
                 rows.append({**base[f["artifact"]], "error": MISSING[f["runtime"]]})
             else:
-                groups.setdefault((f["runtime"], hashlib.sha256(x86[f["artifact"]][1]).digest()), []).append(f)
-        for (runtime, _), group in groups.items():
+                groups.setdefault((f["runtime"], x86[f["artifact"]][1]), []).append(f)
+        for (runtime, digest), group in groups.items():
             with tempfile.TemporaryDirectory() as folder:
                 images = Path(folder, "images.npz")
-                np.savez(images, images=x86[group[0]["artifact"]][1])
+                np.savez(images, images=inputs[digest])
                 args = ["--runtime", runtime, "--threads", str(min(profile.threads, threads_cap)),
                         "--predict", str(images)]
                 try:
@@ -287,6 +301,7 @@ def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str
                              "arm64_top1": top1[1], "arm64_top1_interval": wilson(top1[0], len(y)),
                              "agreement": agree[1], "agreement_interval": wilson(agree[0], len(y)),
                              "x86_agreement": x86_agree[1],
+                             **{k: result[k] for k in ("xnnpack_partitions",) if k in result},
                              "vs_x86": {"argmax_differ": int((pred != x86_pred).sum()),
                                         "max_abs_diff": float(np.abs(logits - x86_logits).max())}})
     order = {(name, f["artifact"]): i for i, (name, f) in enumerate((n, f) for n in profiles for f in files)}
@@ -318,7 +333,8 @@ def step(argv: list[str], what: str, **kwargs) -> None:
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, **kwargs)
     if proc.returncode != 0:
         raise UserError(f"building the arm64 root: {what} failed with status {proc.returncode} (its output is "
-                        "above); fix that and run `make arm64` again")
+                        f"{'above' if proc.stdout is None else repr(proc.stdout[-300:])}); fix that and run "
+                        "`make arm64` again")
 
 
 def enable_binfmt() -> None:
@@ -386,7 +402,8 @@ def build(root: Path, mirror: str = MIRROR) -> dict:
             unmount_below(work)
         install_wheels(work / SITE, packages)
     step([chroot(), str(work), QEMU, PYTHON, "-c", "import numpy, onnxruntime, ai_edge_litert.interpreter"],
-         "importing the runtimes inside the root", env={"PATH": "/usr/bin:/bin", "QEMU_CPU": "cortex-a76"})
+         "importing the runtimes inside the root", env={"PATH": "/usr/bin:/bin", "QEMU_CPU": "cortex-a76"},
+         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # cpuinfo's complaints only if it fails
     qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     stamp = {"suite": SUITE, "mirror": mirror, "python": PYTHON, "packages": packages, "qemu": qemu,
              "build_s": round(time.monotonic() - start, 1),
