@@ -47,7 +47,9 @@ def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
     """The file's inputs and outputs as its runtime reads them: name, shape (None or a name for a dynamic
     dimension) and dtype; Core ML features by kind (an image with its colour space and size, a multiarray, the
     class label, a logit per class) and the package's specificationVersion; LiteRT quantization parameters
-    where a tensor is quantized. Only a .pte without ExecuTorch installed is described from the export record."""
+    where a tensor is quantized, and the app-input record the export wrote into the .tflite (`app_input`: RGB
+    pixels in, converted and normalised inside). Only a .pte without ExecuTorch installed is described from the
+    export record."""
     if runtime == "onnxruntime":
         import onnx
         from onnx.helper import tensor_dtype_to_np_dtype
@@ -112,6 +114,8 @@ def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
         import numpy as np
         from ai_edge_litert.interpreter import Interpreter
 
+        from targets.litert_runner import app_input
+
         interpreter = Interpreter(model_path=str(path))
 
         def detail(d: dict) -> dict:
@@ -121,8 +125,10 @@ def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
                 entry["quantization"] = {"scale": q["scales"].tolist(), "zero_point": q["zero_points"].tolist()}
             return entry
 
-        return {"inputs": [detail(d) for d in interpreter.get_input_details()],
-                "outputs": [detail(d) for d in interpreter.get_output_details()]}
+        found = {"inputs": [detail(d) for d in interpreter.get_input_details()],
+                 "outputs": [detail(d) for d in interpreter.get_output_details()]}
+        pixels = app_input(path)
+        return {**found, "app_input": pixels} if pixels else found
     if runtime == "executorch":
         try:
             from executorch.runtime import Runtime
@@ -151,8 +157,8 @@ def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
 
 def preprocess(report: dict, choice: dict, file: str, io: dict) -> dict:
     """preprocess.json: the file's inputs and outputs (`io`, tensors() of it) and how an app turns a picture into
-    the first input. mean/std and the formula are there only where the app applies them (not for Core ML, whose
-    package takes pixels 0-255 and normalises inside)."""
+    the first input. mean/std and the formula are there only where the app applies them (not for Core ML and the
+    export's .tflite, which take pixels 0-255 and normalise inside)."""
     data = report["stages"]["data"]["summary"]
     size, channels = data["img_size"], data["channels"]
     first, output = io["inputs"][0], io["outputs"][0]
@@ -170,6 +176,14 @@ def preprocess(report: dict, choice: dict, file: str, io: dict) -> dict:
                     output="; ".join(f"{o['name']}: {o['meaning']}" for o in io["outputs"] if "meaning" in o))
         return spec
     shape = first["shape"]
+    logits = "logits, one per class in labels.txt order (apply softmax for probabilities)"
+    if "app_input" in io:  # the export's .tflite: RGB pixels in whatever the data's channels
+        spec.update(color="RGB", layout="NHWC", shape=shape, dtype=first["dtype"],
+                    expects=f"RGB pixels 0-255 as {first['dtype']}, channels last {shape}"
+                            + (" (the model makes them grayscale: BT.601 luma, as PIL's convert(\"L\"))"
+                               if channels == 1 else ""),
+                    formula="none: pass pixels 0-255 (the normalisation is inside the model)", output=logits)
+        return spec
     layout = "NCHW" if len(shape) == 4 and shape[1] == channels else \
         "NHWC" if len(shape) == 4 and shape[3] == channels else "as shape"
     formula = NORMALISE
@@ -181,8 +195,7 @@ def preprocess(report: dict, choice: dict, file: str, io: dict) -> dict:
         spec["batch"] = f"1 to {batch} (the .pte's sizes are the upper bound)"
     spec.update(layout=layout, shape=shape, dtype=first["dtype"], expects="a normalised tensor", mean=data["mean"],
                 std=data["std"], formula=formula,
-                output="logits, one per class in labels.txt order (apply softmax for probabilities)"
-                       + (f"; dequantize first: (q - {output['quantization']['zero_point'][0]}) * "
+                output=logits + (f"; dequantize first: (q - {output['quantization']['zero_point'][0]}) * "
                           f"{output['quantization']['scale'][0]:g}" if "quantization" in output else ""))
     return spec
 
@@ -249,18 +262,20 @@ def mixed_precision(report: dict, artifact: str) -> str | None:
                      + ([f"{len(attention)} attention matmuls in float"] if attention else []))
 
 
-def mediapipe_verdict(spec: dict) -> str:
-    """Whether MediaPipe's ImageClassifier can take the .tflite, from its input (MEDIAPIPE_INPUT) and its
-    normalisation (MediaPipe applies one mean and one std to every channel)."""
+def pixel_input(spec: dict) -> bool:
+    """Whether the .tflite takes what MediaPipe's ImageClassifier feeds (MEDIAPIPE_INPUT) as pixels 0-255, the
+    normalisation inside (the export's files)."""
     shape = spec["shape"]
-    if not (spec.get("layout") == "NHWC" and shape[0] == 1 and shape[3] in (3, 4) and spec["dtype"] in ("uint8",
-                                                                                                        "float32")):
-        return (f"MediaPipe's ImageClassifier cannot take it: its input is {spec['dtype']} {spec['layout']} {shape}, "
-                f"and MediaPipe needs {MEDIAPIPE_INPUT}")
-    if len(set(spec["mean"])) > 1 or len(set(spec["std"])) > 1:
-        return ("MediaPipe's ImageClassifier cannot take it: it applies one mean and one std to every channel, and "
-                f"this model's differ per channel (mean {spec['mean']}, std {spec['std']})")
-    return "MediaPipe's ImageClassifier takes it (image input, labels and normalisation in the metadata)"
+    return "mean" not in spec and spec["layout"] == "NHWC" and len(shape) == 4 and shape[0] == 1 and shape[3] == 3 \
+        and spec["dtype"] in ("uint8", "float32")
+
+
+def mediapipe_verdict(spec: dict) -> str:
+    """Whether MediaPipe's ImageClassifier can take the .tflite, from its input."""
+    if pixel_input(spec):
+        return "MediaPipe's ImageClassifier takes it"
+    return (f"MediaPipe's ImageClassifier cannot take it: its input is a normalised {spec['dtype']} {spec['layout']} "
+            f"{spec['shape']} tensor, and MediaPipe feeds {MEDIAPIPE_INPUT}")
 
 
 def model_card(report: dict, choice: dict, files: list[str], io: dict, spec: dict, tflite: str | None = None) -> str:
@@ -339,20 +354,16 @@ def in_mediapipe(function: str, **kwargs):
 
 def write_tflite_metadata(path: str, labels: list[str], spec: dict, card: str, name: str) -> None:
     """Runs in the MediaPipe environment: MediaPipe's metadata writer puts into the .tflite the model's name and
-    card, its input (an image with its colour space and normalisation where the input is a channels-last
-    image, else a tensor described in words: an image property there would tell readers, which assume channels
-    last, the wrong layout) and the classification output with its labels."""
+    card, its input (for a pixel input: an RGB image with mean 0 and std 1, so MediaPipe feeds pixels 0-255; else
+    a normalised tensor described in words, not an image) and the classification output with its labels."""
     from mediapipe.tasks.metadata.metadata_schema_py_generated import ColorSpaceType
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
 
     writer = metadata_writer.MetadataWriter.create(bytearray(Path(path).read_bytes()))
     writer.add_general_info(name, card)
-    channels = 1 if spec["color"] == "grayscale" else 3
-    if spec["layout"] == "NHWC":  # one value where every channel has the same (all MediaPipe applies)
-        mean, std = (values[:1] if len(set(values)) == 1 else values for values in (spec["mean"], spec["std"]))
-        writer.add_image_input([255 * m for m in mean], [255 * s for s in std],
-                               ColorSpaceType.GRAYSCALE if channels == 1 else ColorSpaceType.RGB,
-                               description=f"{spec['color']} image, pixels 0-255 (MediaPipe applies mean/std)")
+    if pixel_input(spec):
+        writer.add_image_input([0.0], [1.0], ColorSpaceType.RGB, description=f"{spec['expects']}; "
+                                                                             f"{spec['formula']}")
     else:
         writer.add_feature_input(spec["input_name"], f"{spec['dtype']} {spec['layout']} {spec['shape']}, "
                                                      f"{spec['color']}: {spec['formula']}, mean {spec['mean']}, "
@@ -409,8 +420,8 @@ def tflite_metadata(spec: dict) -> str:
     """What embed_metadata writes into the .tflite with this preprocess spec, in words."""
     if mediapipe_python() is None:
         return f"none (no MediaPipe environment here: `make mediapipe`, or set {MEDIAPIPE_PYTHON})"
-    what = "an image input with its colour space and normalisation" if spec["layout"] == "NHWC" else \
-        f"the input described in words ({spec['layout']}: not an image to metadata readers, which assume NHWC)"
+    what = "an RGB image input of pixels 0-255 (mean 0, std 1: the normalisation is inside the model)" \
+        if pixel_input(spec) else f"the input described in words (a normalised {spec['layout']} tensor, not an image)"
     return f"labels, {what}, and this card (MediaPipe's metadata writer)"
 
 

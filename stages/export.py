@@ -138,7 +138,8 @@ class ExportStage(Stage):
         if cfg.litert.enabled:
             start = time.perf_counter()
             with skippable(*SWITCHES["litert"]):
-                converted = litert_format.export(model, shape, ctx.out / LITERT_FILE)
+                converted = litert_format.export(model, shape, ctx.out / LITERT_FILE, data.meta["mean"],
+                                                   data.meta["std"])
             artifacts["litert"] = {"file": LITERT_FILE, "runtime": "litert", "precision": "fp32",
                                    "numerics": floating("fp32"),
                                    "bytes": artifact_bytes(ctx.out / LITERT_FILE), **converted,

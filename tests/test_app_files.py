@@ -1,5 +1,6 @@
 """preprocess.json, MODEL_CARD.md and the metadata written into each file (pipeline/app_files.py): the inputs and
-outputs as each runtime loads them, and a .tflite that MediaPipe's ImageClassifier takes and classifies with."""
+outputs as each runtime loads them, and the run's own .tflite taken and classified with by MediaPipe's
+ImageClassifier."""
 from __future__ import annotations
 
 import json
@@ -12,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import read_report
+from conftest import artifact_folder, read_report
 from pipeline.app_files import mediapipe_python, write_app_files
 from pipeline.deploy import model_files
+from stages.batches import load_dataset
+from targets.litert_runner import LiteRTRunner
 
 SIZE, CLASSES = 16, ["zero", "one", "two, or more"]  # a comma: labels go into the file as they are
-MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # one value for every channel: all MediaPipe applies
+LITERT = ("litert", "litert_int8", "litert_int8_dynamic")
 
 
 def needs_mediapipe() -> Path:
@@ -34,21 +36,27 @@ def needs_mediapipe() -> Path:
 def run_in_mediapipe(code: str, *args: str) -> dict:
     """Run `code` in the MediaPipe environment; its last line of output, as JSON."""
     done = subprocess.run([str(needs_mediapipe()), "-I", "-c", code, *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 CLASSIFY = """
 import json, sys
+import numpy as np
 import mediapipe as mp
 from mediapipe.tasks.python import vision
 from mediapipe.tasks.python.core.base_options import BaseOptions
+models, pictures = json.loads(sys.argv[1]), np.load(sys.argv[2])
+found = {}
 try:
-    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]), max_results=-1)
-    with vision.ImageClassifier.create_from_options(options) as classifier:
-        found = classifier.classify(mp.Image.create_from_file(sys.argv[2])).classifications[0].categories
-    print(json.dumps({c.category_name: c.score for c in found}))
+    for name, path in models.items():
+        options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=path), max_results=-1)
+        with vision.ImageClassifier.create_from_options(options) as classifier:
+            found[name] = [{c.category_name: c.score for c in classifier.classify(mp.Image(
+                image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(p))).classifications[0].categories}
+                for p in pictures]
+    print(json.dumps(found))
 except Exception as exc:
     print(json.dumps({"error": str(exc)}))
 """
@@ -59,6 +67,14 @@ shown = MetadataDisplayer.with_model_file(sys.argv[1])
 print(json.dumps({"metadata": json.loads(shown.get_metadata_json()),
                   "labels": shown.get_associated_file_buffer("labels.txt").decode().splitlines()}))
 """
+
+
+def classify(models: dict[str, Path], pictures: np.ndarray, folder: Path) -> dict:
+    """MediaPipe's ImageClassifier on each model and each RGB picture (uint8 N x H x W x 3): per model, per picture,
+    category name -> score; {"error": ...} when it refuses a model."""
+    np.save(folder / "pictures.npy", pictures)
+    return run_in_mediapipe(CLASSIFY, json.dumps({k: str(v) for k, v in models.items()}),
+                            str(folder / "pictures.npy"))
 
 
 def report_for(classes: list[str], channels: int, mean: list[float], std: list[float], target: dict) -> dict:
@@ -81,97 +97,95 @@ def litert_choice(artifact: str = "litert") -> dict:
 
 
 @pytest.fixture(scope="module")
-def tflites(tmp_path_factory) -> dict[str, Path]:
-    """Two .tflite files of one small CNN made with litert-torch: `nhwc` takes an RGB image channels last
-    (to_channel_last_io), `nchw` a grayscale tensor channels first, as the export stage writes it."""
-    import litert_torch
+def tensor_tflite(tmp_path_factory) -> Path:
+    """A .tflite of a small CNN exported without the data's mean and std: it takes the model's own normalised
+    grayscale tensor, channels first, not pixels."""
+    from stages.formats import litert
 
-    folder = tmp_path_factory.mktemp("tflite")
     torch.manual_seed(0)
-    paths = {}
-    for name, channels in (("nhwc", 3), ("nchw", 1)):
-        model = torch.nn.Sequential(torch.nn.Conv2d(channels, 8, 3, stride=2), torch.nn.ReLU(),
-                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
-        sample = torch.rand(1, channels, SIZE, SIZE)
-        if name == "nhwc":
-            model, sample = litert_torch.to_channel_last_io(model, args=[0]).eval(), sample.permute(0, 2, 3, 1)
-        paths[name] = folder / f"{name}.tflite"
-        litert_torch.convert(model, (sample,)).export(str(paths[name]))
-    return paths
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    path = tmp_path_factory.mktemp("tflite") / "tensor.tflite"
+    litert.export(model, (1, SIZE, SIZE), path)
+    return path
 
 
 def deploy(source: Path, folder: Path, report: dict, choice: dict) -> tuple[Path, dict, str]:
     folder.mkdir()
-    shutil.copy2(source, folder / "model.tflite")
-    write_app_files(report, choice, folder, ["model.tflite"])
-    return folder / "model.tflite", json.loads((folder / "preprocess.json").read_text()), \
+    shutil.copy2(source, folder / source.name)
+    write_app_files(report, choice, folder, [source.name])
+    return folder / source.name, json.loads((folder / "preprocess.json").read_text()), \
         (folder / "MODEL_CARD.md").read_text()
 
 
-def litert_logits(path: Path, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
-    interpreter.set_tensor(source["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(target["index"])[0]
-
-
-def test_mediapipe_image_classifier_takes_the_deployed_tflite(tflites, tmp_path):
-    """The proof that an app's MediaPipe takes our .tflite: the metadata written at deploy (labels, RGB image
-    input, normalisation) is all ImageClassifier needs, and its scores are the logits LiteRT gives on the input
-    made as preprocess.json says."""
+def test_mediapipe_image_classifier_takes_the_runs_tflite_files(trained_run, tmp_path):
+    """The proof that an app's MediaPipe takes our .tflite: the file the run shipped (deploy/<target>/litert/, its
+    metadata written at deploy) and the run's other LiteRT files, deployed the same way, load in ImageClassifier.
+    On the run's test pictures as an app has them (RGB, pixels 0-255) it names the top class as LiteRT's argmax
+    on the pipeline's normalised images, with LiteRT's logits as scores, and its top-1 is the evaluate stage's."""
     needs_mediapipe()
-    report = report_for(CLASSES, 3, MEAN, STD, {"device": "phone"})
-    path, spec, card = deploy(tflites["nhwc"], tmp_path / "deploy", report, litert_choice())
-    assert spec["layout"] == "NHWC" and spec["shape"] == [1, SIZE, SIZE, 3] and spec["dtype"] == "float32"
-    assert spec["mean"] == MEAN and spec["formula"].startswith("x = (pixel / 255 - mean[c]) / std[c]")
-    assert f"LiteRT {metadata.version('ai-edge-litert')}" in card and "XNNPACK delegate" in card
-    assert "ImageClassifier takes it" in card and "an image input with its colour space and normalisation" in card
+    report = read_report(trained_run)
+    classes = report["stages"]["data"]["summary"]["classes"]
+    files = {answer["by_runtime"]["litert"]["artifact"]: trained_run / "runs" / "default" / "deploy" / target / "litert"
+             for target, answer in report["ship"].items() if answer["by_runtime"].get("litert", {}).get("artifact")}
+    assert files, "the run ships a .tflite"
+    for artifact in LITERT:
+        if artifact not in files:
+            (source,) = model_files(report, artifact)
+            deploy(source, tmp_path / artifact, report, {**litert_choice(artifact), "target": "android-phone"})
+            files[artifact] = tmp_path / artifact
+    models = {}
+    for artifact, folder in files.items():
+        spec, card = json.loads((folder / "preprocess.json").read_text()), (folder / "MODEL_CARD.md").read_text()
+        assert spec["layout"] == "NHWC" and spec["shape"] == [1, 32, 32, 3] and spec["dtype"] == "float32"
+        assert spec["color"] == "RGB" and "mean" not in spec and spec["formula"].startswith("none: pass pixels")
+        assert "ImageClassifier takes it" in card and "an RGB image input of pixels 0-255" in card, card
+        models[artifact] = folder / spec["file"]
 
-    pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "picture.png")
-    scores = run_in_mediapipe(CLASSIFY, str(path), str(tmp_path / "picture.png"))
-    x = ((pixels / 255 - np.array(spec["mean"])) / np.array(spec["std"]))[None].astype(np.float32)
-    logits = litert_logits(path, x)
-    assert list(scores) == [CLASSES[i] for i in np.argsort(-logits)]  # MediaPipe names them by the labels
-    assert np.allclose([scores[c] for c in CLASSES], logits, atol=1e-4)
+    data = load_dataset(artifact_folder(trained_run, "data"))
+    pictures = data.test.images.numpy().repeat(3, axis=1).transpose(0, 2, 3, 1)  # grayscale as R = G = B
+    found = classify(models, pictures, tmp_path)
+    assert "error" not in found, found
+    labels = data.test.labels.numpy()
+    images = np.concatenate([x.numpy() for x, _ in data.test.iterate(256)])
+    top1 = {r["artifact"]: r["top1"] for r in report["evaluation"]["artifacts"]}
+    for artifact, path in models.items():
+        scores = np.array([[picture[c] for c in classes] for picture in found[artifact]])
+        logits = LiteRTRunner(path)(images)
+        assert (scores.argmax(1) == logits.argmax(1)).all(), artifact
+        # MediaPipe 0.10.21 runs its own TFLite, whose dynamic-range kernels differ from ai-edge-litert 2.3.0's
+        # (up to 0.03 seen here; on the same pixels ai-edge-litert gives the runner's logits exactly)
+        assert np.abs(scores - logits).max() < (0.1 if artifact == "litert_int8_dynamic" else 1e-4), artifact
+        assert abs(100 * (scores.argmax(1) == labels).mean() - top1[artifact]) < 1e-6, artifact
 
-    per_channel = report_for(CLASSES, 3, [0.5, 0.4, 0.3], [0.25, 0.2, 0.3], {"device": "phone"})
-    path, _, card = deploy(tflites["nhwc"], tmp_path / "per-channel", per_channel, litert_choice())
-    assert "cannot take it: it applies one mean and one std to every channel" in card
-    assert "Per-channel image normalization" in run_in_mediapipe(CLASSIFY, str(path), str(tmp_path / "picture.png")
-                                                                 )["error"]
 
-
-def test_a_channels_first_tflite_gets_its_labels_and_says_what_blocks_mediapipe(tflites, tmp_path):
-    """The export stage's .tflite takes a channels-first grayscale tensor: MediaPipe refuses it (as the card says),
-    so its metadata describes the input in words, not as an image, and still carries the labels."""
+def test_a_tflite_of_a_normalised_tensor_gets_its_labels_and_says_what_blocks_mediapipe(tensor_tflite, tmp_path):
+    """A .tflite that takes a normalised tensor (exported without the data's mean and std): MediaPipe refuses it
+    (as the card says), so its metadata describes the input in words, not as an image, and still carries the
+    labels."""
     needs_mediapipe()
     report = report_for(CLASSES, 1, [0.5], [0.25], {"device": "phone"})
-    path, spec, card = deploy(tflites["nchw"], tmp_path / "deploy", report, litert_choice())
-    assert spec["layout"] == "NCHW" and spec["shape"] == [1, 1, SIZE, SIZE]
-    assert f"cannot take it: its input is float32 NCHW [1, 1, {SIZE}, {SIZE}]" in card
+    path, spec, card = deploy(tensor_tflite, tmp_path / "deploy", report, litert_choice())
+    assert spec["layout"] == "NCHW" and spec["shape"] == [1, 1, SIZE, SIZE] and spec["mean"] == [0.5]
+    assert f"cannot take it: its input is a normalised float32 NCHW [1, 1, {SIZE}, {SIZE}] tensor" in card
 
-    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(tmp_path / "picture.png")
-    refused = run_in_mediapipe(CLASSIFY, str(path), str(tmp_path / "picture.png"))
+    refused = classify({"tensor": path}, np.zeros((1, SIZE, SIZE, 3), np.uint8), tmp_path)
     assert "Expected ImageProperties" in refused["error"]  # the metadata says tensor; as an image: "depth = 3 or 4"
     written = run_in_mediapipe(READ, str(path))
     assert written["labels"] == CLASSES
     tensor = written["metadata"]["subgraph_metadata"][0]["input_tensor_metadata"][0]
     assert "image_properties" not in json.dumps(tensor) and "NCHW" in tensor["description"]
     x = np.random.default_rng(1).normal(size=(1, 1, SIZE, SIZE)).astype(np.float32)
-    assert np.array_equal(litert_logits(path, x), litert_logits(tflites["nchw"], x))  # the same model inside
+    assert np.array_equal(LiteRTRunner(path)(x), LiteRTRunner(tensor_tflite)(x))  # the same model inside
 
 
-def test_without_the_mediapipe_environment_the_card_says_the_tflite_has_no_metadata(tflites, tmp_path, monkeypatch):
+def test_without_the_mediapipe_environment_the_card_says_the_tflite_has_no_metadata(tensor_tflite, tmp_path,
+                                                                                    monkeypatch):
     monkeypatch.setenv("MANIFOLD_EDGE_MEDIAPIPE_PYTHON", str(tmp_path / "missing" / "python"))
     report = report_for(CLASSES, 1, [0.5], [0.25], {"device": "phone"})
-    path, _, card = deploy(tflites["nchw"], tmp_path / "deploy", report, litert_choice())
+    path, _, card = deploy(tensor_tflite, tmp_path / "deploy", report, litert_choice())
     assert "TFLite metadata: none (no MediaPipe environment here" in card
-    assert path.read_bytes() == tflites["nchw"].read_bytes()
+    assert path.read_bytes() == tensor_tflite.read_bytes()
 
 
 def runtime_io(runtime: str, path: Path) -> tuple[list, list]:
@@ -239,7 +253,11 @@ def test_every_artifact_of_a_run_gets_its_own_inputs_outputs_and_card(trained_ru
                 inputs, outputs = runtime_io(runtime, out / record["file"])
                 assert [(i["name"], i["shape"], i["dtype"]) for i in spec["inputs"]] == inputs, artifact
                 assert [(o["name"], o["shape"], o["dtype"]) for o in spec["outputs"]] == outputs, artifact
-                assert spec["mean"] == report["stages"]["data"]["summary"]["mean"] and spec["layout"] == "NCHW"
+                if runtime == "litert":  # app pixels in: RGB 0-255, channels last, normalised inside
+                    assert spec["layout"] == "NHWC" and "mean" not in spec and spec["formula"].startswith(
+                        "none: pass pixels 0-255")
+                else:
+                    assert spec["mean"] == report["stages"]["data"]["summary"]["mean"] and spec["layout"] == "NCHW"
                 needs = {"executorch": "XNNPACK backend linked", "litert": "XNNPACK delegate",
                          "openvino": "CPU plugin", "onnxruntime": "CPUExecutionProvider"}[runtime]
                 assert needs in card and "Minimum OS: not stated" in card

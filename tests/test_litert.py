@@ -1,5 +1,6 @@
-"""LiteRT backend: export parity with torch, INT8 (dynamic range, full integer with the accuracy fallback),
-the XNNPACK runner, damaged files. A tiny ViT trained here for a few seconds on sklearn's digits."""
+"""LiteRT backend: export parity with torch, the app's pixel input (RGB 0-255 channels last, converted and
+normalised inside), INT8 (dynamic range, full integer with the accuracy fallback), the XNNPACK runner, damaged
+files. A tiny ViT trained here for a few seconds on sklearn's digits."""
 from __future__ import annotations
 
 import copy
@@ -17,6 +18,7 @@ from targets.litert_runner import LiteRTRunner
 
 N_TRAIN = 1400
 MAX_DROP = 1.0  # top-1 points; one of the 397 validation images is 0.25
+MEAN, STD = [0.3], [0.4]  # digits()' normalisation
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -33,7 +35,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     data = load_digits()
     images = torch.nn.functional.interpolate(torch.tensor(data.images, dtype=torch.float32)[:, None] / 16, size=16,
                                              mode="bilinear")
-    return ((images - 0.3) / 0.4).numpy(), data.target
+    return ((images - MEAN[0]) / STD[0]).numpy(), data.target
 
 
 def train(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int = 20, batch: int = 64,
@@ -65,7 +67,7 @@ def tiny(tmp_path_factory):
     images, labels = digits()
     model = train(tiny_vit(), images[:N_TRAIN], labels[:N_TRAIN])
     folder = tmp_path_factory.mktemp("litert")
-    record = litert.export(model, (1, 16, 16), folder / "model.tflite")
+    record = litert.export(model, (1, 16, 16), folder / "model.tflite", MEAN, STD)
     return SimpleNamespace(model=model, path=folder / "model.tflite", record=record, train=images[:N_TRAIN],
                            val=images[N_TRAIN:], val_labels=labels[N_TRAIN:])
 
@@ -78,9 +80,50 @@ def test_export_matches_torch_and_runs_in_xnnpack(tiny):
     assert np.abs(logits - reference).max() < 1e-3
     assert (logits.argmax(1) == reference.argmax(1)).mean() == 1.0
     assert runner.xnnpack_partitions == 1, "XNNPACK should take the whole fp32 graph"
-    assert tiny.record["input_shape"] == [1, 1, 16, 16]
+    assert tiny.record["input_shape"] == [1, 16, 16, 3] and runner.app_input == tiny.record["app_input"]
+    assert tiny.record["app_input"] == {"layout": "NHWC", "color": "RGB", "pixel_range": [0, 255], "channels": 1,
+                                        "mean": MEAN, "std": STD}
     assert tiny.record["op_types"]["FULLY_CONNECTED"] == 9  # qkv, proj, fc1, fc2 per block, and the head
     assert litert.top1(tiny.path, tiny.val, tiny.val_labels) > 70, "the test model should have learnt the digits"
+
+
+def run_pixels(path, pixels: np.ndarray) -> np.ndarray:
+    """The interpreter on app pixels [1, H, W, 3] as they are, without the runner's conversion."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.set_tensor(source["index"], pixels.astype(np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(target["index"])
+
+
+def test_the_file_takes_rgb_pixels_and_makes_them_grayscale_and_normalised_inside(tiny):
+    """An RGB picture of 0-255 pixels, channels last, as an app has it: the file's logits are torch's on the
+    picture made grayscale as PIL's convert("L") does and normalised with the data's mean and std."""
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype(np.float32)
+    gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    with torch.no_grad():
+        reference = tiny.model(torch.from_numpy((gray[:, None] / 255 - MEAN[0]) / STD[0])).numpy()
+    logits = np.concatenate([run_pixels(tiny.path, picture[None]) for picture in rgb])
+    assert np.abs(logits - reference).max() < 1e-3
+
+
+def test_rgb_data_is_normalised_per_channel_inside(tmp_path):
+    """3-channel data: no grayscale step, and each channel's own mean and std inside the model."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    record = litert.export(model, (3, 8, 8), tmp_path / "rgb.tflite", mean, std)
+    assert record["input_shape"] == [1, 8, 8, 3] and record["app_input"]["channels"] == 3
+    rgb = np.random.default_rng(1).integers(0, 256, (1, 8, 8, 3)).astype(np.float32)
+    x = ((rgb / 255 - np.array(mean)) / np.array(std)).transpose(0, 3, 1, 2).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    assert np.abs(run_pixels(tmp_path / "rgb.tflite", rgb) - reference).max() < 1e-4
+    assert np.abs(LiteRTRunner(tmp_path / "rgb.tflite")(x) - reference).max() < 1e-4  # normalised in, as callers
 
 
 def test_runner_batches_equal_per_image_calls(tiny):
@@ -95,6 +138,7 @@ def test_runner_batches_equal_per_image_calls(tiny):
 def test_dynamic_range_int8_is_smaller_and_within_budget(tiny, tmp_path):
     record = litert.quantize_dynamic(tiny.path, tmp_path / "dynamic.tflite")
     assert record["op_types"]["FULLY_CONNECTED"] == 9
+    assert LiteRTRunner(tmp_path / "dynamic.tflite").app_input == tiny.record["app_input"]
     assert (tmp_path / "dynamic.tflite").stat().st_size < 0.7 * tiny.path.stat().st_size
     fp32 = litert.top1(tiny.path, tiny.val, tiny.val_labels)
     assert fp32 - litert.top1(tmp_path / "dynamic.tflite", tiny.val, tiny.val_labels) <= MAX_DROP
@@ -109,7 +153,7 @@ def test_full_integer_int8_is_smaller_within_budget_and_keeps_float_io(tiny, tmp
     assert (tmp_path / "int8.tflite").stat().st_size < 0.7 * tiny.path.stat().st_size
     runner = LiteRTRunner(tmp_path / "int8.tflite")
     (source,), (target,) = runner.interpreter.get_input_details(), runner.interpreter.get_output_details()
-    assert source["dtype"] == target["dtype"] == np.float32
+    assert source["dtype"] == target["dtype"] == np.float32 and runner.app_input == tiny.record["app_input"]
     assert runner.xnnpack_partitions == 1, "FC/conv INT8 should not split the XNNPACK graph"
 
 
@@ -124,7 +168,7 @@ def test_calibration_is_deterministic(tiny, tmp_path):
 def test_fallback_keeps_a_sabotaged_layer_in_float(tiny, tmp_path, caplog):
     """The loop must find the attention that sabotage_attention ruined and keep it in float."""
     model = sabotage_attention(copy.deepcopy(tiny.model))
-    litert.export(model, (1, 16, 16), tmp_path / "sabotaged.tflite")
+    litert.export(model, (1, 16, 16), tmp_path / "sabotaged.tflite", MEAN, STD)
     caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
     result = litert.quantize_full_integer(tmp_path / "sabotaged.tflite", tmp_path / "int8.tflite", tiny.train[:100],
                                           tiny.val, tiny.val_labels, MAX_DROP, 4)

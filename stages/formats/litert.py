@@ -1,8 +1,13 @@
 """LiteRT (.tflite): export with litert-torch, INT8 with ai-edge-quantizer on the fp32 .tflite, both run by
 XNNPACK on phone CPUs (targets/litert_runner.py).
 
-The fp32 file takes one image (float32 NCHW, normalised like the training data) and returns logits: litert-torch
-cannot lower these ViTs with a dynamic batch (the patch embedding's reshape needs a concrete size).
+The fp32 file takes what an Android app has, one RGB picture as float32 pixels 0-255, channels last
+[1, H, W, 3], and returns logits: the grayscale conversion (BT.601 luma, PIL's convert("L"), for 1-channel data)
+and the data's normalisation are inside the model (pixel_input()), as in the Core ML export, so MediaPipe's
+ImageClassifier takes the file with mean 0 and std 1 in its metadata. The export writes that input's record
+into the file's metadata (targets/litert_runner.APP_INPUT; ai-edge-quantizer keeps it in the INT8 files), from
+which LiteRTRunner makes these pixels out of the pipeline's normalised NCHW batches. One image per call:
+litert-torch cannot lower these ViTs with a dynamic batch (the patch embedding's reshape needs a concrete size).
 
 INT8 (ai-edge-quantizer, not litert-torch's PT2E quantizer: it works on the very file that passed the parity
 check, and its recipes keep chosen ops in float by their scope):
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
 import warnings
@@ -33,6 +39,7 @@ from pipeline.section import Section
 from targets.runtimes import require
 
 INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights of PIL's convert("L")
 CONVERSIONS = ("QUANTIZE", "DEQUANTIZE")
 
 
@@ -96,22 +103,68 @@ def int8_op_types(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def export(model, shape: tuple[int, ...], path: Path) -> dict:
-    """The fp32 .tflite of `model` for one image of `shape` (C, H, W). An op litert-torch cannot lower is a
-    UserError naming it."""
+def pixel_input(model, channels: int, mean: list[float], std: list[float]):
+    """`model` (normalised NCHW in) behind the app's input: RGB pixels 0-255, channels last, made grayscale with
+    LUMA for 1-channel data, then normalised with the data's mean and std."""
     import torch
 
+    class PixelInput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model.eval()
+            self.register_buffer("luma", torch.tensor(LUMA) if channels == 1 else None)
+            self.register_buffer("mean", torch.tensor(mean) * 255)
+            self.register_buffer("std", torch.tensor(std) * 255)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            if self.luma is not None:
+                pixels = (pixels * self.luma).sum(-1, keepdim=True)
+            return self.model(((pixels - self.mean) / self.std).permute(0, 3, 1, 2))
+
+    return PixelInput().eval()
+
+
+def write_app_input(path: Path, record: dict) -> None:
+    """Add `record` to the file's metadata under APP_INPUT (a flatbuffer Model.metadata entry and its buffer)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from targets.litert_runner import APP_INPUT
+
+    model = flatbuffer_utils.read_model(str(path))
+    buffer, entry = schema.BufferT(), schema.MetadataT()
+    buffer.data = np.frombuffer(json.dumps(record).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry.name, entry.buffer = APP_INPUT, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    flatbuffer_utils.write_model(model, str(path))
+
+
+def export(model, shape: tuple[int, ...], path: Path, mean: list[float] | None = None,
+           std: list[float] | None = None) -> dict:
+    """The fp32 .tflite of `model` for one image of `shape` (C, H, W): with the data's `mean` and `std`, taking
+    app pixels (pixel_input(), its record in the file); without, the model's own input. An op litert-torch
+    cannot lower is a UserError naming it."""
+    import torch
+
+    channels, size = shape[0], shape[1:]
+    app = None if mean is None else {"layout": "NHWC", "color": "RGB", "pixel_range": [0, 255], "channels": channels,
+                                     "mean": list(mean), "std": list(std)}
     with quiet():
         litert_torch = require("litert_torch", "litert")
         try:
-            converted = litert_torch.convert(model.eval(), (torch.zeros(1, *shape),))
+            converted = litert_torch.convert(model.eval(), (torch.zeros(1, *shape),)) if app is None else \
+                litert_torch.convert(pixel_input(model, channels, mean, std), (torch.zeros(1, *size, 3),))
         except Exception as exc:  # litert-torch raises many types; the innermost names the op
             from pipeline.errors import root_cause
 
             raise UserError(f"LiteRT conversion failed: {root_cause(exc)}; try a model without this "
                             "operator") from None
         converted.export(str(path))
-    return {"input_shape": [1, *shape], "op_types": op_types(path)}
+    if app is None:
+        return {"input_shape": [1, *shape], "op_types": op_types(path)}
+    write_app_input(path, app)
+    return {"input_shape": [1, *size, 3], "app_input": app, "op_types": op_types(path)}
 
 
 def _quantizer(src: Path):
@@ -156,15 +209,16 @@ def _static_recipe(src: Path, only: str | None = None, exclude: list[str] = ()):
 
 
 def calibrate(src: Path, images: np.ndarray) -> dict:
-    """Min/max of every tensor the static recipe quantizes, over `images` one by one on one thread (so the
-    ranges depend only on the images)."""
+    """Min/max of every tensor the static recipe quantizes, over `images` (normalised NCHW, fed as the file
+    takes them) one by one on one thread (so the ranges depend only on the images)."""
     from targets.litert_runner import LiteRTRunner
 
-    signatures = LiteRTRunner(src).interpreter.get_signature_list()
+    runner = LiteRTRunner(src)
+    signatures = runner.interpreter.get_signature_list()
     key = next(iter(signatures))
-    name = signatures[key]["inputs"][0]
+    name, inputs = signatures[key]["inputs"][0], runner.feed(images)
     with quiet():
-        return _static_recipe(src).calibrate({key: [{name: images[i:i + 1]} for i in range(len(images))]},
+        return _static_recipe(src).calibrate({key: [{name: inputs[i:i + 1]} for i in range(len(inputs))]},
                                              num_threads=1)
 
 
