@@ -184,6 +184,22 @@ def test_accuracy_differences_within_noise_are_said_to_be():
     assert choice["within_noise"] and choice["delta_top1"] == pytest.approx(-0.12)
 
 
+def _litert_on_pixels(path: Path, spec: dict, images: np.ndarray) -> np.ndarray:
+    """The .tflite as an Android app feeds it: RGB pixels 0-255, channels last (the model converts and normalises)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert "mean" not in spec and spec["layout"] == "NHWC" and spec["color"] == "RGB"
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    index = {d["name"]: d["index"] for d in [*interpreter.get_input_details(), *interpreter.get_output_details()]}
+    logits = []
+    for picture in np.broadcast_to(images, (len(images), 3, *images.shape[2:])).transpose(0, 2, 3, 1):
+        interpreter.set_tensor(index[spec["input_name"]], picture[None].astype(np.float32))
+        interpreter.invoke()
+        logits.append(interpreter.get_tensor(index[spec["output_name"]])[0].copy())
+    return np.array(logits)
+
+
 def test_the_deploy_folder_alone_classifies_test_images_as_evaluated(trained_run):
     """Like an app: the model file, labels.txt and preprocess.json only, on raw test pictures (uint8)."""
     import onnxruntime as ort
@@ -214,22 +230,26 @@ def test_the_deploy_folder_alone_classifies_test_images_as_evaluated(trained_run
             package = ct.models.MLModel(str(next(folder.glob("*.mlpackage"))), skip_model_load=True)
             assert json.loads(package.user_defined_metadata["labels"]) == names and spec["input_name"] == "image"
             continue
-        c = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
-        s = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
-        x = ((images.astype(np.float32) / 255 - c) / s).astype(np.float32)
-        if choice["runtime"] == "onnxruntime":
-            session = ort.InferenceSession(str(next(folder.glob("*.onnx"))))
-            logits = session.run([spec["output_name"]], {spec["input_name"]: x})[0]
-            embedded = session.get_modelmeta().custom_metadata_map
-        elif choice["runtime"] in ("litert", "executorch"):  # no metadata in the file: labels.txt beside it
-            from targets.runtimes import load_runner
-
-            logits = load_runner(next(p for p in folder.iterdir() if p.suffix in (".tflite", ".pte")))(x)
-            embedded = {"labels": json.dumps(names), "preprocess": json.dumps(spec)}
+        if choice["runtime"] == "litert":
+            logits, embedded = _litert_on_pixels(next(folder.glob("*.tflite")), spec, images), {
+                "labels": json.dumps(names), "preprocess": json.dumps(spec)}  # its TFLite metadata: test_app_files
         else:
-            model = ov.Core().read_model(str(next(folder.glob("*.xml"))))
-            embedded = {k: model.get_rt_info(["manifold_edge", k]).astype(str) for k in ("labels", "preprocess")}
-            logits = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+            c = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
+            s = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
+            x = ((images.astype(np.float32) / 255 - c) / s).astype(np.float32)
+            if choice["runtime"] == "onnxruntime":
+                session = ort.InferenceSession(str(next(folder.glob("*.onnx"))))
+                logits = session.run([spec["output_name"]], {spec["input_name"]: x})[0]
+                embedded = session.get_modelmeta().custom_metadata_map
+            elif choice["runtime"] == "executorch":  # no metadata in a .pte: labels.txt beside it
+                from targets.runtimes import load_runner
+
+                logits = load_runner(next(folder.glob("*.pte")))(x)
+                embedded = {"labels": json.dumps(names), "preprocess": json.dumps(spec)}
+            else:
+                model = ov.Core().read_model(str(next(folder.glob("*.xml"))))
+                embedded = {k: model.get_rt_info(["manifold_edge", k]).astype(str) for k in ("labels", "preprocess")}
+                logits = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
         assert json.loads(embedded["labels"]) == names and json.loads(embedded["preprocess"]) == spec
         predicted = [names[i] for i in logits.argmax(1)]
         top1 = 100 * np.mean([p == names[y] for p, y in zip(predicted, labels)])
