@@ -56,14 +56,15 @@ test-tools:
 		if [ -z "$$had_sshd" ] && [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now -q ssh; fi; \
 	else echo "apt-get not found: install OpenSSH's sshd, adb and chromium, or their tests are skipped"; fi
 
-# The emulated arm64 device (docs/targets.md): a Debian bookworm arm64 root with the aarch64 builds of ONNX Runtime
-# and LiteRT, built once outside the repo (as root: about 10 minutes and 0.5 GB); again, it only checks the versions.
+# The emulated arm64 device (docs/targets.md): a Debian bookworm arm64 root with the aarch64 builds of ONNX Runtime,
+# LiteRT and ExecuTorch, built once outside the repo (as root: minutes, 0.5 GB); again, it only checks the versions.
 MANIFOLD_EDGE_ARM64_ROOT ?= $(HOME)/.cache/manifold-edge/arm64
 
 arm64: setup
 	@if command -v qemu-aarch64-static >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 && \
-		command -v update-binfmts >/dev/null 2>&1; then :; \
-	else $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-user-static debootstrap binfmt-support; fi
+		command -v update-binfmts >/dev/null 2>&1 && command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; then :; \
+	else $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq qemu-user-static debootstrap binfmt-support g++-aarch64-linux-gnu; fi
 	$(SUDO) $(VENV)/bin/python -m targets.arm64 build --root $(MANIFOLD_EDGE_ARM64_ROOT)
 
 run: setup data mediapipe

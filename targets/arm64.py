@@ -7,13 +7,14 @@ this host's own, and its speed says nothing of the core's, so the device refuses
 ~/.cache/manifold-edge/arm64 ($MANIFOLD_EDGE_ARM64_ROOT): debootstrap's first stage on this host, its second
 stage inside the root (arm64 binaries run through binfmt_misc and qemu-user-static), then the aarch64 wheels
 of ONNX Runtime, LiteRT and numpy at the versions this environment has, installed by this host's pip with
---platform (no emulated pip). Nothing downloads at run time.
+--platform (no emulated pip), and ExecuTorch's runtime libraries from its aarch64 wheel with a runner
+cross-compiled against them (targets/arm64_executorch_runner.cpp). Nothing downloads at run time.
 
 At run time the agent (targets/agent.py) runs as `chroot ROOT qemu-aarch64-static python3.11 arm64_boot.py
-agent.py ...` with QEMU_CPU set from the profile's `cpu`. /proc and /sys are not mounted in the root (with the
-host's x86 /proc/cpuinfo, ONNX Runtime's cpuinfo crashes qemu); targets/arm64_boot.py first writes them as plain
-files describing the emulated core (its MIDR and features), without which cpuinfo fails and XNNPACK, so LiteRT's
-phone kernels, would not start.
+agent.py ...` with QEMU_CPU set from the profile's `cpu` (ExecuTorch files: the runner, after arm64_boot.py).
+/proc and /sys are not mounted in the root (with the host's x86 /proc/cpuinfo, ONNX Runtime's cpuinfo crashes
+qemu); targets/arm64_boot.py first writes them as plain files describing the emulated core (its MIDR and
+features), without which cpuinfo fails and XNNPACK, so the phone's kernels, would not start.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
@@ -37,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from targets import arm64_boot
-from targets.devices import AGENT, TEMP_PREFIX, DeviceError, agent_result, as_list, files_for
+from targets import agent, arm64_boot
+from targets.devices import AGENT, TEMP_PREFIX, Deadline, DeviceError, agent_result, as_list, files_for, last_line
 from targets.profiles import TargetProfile
 
 log = logging.getLogger(__name__)
@@ -52,12 +54,16 @@ QEMU = "/usr/bin/qemu-aarch64-static"
 PYTHON = "/usr/bin/python3.11"
 SITE = "usr/local/lib/python3.11/dist-packages"  # on Debian's python3.11 path
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
-RUNTIMES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}  # runtime -> the wheel installed for it
+RUNTIMES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert", "executorch": "executorch"}  # -> its wheel
 PACKAGES = (*RUNTIMES.values(), "numpy")
-# ExecuTorch is not in the root: its Python runtime imports torch, and the only aarch64 torch wheel on the
-# index (2.14.1) is a CUDA build whose libtorch_cpu needs libcudart.
-MISSING = {"executorch": "ExecuTorch's Python runtime imports torch, and the only aarch64 torch wheel (2.14.1) is "
-                         "a CUDA build that needs libcudart: not in the arm64 root"}
+# ExecuTorch's Python bindings import torch, and the only aarch64 torch wheel on the index (2.14.1) is a CUDA build
+# that needs libcudart; its wheel's runtime libraries need no torch, so the root gets those (not the Python package)
+# and a runner cross-compiled against them.
+ET_HOME = "opt/executorch"  # in the root: the wheel's lib/ (the runner's rpath)
+ET_RUNNER = "/usr/local/bin/executorch-runner"
+ET_SOURCE = Path(__file__).with_name("arm64_executorch_runner.cpp")
+ET_LIBS = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_kernels_quantized")
+CXX = "aarch64-linux-gnu-g++"
 BATCH = 256  # images per x86 call
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 BUILD_HINT = "build it with `make arm64` (as root: about 10 minutes and 0.5 GB, once)"
@@ -99,9 +105,10 @@ def require_root(root: Path | None = None) -> dict:
 
 
 class Arm64Device:
-    """A profile with connection = 'arm64-emulated': the agent in its predict mode inside the arm64 root, on
-    the profile's `cpu`. Each call gets a fresh folder in the root's /tmp (each model in a subfolder of its own,
-    so files of the same name can share a call), removed afterwards whatever happens."""
+    """A profile with connection = 'arm64-emulated': the agent in its predict mode (ExecuTorch files: the root's
+    runner) inside the arm64 root, on the profile's `cpu`. Each call gets a fresh folder in the root's /tmp (each
+    model in a subfolder of its own, so files of the same name can share a call), removed afterwards whatever
+    happens."""
 
     connection = "arm64-emulated"
     label = "emulated"
@@ -128,6 +135,8 @@ class Arm64Device:
                                              "root: run as root (or sudo)")
 
     def run_agent(self, model: Path | Sequence[Path], agent_args: list[str], timeout: float) -> dict:
+        """The agent's predict mode on the models (ExecuTorch files: the root's ExecuTorch runner, in a call of
+        their own), in the format of the agent's output."""
         if "--predict" not in agent_args:
             raise DeviceError("agent_failed", f"{self.target}: an emulated device gives accuracy only, never "
                                               "latency (emulated speed says nothing of the core's): remove it from "
@@ -135,32 +144,76 @@ class Arm64Device:
         self.usable()
         models = as_list(model)
         at = agent_args.index("--predict") + 1
-        images = Path(agent_args[at])
+        runtimes = set(agent_args[agent_args.index("--runtime") + 1].split(","))
+        if "executorch" in runtimes and len(runtimes) > 1:
+            raise DeviceError("agent_failed", f"{self.target}: ExecuTorch files run by the root's own runner: give "
+                                              "them a call of their own")
+        deadline = Deadline(timeout)
         with open(self.root / "tmp" / LOCK, "w") as lock, \
                 tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, dir=self.root / "tmp") as folder:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the root's /proc/cpuinfo describes one core at a time
             inside = "/tmp/" + Path(folder).name
-            shutil.copy(AGENT, folder)
             shutil.copy(BOOT, folder)
-            shutil.copy(images, Path(folder, "images.npz"))
             paths = []
             for i, m in enumerate(models):
                 Path(folder, str(i)).mkdir()
                 for f in files_for(self.target, m):
                     (shutil.copytree if f.is_dir() else shutil.copy)(f, Path(folder, str(i), f.name))
                 paths.append(f"{inside}/{i}/{m.name}")
+            if "executorch" in runtimes:
+                return self.executorch(Path(agent_args[at]), Path(folder), paths, deadline)
+            shutil.copy(AGENT, folder)
+            shutil.copy(agent_args[at], Path(folder, "images.npz"))
             args = [*agent_args[:at], f"{inside}/images.npz", *agent_args[at + 1:]]
-            argv = [chroot(), str(self.root), QEMU, PYTHON, f"{inside}/{BOOT.name}", f"{inside}/{AGENT.name}", *paths,
-                    *args]
-            env = {"QEMU_CPU": self.profile.cpu, "PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
-                   "PYTHONDONTWRITEBYTECODE": "1"}
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                                      stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                raise DeviceError("timeout", f"{self.target}: the predictions took longer than {timeout:g} s; raise "
-                                             f"timeout_s in [targets.{self.name}]") from None
+            proc = self.emulate([PYTHON, f"{inside}/{BOOT.name}", f"{inside}/{AGENT.name}", *paths, *args],
+                                deadline, "the predictions")
             return agent_result(self.target, self.name, f"{PYTHON} in {self.root}", proc)
+
+    def emulate(self, argv: list[str], deadline: Deadline, what: str) -> subprocess.CompletedProcess:
+        """argv run in the root on the profile's core."""
+        env = {"QEMU_CPU": self.profile.cpu, "PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        try:
+            return subprocess.run([chroot(), str(self.root), QEMU, *argv], capture_output=True, text=True,
+                                  timeout=deadline.left(), env=env, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise DeviceError("timeout", f"{self.target}: {what} took too long; raise timeout_s in "
+                                         f"[targets.{self.name}]") from None
+
+    def executorch(self, images_file: Path, folder: Path, paths: list[str], deadline: Deadline) -> dict:
+        """Each .pte through the root's ExecuTorch runner (targets/arm64_executorch_runner.cpp), after the boot
+        script has described the core; the result as the agent's predict mode gives it."""
+        version = read_stamp(self.root)["packages"].get("executorch")
+        if version is None:
+            raise DeviceError("runtime_missing", f"{self.target}: this arm64 root has no ExecuTorch runner: run "
+                                                 "`make arm64` again")
+        with np.load(images_file, allow_pickle=False) as f:
+            images = f["images"]
+        images.astype("<f4").tofile(folder / "images.f32")
+        inside = "/tmp/" + folder.name
+        described = self.emulate([PYTHON, f"{inside}/{BOOT.name}"], deadline, "describing the core")
+        if described.returncode != 0:
+            raise DeviceError("agent_failed", f"{self.target}: describing the core failed: {described.stderr[-300:]}")
+        features = json.loads(described.stdout)["features"]
+        results = []
+        for i, path in enumerate(paths):
+            proc = self.emulate([ET_RUNNER, path, f"{inside}/images.f32", str(len(images)), *map(str, images.shape[1:]),
+                                 f"{inside}/{i}/logits.f32"], deadline, f"ExecuTorch on {Path(path).name}")
+            if proc.returncode != 0:
+                raise DeviceError("bad_model", f"{self.target}: {last_line(proc.stderr) or 'the runner failed'}",
+                                  Path(path).name)
+            logits = np.fromfile(folder / str(i) / "logits.f32", "<f4").reshape(len(images), -1)
+            results.append({"model": Path(path).name, "runtime": "executorch", "runtime_version": version,
+                            "images": len(logits), "argmax": logits.argmax(1).tolist(), "logits": encode(logits)})
+        shown = set(agent.ARM_HWCAP) | set(agent.ARM_HWCAP2)
+        return {"ok": True, "results": results,
+                "host": {"machine": "aarch64", "cpu_features": [f for f in features if f in shown]}}
+
+
+def encode(logits: np.ndarray) -> dict:
+    """Logits as the agent's predict mode gives them (float32 little-endian, base64)."""
+    return {"dtype": "<f4", "shape": list(logits.shape),
+            "base64": base64.b64encode(logits.astype("<f4").tobytes()).decode("ascii")}
 
 
 # Accuracy on the emulated cores (the evaluate stage).
@@ -276,8 +329,9 @@ def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str
                 for f in fitting}
         groups: dict[tuple[str, bytes], list[dict]] = {}
         for f in fitting:
-            if f["runtime"] in MISSING:
-                rows.append({**base[f["artifact"]], "error": MISSING[f["runtime"]]})
+            if f["runtime"] not in RUNTIMES:
+                rows.append({**base[f["artifact"]], "error": f"{f['runtime']} is not in the arm64 root (it has "
+                                                             f"{', '.join(RUNTIMES.values())})"})
             else:
                 groups.setdefault((f["runtime"], x86[f["artifact"]][1]), []).append(f)
         for (runtime, digest), group in groups.items():
@@ -346,17 +400,40 @@ def enable_binfmt() -> None:
         step(["update-binfmts", "--enable", "qemu-aarch64"], "registering qemu-aarch64 with binfmt_misc")
 
 
+# pip's options for the cp311 aarch64 wheels that bookworm (glibc 2.36) can load
+AARCH64 = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:",
+           *[a for minor in range(17, 37) for a in ("--platform", f"manylinux_2_{minor}_aarch64")],
+           "--platform", "manylinux2014_aarch64"]
+
+
 def install_wheels(target: Path, packages: dict[str, str]) -> None:
-    """The aarch64 cp311 wheels, by this host's pip, into the root's dist-packages."""
-    glibc = [f"manylinux_2_{minor}_aarch64" for minor in range(17, 37)]  # bookworm has glibc 2.36
+    """The aarch64 wheels, by this host's pip, into the root's dist-packages."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
         pins.write(constraints())
         pins.flush()
-        step([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), "--python-version", "3.11",
-              "--implementation", "cp", "--abi", "cp311", *[a for p in (*glibc, "manylinux2014_aarch64")
-                                                           for a in ("--platform", p)],
-              "--only-binary=:all:", "--no-compile", "--constraint", pins.name,
-              *(f"{p}=={v}" for p, v in packages.items())], "installing the aarch64 wheels")
+        step([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), *AARCH64, "--no-compile",
+              "--constraint", pins.name, *(f"{p}=={v}" for p, v in packages.items())], "installing the aarch64 wheels")
+
+
+def install_executorch(work: Path, version: str) -> None:
+    """The runtime libraries of ExecuTorch's aarch64 wheel into the root's /opt/executorch/lib, and the runner
+    cross-compiled against them and the wheel's headers."""
+    if not ET_SOURCE.is_file():
+        raise UserError(f"{ET_SOURCE} is missing: build the arm64 root from the project's source tree")
+    with tempfile.TemporaryDirectory() as tmp:
+        step([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, *AARCH64,
+              f"executorch=={version}"], "downloading ExecuTorch's aarch64 wheel (its runtime libraries)")
+        with zipfile.ZipFile(next(Path(tmp).glob("executorch-*.whl"))) as wheel:
+            wheel.extractall(tmp, [n for n in wheel.namelist()
+                                   if n.startswith(("executorch/lib/", "executorch/include/"))])
+        lib, include = work / ET_HOME / "lib", Path(tmp, "executorch", "include")
+        shutil.rmtree(work / ET_HOME, ignore_errors=True)
+        shutil.copytree(Path(tmp, "executorch", "lib"), lib)
+        c10 = include / "executorch/runtime/core/portable_type/c10"  # the headers include it as <c10/...>
+        step([CXX, "-std=c++17", "-O2", "-Wno-deprecated-declarations", "-I", str(include), "-I", str(c10),
+              "-DC10_USING_CUSTOM_GENERATED_MACROS", str(ET_SOURCE), "-L", str(lib), "-Wl,--no-as-needed",
+              *(f"-l{name}" for name in ET_LIBS), "-Wl,--as-needed", f"-Wl,-rpath,/{ET_HOME}/lib",
+              "-o", str(work / ET_RUNNER.lstrip("/"))], "cross-compiling the ExecuTorch runner")
 
 
 def unmount_below(root: Path) -> None:
@@ -379,12 +456,14 @@ def build(root: Path, mirror: str = MIRROR) -> dict:
         return stamp
     if os.geteuid() != 0:
         raise UserError("building the arm64 root needs root (debootstrap, chroot, binfmt_misc): sudo make arm64")
-    if missing := [tool for tool in ("debootstrap", "update-binfmts", QEMU) if shutil.which(tool) is None]:
-        raise UserError(f"{', '.join(missing)} not found: apt-get install qemu-user-static debootstrap binfmt-support")
+    if missing := [tool for tool in ("debootstrap", "update-binfmts", QEMU, CXX) if shutil.which(tool) is None]:
+        raise UserError(f"{', '.join(missing)} not found: apt-get install qemu-user-static debootstrap binfmt-support "
+                        "g++-aarch64-linux-gnu")
     start = time.monotonic()
-    if stamp:  # the base system is there: only the wheels change
+    wheels = {p: v for p, v in packages.items() if p != "executorch"}
+    if stamp:  # the base system is there: only the runtimes change
+        (root / STAMP).unlink()
         shutil.rmtree(root / SITE, ignore_errors=True)
-        install_wheels(root / SITE, packages)
         work = root
     else:
         enable_binfmt()
@@ -400,10 +479,15 @@ def build(root: Path, mirror: str = MIRROR) -> dict:
                  "debootstrap's second stage, emulated (about 8 minutes)")
         finally:
             unmount_below(work)
-        install_wheels(work / SITE, packages)
+    install_wheels(work / SITE, wheels)
+    install_executorch(work, packages["executorch"])
     step([chroot(), str(work), QEMU, PYTHON, "-c", "import numpy, onnxruntime, ai_edge_litert.interpreter"],
          "importing the runtimes inside the root", env={"PATH": "/usr/bin:/bin", "QEMU_CPU": "cortex-a76"},
          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # cpuinfo's complaints only if it fails
+    runner = subprocess.run([chroot(), str(work), QEMU, ET_RUNNER], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    if "usage:" not in runner.stderr:  # it loaded its libraries and ran
+        raise UserError(f"building the arm64 root: the ExecuTorch runner does not run ({runner.stderr[-300:]!r})")
     qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     stamp = {"suite": SUITE, "mirror": mirror, "python": PYTHON, "packages": packages, "qemu": qemu,
              "build_s": round(time.monotonic() - start, 1),

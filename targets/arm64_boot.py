@@ -1,5 +1,6 @@
-"""Run inside the arm64 root (targets/arm64.py), in the emulated process: write /proc/cpuinfo and the CPU lists of
-/sys as Linux would show the emulated core, then run the agent (`python3.11 arm64_boot.py agent.py ARGS...`).
+"""Run inside the arm64 root (targets/arm64.py), in the emulated process: write /proc/cpuinfo and the CPU files of
+/sys as Linux would show the emulated core, then run the agent (`python3.11 arm64_boot.py agent.py ARGS...`), or,
+given nothing to run, print the core's MIDR and features as JSON (before a native program runs).
 
 The root has no /proc or /sys mounted (the host's x86 /proc/cpuinfo crashes qemu under ONNX Runtime's cpuinfo),
 and without them cpuinfo fails to initialise: XNNPACK then refuses to start and LiteRT runs its built-in kernels,
@@ -10,6 +11,7 @@ Standard library only.
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
 import runpy
@@ -38,10 +40,11 @@ def features() -> list[str]:
     return [n for i, n in enumerate(HWCAP) if caps >> i & 1] + [n for i, n in enumerate(HWCAP2) if caps2 >> i & 1]
 
 
-def describe() -> None:
-    """/proc/cpuinfo (one block per usable host core, each the emulated core) and /sys's CPU lists."""
-    m, cores = midr(), len(os.sched_getaffinity(0))
-    block = (f"BogoMIPS\t: 50.00\nFeatures\t: {' '.join(features())}\nCPU implementer\t: {m >> 24 & 0xff:#04x}\n"
+def describe() -> dict:
+    """/proc/cpuinfo (one block per usable host core, each the emulated core), /sys's CPU lists and each CPU's
+    midr_el1 (ExecuTorch reads it); returns the MIDR and features."""
+    m, names, cores = midr(), features(), len(os.sched_getaffinity(0))
+    block = (f"BogoMIPS\t: 50.00\nFeatures\t: {' '.join(names)}\nCPU implementer\t: {m >> 24 & 0xff:#04x}\n"
              f"CPU architecture: 8\nCPU variant\t: {m >> 20 & 0xf:#x}\nCPU part\t: {m >> 4 & 0xfff:#05x}\n"
              f"CPU revision\t: {m & 0xf}\n\n")
     with open("/proc/cpuinfo", "w") as f:
@@ -50,9 +53,17 @@ def describe() -> None:
     for name in ("possible", "present", "online"):
         with open(f"/sys/devices/system/cpu/{name}", "w") as f:
             f.write(f"0-{cores - 1}\n" if cores > 1 else "0\n")
+    for i in range(cores):
+        os.makedirs(f"/sys/devices/system/cpu/cpu{i}/regs/identification", exist_ok=True)
+        with open(f"/sys/devices/system/cpu/cpu{i}/regs/identification/midr_el1", "w") as f:
+            f.write(f"{m:#018x}\n")
+    return {"midr": f"{m:#x}", "features": names}
 
 
 if __name__ == "__main__":
-    describe()
-    sys.argv = sys.argv[1:]
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    core = describe()
+    if len(sys.argv) == 1:
+        print(json.dumps(core))
+    else:
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
