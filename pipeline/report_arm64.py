@@ -10,9 +10,9 @@ def arm64_lines(arm64: dict | None) -> list[str]:
     versions = ", ".join(f"{p} {v}" for p, v in arm64["packages"].items())
     lines = ["## Accuracy on emulated arm64 cores", "",
              f"The phone and watch files in the aarch64 builds of their runtimes ({versions}), run by {arm64['qemu']} "
-             f"on this host with the instruction set of the named core, so with the kernels a phone's CPU picks; "
-             f"{arm64['images']:,} test images ({arm64['subset']}), top-1 with its 95% interval. Numerics only: "
-             "emulation says nothing about latency.", "",
+             "on this host with the instruction set of the named core, so with the kernels a phone CPU with that "
+             f"core picks; {arm64['images']:,} test images, {arm64['subset']}; top-1 with its 95% interval. "
+             "Numerics only: emulation says nothing about latency.", "",
              "| target | core | artifact | runtime | precision | torch top-1 % | x86 top-1 % | arm64 top-1 % (95%) "
              "| arm64 agreement with torch % | argmax differing from x86 | max abs logit diff vs x86 |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
