@@ -151,8 +151,9 @@ def choose_runtime(c: Candidates, runtime: str) -> dict:
     choice = _choice(c, best)
     tied = [a["artifact"] for a in fastest if a is not best]
     if best["artifact"] in c.timed:
-        why.insert(0, "fastest within the budgets" + (f" (ties within noise with {', '.join(tied)}: broken by "
-                                                       f"{c.tie_rule()})" if tied else ""))
+        scope = "" if any("that step is skipped" in w for w in why) else " within the budgets"
+        why.insert(0, f"fastest{scope}" + (f" (ties within noise with {', '.join(tied)}: broken by "
+                                           f"{c.tie_rule()})" if tied else ""))
     else:
         why.insert(0, f"nothing was timed for {runtime} on {name}, so the rule's order picks it among the files "
                       f"within the accuracy" + (" and memory budgets" if c.activation_mb is not None else " budget")
@@ -221,7 +222,7 @@ def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop
     fastest = c.fastest(scored)
     best = by_runtime[min(fastest, key=c.tie_key)["runtime"]]
     others = [p for p in picks if p is not best]
-    separated = len(fastest) == 1 and best["artifact"] in c.timed
+    separated = not others or (len(fastest) == 1 and best["artifact"] in c.timed)  # one runtime: nothing to tie
     if not others:
         overall_why = f"{RUNTIME_NAMES[best['runtime']]} is the only runtime with a file for {name}"
     elif separated:
