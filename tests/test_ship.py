@@ -78,6 +78,7 @@ def test_an_artifact_over_the_accuracy_or_a_budget_does_not_ship():
     nothing_fits = choose("x86-laptop", LAPTOP, [_timed("openvino", 9.0, False), _timed("openvino_int8", 8.0, False)],
                           _evaluation(FP32, INT8), max_drop=1.0)
     assert nothing_fits["artifact"] == "openvino_int8" and "that step is skipped" in nothing_fits["why"]
+    assert not nothing_fits["why"].startswith("fastest within the budgets")
 
 
 def test_a_file_marked_ship_false_never_ships():
@@ -107,6 +108,7 @@ def test_untimed_targets_keep_accuracy_over_size_and_check_memory():
     choice = choose("apple-watch", WATCH, rows, evaluation, max_drop=1.0, activation_mb=4.0)
     assert choice["artifact"] == "coreml_int8" and choice["memory_mb_estimate"] == pytest.approx(14.0)
     assert "nothing was timed" in choice["why"] and "memory estimated at 14.0 MB" in choice["why"]
+    assert choice["separated"] and choice["overall"] == "coreml"  # the only runtime: no tie to break
     assert choose("apple-watch", WATCH, rows, evaluation, 1.0, prefer="size", activation_mb=4.0)["artifact"] == \
         "coreml_palettize4"
     tight = choose("apple-watch", {**WATCH, "memory_budget_mb": 10}, rows, evaluation, 1.0, activation_mb=4.0)
