@@ -18,7 +18,7 @@ FLOAT32 = 4
 def fp32_onnx(report: dict) -> Path | None:
     """The run's fp32 ONNX file, where the export stage wrote one."""
     entry = (report.get("stages") or {}).get("export") or {}
-    record = entry.get("summary", {}).get("artifacts", {}).get("onnx_fp32")
+    record = entry.get("summary", {}).get("artifacts", {}).get("onnx")
     return Path(entry["artifact"]) / record["file"] if record else None
 
 

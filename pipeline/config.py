@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.errors import UserError, clip, quote
 from pipeline.section import MAX_KEY_DEPTH, Section
+from pipeline.ship import ShipConfig
 from stages.benchmark import BenchmarkConfig
 from stages.data import DataConfig
 from stages.distill import DistillConfig, StudentConfig
@@ -49,14 +50,6 @@ class RunConfig(Section):
 
 class ReportConfig(Section):
     title: str = Field("manifold-edge run", description="heading of report.md")
-
-
-class ShipConfig(Section):
-    """How the ship rule (pipeline/ship.py) breaks ties between files that are equally fast."""
-
-    prefer: Literal["accuracy", "size"] = Field(
-        "accuracy", description="among equally fast files (or files nothing timed): accuracy = a file without a "
-                                "real top-1 loss first, then the smaller; size = the smaller file first")
 
 
 class PipelineConfig(Section):

@@ -19,16 +19,27 @@ No torch here.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+from pydantic import Field
+
+from pipeline.section import Section
 from targets.latency import FASTER, UNKNOWN, compare_latency
 from targets.numerics import Numerics
 
 SAME_SPEED = 1.05  # a median less than 5% lower is not faster, whatever the intervals say
 Z95 = 1.96
-PREFER = ("accuracy", "size")
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "coreml": "Core ML",
                  "executorch": "ExecuTorch", "litert": "LiteRT"}
 EVIDENCE = ("measured", "predicted", "proxy")  # which latency rows decide, best first
+
+
+class ShipConfig(Section):
+    """How the ship rule (pipeline/ship.py) breaks ties between files that are equally fast."""
+
+    prefer: Literal["accuracy", "size"] = Field(
+        "accuracy", description="among equally fast files (or files nothing timed): accuracy = a file without a "
+                                "real top-1 loss first, then the smaller; size = the smaller file first")
 
 
 def difference_interval(top1: float, reference: float, agreement: float, images: int) -> tuple[float, float]:
