@@ -410,7 +410,8 @@ def ship_lines(report: dict) -> list[str]:
              "within quantize.max_drop top-1 points of the fp32 student and the target's budgets, the fastest: a "
              "file is faster only when the medians' 95% intervals do not overlap and its median is at least 5% "
              f"lower, otherwise the files tie and the tie goes by ship.prefer = \"{prefer}\" "
-             "(accuracy: no real top-1 loss first, then the smaller file; size: the smaller file first), then "
+             "(accuracy: no real top-1 loss and within 0.1 points of the most accurate, then the smaller file; "
+             "size: the smaller file first), then "
              "the profile's runtime order. Each folder holds the model, labels.txt, preprocess.json and "
              "MODEL_CARD.md.", "",
              "| target | app links | ship | precision | top-1 % (Δ vs fp32, 95% interval) | latency ms | size MB "

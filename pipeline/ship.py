@@ -8,9 +8,10 @@ never ships):
 3. speed: drop every file another one beats. A beats B when their medians' 95% intervals do not overlap and
    A's median is at least 5% lower (without intervals: the medians alone); overlap is a tie. Latency evidence:
    measured on the device, else predicted from public measurements, else this host (proxy);
-4. ties, in a stated order: with ship.prefer = "accuracy" (the default) a file without a real accuracy loss
-   (the upper end of its Δ top-1 interval is not below 0) first, then the smaller file; with "size" the
-   smaller file first, then no real loss; last the profile's runtime order, then the artifact name.
+4. ties, in a stated order: with ship.prefer = "accuracy" (the default) the files without a real accuracy loss
+   (the upper end of its Δ top-1 interval is not below 0), of those the ones within 0.1 top-1 points of the
+   most accurate, of those the smaller file; with "size" the smaller file first, then no real loss; last
+   the profile's runtime order, then the artifact name.
 The overall pick compares the runtimes' picks by step 3: it is *separated* when one pick beats every other;
 otherwise the tie is broken by step 4 and the answer says so. Every step reads only the run's tables, so the
 same tables give the same answers. A step that would drop every candidate is skipped, and the reason says so.
@@ -28,6 +29,7 @@ from targets.latency import FASTER, UNKNOWN, compare_latency
 from targets.numerics import Numerics
 
 SAME_SPEED = 1.05  # a median less than 5% lower is not faster, whatever the intervals say
+SAME_ACCURACY = 0.1  # top-1 points: with prefer = "accuracy", files this close to the best tied file are as accurate
 Z95 = 1.96
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "coreml": "Core ML",
                  "executorch": "ExecuTorch", "litert": "LiteRT"}
@@ -38,8 +40,9 @@ class ShipConfig(Section):
     """How the ship rule (pipeline/ship.py) breaks ties between files that are equally fast."""
 
     prefer: Literal["accuracy", "size"] = Field(
-        "accuracy", description="among equally fast files (or files nothing timed): accuracy = a file without a "
-                                "real top-1 loss first, then the smaller; size = the smaller file first")
+        "accuracy", description="among equally fast files (or files nothing timed): accuracy = files without a "
+                                "real top-1 loss, within 0.1 points of the most accurate, then the smaller; size = "
+                                "the smaller file first")
 
 
 def difference_interval(top1: float, reference: float, agreement: float, images: int) -> tuple[float, float]:
@@ -95,15 +98,22 @@ class Candidates:
     def interval(self, a: dict) -> tuple[float, float]:
         return difference_interval(a["top1"], self.reference["top1"], a["agreement"], self.images)
 
-    def tie_key(self, a: dict) -> tuple:
-        loss = self.interval(a)[1] < 0
-        rank = self.order.index(a["runtime"]) if a["runtime"] in self.order else len(self.order)
-        first = (loss, a["bytes"]) if self.prefer == "accuracy" else (a["bytes"], loss)
-        return (*first, rank, a["artifact"])
+    def break_tie(self, tied: list[dict]) -> dict:
+        """The file step 4 picks among equally fast files (or files nothing timed)."""
+        rank = {r: i for i, r in enumerate(self.order)}
+
+        def last(a: dict) -> tuple:
+            return rank.get(a["runtime"], len(self.order)), a["artifact"]
+
+        if self.prefer == "size":
+            return min(tied, key=lambda a: (a["bytes"], self.interval(a)[1] < 0, *last(a)))
+        pool = [a for a in tied if self.interval(a)[1] >= 0] or tied
+        top = max(a["top1"] for a in pool)
+        return min((a for a in pool if a["top1"] >= top - SAME_ACCURACY), key=lambda a: (a["bytes"], *last(a)))
 
     def tie_rule(self) -> str:
-        first = ("no real accuracy loss, then the smaller file" if self.prefer == "accuracy"
-                 else "the smaller file, then no real accuracy loss")
+        first = (f"no real accuracy loss, then top-1 within {SAME_ACCURACY:g} points of the best, then the smaller "
+                 "file" if self.prefer == "accuracy" else "the smaller file, then no real accuracy loss")
         return f"{first}, then {self.name}'s runtime order (ship.prefer = \"{self.prefer}\")"
 
     def memory_mb(self, a: dict) -> float | None:
@@ -158,7 +168,7 @@ def choose_runtime(c: Candidates, runtime: str) -> dict:
         within = [a for a in pool if c.memory_mb(a) <= budget]
         pool = keep(pool, within, f"{name}'s memory budget ({budget:g} MB, estimated)")
     fastest = c.fastest(pool)
-    best = min(fastest, key=c.tie_key)
+    best = c.break_tie(fastest)
     choice = _choice(c, best)
     tied = [a["artifact"] for a in fastest if a is not best]
     if best["artifact"] in c.timed:
@@ -231,7 +241,7 @@ def choose(name: str, target: dict, rows: list[dict], evaluation: dict, max_drop
                 "separated": False, "overall_why": first["why"]}
     scored = [c.scored[p["artifact"]] for p in picks]
     fastest = c.fastest(scored)
-    best = by_runtime[min(fastest, key=c.tie_key)["runtime"]]
+    best = by_runtime[c.break_tie(fastest)["runtime"]]
     others = [p for p in picks if p is not best]
     separated = not others or (len(fastest) == 1 and best["artifact"] in c.timed)  # one runtime: nothing to tie
     if not others:
