@@ -30,8 +30,8 @@ from targets.profiles import TargetProfile  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="pipeline.toml")
-    parser.add_argument("--images", type=int, default=10_000, help="test images (a fixed random subset)")
-    parser.add_argument("--cores", nargs="+", default=["cortex-a76", "cortex-a53", "max"])
+    parser.add_argument("--images", type=int, default=2000, help="test images (a fixed random subset)")
+    parser.add_argument("--cores", nargs="+", default=["cortex-a76", "cortex-a53", "max,sme=off"])
     parser.add_argument("--out", default="bench/results/arm64_accuracy.json")
     args = parser.parse_args()
     cfg = load_config(args.config)

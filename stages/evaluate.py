@@ -41,7 +41,7 @@ class EvaluateConfig(Section):
                            "(resolved as the config loads: building the root reruns this stage)")
     arm64_targets: list[str] = Field(default_factory=lambda: ["android-phone-arm64", "wearos-watch-arm64"],
                                      description="targets with connection = 'arm64-emulated' (docs/targets.md)")
-    arm64_images: int = Field(1000, ge=1, description="test images run on each emulated core (a fixed random "
+    arm64_images: int = Field(500, ge=1, description="test images run on each emulated core (a fixed random "
                                                       "subset); top-1 and agreement come with their 95% interval")
 
     @field_validator("arm64")

@@ -31,6 +31,7 @@ def test_an_emulated_target_names_its_core(capsys, monkeypatch):
     assert TargetProfile(runtime="onnxruntime", connection="arm64-emulated", cpu="max,sme=off").cpu == "max,sme=off"
     for fields, message in (({"connection": "arm64-emulated"}, "needs it"),
                             ({"connection": "arm64-emulated", "cpu": "cortex-a55"}, "no core 'cortex-a55'"),
+                            ({"connection": "arm64-emulated", "cpu": "max"}, "use 'max,sme=off'"),
                             ({"cpu": "cortex-a76"}, "set both or neither")):
         with pytest.raises(ValidationError, match=message):
             TargetProfile(runtime="onnxruntime", **fields)
