@@ -66,7 +66,7 @@ ET_LIBS = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optim
 CXX = "aarch64-linux-gnu-g++"
 BATCH = 256  # images per x86 call
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
-BUILD_HINT = "build it with `make arm64` (as root: about 10 minutes and 0.5 GB, once)"
+BUILD_HINT = "build it with `make arm64` (as root: a few minutes and 0.5 GB, once)"
 
 
 def root_path() -> Path:
@@ -476,7 +476,7 @@ def build(root: Path, mirror: str = MIRROR) -> dict:
         shutil.copy(QEMU, work / QEMU.lstrip("/"))
         try:
             step([chroot(), str(work), "/debootstrap/debootstrap", "--second-stage"],
-                 "debootstrap's second stage, emulated (about 8 minutes)")
+                 "debootstrap's second stage, emulated")
         finally:
             unmount_below(work)
     install_wheels(work / SITE, wheels)
