@@ -878,10 +878,16 @@ def logits(runner, images):
     return np.concatenate(out)
 
 
-def predict(args) -> dict:
-    """Every model's argmax and logits on the images of args.predict."""
+def encode(logits) -> dict:
+    """An array of logits as JSON: float32 little-endian, base64."""
     import base64
 
+    return {"dtype": "<f4", "shape": list(logits.shape),
+            "base64": base64.b64encode(logits.astype("<f4").tobytes()).decode("ascii")}
+
+
+def predict(args) -> dict:
+    """Every model's argmax and logits on the images of args.predict."""
     images = read_images(args.predict)
     results = []
     for path, runtime in zip(args.model, args.runtimes):
@@ -894,9 +900,7 @@ def predict(args) -> dict:
             runner = load(argparse.Namespace(**{**vars(args), "model": path, "runtime": runtime}))
             out = logits(runner, images)
         result = {"model": file_name(path), "runtime": runner.name, "runtime_version": runner.version,
-                  "images": len(out), "argmax": out.argmax(1).tolist(),
-                  "logits": {"dtype": "<f4", "shape": list(out.shape),
-                             "base64": base64.b64encode(out.astype("<f4").tobytes()).decode("ascii")}}
+                  "images": len(out), "argmax": out.argmax(1).tolist(), "logits": encode(out)}
         if runner.name == "litert":  # XNNPACK took the graph (the phone's kernels) or not (LiteRT's own)
             result["xnnpack_partitions"] = sum(op["op_name"] == "DELEGATE"
                                                for op in runner.interpreter._get_ops_details())

@@ -204,16 +204,11 @@ class Arm64Device:
                                   Path(path).name)
             logits = np.fromfile(folder / str(i) / "logits.f32", "<f4").reshape(len(images), -1)
             results.append({"model": Path(path).name, "runtime": "executorch", "runtime_version": version,
-                            "images": len(logits), "argmax": logits.argmax(1).tolist(), "logits": encode(logits)})
+                            "images": len(logits), "argmax": logits.argmax(1).tolist(),
+                            "logits": agent.encode(logits)})
         shown = set(agent.ARM_HWCAP) | set(agent.ARM_HWCAP2)
         return {"ok": True, "results": results,
                 "host": {"machine": "aarch64", "cpu_features": [f for f in features if f in shown]}}
-
-
-def encode(logits: np.ndarray) -> dict:
-    """Logits as the agent's predict mode gives them (float32 little-endian, base64)."""
-    return {"dtype": "<f4", "shape": list(logits.shape),
-            "base64": base64.b64encode(logits.astype("<f4").tobytes()).decode("ascii")}
 
 
 # Accuracy on the emulated cores (the evaluate stage).
