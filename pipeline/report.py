@@ -18,7 +18,7 @@ from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import STAGES, Pipeline, RunRecord
 from pipeline.lock import holder
 from pipeline.report_arm64 import arm64_lines
-from pipeline.ship import RUNTIME_NAMES, choose_all
+from pipeline.ship import RUNTIME_NAMES, SAME_ACCURACY, choose_all
 from targets.latency import describe_comparison
 from targets.runtimes import NEEDS_MACOS
 
@@ -410,7 +410,8 @@ def ship_lines(report: dict) -> list[str]:
              "within quantize.max_drop top-1 points of the fp32 student and the target's budgets, the fastest: a "
              "file is faster only when the medians' 95% intervals do not overlap and its median is at least 5% "
              f"lower, otherwise the files tie and the tie goes by ship.prefer = \"{prefer}\" "
-             "(accuracy: no real top-1 loss and within 0.1 points of the most accurate, then the smaller file; "
+             f"(accuracy: no real top-1 loss and within {SAME_ACCURACY:g} points of the most accurate, then the "
+             "smaller file; "
              "size: the smaller file first), then "
              "the profile's runtime order. Each folder holds the model, labels.txt, preprocess.json and "
              "MODEL_CARD.md.", "",

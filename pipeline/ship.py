@@ -41,8 +41,8 @@ class ShipConfig(Section):
 
     prefer: Literal["accuracy", "size"] = Field(
         "accuracy", description="among equally fast files (or files nothing timed): accuracy = files without a "
-                                "real top-1 loss, within 0.1 points of the most accurate, then the smaller; size = "
-                                "the smaller file first")
+                                f"real top-1 loss, within {SAME_ACCURACY:g} points of the most accurate, then the "
+                                "smaller; size = the smaller file first")
 
 
 def difference_interval(top1: float, reference: float, agreement: float, images: int) -> tuple[float, float]:
