@@ -18,9 +18,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import load_config  # noqa: E402
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
+from pipeline.core.progress import Progress  # noqa: E402
 from pipeline.graph import Pipeline  # noqa: E402
-from pipeline.progress import Progress  # noqa: E402
 from stages.batches import load_dataset  # noqa: E402
 from targets.agent import cpu_name  # noqa: E402
 from targets.arm64 import stage_accuracy  # noqa: E402

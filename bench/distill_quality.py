@@ -31,7 +31,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
 from stages.batches import load_dataset  # noqa: E402
 from stages.models import load_model  # noqa: E402
 from stages.training import accuracy  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
 from stages.quantize import (  # noqa: E402
     QuantizeConfig,  # noqa: E402
     onnx_int8,

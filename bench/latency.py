@@ -21,9 +21,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import load_config  # noqa: E402
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
+from pipeline.core.progress import Progress  # noqa: E402
 from pipeline.graph import Pipeline  # noqa: E402
-from pipeline.progress import Progress  # noqa: E402
 from stages.benchmark import BenchmarkConfig, stage_models  # noqa: E402
 from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402

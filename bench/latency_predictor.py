@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
 from targets.predict.predictor import KINDS, LEVEL, PREDICTOR_FILE, datasets, details, evaluate_kind  # noqa: E402
 from targets.predict.zoo import STUDENT_FAMILY  # noqa: E402
 from targets.profiles import builtin_profiles  # noqa: E402

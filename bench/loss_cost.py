@@ -29,8 +29,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.config import load_config  # noqa: E402
-from pipeline.fileio import write_json  # noqa: E402
-from pipeline.stage import Accel  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
+from pipeline.core.stage import Accel  # noqa: E402
 from stages.distill import PAPER_PRESET  # noqa: E402
 from stages.distill.families import units_of  # noqa: E402
 from stages.distill.features import TokenTap, aligned, default_layer_map  # noqa: E402

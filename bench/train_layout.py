@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from distill_throughput import cpu_name  # noqa: E402
 from loss_cost import Setting, interleaved, median_ci, ratios, shapes  # noqa: E402
 
-from pipeline.fileio import write_json  # noqa: E402
-from pipeline.stage import Accel  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
+from pipeline.core.stage import Accel  # noqa: E402
 from stages.models import create_model  # noqa: E402
 from stages.training import place  # noqa: E402
 from targets.agent import cpu_flags  # noqa: E402

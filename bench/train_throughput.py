@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from distill_throughput import cpu_name, run_pipeline  # noqa: E402
 
-from pipeline.fileio import write_json  # noqa: E402
+from pipeline.core.fileio import write_json  # noqa: E402
 from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
 from targets.agent import cpu_flags  # noqa: E402

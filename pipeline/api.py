@@ -10,13 +10,13 @@ from rich.markup import escape
 
 from pipeline import distributed
 from pipeline.config import PipelineConfig, load_config
+from pipeline.core.errors import UserError, quote
+from pipeline.core.fileio import unwritable, write_json
+from pipeline.core.lock import run_lock
+from pipeline.core.logs import quiet_third_party
+from pipeline.core.progress import Progress
 from pipeline.deploy import check_folder
-from pipeline.errors import UserError, quote
-from pipeline.fileio import unwritable, write_json
 from pipeline.graph import Pipeline, check_stage_options
-from pipeline.lock import run_lock
-from pipeline.logs import quiet_third_party
-from pipeline.progress import Progress
 from pipeline.report import build_report, ship_summary
 
 

@@ -14,11 +14,12 @@ import sys
 import threading
 import traceback
 
-from pipeline import __version__, exits
+from pipeline import __version__
 from pipeline.config import json_schema, load_config
-from pipeline.errors import UserError, clip
-from pipeline.fileio import out_of_space
-from pipeline.logs import quiet_third_party
+from pipeline.core import exits
+from pipeline.core.errors import UserError, clip
+from pipeline.core.fileio import out_of_space
+from pipeline.core.logs import quiet_third_party
 
 DEFAULT_CONFIG = "pipeline.toml"
 NOTHING_MEASURED = 3  # `bench`: every measurement failed (a device refused, a runtime missing)
@@ -147,7 +148,7 @@ def _fail(code: int, message: str) -> int:
 def _report(run_dir: str, out: str | None) -> int:
     from pathlib import Path
 
-    from pipeline.lock import run_lock
+    from pipeline.core.lock import run_lock
     from pipeline.report import check_run_folder, rebuild_report, ship_summary
 
     if not Path(run_dir).is_dir():
@@ -167,7 +168,7 @@ def _compare(run_a: str, run_b: str, out: str | None) -> int:
     from rich.markdown import Markdown
 
     from pipeline.compare import compare_markdown
-    from pipeline.fileio import write_text
+    from pipeline.core.fileio import write_text
     from pipeline.html import render_html
 
     text = compare_markdown(run_a, run_b)

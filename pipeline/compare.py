@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.fileio import read_json
+from pipeline.core.errors import UserError
+from pipeline.core.fileio import read_json
 from pipeline.graph import flatten
 
 

@@ -16,8 +16,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from pipeline.errors import UserError, clip, quote
-from pipeline.section import MAX_KEY_DEPTH, Section
+from pipeline.core.errors import UserError, clip, quote
+from pipeline.core.section import MAX_KEY_DEPTH, Section
 from pipeline.ship import ShipConfig
 from stages.benchmark import BenchmarkConfig
 from stages.data import DataConfig

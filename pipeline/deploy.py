@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from pipeline.app_files import latency_row, write_app_files
-from pipeline.errors import UserError
-from pipeline.fileio import unwritable
+from pipeline.core.errors import UserError
+from pipeline.core.fileio import unwritable
 from pipeline.ship import RUNTIME_NAMES
 from targets.devices import model_files as with_sidecars
 

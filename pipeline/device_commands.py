@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError, clip
-from pipeline.fileio import unwritable, write_json
+from pipeline.core.errors import UserError, clip
+from pipeline.core.fileio import unwritable, write_json
 from targets.latency import Model, add_diagnoses, describe_comparison, measure_target
 from targets.numerics import FP32, UNKNOWN, Numerics
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve

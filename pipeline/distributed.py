@@ -20,8 +20,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import exits
-from pipeline.errors import UserError
+from pipeline.core import exits
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -143,7 +143,7 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def launch(nproc: int, argv: list[str], threads: int) -> tuple[int, str | None]:
     """Run `python -m pipeline ARGV` in nproc processes under torchrun's launcher: the exit code, and the
-    message of the first process that failed (see pipeline/exits.py)."""
+    message of the first process that failed (see pipeline/core/exits.py)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

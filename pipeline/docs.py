@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from pipeline.config import PipelineConfig
-from pipeline.section import NOT_IN_KEY
+from pipeline.core.section import NOT_IN_KEY
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 HEADER = """# pipeline.toml reference

@@ -8,14 +8,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import distributed, exits
+from pipeline import distributed
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError, clip
-from pipeline.fileio import read_json, write_json
+from pipeline.core import exits
+from pipeline.core.errors import UserError, clip
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.lock import holder, wait_lock
+from pipeline.core.progress import Progress
+from pipeline.core.stage import Accel, Stage, StageContext
 from pipeline.fingerprint import code_digest, code_fingerprint, data_fingerprint
-from pipeline.lock import holder, wait_lock
-from pipeline.progress import Progress
-from pipeline.stage import Accel, Stage, StageContext
 from pipeline.store import ArtifactStore, cache_key
 
 # Stage name -> implementing class, in run order (every stage's inputs come before it).

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from pipeline.fileio import atomic_write  # noqa: E402
+from pipeline.core.fileio import atomic_write  # noqa: E402
 
 NOT_TERMS = ("epoch", "lr", "images_per_s", "seconds", "val_top1", "processes", "gpu_memory_gb")  # not losses
 PRECISION_COLOURS = {"int8": "#2a9d8f", "float": "#8d99ae", "convert": "#e76f51"}

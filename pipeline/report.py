@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pipeline.activations import activation_mb, fp32_onnx
 from pipeline.config import PipelineConfig
+from pipeline.core.errors import UserError
+from pipeline.core.fileio import read_json, write_json, write_text
+from pipeline.core.lock import holder
 from pipeline.deploy import write_deploy
-from pipeline.errors import UserError
-from pipeline.fileio import read_json, write_json, write_text
 from pipeline.graph import STAGES, Pipeline, RunRecord
-from pipeline.lock import holder
 from pipeline.report_arm64 import arm64_lines
 from pipeline.ship import RUNTIME_NAMES, SAME_ACCURACY, choose_all
 from targets.latency import describe_comparison

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.section import Section
+from pipeline.core.section import Section
 from targets.latency import FASTER, UNKNOWN, compare_latency
 from targets.numerics import Numerics
 

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.fileio import is_partial_write, read_json, write_json
+from pipeline.core.fileio import is_partial_write, read_json, write_json
 
 MANIFEST = "manifest.json"
 

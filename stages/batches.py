@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.fileio import read_json
+from pipeline.core.fileio import read_json
 
 
 @dataclass

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipeline.fileio import read_json, write_json
-from pipeline.stage import Stage, StageContext
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.stage import Stage, StageContext
 from targets.diagnosis import int8_instructions
 from targets.latency import LatencyConfig, Model, add_diagnoses, measure_target
 from targets.numerics import Numerics

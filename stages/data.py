@@ -18,10 +18,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from pipeline.errors import UserError, clip, quote
-from pipeline.fileio import atomic_write, write_json
-from pipeline.section import Section, not_in_key
-from pipeline.stage import Stage, StageContext
+from pipeline.core.errors import UserError, clip, quote
+from pipeline.core.fileio import atomic_write, write_json
+from pipeline.core.section import Section, not_in_key
+from pipeline.core.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
 

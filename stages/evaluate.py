@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.fileio import read_json, write_json
-from pipeline.section import Section, not_in_key
-from pipeline.stage import Stage, StageContext
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.section import Section, not_in_key
+from pipeline.core.stage import Stage, StageContext
 
 if TYPE_CHECKING:
     from targets.coreml import NotSimulated

@@ -10,10 +10,10 @@ import time
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import UserError, skippable
-from pipeline.fileio import write_json
-from pipeline.section import Section
-from pipeline.stage import Stage, StageContext
+from pipeline.core.errors import UserError, skippable
+from pipeline.core.fileio import write_json
+from pipeline.core.section import Section
+from pipeline.core.stage import Stage, StageContext
 from stages.formats.coreml import CoreMLExportConfig
 from stages.formats.executorch import ExecuTorchExportConfig
 from stages.formats.litert import LiteRTExportConfig

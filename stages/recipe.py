@@ -5,8 +5,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.errors import clip
-from pipeline.section import MAX_KEY_DEPTH, Section, nesting_depth
+from pipeline.core.errors import clip
+from pipeline.core.section import MAX_KEY_DEPTH, Section, nesting_depth
 
 MAX_OVERRIDE = 100_000  # an integer model keyword past this (depth = 1e8) would exhaust memory in the build check
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from targets import agent, arm64_boot
 from targets.devices import AGENT, TEMP_PREFIX, Deadline, DeviceError, agent_result, as_list, files_for, last_line
 from targets.profiles import TargetProfile
@@ -239,7 +239,7 @@ def stage_accuracy(inputs: dict[str, Path], data, names: list[str], user: dict[s
                    images: int) -> dict:
     """The evaluate stage's arm64 part: the exported and quantized files on each target of `names`, over a fixed
     random subset of `images` test images."""
-    from pipeline.fileio import read_json
+    from pipeline.core.fileio import read_json
     from stages.batches import Batches
 
     files = [{"artifact": "torch_fp32", "path": inputs["distill"] / "model.pt", "runtime": "torch"}]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from targets.coreml_program import MILProgram, UnsupportedOps
 from targets.runtimes import artifact_bytes, require
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from targets.runtimes import require
 
 _live: weakref.WeakSet = weakref.WeakSet()  # runners with a loaded program

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipeline.section import Section
+from pipeline.core.section import Section
 from targets.agent import PROFILED, usable_cores
 from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions

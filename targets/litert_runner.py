@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from targets.runtimes import require
 
 APP_INPUT = "manifold_edge.app_input"  # the file's metadata entry (flatbuffer Model.metadata) with app_input()'s record

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline.errors import UserError
-from pipeline.section import Section
+from pipeline.core.errors import UserError
+from pipeline.core.section import Section
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.toml")
 # The cores QEMU 7.2 (Debian bookworm's qemu-user-static) emulates: `qemu-aarch64-static -cpu help`.

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.errors import UserError, quote
+from pipeline.core.errors import UserError, quote
 from targets.agent import model_bytes
 
 # What the report says of Core ML rows off macOS (targets/coreml.py simulates them).

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import cli_args, tiny_config
 from pipeline.config import json_schema
+from pipeline.core.section import NOT_IN_KEY
 from pipeline.fingerprint import code_fingerprint
 from pipeline.graph import Pipeline
-from pipeline.section import NOT_IN_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 

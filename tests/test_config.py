@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import torch
 
 from conftest import artifact_folder, read_report
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.report import _artifact_lines
 from pipeline.ship import choose
 from stages.batches import load_dataset

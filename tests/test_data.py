@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.data import (
     FASHION_FILES,
     DataConfig,

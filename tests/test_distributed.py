@@ -50,7 +50,7 @@ def test_ranks_split_every_global_batch_between_them_and_augment_it_as_one_proce
 
 
 def test_two_losses_with_one_seed_train_on_the_same_batches_whatever_they_draw(tmp_path):
-    from pipeline.progress import Progress
+    from pipeline.core.progress import Progress
     from stages.recipe import TrainConfig
     from stages.training import fit
 
@@ -123,7 +123,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, capfd
 
 def test_only_rank_0_writes(tmp_path, monkeypatch):
     """A rank other than 0 that tries to write an artifact file is stopped (the guard the runs above pass)."""
-    from pipeline.fileio import write_text
+    from pipeline.core.fileio import write_text
 
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(RuntimeError, match="only rank 0 writes"):
@@ -193,7 +193,8 @@ def test_a_rank_killed_outright_is_named_as_the_cause(tmp_path, monkeypatch):
     told which rank died and how, not the survivor's connection error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from pipeline import distributed, exits
+    from pipeline import distributed
+    from pipeline.core import exits
 
     def fake_launch(config, entrypoint):
         def run(*args):
@@ -253,7 +254,7 @@ def test_a_failure_inside_the_processes_is_reported_once_with_its_exit_code(tmp_
 
 
 def test_the_launcher_reports_the_first_failure_not_the_interruption_it_caused(tmp_path, monkeypatch):
-    from pipeline import exits
+    from pipeline.core import exits
 
     monkeypatch.setenv(exits.FOLDER_ENV, str(tmp_path))
     for rank, code, message in ((1, 2, "error: the cause"), (0, 130, exits.INTERRUPTED_MESSAGE), (2, 0, "")):
@@ -267,8 +268,8 @@ def test_the_launcher_reports_the_first_failure_not_the_interruption_it_caused(t
 
 
 def test_a_checkpoint_from_another_process_count_is_not_resumed(tmp_path):
+    from pipeline.core.progress import Progress
     from pipeline.distributed import World
-    from pipeline.progress import Progress
     from stages.training import _resume_state
 
     checkpoint, log = tmp_path / "checkpoint.pt", io.StringIO()

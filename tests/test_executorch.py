@@ -11,7 +11,7 @@ import timm
 import torch
 
 from conftest import model_with_an_unknown_op
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.formats.executorch import export, quantize
 from targets.executorch_runner import ExecuTorchRunner, profile_layers
 from targets.runtimes import predict

@@ -20,7 +20,7 @@ from conftest import (
 )
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
 from stages.formats.onnx import export_onnx

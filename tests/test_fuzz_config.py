@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.graph import Pipeline
 
 

@@ -124,7 +124,7 @@ def test_status_imports_no_stage_library(tmp_path):
 
 def test_coremltools_import_noise_is_one_line_per_kind():
     """On Linux coremltools logs 'Failed to load _ML...Proxy' eight times at import: once with the filter."""
-    code = ("from pipeline.logs import quiet_third_party; quiet_third_party(); import coremltools; "
+    code = ("from pipeline.core.logs import quiet_third_party; quiet_third_party(); import coremltools; "
             "import coremltools.models")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = [line for line in done.stderr.splitlines() if "Failed to load" in line]

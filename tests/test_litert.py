@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import model_with_an_unknown_op, sabotage_attention
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.formats import litert
 from targets.litert_runner import LiteRTRunner
 

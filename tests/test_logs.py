@@ -7,7 +7,7 @@ import re
 
 from rich.console import Console
 
-from pipeline.progress import Progress
+from pipeline.core.progress import Progress
 
 
 def _console(buffer: io.StringIO, colour: bool = False) -> Console:

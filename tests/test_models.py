@@ -9,8 +9,8 @@ import torch
 
 from conftest import cli_args, read_report
 from pipeline.cli import main
-from pipeline.errors import UserError
-from pipeline.stage import Accel
+from pipeline.core.errors import UserError
+from pipeline.core.stage import Accel
 from stages.distill.families import units_of
 from stages.models import create_model, load_model, load_weights, save_model
 

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.formats.onnx import export_onnx
 from stages.formats.ort_mobile import mobile_record
 from targets.runtimes import load_runner, predict

@@ -87,7 +87,7 @@ def test_force_reruns_the_stage_and_everything_after(tmp_path):
 
 
 def test_root_cause_names_the_innermost_error_and_the_type_of_a_bare_value():
-    from pipeline.errors import root_cause
+    from pipeline.core.errors import root_cause
 
     try:
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import artifact_folder
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.ship import choose
 from targets.latency import Model
 from targets.numerics import FP32, Numerics, dynamic_int8, floating, static_int8

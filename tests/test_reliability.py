@@ -17,8 +17,8 @@ import torch
 
 from conftest import TRAINED, artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
-from pipeline.errors import UserError
-from pipeline.fileio import write_text
+from pipeline.core.errors import UserError
+from pipeline.core.fileio import write_text
 from stages.batches import load_dataset
 from stages.training import fit
 
@@ -187,7 +187,7 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path):
     def step(forward, x, y, rng):  # what a too-large batch raises on a GPU
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    from pipeline.progress import Progress
+    from pipeline.core.progress import Progress
 
     with pytest.raises(UserError, match=r"distill: out of cpu memory at batch_size 64: set distill.batch_size = 32"):
         fit(torch.nn.Linear(2, 2), step, data.train, data.val, cfg.distill, 0, False, tmp_path, "cpu", 0, Progress(),
@@ -279,7 +279,7 @@ def test_disk_full_during_the_onnx_export_says_disk_full_not_opset(tiny_disk):
 def test_a_full_disk_wrapped_by_a_library_is_still_disk_full():
     import shutil
 
-    from pipeline.fileio import out_of_space
+    from pipeline.core.fileio import out_of_space
 
     copy_error = shutil.Error([("a", "b", "[Errno 28] No space left on device: 'b'")])  # Core ML's package save
     try:

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from conftest import tiny_config
 from pipeline.cli import main
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.lock import run_lock
+from pipeline.core.progress import Progress
 from pipeline.graph import Pipeline
-from pipeline.lock import run_lock
-from pipeline.progress import Progress
 from pipeline.store import MANIFEST, ArtifactStore
 from stages.batches import Batches
 from stages.checkpoints import CHECKPOINT
@@ -263,7 +263,7 @@ def test_a_saved_model_cannot_name_a_download_or_a_checkpoint_to_load(tmp_path):
 
 # --- status during a run, and after a kill -9 --------------------------------------------------------------------
 
-HOLD = ("import sys; from pipeline.lock import wait_lock\n"
+HOLD = ("import sys; from pipeline.core.lock import wait_lock\n"
         "with wait_lock(sys.argv[1]):\n    print('held', flush=True); sys.stdin.readline()")
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.stage import Stage, StageContext
+from pipeline.core.stage import Stage, StageContext
 from stages.checkpoints import CHECKPOINT
 from stages.recipe import ModelConfig, TrainConfig
 

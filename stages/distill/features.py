@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.distill.families import Unit, units_of
 
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from pipeline.errors import UserError, root_cause
-from pipeline.section import Section
+from pipeline.core.errors import UserError, root_cause
+from pipeline.core.section import Section
 
 if TYPE_CHECKING:
     import torch.nn as nn

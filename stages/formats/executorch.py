@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import UserError, root_cause
-from pipeline.section import Section
+from pipeline.core.errors import UserError, root_cause
+from pipeline.core.section import Section
 
 log = logging.getLogger(__name__)
 

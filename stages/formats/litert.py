@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import UserError
-from pipeline.section import Section
+from pipeline.core.errors import UserError
+from pipeline.core.section import Section
 from targets.runtimes import require
 
 INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
@@ -156,7 +156,7 @@ def export(model, shape: tuple[int, ...], path: Path, mean: list[float] | None =
             converted = litert_torch.convert(model.eval(), (torch.zeros(1, *shape),)) if app is None else \
                 litert_torch.convert(pixel_input(model, channels, mean, std), (torch.zeros(1, *size, 3),))
         except Exception as exc:  # litert-torch raises many types; the innermost names the op
-            from pipeline.errors import root_cause
+            from pipeline.core.errors import root_cause
 
             raise UserError(f"LiteRT conversion failed: {root_cause(exc)}; try a model without this "
                             "operator") from None

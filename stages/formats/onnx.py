@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError, root_cause
-from pipeline.fileio import disk_full, out_of_space
+from pipeline.core.errors import UserError, root_cause
+from pipeline.core.fileio import disk_full, out_of_space
 from targets.runtimes import require
 
 

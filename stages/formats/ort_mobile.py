@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipeline.section import Section
+from pipeline.core.section import Section
 
 EXECUTION_PROVIDERS = {"NNAPI": None, "CoreML MLProgram": "coreml_supported_mlprogram_ops.md"}
 

@@ -11,8 +11,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError, clip, quote, root_cause
-from pipeline.fileio import atomic_write
+from pipeline.core.errors import UserError, clip, quote, root_cause
+from pipeline.core.fileio import atomic_write
 from stages.checkpoints import load_weights_only
 from stages.models import convstem_vit  # noqa: F401  (registers convstem_vit_* with timm)
 

@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.errors import UserError, quote
-from pipeline.fileio import read_json, write_json
-from pipeline.section import Section
-from pipeline.stage import Stage, StageContext
+from pipeline.core.errors import UserError, quote
+from pipeline.core.fileio import read_json, write_json
+from pipeline.core.section import Section
+from pipeline.core.stage import Stage, StageContext
 from stages.formats.executorch import ExecuTorchQuantizeConfig
 from stages.formats.litert import LiteRTQuantizeConfig
 from stages.quantize.coreml_compress import CoreMLQuantizeConfig

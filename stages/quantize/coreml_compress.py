@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.section import Section
+from pipeline.core.section import Section
 from stages.quantize.job import QuantizeJob
 from targets.numerics import weights_only
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.errors import skippable
+from pipeline.core.errors import skippable
 from stages.formats import executorch as executorch_format
 from stages.models import load_model
 from stages.quantize.job import QuantizeJob

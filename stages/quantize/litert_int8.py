@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.errors import skippable
+from pipeline.core.errors import skippable
 from stages.formats import litert as litert_format
 from stages.quantize.job import QuantizeJob
 from targets.numerics import dynamic_int8, static_int8

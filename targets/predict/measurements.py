@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.fileio import atomic_write
+from pipeline.core.fileio import atomic_write
 
 PACKAGE = "qai-hub-models==0.65.0"
 FIELDS = ["model", "component", "precision", "device", "runtime", "inference_ms", "peak_mb_min", "peak_mb_max",

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.fileio import write_text
+from pipeline.core.fileio import write_text
 from targets.predict.features import NUMERIC, features
 
 OUT = Path(__file__).with_name("features.csv")
@@ -113,7 +113,7 @@ def export(model, model_id: str, size: int, path: Path) -> None:
     (timm's BEiT: a view of a transposed tensor) with the TorchScript exporter at batch 1."""
     import torch
 
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from stages.formats.onnx import export_onnx
 
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.distill.families import cait, hierarchical, vit
 from stages.distill.families.base import Family, Unit
 

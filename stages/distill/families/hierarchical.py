@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.distill.families.base import Family, Unit
 
 
