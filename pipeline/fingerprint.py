@@ -1,6 +1,6 @@
 """The code behind a stage's artifact, as hashes: part of its cache key, so editing the code reruns the stage.
 
-A stage's code is its module and every module of the `stages` and `targets` packages that it imports,
+A stage's code is its module and every module of the `backends`, `stages` and `targets` packages that it imports,
 directly or through another (imports inside functions included, package `__init__`s too), plus the
 scripts it runs as programs (`Stage.scripts`). The engine (`pipeline/`) is left out: its schema reaches
 the keys through the config values themselves, and its logging, locking and file handling do not
@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the folder holding pipeline/, stages/ and targets/
-FOLLOWED = ("stages", "targets")
+FOLLOWED = ("backends", "stages", "targets")
 
 
 def code_fingerprint(module: str, scripts: tuple[str, ...] = ()) -> dict[str, str]:
