@@ -51,9 +51,14 @@ def runtimes() -> list[str]:
     return list(dict.fromkeys(b.runtime for b in backends()))
 
 
+def for_runtime(runtime: str) -> Backend:
+    """The first backend whose files run in `runtime` (its title and package name the runtime)."""
+    return next(b for b in backends() if b.runtime == runtime)
+
+
 def runtime_name(runtime: str) -> str:
     """The SDK's name as an app developer knows it: ONNX Runtime, Core ML..."""
-    return next(b.runtime_title for b in backends() if b.runtime == runtime)
+    return for_runtime(runtime).runtime_title
 
 
 def for_file(path: str | Path) -> Backend:

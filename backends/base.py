@@ -17,10 +17,15 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, skippable
 from pipeline.core.section import Section
 
 log = logging.getLogger(__name__)
+
+
+class NotRunHere(UserError):
+    """A file this host cannot run (Core ML off macOS, with an op the simulation lacks): its rows say why, and
+    the run goes on."""
 
 
 class Runner(Protocol):
@@ -41,11 +46,25 @@ class ExportJob:
     meta: dict  # the dataset's meta (classes, mean, std)
     out: Path
     key: str  # the stage's cache key (Core ML writes it into the package's metadata)
-    artifacts: dict[str, dict]  # records so far, in registry order
+    images: np.ndarray  # the parity images (validation split)
+    reference: np.ndarray  # torch's logits for them
+    artifacts: dict[str, dict] = field(default_factory=dict)  # records so far, in registry order
 
     @property
     def model_name(self) -> str:
         return self.record["model"]
+
+    def check_parity(self, label: str, record: dict, switches: tuple[str, ...] | None = None) -> None:
+        """Run record's file in its runtime on the parity images against torch's logits, within its backend's
+        bounds (record["parity"]); a UserError naming `switches` (default: the backend's) when it is outside.
+        A file this host cannot run is recorded as not simulated."""
+        from backends import for_file
+
+        backend = for_file(record["file"])
+        bound, agreement = backend.parity_bounds(self.cfg, record)
+        with skippable(*(backend.switches if switches is None else switches)):
+            record["parity"] = parity_check(label, backend, self.out / record["file"], self.model_name, self.images,
+                                            self.reference, bound, agreement)
 
 
 @dataclass
@@ -55,7 +74,7 @@ class QuantizeJob:
     cfg: Any  # the composed [quantize] section (stages/quantize.py)
     exported: dict  # export.json's artifacts
     export_dir: Path
-    load_model: Callable[[], Any]  # the torch student, loaded when a backend asks
+    load_model: Callable[[], tuple[Any, dict]]  # the torch student and its record, loaded when a backend asks
     out: Path
     calibration: np.ndarray
     val_images: np.ndarray
@@ -73,40 +92,92 @@ class QuantizeJob:
 
 
 class Backend:
-    """One model format: its declarations as class attributes, its work as methods (each imports its toolchain
-    when called). Override what the format has; the defaults say it has none."""
+    """One model format: its declarations as class attributes; its work in the modules it names, imported when
+    called (each with a `run(job)` returning its records, an empty dict when the config turns it off)."""
 
-    name: ClassVar[str]  # the registry key, and the [export] / [quantize] fields' prefix where it has a table
+    name: ClassVar[str]  # the registry key
     runtime: ClassVar[str]  # the runtime its files run in: a target profile's `runtime` names it
     runtime_title: ClassVar[str]  # the SDK as an app developer knows it: "ONNX Runtime"
     package: ClassVar[str]  # the Python package whose version the report and model cards state
-    suffixes: ClassVar[tuple[str, ...]]  # the file types it writes and runs (the first: its main file)
+    suffixes: ClassVar[tuple[str, ...]]  # the file types it writes and runs
     extra: ClassVar[str]  # the pip extra that installs its packages
     export_fields: ClassVar[type[Section] | None] = None  # fields it adds to [export]
     quantize_fields: ClassVar[type[Section] | None] = None  # fields it adds to [quantize]
-    switches: ClassVar[tuple[str, ...]] = ()  # the settings that turn it off, named when a model fails in it
+    export_module: ClassVar[str | None] = None  # its `run(ExportJob)`
+    quantize_module: ClassVar[str | None] = None  # its `run(QuantizeJob)`
+    runner_factory: ClassVar[str | None] = None  # "module:callable": (path, threads) -> Runner, on this host
     agent: ClassVar[str | None] = None  # "module:Class": the agent's adapter that times its files on a device
+    switches: ClassVar[tuple[str, ...]] = ()  # the settings that turn it off, named when a model fails in it
     profiled: ClassVar[bool] = False  # its agent adapter gives a per-layer profile
     relative_parity: ClassVar[bool] = False  # its parity bound is relative to the largest |logit| (fp16 programs)
+    scratch: ClassVar[tuple[str, ...]] = ()  # working files its quantize leaves, removed when the stage completes
 
     def export(self, job: ExportJob) -> dict[str, dict]:
-        """Write this format's files into job.out; their records by artifact name (none when turned off)."""
-        return {}
+        """Write this format's files into job.out; their records by artifact name."""
+        return importlib.import_module(self.export_module).run(job) if self.export_module else {}
 
     def quantize(self, job: QuantizeJob) -> dict[str, dict]:
-        """Write this format's INT8 (or compressed) files into job.out; their records (none when turned off)."""
-        return {}
+        """Write this format's INT8 (or compressed) files into job.out; their records by artifact name."""
+        return importlib.import_module(self.quantize_module).run(job) if self.quantize_module else {}
 
     def runner(self, path: Path, threads: int = 0) -> Runner:
-        raise UserError(f"{path}: {self.name} files have no runner here")
+        if not self.runner_factory:
+            raise UserError(f"{Path(path).name}: {self.name} files have no runner on this host")
+        module, _, attr = self.runner_factory.partition(":")
+        return getattr(importlib.import_module(module), attr)(path, threads)
+
+    def modules(self, *kinds: str) -> tuple[str, ...]:
+        """The modules behind `kinds` ("export", "quantize", "runner", "agent") with the declaration's own: what
+        a stage's cache key hashes for this backend (pipeline/fingerprint.py follows their imports)."""
+        named = {"export": self.export_module, "quantize": self.quantize_module, "runner": self.runner_factory,
+                 "agent": self.agent}
+        return (type(self).__module__, *(named[k].partition(":")[0] for k in kinds if named[k]))
 
     def parity_bounds(self, cfg: Any, record: dict) -> tuple[float, float]:
         """(bound on the logits' max |diff| vs torch, minimum argmax agreement) for one exported record."""
         fp16 = record["numerics"]["weights"] == "fp16"
         return (cfg.parity_max_abs_diff_fp16 if fp16 else cfg.parity_max_abs_diff), cfg.parity_min_agreement
 
+    def app_needs(self, record: dict, settings: dict) -> str:
+        """What an app must link or set to run this record's file as timed (its MODEL_CARD's runtime line);
+        `settings`: the target profile's."""
+        return f"the {self.runtime_title} runtime"
+
     def check_config(self, cfg: Any) -> None:
-        """Raise ValueError for settings of this format that contradict each other across sections."""
+        """Raise ValueError for settings of this format that contradict each other across sections (`cfg`: the
+        whole PipelineConfig, validated)."""
+
+    def check(self, cfg: Any, world_size: int) -> None:
+        """Raise UserError for a setting its toolchain refuses, found before any stage runs (may import it)."""
+
+
+def parity(reference: np.ndarray, logits: np.ndarray) -> dict:
+    diff = float(np.abs(reference - logits).max())
+    return {"max_abs_diff": diff, "max_rel_diff": diff / max(float(np.abs(reference).max()), 1e-12),
+            "argmax_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()),
+            "images": int(len(reference))}
+
+
+def parity_check(label: str, backend: Backend, path: Path, model_name: str, images: np.ndarray,
+                 reference: np.ndarray, bound: float, agreement: float) -> dict:
+    """The parity record of one exported file, or a UserError when it is outside the bounds (relative to the
+    largest |logit| where the backend says so)."""
+    try:
+        runner = backend.runner(path)
+    except NotRunHere as exc:
+        log.warning(f"{label}: {exc}")
+        return {"evaluation": "not simulated", "reason": str(exc)}
+    check = {**parity(reference, predict(runner, [images])), "evaluation": runner.evaluation}
+    log.info(f"{label} ({runner.evaluation}) vs torch on {check['images']} validation images: max |diff| "
+             f"{check['max_abs_diff']:.2e}, argmax agreement {100 * check['argmax_agreement']:.2f}%")
+    relative = backend.relative_parity
+    if check["max_rel_diff" if relative else "max_abs_diff"] > bound or check["argmax_agreement"] < agreement:
+        allowed = f"{bound:.2%} of the largest |logit|" if relative else f"{bound:g}"
+        raise UserError(f"{label} export of {model_name} fails the parity check: max |logit diff| "
+                        f"{check['max_abs_diff']:.3g} ({check['max_rel_diff']:.2%} of the largest |logit|; allowed "
+                        f"{allowed}), argmax agreement {check['argmax_agreement']:.4f} (required {agreement:g}); "
+                        "nothing downstream uses it. Loosen [export] parity_* only if you accept this")
+    return check
 
 
 def require(module: str, extra: str):

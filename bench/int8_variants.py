@@ -23,18 +23,19 @@ from stages.quantize import (  # noqa: E402
     onnx_int8,
     openvino_int8,
 )
-from stages.quantize.timing import interleaved, speedup, summary  # noqa: E402
+from backends.timing import interleaved, speedup, summary  # noqa: E402
 from targets.agent import cpu_flags, cpu_name  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
-from targets.runtimes import OPENVINO_F32, artifact_bytes  # noqa: E402
+from backends import artifact_bytes  # noqa: E402
+from backends.openvino.runner import OPENVINO_F32  # noqa: E402
 
 
 def make_variants(work: Path, calibration: np.ndarray) -> dict[str, dict]:
     import timm
     import torch
 
-    from stages.formats.onnx import export_onnx
-    from stages.formats.openvino import export_openvino
+    from backends.onnx.export import export_onnx
+    from backends.openvino.export import export_openvino
 
     torch.manual_seed(0)
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False, in_chans=3, img_size=224).eval()

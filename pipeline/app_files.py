@@ -15,13 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import backends
+
 log = logging.getLogger(__name__)
 
-# runtime -> the package whose version report.json's run.versions holds for it
-PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "coreml": "coremltools",
-            "executorch": "executorch", "litert": "ai-edge-litert"}
-NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "coreml": "Core ML", "executorch": "ExecuTorch",
-         "litert": "LiteRT"}
 MEDIAPIPE_PYTHON = "MANIFOLD_EDGE_MEDIAPIPE_PYTHON"  # the MediaPipe environment's python, if not .venv/mediapipe
 NORMALISE = "x = (pixel / 255 - mean[c]) / std[c]"
 # The input MediaPipe's ImageClassifier takes (mediapipe/tasks/cc/vision/utils/image_tensor_specs.cc)
@@ -208,33 +205,27 @@ def profile(report: dict, target: str) -> dict:
 def runtime_line(report: dict, choice: dict, files: list[str]) -> str:
     """The runtime with the version this run used, and the backend / delegate / plugin the file needs."""
     runtime, target = choice["runtime"], choice["target"]
-    version = (report["run"].get("versions") or {}).get(PACKAGES[runtime]) or "version not recorded"
+    version = (report["run"].get("versions") or {}).get(backends.for_runtime(runtime).package) or "version not recorded"
     settings = profile(report, target)
     if runtime == "coreml":
         units = settings.get("compute_units")
         return (f"Core ML (the OS's; converted with coremltools {version}); compute units: "
                 + (f"{units} ({target}'s profile)" if units else "not set by the target's profile (Core ML's "
                                                                  "default: ALL)"))
-    portable = sorted(artifact_record(report, choice["artifact"]).get("undelegated_ops") or {})
-    needs = {"executorch": "the ExecuTorch runtime with its XNNPACK backend linked (the .pte delegates to "
-                           "XnnpackBackend)" + (f" and the portable kernels of {', '.join(portable)}" if portable
-                                                else ""),
-             "litert": "the XNNPACK delegate (LiteRT's default on CPU): CPU",
-             "openvino": "the OpenVINO CPU plugin (device \"CPU\")",
-             "onnxruntime": f"the {settings.get('execution_provider') or 'CPUExecutionProvider'} (CPU execution "
-                            "provider)"}[runtime]
+    needs = backends.for_runtime(runtime).app_needs(artifact_record(report, choice["artifact"]), settings)
     mobile = [f for f in files if f.endswith(".ort")]
     if mobile:
         needs += f"; {mobile[0]} is the same model for ONNX Runtime Mobile"
-    return f"{NAMES[runtime]} {version} (`{PACKAGES[runtime]}`, the version this run used); needs {needs}"
+    return (f"{backends.runtime_name(runtime)} {version} (`{backends.for_runtime(runtime).package}`, the version this "
+            f"run used); needs {needs}")
 
 
 def minimum_os(report: dict, choice: dict, io: dict) -> str:
     """Core ML: the OS versions that run the package's specificationVersion (watchOS alone for a watch, iOS for a
     phone, macOS for a laptop); the other runtimes: not stated (their docs give no minimum for these versions)."""
     if choice["runtime"] != "coreml":
-        return (f"not stated (the docs of {NAMES[choice['runtime']]}'s own library give no minimum OS for this "
-                "version; check the library you link)")
+        return (f"not stated (the docs of {backends.runtime_name(choice['runtime'])}'s own library give no minimum "
+                "OS for this version; check the library you link)")
     from targets.coreml import coremltools
 
     version = io["specification_version"]

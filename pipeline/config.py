@@ -1,7 +1,8 @@
 """The pipeline.toml schema (pydantic v2), loading with `--set` overrides, and readable errors.
 
-The schema is composed here from the config models declared beside their stages (stages/*.py,
-stages/formats/, stages/quantize/) and target profiles (targets/profiles.py); the engine's own sections
+The schema is composed here from the config models declared beside their stages (stages/*.py), the
+backends' fields (backends/*/__init__.py, composed into [export] and [quantize]) and target profiles
+(targets/profiles.py); the engine's own sections
 ([run], [report]) are declared here."""
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+import backends
 from pipeline.core.errors import UserError, clip, quote
 from pipeline.core.section import MAX_KEY_DEPTH, Section
 from pipeline.ship import ShipConfig
@@ -23,8 +25,8 @@ from stages.benchmark import BenchmarkConfig
 from stages.data import DataConfig
 from stages.distill import DistillConfig, StudentConfig
 from stages.evaluate import EvaluateConfig
-from stages.export import ExportConfig
-from stages.quantize import QuantizeConfig
+from stages.export import export_config
+from stages.quantize import quantize_config
 from stages.teacher import TeacherConfig
 from targets.profiles import TargetProfile
 
@@ -52,6 +54,10 @@ class ReportConfig(Section):
     title: str = Field("manifold-edge run", description="heading of report.md")
 
 
+ExportConfig = export_config()  # [export] and [quantize]: composed from the registered backends' fields
+QuantizeConfig = quantize_config()
+
+
 class PipelineConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -69,12 +75,8 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
-        if self.quantize.openvino and not self.export.openvino:
-            raise ValueError("quantize.openvino needs export.openvino = true (it quantizes the IR)")
-        if self.quantize.openvino_weights and not self.export.openvino:
-            raise ValueError("quantize.openvino_weights needs export.openvino = true (it compresses the IR's weights)")
-        if self.quantize.coreml.enabled and not self.export.coreml.enabled:
-            raise ValueError("quantize.coreml.enabled needs export.coreml.enabled = true (it compresses the package)")
+        for backend in backends.backends():
+            backend.check_config(self)
         bad = [n for n in self.targets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
         if bad:
             raise ValueError(f"[targets.{bad[0]}]: a target name may use letters, digits, '.', '_' and '-' only")

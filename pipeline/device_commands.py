@@ -8,15 +8,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import backends
 from pipeline.config import PipelineConfig
 from pipeline.core.errors import UserError, clip
 from pipeline.core.fileio import unwritable, write_json
+from pipeline.core.numerics import FP32, UNKNOWN, Numerics
 from targets.latency import Model, add_diagnoses, describe_comparison, measure_target
-from targets.numerics import FP32, UNKNOWN, Numerics
 from targets.profiles import BUILTIN_FILE, all_profiles, resolve
-
-RUNTIMES = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".xml": "openvino", ".mlpackage": "coreml",
-            ".pte": "executorch", ".tflite": "litert"}
 
 
 def list_targets(cfg: PipelineConfig, console: Console) -> None:
@@ -81,11 +79,12 @@ def model_of(path: str) -> Model:
     file = Path(path)
     if not file.exists():
         raise UserError(f"{path}: no such model file")
-    runtime = RUNTIMES.get(file.suffix)
-    if runtime is None:
-        raise UserError(f"{path}: not a model file this tool benchmarks; give an .onnx or .ort, an OpenVINO .xml "
-                        "(with its .bin beside it), a Core ML .mlpackage, an ExecuTorch .pte or a LiteRT .tflite")
-    return Model(file.name, file, runtime, "unknown", UNKNOWN)
+    known = {suffix: backend for backend in backends.backends() for suffix in backend.suffixes}
+    if file.suffix not in known:
+        raise UserError(f"{path}: not a model file this tool benchmarks; give one of "
+                        + ", ".join(f"{suffix} ({b.runtime_title})" for suffix, b in known.items())
+                        + " (an OpenVINO .xml with its .bin beside it)")
+    return Model(file.name, file, known[file.suffix].runtime, "unknown", UNKNOWN)
 
 
 def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], console: Console,

@@ -123,8 +123,9 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def _predictions(path: Path, threads: int, data, batch_size: int) -> tuple[str, np.ndarray] | NotSimulated:
+        from backends import load_runner
+        from backends.base import predict
         from targets.coreml import NotSimulated
-        from targets.runtimes import load_runner, predict
 
         try:
             with _LOADING:  # coremltools' graph passes share state between threads: one load at a time
@@ -135,9 +136,9 @@ class EvaluateStage(Stage):
 
     def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data, pool: ThreadPoolExecutor,
                    threads: int) -> list[dict]:
+        from backends import artifact_bytes
+        from pipeline.core.numerics import floating
         from targets.coreml import NotSimulated
-        from targets.numerics import floating
-        from targets.runtimes import artifact_bytes
 
         labels = data.test.labels.numpy()
         classes = data.meta["classes"]

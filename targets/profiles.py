@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+import backends
 from pipeline.core.errors import UserError
 from pipeline.core.section import Section
 
 BUILTIN_FILE = Path(__file__).with_name("profiles.toml")
 # The cores QEMU 7.2 (Debian bookworm's qemu-user-static) emulates: `qemu-aarch64-static -cpu help`.
 ARM64_CORES = ("cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx", "max")
-RUNTIME = Literal["onnxruntime", "openvino", "coreml", "executorch", "litert"]
+RUNTIME = Literal[tuple(backends.runtimes())]  # the registered backends' runtimes (backends/)
 
 
 class TargetProfile(Section):

@@ -23,11 +23,11 @@ from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
-from stages.formats.onnx import export_onnx
-from stages.formats.openvino import export_openvino
+from backends.onnx.export import export_onnx
+from backends.openvino.export import export_openvino
 from stages.models import load_model
 from stages.quantize import QuantizeConfig
-from stages.quantize.onnx_int8 import (
+from backends.onnx.quantize import (
     attention_matmuls,
     preprocess,
     quantize_dynamic,
@@ -35,14 +35,15 @@ from stages.quantize.onnx_int8 import (
     quantized_op_types,
     static_with_fallback,
 )
-from stages.quantize.openvino_int8 import compress_weights, compressed_weights, model_type
-from stages.quantize.timing import speedup
-from stages.quantize.weight_range import reduce_range
+from backends.openvino.quantize import compress_weights, compressed_weights, model_type
+from backends.timing import speedup
+from backends.weight_range import reduce_range
 from targets.agent import AgentError, OnnxRuntime, parse
 from targets.diagnosis import int8_instructions
 from targets.latency import agent_args
 from targets.profiles import builtin_profiles
-from targets.runtimes import artifact_bytes, load_runner, predict, require
+from backends import artifact_bytes, load_runner
+from backends.base import predict, require
 
 
 def test_exports_match_torch_on_real_images(trained_run):

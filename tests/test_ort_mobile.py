@@ -7,9 +7,10 @@ import timm
 import torch
 
 from pipeline.core.errors import UserError
-from stages.formats.onnx import export_onnx
-from stages.formats.ort_mobile import mobile_record
-from targets.runtimes import load_runner, predict
+from backends.onnx.export import export_onnx
+from backends.onnx.mobile import mobile_record
+from backends import load_runner
+from backends.base import predict
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,33 @@
-"""ExecuTorch: declarations only (backends/base.py)."""
+"""ExecuTorch (.pte): the student lowered to the XNNPACK delegate, fp32 and INT8 (PT2E with the XNNPACK
+quantizer, layer fallback), run by ExecuTorch's runtime."""
 from __future__ import annotations
 
+from pydantic import Field
+
 from backends.base import Backend
+from pipeline.core.section import Section
+
+
+class ExecuTorchExportConfig(Section):
+    enabled: bool = Field(True, description="also write model.pte: ExecuTorch, lowered to the XNNPACK delegate "
+                                            "(fp32)")
+    max_batch: int = Field(64, ge=1, le=4096, description="upper bound of the dynamic batch dimension; memory is "
+                                                          "planned for it (the runner splits bigger batches); 1 for "
+                                                          "models whose lowering fixes the batch (LeViT, EfficientViT)")
+
+
+class ExecuTorchQuantizeConfig(Section):
+    enabled: bool = Field(True, description="INT8 .pte via PT2E with the XNNPACK quantizer: static, per-channel "
+                                            "weights, calibrated (needs export.executorch)")
+    per_channel: bool = Field(True, description="per-output-channel weight scales (else one per tensor)")
+
+
+class ExportFields(Section):
+    executorch: ExecuTorchExportConfig = Field(default_factory=ExecuTorchExportConfig)
+
+
+class QuantizeFields(Section):
+    executorch: ExecuTorchQuantizeConfig = Field(default_factory=ExecuTorchQuantizeConfig)
 
 
 class ExecuTorchBackend(Backend):
@@ -11,8 +37,19 @@ class ExecuTorchBackend(Backend):
     package = "executorch"
     suffixes = (".pte",)
     extra = "executorch"
+    export_fields = ExportFields
+    quantize_fields = QuantizeFields
+    switches = ("export.executorch.enabled",)
+    export_module = "backends.executorch.export"
+    quantize_module = "backends.executorch.quantize"
+    runner_factory = "backends.executorch.runner:ExecuTorchRunner"
     agent = "backends.executorch.agent:ExecuTorch"
     profiled = True
+
+    def app_needs(self, record: dict, settings: dict) -> str:
+        portable = sorted(record.get("undelegated_ops") or {})
+        return ("the ExecuTorch runtime with its XNNPACK backend linked (the .pte delegates to XnnpackBackend)"
+                + (f" and the portable kernels of {', '.join(portable)}" if portable else ""))
 
 
 BACKEND = ExecuTorchBackend()

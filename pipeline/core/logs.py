@@ -7,7 +7,10 @@ engine's, warnings yellow and errors red. A library that logs the same kind of w
 per process."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 NOISY = ("coremltools", "torch.utils.cpp_extension", "nncf")  # loggers that repeat one warning
-PROJECT = ("stages", "targets")  # the loggers of the code that a run's stages execute
+PROJECT = ("backends", "stages", "targets")  # the loggers of the code that a run's stages execute
 STYLES = {logging.WARNING: "yellow", logging.ERROR: "bold red", logging.CRITICAL: "bold red"}
 
 
@@ -77,3 +80,27 @@ def quiet_third_party() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, OncePerKind) for f in logger.filters):
             logger.addFilter(OncePerKind())
+
+
+@contextmanager
+def quiet(stdout: bool = False, logger: str | None = None) -> Iterator[None]:
+    """Silence a converter's chatter around one call: its Python warnings, its tqdm bars and prints on stderr
+    (and stdout when asked), and its logging below errors (every logger, or only `logger`). Lines that native
+    code writes to the file descriptors themselves are not caught here."""
+    target = logging.getLogger(logger) if logger else None
+    previous = target.level if target else logging.root.manager.disable
+    if target:
+        target.setLevel(logging.ERROR)
+    else:
+        logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()) if stdout else contextlib.nullcontext(), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if target:
+            target.setLevel(previous)
+        else:
+            logging.disable(previous)

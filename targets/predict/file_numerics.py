@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from targets.numerics import FP32, UNKNOWN, Numerics, dynamic_int8, floating, static_int8, weights_only
+from pipeline.core.numerics import FP32, UNKNOWN, Numerics, dynamic_int8, floating, static_int8, weights_only
 
 # ONNX Runtime ops that quantize activations per call
 ONNX_DYNAMIC = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulIntegerToFloat"}
@@ -47,7 +47,7 @@ def onnx_numerics(path: Path) -> dict[str, str]:
 def tflite_numerics(path: Path) -> dict[str, str]:
     """Quantized op outputs: static; quantized weights read by a compute op (LiteRT's hybrid kernels quantize
     the activations per call): dynamic; quantized weights only dequantized: weights-only."""
-    from targets.runtimes import require
+    from backends.base import require
 
     schema = require("ai_edge_litert.schema_py_generated", "litert")
     model = schema.Model.GetRootAs(path.read_bytes(), 0)

@@ -6,39 +6,27 @@ Both come from onnxruntime's tools (`convert_onnx_models_to_ort`, `check_onnx_mo
 called in-process."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
 import time
 from pathlib import Path
 
-from pydantic import Field
-
-from pipeline.core.section import Section
+from backends import artifact_bytes
+from backends.base import require
+from pipeline.core.logs import quiet
 
 EXECUTION_PROVIDERS = {"NNAPI": None, "CoreML MLProgram": "coreml_supported_mlprogram_ops.md"}
-
-
-class OrtMobileConfig(Section):
-    enabled: bool = Field(True, description="also write the .ort mobile format of each ONNX model (fp32 and INT8) "
-                                            "and ORT's NNAPI / Core ML execution-provider coverage of the graph")
-    target_platform: str = Field("arm", pattern="^(arm|amd64)$", description="the CPU the .ort is optimised for "
-                                 "(arm: phones and watches; INT8 QDQ kept as INT8 kernels there)")
 
 
 def to_ort(src: Path, dst_dir: Path, target_platform: str) -> Path:
     """`src` (.onnx) as dst_dir/<stem>.ort, optimised at ORT's 'all' level for `target_platform` (fixed style:
     the optimisations are baked in, nothing is replayed at load time)."""
-    from targets.runtimes import require
-
     require("onnxruntime", "onnx")
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory(dir=dst_dir) as tmp:  # the tool also writes an operator config file
         staged = Path(tmp) / src.name
         staged.symlink_to(src.resolve())
-        with contextlib.redirect_stdout(io.StringIO()), _quiet("ort_format_model.utils"):
+        with quiet(stdout=True, logger="ort_format_model.utils"):
             convert_onnx_models_to_ort(staged, output_dir=Path(tmp) / "out", target_platform=target_platform,
                                        optimization_styles=[OptimizationStyle.Fixed])
         dst = dst_dir / f"{src.stem}.ort"
@@ -49,13 +37,11 @@ def to_ort(src: Path, dst_dir: Path, target_platform: str) -> Path:
 def usability(src: Path) -> dict:
     """Per mobile execution provider: nodes it takes and partitions, as exported (dynamic batch) and with the
     input shape fixed (what an app does: batch 1), with ORT's suitability verdict (YES / MAYBE / NO)."""
-    from targets.runtimes import require
-
     require("onnxruntime", "onnx")
     from onnxruntime.tools.mobile_helpers import usability_checker as uc
     from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet("usability_checker"):
+    with tempfile.TemporaryDirectory() as tmp, quiet(logger="usability_checker"):
         optimized = Path(tmp) / src.name
         optimize_model(src, optimized, use_external_initializers=True)  # as the checker does: ORT's basic level
         model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
@@ -70,8 +56,6 @@ def usability(src: Path) -> dict:
 
 def mobile_record(onnx_file: Path, out: Path, target_platform: str) -> dict:
     """The .ort sibling of an ONNX file (written to `out`) and ORT's NNAPI / Core ML coverage of its graph."""
-    from targets.runtimes import artifact_bytes
-
     start = time.perf_counter()
     ort_file = to_ort(onnx_file, out, target_platform)
     return {"file": ort_file.name, "bytes": artifact_bytes(ort_file), "target_platform": target_platform,
@@ -83,12 +67,3 @@ def _partitioning(info) -> dict:
             "partitions": info.num_partitions, "unsupported_ops": sorted(info.unsupported_ops),
             "suitability": info.suitability().name}
 
-
-@contextlib.contextmanager
-def _quiet(logger: str):
-    log = logging.getLogger(logger)
-    level, log.level = log.level, logging.ERROR
-    try:
-        yield
-    finally:
-        log.setLevel(level)

@@ -1,15 +1,12 @@
 """Whether INT8 weights take 7 bits instead of 8 (quantize.reduce_range), for the ONNX and OpenVINO backends."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from targets.diagnosis import int8_instructions
 
-if TYPE_CHECKING:
-    from stages.quantize import QuantizeConfig
 
-
-def reduce_range(cfg: QuantizeConfig, host: dict | None = None) -> bool:
+def reduce_range(cfg: Any, host: dict | None = None) -> bool:
     """7-bit weights: ONNX Runtime and NNCF recommend them on x86 without VNNI, where the AVX2 U8S8 kernel's
     16-bit intermediate sums can saturate. `host`: targets.diagnosis.int8_instructions() (default: this host)."""
     if cfg.reduce_range != "auto":

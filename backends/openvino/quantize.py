@@ -5,19 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from stages.quantize.job import QuantizeJob
-from stages.quantize.weight_range import reduce_range
-from targets.numerics import static_int8, weights_only
-from targets.runtimes import OPENVINO_F32, require
+from backends.base import QuantizeJob, require
+from backends.openvino.runner import OPENVINO_F32
+from backends.weight_range import reduce_range
+from pipeline.core.numerics import static_int8, weights_only
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from stages.quantize import QuantizeConfig
 
 
 def _accuracy(compiled, items) -> float:
@@ -36,7 +34,7 @@ def model_type(model):
     return nncf.ModelType.TRANSFORMER if ops & {"Softmax", "ScaledDotProductAttention"} else None
 
 
-def overflow_fix(cfg: QuantizeConfig):
+def overflow_fix(cfg: Any):
     """NNCF's overflow fix (7-bit weights) on every layer where quantize.reduce_range says so (x86 without VNNI,
     by default: there the first layer only, NNCF's default, kept 84% of a small student's test predictions, every
     layer 94.5%), else NNCF's default."""
@@ -45,7 +43,7 @@ def overflow_fix(cfg: QuantizeConfig):
 
 
 def quantize(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
-             cfg: QuantizeConfig) -> dict:
+             cfg: Any) -> dict:
     ov = require("openvino", "openvino")
     nncf = require("nncf", "openvino")
     logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -101,7 +99,7 @@ def speed_check(fp32: Path, int8: Path, image: np.ndarray, seconds: float = SPEE
     """fp32 and INT8 IR compiled on this host's CPU at 1 thread (f32 hint), timed interleaved by CPU time:
     the speed-up's median and 95% interval, and whether INT8 is worth shipping from this host's view."""
     ov = require("openvino", "openvino")
-    from stages.quantize.timing import interleaved, speedup, summary
+    from backends.timing import interleaved, speedup, summary
 
     core = ov.Core()
     config = {**OPENVINO_F32, "INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -144,7 +142,7 @@ def compressed_weights(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def artifacts(job: QuantizeJob) -> dict[str, dict]:
+def run(job: QuantizeJob) -> dict[str, dict]:
     """NNCF INT8 (accuracy-controlled; timed against fp32 on this host when asked) and INT8 weights only."""
     cfg, found = job.cfg, {}
     if not (cfg.openvino or cfg.openvino_weights):

@@ -10,22 +10,38 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from stages.formats import ort_mobile
-from stages.quantize.fallback import Fallback, with_fallback
-from stages.quantize.job import QuantizeJob
-from stages.quantize.weight_range import reduce_range
+from backends import load_runner
+from backends.base import QuantizeJob, predict, require
+from backends.fallback import Fallback, with_fallback
+from backends.onnx import mobile as ort_mobile
+from backends.onnx.runner import OnnxRuntimeRunner
+from backends.weight_range import reduce_range
+from pipeline.core.errors import UserError, quote
+from pipeline.core.numerics import dynamic_int8, static_int8
 from targets.diagnosis import int8_instructions
-from targets.numerics import dynamic_int8, static_int8
-from targets.runtimes import OnnxRuntimeRunner, load_runner, predict, require
 
-if TYPE_CHECKING:
-    from stages.quantize import QuantizeConfig
+PREPROCESSED = "model_preprocessed.onnx"  # scratch (OnnxBackend.scratch): removed when the stage completes
 
-PREPROCESSED = "model_preprocessed.onnx"  # scratch: removed when the stage completes
+
+def check_op_types(op_types: list[str]) -> None:
+    """quantize.op_types: each an op type ONNX Runtime's quantizer knows, or a one-line error with the nearest."""
+    require("onnxruntime", "onnx")
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    known = sorted({*IntegerOpsRegistry, *QDQRegistry, *QLinearOpsRegistry})
+    unknown = [op for op in op_types if op not in known]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"quantize.op_types: {quote(unknown)} is not an op type ONNX Runtime quantizes "
+                        f"({hint}case-sensitive ONNX names, e.g. MatMul, Gemm, Conv; the full list: "
+                        "onnxruntime.quantization.registry)")
 
 
 def _quantization():
@@ -71,12 +87,12 @@ def attention_matmuls(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] not in constants]
 
 
-def static_exclusions(src: Path, cfg: QuantizeConfig) -> list[str]:
+def static_exclusions(src: Path, cfg: Any) -> list[str]:
     """Nodes static QDQ leaves in float before any accuracy fallback (the attention matmuls, when asked)."""
     return attention_matmuls(src) if cfg.static_attention_float else []
 
 
-def quantize_static(src: Path, dst: Path, calibration: np.ndarray, cfg: QuantizeConfig, cache: Path,
+def quantize_static(src: Path, dst: Path, calibration: np.ndarray, cfg: Any, cache: Path,
                     exclude: list[str] = (), only: list[str] | None = None) -> None:
     """QDQ, uint8 activations / int8 weights; calibration ranges computed once and kept in `cache`.
     `exclude` comes on top of static_exclusions()."""
@@ -91,7 +107,7 @@ def quantize_static(src: Path, dst: Path, calibration: np.ndarray, cfg: Quantize
                       calibration_cache_path=str(cache))
 
 
-def quantize_dynamic(src: Path, dst: Path, cfg: QuantizeConfig) -> None:
+def quantize_dynamic(src: Path, dst: Path, cfg: Any) -> None:
     """int8 weights (per output channel with `dynamic_per_channel`), activations quantized per batch at
     run time. Conv included (ORT's CPU ConvInteger takes int8 weights): a CNN's work is almost all
     convolutions, and without them nothing shrinks."""
@@ -139,7 +155,7 @@ def top1(path: Path, images: np.ndarray, labels: np.ndarray, batch: int = 256) -
     return float(100 * (logits.argmax(1) == labels).mean())
 
 
-def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.ndarray, cfg: QuantizeConfig,
+def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.ndarray, cfg: Any,
                      cache: Path, reference: np.ndarray) -> list[dict]:
     """Per-layer sensitivity: quantize one layer alone and measure how far the logits move from fp32
     (mean squared error relative to the fp32 logits' variance). Most harmful first."""
@@ -155,7 +171,7 @@ def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.
 
 
 def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarray, val_images: np.ndarray,
-                         val_labels: np.ndarray, cfg: QuantizeConfig) -> Fallback:
+                         val_labels: np.ndarray, cfg: Any) -> Fallback:
     """Quantize everything; while the top-1 drop exceeds max_drop, keep the next most sensitive layer
     in float (at most cfg.max_fallback_layers)."""
     cache = work / "calibration.json"
@@ -174,7 +190,7 @@ def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarr
     return result
 
 
-def artifacts(job: QuantizeJob) -> dict[str, dict]:
+def run(job: QuantizeJob) -> dict[str, dict]:
     """ONNX Runtime static QDQ (with layer fallback) and dynamic INT8, as the config asks, each with an .ort
     sibling when the export wrote one."""
     cfg, out, found = job.cfg, job.out, {}
