@@ -30,7 +30,7 @@ from stages.models import load_model  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 from targets.floor import floor  # noqa: E402
 from targets.latency import add_diagnoses, measure_target  # noqa: E402
-from targets.numerics import Numerics  # noqa: E402
+from pipeline.core.numerics import Numerics  # noqa: E402
 from targets.profiles import TargetProfile  # noqa: E402
 
 THREADS = (1, 2)

@@ -15,10 +15,10 @@ from pathlib import Path
 from pydantic import Field
 
 from pipeline.core.fileio import read_json, write_json
+from pipeline.core.numerics import Numerics
 from pipeline.core.stage import Stage, StageContext
 from targets.diagnosis import int8_instructions
 from targets.latency import LatencyConfig, Model, add_diagnoses, measure_target
-from targets.numerics import Numerics
 from targets.predict.rows import predicted_rows
 from targets.profiles import resolve
 

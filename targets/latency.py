@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydantic import Field
 
+from pipeline.core.numerics import Numerics
 from pipeline.core.section import Section
 from targets.agent import PROFILED, usable_cores
 from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions
-from targets.numerics import Numerics
 from targets.profiles import TargetProfile
 
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)

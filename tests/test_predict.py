@@ -17,7 +17,7 @@ from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.ship import choose
 from targets.latency import Model
-from targets.numerics import FP32, Numerics, dynamic_int8, floating, static_int8
+from pipeline.core.numerics import FP32, Numerics, dynamic_int8, floating, static_int8
 from targets.predict.features import features
 from targets.predict.measurements import FIELDS, OUT, main, read_wheel
 from targets.predict.predictor import (
@@ -320,7 +320,7 @@ def test_bench_predicts_any_onnx_file_on_a_named_device(tmp_path, capsys):
 def test_only_static_int8_has_an_npu_counterpart():
     """AI Hub measures float and w8a8 models: dynamic INT8, palettes and weight-only INT8 are not predicted, and
     fp16 runs as float there."""
-    from targets.numerics import Numerics, dynamic_int8, weights_only
+    from pipeline.core.numerics import Numerics, dynamic_int8, weights_only
     from targets.predict.rows import public_precision
 
     assert public_precision(Numerics(**static_int8())) == "w8a8"

@@ -268,7 +268,7 @@ def test_disk_full_during_the_onnx_export_says_disk_full_not_opset(tiny_disk):
     """Was: 'ONNX export failed ...; try another export.opset'."""
     import torch
 
-    from stages.formats.onnx import export_onnx
+    from backends.onnx.export import export_onnx
 
     fill(tiny_disk, 16 * 1024)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 512), torch.nn.Linear(512, 10))

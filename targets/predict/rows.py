@@ -4,8 +4,8 @@ run's fp32 ONNX graph (the same graph every precision is made from), at the prec
 say. Never labelled measured."""
 from __future__ import annotations
 
+from pipeline.core.numerics import FP32, Numerics
 from targets.latency import Model
-from targets.numerics import FP32, Numerics
 from targets.predict.features import features
 from targets.predict.predictor import PUBLIC_SOURCES, accuracy_context, predict, public_coverage
 from targets.predict.zoo import family_of

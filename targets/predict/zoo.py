@@ -113,8 +113,8 @@ def export(model, model_id: str, size: int, path: Path) -> None:
     (timm's BEiT: a view of a transposed tensor) with the TorchScript exporter at batch 1."""
     import torch
 
+    from backends.onnx.export import export_onnx
     from pipeline.core.errors import UserError
-    from stages.formats.onnx import export_onnx
 
     try:
         export_onnx(model, model_id, (3, size, size), path, opset=20)
