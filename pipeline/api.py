@@ -17,7 +17,8 @@ from pipeline.core.logs import quiet_third_party
 from pipeline.core.progress import Progress
 from pipeline.deploy import check_folder
 from pipeline.graph import Pipeline, check_stage_options
-from pipeline.report import build_report, ship_summary
+from pipeline.report.build import build_report
+from pipeline.report.markdown import ship_summary
 
 
 def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = (), *,

@@ -149,7 +149,8 @@ def _report(run_dir: str, out: str | None) -> int:
     from pathlib import Path
 
     from pipeline.core.lock import run_lock
-    from pipeline.report import check_run_folder, rebuild_report, ship_summary
+    from pipeline.report.build import check_run_folder, rebuild_report
+    from pipeline.report.markdown import ship_summary
 
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: no such run folder; give runs/<name> of a finished run")
@@ -169,7 +170,7 @@ def _compare(run_a: str, run_b: str, out: str | None) -> int:
 
     from pipeline.compare import compare_markdown
     from pipeline.core.fileio import write_text
-    from pipeline.html import render_html
+    from pipeline.report.html import render_html
 
     text = compare_markdown(run_a, run_b)
     Console().print(Markdown(text))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from conftest import TRAINED, cli_args, read_report, tiny_overrides
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.report_arm64 import arm64_lines
+from pipeline.report.arm64 import arm64_lines
 from targets import agent
 from targets.arm64 import ROOT_ENV, Arm64Device, usable
 from targets.devices import DeviceError

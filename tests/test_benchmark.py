@@ -277,7 +277,7 @@ def test_same_verdicts_on_two_runs_of_crafted_timings():
 
 
 def test_report_shows_intervals_and_no_speed_claim_within_noise():
-    from pipeline.report import latency_lines
+    from pipeline.report.markdown import latency_lines
     from targets.latency import add_diagnoses
 
     def row(artifact, precision, numerics, p50, interval):

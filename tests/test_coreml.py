@@ -15,7 +15,7 @@ import torch
 from conftest import artifact_folder, read_report
 from pipeline.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.report import _artifact_lines
+from pipeline.report.markdown import _artifact_lines
 from pipeline.ship import choose
 from stages.batches import load_dataset
 from stages.export import parity

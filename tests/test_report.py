@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import cli_args, read_report
 from pipeline.cli import main
-from pipeline.html import render_html
 from pipeline.plots import pareto_front
+from pipeline.report.html import render_html
 
 
 def chromium() -> str:
