@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.markup import escape
 
-from pipeline import distributed
 from pipeline.config import PipelineConfig, load_config
+from pipeline.core import distributed
 from pipeline.core.errors import UserError, quote
 from pipeline.core.fileio import unwritable, write_json
 from pipeline.core.lock import run_lock

@@ -220,8 +220,8 @@ def _status(cfg) -> int:
 
 
 def _run(cfg, force: str | None, until: str | None, out: str | None, argv: list[str]) -> int:
-    from pipeline import distributed
     from pipeline.api import execute, prepare
+    from pipeline.core import distributed
 
     pipeline = prepare(cfg, force, until, out)  # config problems: before any stage runs or any process starts
     if cfg.run.nproc > 1 and not distributed.under_launcher():

@@ -8,9 +8,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import distributed
 from pipeline.config import PipelineConfig
-from pipeline.core import exits
+from pipeline.core import distributed, exits
 from pipeline.core.errors import UserError, clip
 from pipeline.core.fileio import read_json, write_json
 from pipeline.core.lock import holder, wait_lock

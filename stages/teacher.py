@@ -8,9 +8,9 @@ import logging
 
 from pydantic import Field, model_validator
 
+from pipeline.core.distributed import world
 from pipeline.core.errors import UserError, quote
 from pipeline.core.stage import Stage, StageContext
-from pipeline.distributed import world
 from stages.checkpoints import CHECKPOINT, METRICS
 from stages.data import DataConfig
 from stages.recipe import ModelConfig, TrainConfig

@@ -20,11 +20,11 @@ import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.core.distributed import World, all_sum, gather, joined
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import atomic_write, write_text
 from pipeline.core.progress import Progress
 from pipeline.core.stage import Accel
-from pipeline.distributed import World, all_sum, gather, joined
 from stages.batches import Batches
 from stages.checkpoints import CHECKPOINT, METRICS, read
 from stages.recipe import TrainConfig

@@ -193,8 +193,7 @@ def test_a_rank_killed_outright_is_named_as_the_cause(tmp_path, monkeypatch):
     told which rank died and how, not the survivor's connection error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from pipeline import distributed
-    from pipeline.core import exits
+    from pipeline.core import distributed, exits
 
     def fake_launch(config, entrypoint):
         def run(*args):
@@ -268,8 +267,8 @@ def test_the_launcher_reports_the_first_failure_not_the_interruption_it_caused(t
 
 
 def test_a_checkpoint_from_another_process_count_is_not_resumed(tmp_path):
+    from pipeline.core.distributed import World
     from pipeline.core.progress import Progress
-    from pipeline.distributed import World
     from stages.training import _resume_state
 
     checkpoint, log = tmp_path / "checkpoint.pt", io.StringIO()

@@ -24,7 +24,7 @@ def is_partial_write(path: Path) -> bool:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, fsync it, then rename it into place."""
     path = Path(path)
-    if os.environ.get("RANK", "0") != "0":  # a multi-process run: rank 0 alone writes (see pipeline/distributed.py)
+    if os.environ.get("RANK", "0") != "0":  # multi-process: rank 0 alone writes (core/distributed.py)
         raise RuntimeError(f"rank {os.environ['RANK']} tried to write {path}: only rank 0 writes")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.distributed import world
 from pipeline.core.errors import UserError
 from pipeline.core.stage import StageContext
-from pipeline.distributed import world
 from stages.batches import load_dataset
 from stages.checkpoints import METRICS
 from stages.data import DataConfig
