@@ -1,5 +1,5 @@
 """One interface for running a classifier artifact in its own runtime: torch, ONNX Runtime, OpenVINO (here),
-Core ML (targets/coreml.py), ExecuTorch and LiteRT (targets/executorch_runner.py, litert_runner.py).
+Core ML (targets/coreml.py), ExecuTorch and LiteRT (backends/executorch/runner.py, backends/litert/runner.py).
 
 `load_runner(path)` picks the runtime by file type; a runner maps a float32 NCHW batch to logits.
 Runtime packages are imported on first use, and a missing one names the pip extra to install.
@@ -121,11 +121,11 @@ def load_runner(path: Path, threads: int = 0) -> Runner:
 
         return coreml_runner(path, threads)
     if suffix == ".pte":
-        from targets.executorch_runner import ExecuTorchRunner
+        from backends.executorch.runner import ExecuTorchRunner
 
         return ExecuTorchRunner(path, threads)
     if suffix == ".tflite":
-        from targets.litert_runner import LiteRTRunner
+        from backends.litert.runner import LiteRTRunner
 
         return LiteRTRunner(path, threads)
     try:

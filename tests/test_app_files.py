@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from backends.litert.runner import LiteRTRunner
 from conftest import artifact_folder, read_report
 from pipeline.app_files import mediapipe_python, write_app_files
 from pipeline.deploy import model_files
 from stages.batches import load_dataset
-from targets.litert_runner import LiteRTRunner
 
 SIZE, CLASSES = 16, ["zero", "one", "two, or more"]  # a comma: labels go into the file as they are
 LITERT = ("litert", "litert_int8", "litert_int8_dynamic")
@@ -100,7 +100,7 @@ def litert_choice(artifact: str = "litert") -> dict:
 def tensor_tflite(tmp_path_factory) -> Path:
     """A .tflite of a small CNN exported without the data's mean and std: it takes the model's own normalised
     grayscale tensor, channels first, not pixels."""
-    from stages.formats import litert
+    from backends.litert import export as litert
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -209,7 +209,7 @@ def runtime_io(runtime: str, path: Path) -> tuple[list, list]:
         interpreter = Interpreter(model_path=str(path))
         return ([(d["name"], d["shape"].tolist(), np.dtype(d["dtype"]).name) for d in details]
                 for details in (interpreter.get_input_details(), interpreter.get_output_details()))
-    from targets.executorch_runner import ExecuTorchRunner
+    from backends.executorch.runner import ExecuTorchRunner
 
     runner = ExecuTorchRunner(path)
     images = np.zeros((runner.max_batch, *runner.image_shape), np.float32)

@@ -10,7 +10,7 @@ import pytest
 from conftest import artifact_folder, read_report
 from pipeline.cli import main
 from pipeline.config import load_config
-from targets.numerics import FP32, floating, static_int8
+from pipeline.core.numerics import FP32, floating, static_int8
 from targets.profiles import builtin_profiles
 
 
@@ -358,7 +358,7 @@ def three_runtimes(tmp_path_factory):
     import openvino as ov
     import torch
 
-    from stages.formats import litert
+    from backends.litert import export as litert
 
     folder = tmp_path_factory.mktemp("runtimes")
     onnx_path = write_chain(folder / "chain.onnx", 2, 16)

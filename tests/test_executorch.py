@@ -10,11 +10,12 @@ import pytest
 import timm
 import torch
 
+from backends.base import predict
+from backends.executorch.export import export
+from backends.executorch.quantize import quantize
+from backends.executorch.runner import ExecuTorchRunner, profile_layers
 from conftest import model_with_an_unknown_op
 from pipeline.core.errors import UserError
-from stages.formats.executorch import export, quantize
-from targets.executorch_runner import ExecuTorchRunner, profile_layers
-from targets.runtimes import predict
 
 SHAPE = (1, 16, 16)
 MAX_BATCH = 32  # above 15, the bound lowering a stride-2 conv would otherwise leave
@@ -111,7 +112,7 @@ def test_profile_layers_reports_xnnpack_and_portable_ops(fp32, digits):
 def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path, caplog):
     train, _, images, labels = digits
     path = tmp_path / "model_int8.pte"
-    caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
+    caplog.set_level(logging.INFO, logger="backends.fallback")
     result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, max_batch=MAX_BATCH)
     assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1 and caplog.messages == []
     int8_top1 = 100 * (predict(ExecuTorchRunner(path), [images]).argmax(1) == labels).mean()
@@ -130,7 +131,7 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path, capl
         model.norm.bias[0] *= 1000
         model.head.weight[:, 0] /= 1000
     train, _, images, labels = digits
-    caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
+    caplog.set_level(logging.INFO, logger="backends.fallback")
     result = quantize(model, SHAPE, tmp_path / "s.pte", train[:256], images, labels, 2.0, 3, True, max_batch=1)
     first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
     assert first > 20, "the sabotage should have hurt INT8"
@@ -193,7 +194,7 @@ class SplitHeads(torch.nn.Module):
 
 def test_a_graph_whose_lowering_fixes_the_batch_is_planned_for_one_image_also_in_int8(tmp_path, caplog):
     net = SplitHeads().eval()
-    with caplog.at_level(logging.WARNING, logger="stages.formats.executorch"):
+    with caplog.at_level(logging.WARNING, logger="backends.executorch.export"):
         record = export(net, (4, 8), tmp_path / "split.pte", MAX_BATCH, name="split_heads")
     assert record["max_batch"] == 1
     assert "lowering split_heads fixes its batch dimension" in caplog.text
@@ -235,7 +236,8 @@ def test_int8_conversion_leaves_no_conv_batch_norm_pair_to_fold():
     both kinds, the BatchNorm1d before a Linear (EfficientViT's head) is left and no convolution feeds it."""
     from torchao.quantization.pt2e import quantize_pt2e
 
-    from stages.formats.executorch import _capture, _fake_quantized, _quantizer
+    from backends.executorch.export import _capture
+    from backends.executorch.quantize import _fake_quantized, _quantizer
 
     fold = quantize_pt2e._fold_conv_bn_qat
     torch.manual_seed(0)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from backends.litert import export as litert
+from backends.litert import quantize as litert_int8
+from backends.litert.runner import LiteRTRunner
 from conftest import model_with_an_unknown_op, sabotage_attention
 from pipeline.core.errors import UserError
-from stages.formats import litert
-from targets.litert_runner import LiteRTRunner
 
 N_TRAIN = 1400
 MAX_DROP = 1.0  # top-1 points; one of the 397 validation images is 0.25
@@ -84,7 +85,8 @@ def test_export_matches_torch_and_runs_in_xnnpack(tiny):
     assert tiny.record["app_input"] == {"layout": "NHWC", "color": "RGB", "pixel_range": [0, 255], "channels": 1,
                                         "mean": MEAN, "std": STD}
     assert tiny.record["op_types"]["FULLY_CONNECTED"] == 9  # qkv, proj, fc1, fc2 per block, and the head
-    assert litert.top1(tiny.path, tiny.val, tiny.val_labels) > 70, "the test model should have learnt the digits"
+    assert litert_int8.top1(tiny.path, tiny.val, tiny.val_labels) > 70, \
+        "the test model should have learnt the digits"
 
 
 def run_pixels(path, pixels: np.ndarray) -> np.ndarray:
@@ -136,19 +138,19 @@ def test_runner_batches_equal_per_image_calls(tiny):
 
 
 def test_dynamic_range_int8_is_smaller_and_within_budget(tiny, tmp_path):
-    record = litert.quantize_dynamic(tiny.path, tmp_path / "dynamic.tflite")
+    record = litert_int8.quantize_dynamic(tiny.path, tmp_path / "dynamic.tflite")
     assert record["op_types"]["FULLY_CONNECTED"] == 9
     assert LiteRTRunner(tmp_path / "dynamic.tflite").app_input == tiny.record["app_input"]
     assert (tmp_path / "dynamic.tflite").stat().st_size < 0.7 * tiny.path.stat().st_size
-    fp32 = litert.top1(tiny.path, tiny.val, tiny.val_labels)
-    assert fp32 - litert.top1(tmp_path / "dynamic.tflite", tiny.val, tiny.val_labels) <= MAX_DROP
+    fp32 = litert_int8.top1(tiny.path, tiny.val, tiny.val_labels)
+    assert fp32 - litert_int8.top1(tmp_path / "dynamic.tflite", tiny.val, tiny.val_labels) <= MAX_DROP
 
 
 def test_full_integer_int8_is_smaller_within_budget_and_keeps_float_io(tiny, tmp_path):
-    result = litert.quantize_full_integer(tiny.path, tmp_path / "int8.tflite", tiny.train[:100], tiny.val,
-                                          tiny.val_labels, MAX_DROP, 4)
+    result = litert_int8.quantize_full_integer(tiny.path, tmp_path / "int8.tflite", tiny.train[:100], tiny.val,
+                                               tiny.val_labels, MAX_DROP, 4)
     assert result["met"] and result["steps"][-1]["drop"] <= MAX_DROP
-    assert result["fp32_top1"] == litert.top1(tiny.path, tiny.val, tiny.val_labels)
+    assert result["fp32_top1"] == litert_int8.top1(tiny.path, tiny.val, tiny.val_labels)
     assert sum(result["op_types"].values()) == 10 - len(result["excluded"])  # 9 FC and the patch embedding
     assert (tmp_path / "int8.tflite").stat().st_size < 0.7 * tiny.path.stat().st_size
     runner = LiteRTRunner(tmp_path / "int8.tflite")
@@ -160,7 +162,7 @@ def test_full_integer_int8_is_smaller_within_budget_and_keeps_float_io(tiny, tmp
 def test_calibration_is_deterministic(tiny, tmp_path):
     files = []
     for name in ("a.tflite", "b.tflite"):
-        litert.quantize_static(tiny.path, tmp_path / name, litert.calibrate(tiny.path, tiny.train[:32]))
+        litert_int8.quantize_static(tiny.path, tmp_path / name, litert_int8.calibrate(tiny.path, tiny.train[:32]))
         files.append((tmp_path / name).read_bytes())
     assert files[0] == files[1]
 
@@ -169,9 +171,9 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(tiny, tmp_path, caplog):
     """The loop must find the attention that sabotage_attention ruined and keep it in float."""
     model = sabotage_attention(copy.deepcopy(tiny.model))
     litert.export(model, (1, 16, 16), tmp_path / "sabotaged.tflite", MEAN, STD)
-    caplog.set_level(logging.INFO, logger="stages.quantize.fallback")
-    result = litert.quantize_full_integer(tmp_path / "sabotaged.tflite", tmp_path / "int8.tflite", tiny.train[:100],
-                                          tiny.val, tiny.val_labels, MAX_DROP, 4)
+    caplog.set_level(logging.INFO, logger="backends.fallback")
+    result = litert_int8.quantize_full_integer(tmp_path / "sabotaged.tflite", tmp_path / "int8.tflite",
+                                               tiny.train[:100], tiny.val, tiny.val_labels, MAX_DROP, 4)
     first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
     assert first > MAX_DROP, "the sabotage should have hurt INT8"
     assert result["met"] and last < first

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.base import require
 from pipeline.core.errors import UserError
-from targets.runtimes import require
 
 _live: weakref.WeakSet = weakref.WeakSet()  # runners with a loaded program
 
@@ -62,8 +62,8 @@ def _detail(log: io.StringIO, exc: BaseException) -> str:
 
 
 def _check_identifier(path: Path) -> None:
-    """Refuse a file without the .pte file identifier (targets.agent.is_executorch_program)."""
-    from targets.agent import is_executorch_program
+    """Refuse a file without the .pte file identifier (backends.executorch.agent.is_executorch_program)."""
+    from backends.executorch.agent import is_executorch_program
 
     try:
         head = Path(path).read_bytes()[:8]
@@ -116,8 +116,9 @@ class ExecuTorchRunner:
 
 
 def profile_layers(path: Path, x: np.ndarray, threads: int = 0, runs: int = 20, warmup: int = 5) -> dict:
-    """Per-op times from ETDump (targets.agent.etdump_layers), averaged over `runs` executions of `x`."""
-    from targets.agent import etdump_layers
+    """Per-op times from ETDump (backends.executorch.agent.etdump_layers), averaged over `runs` executions of
+    `x`."""
+    from backends.executorch.agent import etdump_layers
 
     runner = ExecuTorchRunner(path, threads, etdump=True)
     for _ in range(warmup + runs):

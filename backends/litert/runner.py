@@ -9,7 +9,7 @@ Threads: `num_threads` of the interpreter, which the default XNNPACK delegate ta
 it unset, which ai-edge-litert 2.3.0's Python wrapper turns into 1 thread.
 
 App input: the export stage's files take what an Android app has, RGB pixels 0-255 channels last (float32
-[1, H, W, 3]), and convert and normalise inside (stages/formats/litert.py). The export writes that input's
+[1, H, W, 3]), and convert and normalise inside (backends/litert/export.py). The export writes that input's
 record (the data's channels, mean and std) into the file's metadata under APP_INPUT; the runner reads it there
 and turns the pipeline's normalised NCHW batches into those pixels, so its callers feed what every other runner
 takes. A file without the record is fed as it is.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.base import require
 from pipeline.core.errors import UserError
-from targets.runtimes import require
 
 APP_INPUT = "manifold_edge.app_input"  # the file's metadata entry (flatbuffer Model.metadata) with app_input()'s record
 

@@ -1,0 +1,218 @@
+"""ExecuTorch (.pte) export: the student lowered to the XNNPACK delegate (fp32), run by
+backends/executorch/runner.py; INT8 in backends/executorch/quantize.py, which lowers through the same code.
+
+- Batch: dynamic, 1 to `max_batch`; memory is planned for `max_batch` images. Where ExecuTorch's edge passes fix
+  the batch (LeViT and EfficientViT split q, k, v off one projection's last dimension), batch 1, with a warning.
+- Attention runs as explicit matmul + softmax (timm's `fused_attn` off, the same maths): exported, fused
+  scaled_dot_product_attention decomposes into masking ops (eq, any, where) that XNNPACK does not take, and
+  the default student ran 1.7x slower at batch 1 with them on the portable kernels.
+- What stays outside XNNPACK on the portable CPU kernels is recorded: LayerNorm (no XNNPACK lowering in this
+  ExecuTorch), and reshapes and slices whose shape involves the dynamic batch.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from backends import artifact_bytes
+from backends.base import ExportJob, require
+from pipeline.core.errors import UserError, root_cause
+from pipeline.core.logs import quiet
+from pipeline.core.numerics import floating
+
+log = logging.getLogger(__name__)
+
+FILE = "model.pte"
+
+
+def _unfused(model):
+    """A copy with timm's attention as explicit matmul + softmax (see the module docstring)."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return model
+
+
+def _capture(model, shape: tuple[int, ...], max_batch: int):
+    """torch.export with a dynamic batch. The example batch is 2: torch.export specialises a size-1 dim."""
+    import torch
+
+    if max_batch == 1:
+        return torch.export.export(model, (torch.zeros(1, *shape),))
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    return torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=({0: batch},))
+
+
+def _op_name(target) -> str | None:
+    """'linear', 'native_layer_norm', 'slice_copy.Tensor' for an ATen/edge op; None for getitem, symbolic
+    size arithmetic and the delegate calls themselves."""
+    import torch
+
+    op = getattr(target, "_op", target)  # an edge-dialect op wraps its ATen overload
+    if not isinstance(op, torch._ops.OpOverload) or op.name().startswith("aten::sym_"):
+        return None
+    name = str(op)
+    return name.removeprefix("aten.").removesuffix(".default")
+
+
+QUANTIZE = ("quantized_decomposed.quantize_per_tensor", "quantized_decomposed.quantize_per_channel")
+DEQUANTIZE = ("quantized_decomposed.dequantize_per_tensor", "quantized_decomposed.dequantize_per_channel")
+
+
+def delegation(graph_module) -> dict:
+    """Ops inside XNNPACK partitions and ops left on the portable kernels (executorch.devtools'
+    get_delegation_info does the same but needs pandas); `int8_ops`: delegated ops XNNPACK runs on INT8
+    data (_on_int8)."""
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    delegated, portable, int8 = Counter(), Counter(), Counter()
+    partitions = 0
+    for child in graph_module.children():
+        if isinstance(child, LoweredBackendModule):
+            partitions += 1
+            for node in child.original_module.graph.nodes:
+                name = _op_name(node.target) if node.op == "call_function" else None
+                if name is None:
+                    continue
+                delegated[name] += 1
+                if _on_int8(node, name):
+                    int8[name] += 1
+    for node in graph_module.graph.nodes:
+        name = _op_name(node.target) if node.op == "call_function" else None
+        if name is not None:
+            portable[name] += 1
+    return {"partitions": partitions, "delegated_ops": dict(sorted(delegated.items())),
+            "undelegated_ops": dict(sorted(portable.items())), "int8_ops": dict(sorted(int8.items()))}
+
+
+def _is(node, prefixes: tuple[str, ...]) -> bool:
+    name = _op_name(node.target) if node.op == "call_function" else None
+    return name is not None and name.startswith(prefixes)
+
+
+def _on_int8(node, name: str) -> bool:
+    """A linear or conv with INT8 weights; another op with a dequantized input and a quantized output."""
+    if name.startswith(QUANTIZE + DEQUANTIZE) or not any(_is(i, DEQUANTIZE) for i in node.all_input_nodes):
+        return False
+    if name in ("linear", "convolution"):
+        return len(node.args) > 1 and _is(node.args[1], DEQUANTIZE)
+    return any(_is(user, QUANTIZE) for user in node.users)
+
+
+def _lower(exported, path: Path, max_batch: int, int8: bool = False) -> dict:
+    """to_edge_transform_and_lower with the XNNPACK partitioner, then the .pte. Returns delegation().
+
+    An INT8 graph keeps its constant pads (Swin's window padding) on the portable kernels: XNNPACK takes pads
+    in fp32 only, and a delegated pad after a dequantize made the program fail to load ("Failed to create
+    StaticConstantPad node ... xnn_status_invalid_parameter"; ExecuTorch 1.5)."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    name = exported.graph_signature.user_inputs[0]
+    configs = [c for c in ALL_PARTITIONER_CONFIGS if not (int8 and c is ConstantPadConfig)]
+    edge = to_edge_transform_and_lower(exported, transform_passes=[_batch_still_dynamic(name)],
+                                       partitioner=[XnnpackPartitioner(configs=configs)])
+    program = edge.exported_program()
+    record = delegation(program.graph_module)
+    _widen_batch(program, name, max_batch)
+    Path(path).write_bytes(edge.to_executorch().buffer)
+    return record
+
+
+class _FixedBatch(Exception):
+    """Lowering fixed a dynamic batch at the example's size."""
+
+
+def _batch_size(graph, name: str):
+    """The batch dimension of the input placeholder `name`: an int, or a SymInt while it is dynamic; raises
+    _FixedBatch where a dynamic batch has become a constant."""
+    size = next(n for n in graph.nodes if n.op == "placeholder" and n.name == name).meta["val"].shape[0]
+    if not isinstance(size, int) and not size.node.expr.free_symbols:
+        raise _FixedBatch(int(size))
+    return size
+
+
+def _batch_still_dynamic(name: str):
+    """A transform pass (the edge passes ran, partitioning has not): stop early, with _FixedBatch, where the edge
+    passes fixed a dynamic batch at the example's size (LeViT: torch 2.14, ExecuTorch 1.5)."""
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    def check(graph_module):
+        _batch_size(graph_module.graph, name)
+        return PassResult(graph_module, False)
+    return check
+
+
+def _widen_batch(program, name: str, max_batch: int) -> None:
+    """Restore the batch's upper bound before memory planning. Lowering a stride-2 conv re-runs torch's fake
+    conv, whose backend choice guards `batch < 16` at the example batch of 2: the bound drops to 15 and
+    the planned input would refuse 16 images (seen on the convstem student: torch 2.14, ExecuTorch 1.5).
+    XNNPACK reshapes at run time, so the wider plan is safe; tests run the largest batch."""
+    from torch.utils._sympy.value_ranges import ValueRanges
+
+    size = _batch_size(program.graph, name)
+    if isinstance(size, int):
+        return
+    env, symbol = size.node.shape_env, size.node.expr
+    env.var_to_range[symbol] = ValueRanges(env.var_to_range[symbol].lower, max_batch)
+
+
+def _capture_and_lower(module, shape: tuple[int, ...], path: Path, max_batch: int, int8: bool = False
+                       ) -> tuple[dict, int]:
+    """The .pte for a batch of 1 to `max_batch`; where lowering fixes the batch, for batch 1 (the phone's).
+    Returns delegation() and the batch planned."""
+    if max_batch > 1:
+        try:
+            return _lower(_capture(module, shape, max_batch), path, max_batch, int8), max_batch
+        except Exception as exc:  # the pass manager wraps what a pass raises
+            if not _caused_by(exc, _FixedBatch):
+                raise
+    return _lower(_capture(module, shape, 1), path, 1, int8), 1
+
+
+def _caused_by(exc: BaseException | None, kind: type) -> bool:
+    while exc is not None and not isinstance(exc, kind):
+        exc = exc.__cause__ or exc.__context__
+    return exc is not None
+
+
+def _one_image_at_a_time(name: str, max_batch: int, planned: int) -> None:
+    if planned < max_batch:
+        log.warning(f"ExecuTorch: lowering {name} fixes its batch dimension, so its .pte takes one image at a "
+                    f"time (export.executorch.max_batch = {max_batch} is not kept; the runner feeds batches in turn)")
+
+
+def _failed(what: str, name: str, exc: BaseException) -> UserError:
+    return UserError(f"ExecuTorch {what} of {name} failed: {root_cause(exc)}; the op may lack an ExecuTorch "
+                     "kernel or an XNNPACK lowering")
+
+
+def export(model, shape: tuple[int, ...], path: Path, max_batch: int, name: str = "the model") -> dict:
+    """fp32 .pte, lowered to XNNPACK. Returns the delegation record and the planned max batch."""
+    require("executorch", "executorch")
+    with quiet():
+        try:
+            record, planned = _capture_and_lower(_unfused(model), shape, path, max_batch)
+        except Exception as exc:  # torch.export and the edge passes raise many types; the innermost names the op
+            raise _failed("export", name, exc) from None
+    _one_image_at_a_time(name, max_batch, planned)
+    record.pop("int8_ops")
+    return {**record, "max_batch": planned}
+
+
+def run(job: ExportJob) -> dict[str, dict]:
+    """model.pte, fp32, lowered to XNNPACK (when export.executorch.enabled)."""
+    cfg = job.cfg.executorch
+    if not cfg.enabled:
+        return {}
+    start = time.perf_counter()
+    lowered = export(job.model, job.shape, job.out / FILE, cfg.max_batch, job.model_name)
+    return {"executorch": {"file": FILE, "runtime": "executorch", "precision": "fp32", "numerics": floating("fp32"),
+                           "bytes": artifact_bytes(job.out / FILE), **lowered,
+                           "seconds": round(time.perf_counter() - start, 2)}}
