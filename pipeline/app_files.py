@@ -111,7 +111,7 @@ def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
         import numpy as np
         from ai_edge_litert.interpreter import Interpreter
 
-        from targets.litert_runner import app_input
+        from backends.litert.runner import app_input
 
         interpreter = Interpreter(model_path=str(path))
 
