@@ -76,9 +76,10 @@ def tensors(path: Path, runtime: str, report: dict, artifact: str) -> dict:
     if runtime == "coreml":
         from coremltools.proto import FeatureTypes_pb2 as types
 
-        from targets.coreml import coremltools, quiet
+        from backends.coreml.package import coremltools
+        from pipeline.core.logs import quiet
 
-        with quiet():
+        with quiet(logger="coremltools"):
             spec = coremltools().models.MLModel(str(path), skip_model_load=True).get_spec()
         described = spec.description
         roles = {described.predictedFeatureName: "the top class's name",
@@ -226,7 +227,7 @@ def minimum_os(report: dict, choice: dict, io: dict) -> str:
     if choice["runtime"] != "coreml":
         return (f"not stated (the docs of {backends.runtime_name(choice['runtime'])}'s own library give no minimum "
                 "OS for this version; check the library you link)")
-    from targets.coreml import coremltools
+    from backends.coreml.package import coremltools
 
     version = io["specification_version"]
     names: dict[str, str] = {}
@@ -393,9 +394,10 @@ def embed_metadata(path: Path, runtime: str, meta: dict[str, str]) -> None:
         tmp.with_suffix(".bin").replace(path.with_suffix(".bin"))
         tmp.replace(path)
     elif runtime == "coreml":
-        from targets.coreml import coremltools, quiet
+        from backends.coreml.package import coremltools
+        from pipeline.core.logs import quiet
 
-        with quiet():  # coremltools' import and save notices
+        with quiet(logger="coremltools"):  # coremltools' import and save notices
             model = coremltools().models.MLModel(str(path), skip_model_load=True)
             model.user_defined_metadata.update(meta)
             tmp = path.with_name("tmp-" + path.name)

@@ -25,7 +25,7 @@ from pipeline.core.section import Section, not_in_key
 from pipeline.core.stage import Stage, StageContext
 
 if TYPE_CHECKING:
-    from targets.coreml import NotSimulated
+    from backends.base import NotRunHere
 
 log = logging.getLogger(__name__)
 
@@ -122,23 +122,22 @@ class EvaluateStage(Stage):
         return result
 
     @staticmethod
-    def _predictions(path: Path, threads: int, data, batch_size: int) -> tuple[str, np.ndarray] | NotSimulated:
+    def _predictions(path: Path, threads: int, data, batch_size: int) -> tuple[str, np.ndarray] | NotRunHere:
         from backends import load_runner
-        from backends.base import predict
-        from targets.coreml import NotSimulated
+        from backends.base import NotRunHere, predict
 
         try:
             with _LOADING:  # coremltools' graph passes share state between threads: one load at a time
                 runner = load_runner(path, threads)
-        except NotSimulated as exc:  # a row without top-1, saying why
+        except NotRunHere as exc:  # a row without top-1, saying why
             return exc
         return runner.evaluation, predict(runner, (x.numpy() for x, _ in data.test.iterate(batch_size))).argmax(1)
 
     def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data, pool: ThreadPoolExecutor,
                    threads: int) -> list[dict]:
         from backends import artifact_bytes
+        from backends.base import NotRunHere
         from pipeline.core.numerics import floating
-        from targets.coreml import NotSimulated
 
         labels = data.test.labels.numpy()
         classes = data.meta["classes"]
@@ -156,7 +155,7 @@ class EvaluateStage(Stage):
             outcome = done.result()
             base = {"artifact": key, "runtime": runtime, "precision": precision, "numerics": meta["numerics"],
                     "file": path.name}
-            if isinstance(outcome, NotSimulated):
+            if isinstance(outcome, NotRunHere):
                 rows.append({**base, "evaluation": "not simulated", "reason": str(outcome),
                              "bytes": artifact_bytes(path), "op_types": meta.get("op_types")})
                 continue

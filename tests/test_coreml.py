@@ -12,28 +12,22 @@ import pytest
 import timm
 import torch
 
+from backends.base import parity
+from backends.coreml import CoreMLExportConfig, CoreMLVariant
+from backends.coreml import ops as coreml_ops
+from backends.coreml import program as coreml_program
+from backends.coreml.export import export_coreml
+from backends.coreml.package import coremltools, inspect_package, mil_program, read_weights
+from backends.coreml.quantize import compress, kmeans_palette
+from backends.coreml.runner import IS_MACOS, CoreMLRunner, CoreMLSimulatedRunner, NotSimulated
 from conftest import artifact_folder, read_report
 from pipeline.config import load_config
 from pipeline.core.errors import UserError
+from pipeline.core.numerics import floating
 from pipeline.report.markdown import _artifact_lines
 from pipeline.ship import choose
 from stages.batches import load_dataset
-from stages.export import parity
-from stages.formats.coreml import CoreMLExportConfig, export_coreml
 from stages.models import load_model
-from stages.quantize.coreml_compress import CoreMLVariant, compress, kmeans_palette
-from targets import coreml_program
-from targets.coreml import (
-    IS_MACOS,
-    CoreMLRunner,
-    CoreMLSimulatedRunner,
-    NotSimulated,
-    coremltools,
-    inspect_package,
-    mil_program,
-    read_weights,
-)
-from targets.numerics import floating
 
 MEAN, STD = [0.286], [0.353]
 # Small timm families beyond the ViT student: conv+BN fused (CNNs), a folded relative position bias
@@ -222,7 +216,7 @@ def test_kmeans_palettes_take_the_nearest_entry_and_are_the_same_on_every_host()
 
 def test_an_op_the_interpreter_lacks_is_named(zoo, monkeypatch):
     for op_type in ("max_pool", "relu"):
-        monkeypatch.delitem(coreml_program.OPS, op_type)
+        monkeypatch.delitem(coreml_ops.OPS, op_type)
     with pytest.raises(NotSimulated, match=r"^resnet18_fp32.mlpackage cannot be simulated: op max_pool, relu \("):
         CoreMLSimulatedRunner(zoo["resnet18"]["fp32"])
 
@@ -402,6 +396,6 @@ def test_ops_no_zoo_model_uses_agree_with_coremltools_value_inference():
         np.testing.assert_allclose(step.fn(step.consts, step.shapes).numpy(), op.outputs[0].val, atol=1e-5,
                                    err_msg=op.op_type)
     pairs = [np.array([[1, 2], [3, 4], [5, 6]], np.float32), np.array([[7, 8], [9, 10], [11, 12]], np.float32)]
-    interleaved = coreml_program.OPS["concat"]({"values": [torch.from_numpy(p) for p in pairs], "axis": 0,
+    interleaved = coreml_ops.OPS["concat"]({"values": [torch.from_numpy(p) for p in pairs], "axis": 0,
                                                 "interleave": True}, [(6, 2)])
     assert interleaved[:, 0].tolist() == [1, 7, 3, 9, 5, 11]

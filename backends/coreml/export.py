@@ -1,37 +1,40 @@
-"""Core ML: an ML program traced from the student, normalisation baked in and class labels attached."""
+"""Core ML: an ML program traced from the student, normalisation baked in and class labels attached, checked
+for ops its deployment target lacks."""
 from __future__ import annotations
 
 import copy
 import json
+import time
 import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import Field
+import torch
+import torch.nn as nn
 
+from backends.base import ExportJob
+from backends.coreml.package import coremltools, inspect_package
 from pipeline.core.errors import UserError, root_cause
-from pipeline.core.section import Section
+from pipeline.core.logs import quiet
+from pipeline.core.numerics import floating
 
 if TYPE_CHECKING:
-    import torch.nn as nn
+    from backends.coreml import CoreMLExportConfig
 
-COREML_TARGETS = Literal["iOS15", "iOS16", "iOS17", "iOS18", "watchOS8", "watchOS9", "watchOS10", "watchOS11",
-                         "macOS12", "macOS13", "macOS14", "macOS15"]
+FILE = "model.mlpackage"
 
 
-class CoreMLExportConfig(Section):
-    enabled: bool = Field(True, description="also write model.mlpackage (Core ML ML program)")
-    target: COREML_TARGETS = Field("iOS17", description="minimum deployment target (iOS17 phones, "
-                                                        "watchOS10 watches)")
-    precision: Literal["fp16", "fp32"] = Field("fp16", description="compute precision")
-    input: Literal["image", "tensor"] = Field("image", description="an image input (grayscale/RGB pixels) "
-                                                                   "or a float tensor of 0-255 pixels")
-    author: str = Field("manifold-edge", description="the package's author metadata")
-    license: str = Field("Apache-2.0", description="the package's license metadata")
-    version: str = Field("1", description="the package's version metadata")
-    parity_max_rel_diff: float = Field(3e-2, gt=0, description="max |logit diff| of the package vs torch, as a "
-                                       "fraction of the largest |logit| (fp16 error scales with the values)")
-    parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax, package vs "
-                                                                      "torch")
+class Deployable(nn.Module):
+    """The student with the input normalisation baked in: it takes raw 0-255 pixels. (coremltools
+    fuses BatchNorm into the preceding convolutions itself.)"""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std)
 
 
 def export_coreml(model: nn.Module, record: dict, meta: dict, cfg: CoreMLExportConfig, path, key: str
@@ -40,10 +43,6 @@ def export_coreml(model: nn.Module, record: dict, meta: dict, cfg: CoreMLExportC
 
     Converted from torch.jit.trace: coremltools 9 converts traced timm ViTs directly, while its
     torch.export path needs run_decompositions first and is the less tested route on this torch."""
-    import torch
-
-    from targets.coreml import Deployable, coremltools, quiet
-
     ct = coremltools()
     wrapped = Deployable(copy.deepcopy(model), meta["mean"], meta["std"]).eval()
     shape = (1, meta["channels"], meta["img_size"], meta["img_size"])
@@ -55,7 +54,7 @@ def export_coreml(model: nn.Module, record: dict, meta: dict, cfg: CoreMLExportC
               else ct.TensorType(name="pixels", shape=shape)]
     precision = ct.precision.FLOAT16 if cfg.precision == "fp16" else ct.precision.FLOAT32
     try:
-        with quiet():
+        with quiet(logger="coremltools"):  # a tqdm bar for every graph pass on stderr
             mlmodel = ct.convert(traced, inputs=inputs, classifier_config=ct.ClassifierConfig(meta["classes"]),
                                  convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, cfg.target),
                                  compute_precision=precision)
@@ -70,3 +69,20 @@ def export_coreml(model: nn.Module, record: dict, meta: dict, cfg: CoreMLExportC
     mlmodel.user_defined_metadata["manifold_edge.precision"] = cfg.precision
     mlmodel.user_defined_metadata["manifold_edge.artifact_key"] = key
     mlmodel.save(str(path))
+
+
+def run(job: ExportJob) -> dict[str, dict]:
+    """model.mlpackage with its package checks (when export.coreml.enabled); a UserError when the program uses
+    ops its deployment target lacks."""
+    coreml = job.cfg.coreml
+    if not coreml.enabled:
+        return {}
+    start = time.perf_counter()
+    export_coreml(job.model, job.record, job.meta, coreml, job.out / FILE, job.key)
+    package = inspect_package(job.out / FILE, coreml.target)
+    if package["unsupported_ops"]:
+        raise UserError(f"{FILE} uses ops not available at export.coreml.target = {coreml.target}: "
+                        f"{', '.join(package['unsupported_ops'])}; choose a newer target")
+    return {"coreml": {"file": FILE, "runtime": "coreml", "precision": coreml.precision,
+                       "numerics": floating(coreml.precision), "bytes": package["bytes"],
+                       "seconds": round(time.perf_counter() - start, 2), "package": package}}

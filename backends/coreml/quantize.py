@@ -5,50 +5,16 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, model_validator
-
-from pipeline.core.section import Section
-from stages.quantize.job import QuantizeJob
-from targets.numerics import weights_only
+from backends.base import QuantizeJob
+from backends.coreml import CoreMLVariant
+from backends.coreml.package import coremltools, inspect_package
+from backends.coreml.runner import IS_MACOS
+from pipeline.core.logs import quiet
+from pipeline.core.numerics import weights_only
 
 NEEDS_MACOS_W8A8 = ("activation quantization calibrates by running the model in Core ML, which needs macOS; "
                     "skipped (weights-only variants are above)")
-
-
-class CoreMLVariant(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="names the file model_<name>.mlpackage")
-    kind: Literal["linear", "palettize"] = Field(description="linear INT8/UINT8 weights, or a k-means palette")
-    nbits: Literal[1, 2, 3, 4, 6, 8] = Field(8, description="bits per weight (palettize: 1, 2, 3, 4, 6 or 8)")
-    dtype: Literal["int8", "uint8"] = Field("int8", description="linear only")
-    mode: Literal["linear", "linear_symmetric", "kmeans", "uniform"] | None = Field(
-        None, description="default: linear_symmetric for linear, kmeans for palettize")
-    granularity: Literal["per_tensor", "per_channel", "per_grouped_channel", "per_block"] = Field(
-        "per_channel", description="per_block and per_grouped_channel need iOS18")
-    weight_threshold: int = Field(2048, ge=1, description="compress only weights with at least this many elements")
-    op_types: list[str] = Field(default_factory=list, description="compress only these MIL op types "
-                                                                  "(e.g. linear, conv); empty = all")
-
-    @model_validator(mode="after")
-    def _check(self) -> CoreMLVariant:
-        if self.kind == "linear" and self.nbits != 8:
-            raise ValueError(f"quantize.coreml.variants '{self.name}': linear quantization is 8-bit; "
-                             f"nbits = {self.nbits} needs kind = 'palettize'")
-        if self.mode and (self.mode in ("kmeans", "uniform")) != (self.kind == "palettize"):
-            raise ValueError(f"quantize.coreml.variants '{self.name}': mode '{self.mode}' does not fit kind "
-                             f"'{self.kind}' (linear: linear | linear_symmetric; palettize: kmeans | uniform)")
-        return self
-
-
-class CoreMLQuantizeConfig(Section):
-    enabled: bool = Field(True, description="compressed Core ML variants (needs export.coreml)")
-    variants: list[CoreMLVariant] = Field(default_factory=lambda: [
-        CoreMLVariant(name="int8", kind="linear"),
-        CoreMLVariant(name="palettize6", kind="palettize", nbits=6, granularity="per_tensor"),
-        CoreMLVariant(name="palettize4", kind="palettize", nbits=4, granularity="per_tensor")],
-        description="the compressed packages to write, one [[quantize.coreml.variants]] table each")
-    w8a8: bool = Field(False, description="also quantize activations with calibration data (needs macOS)")
 
 
 def kmeans_palette(weight, nbits: int):
@@ -99,8 +65,6 @@ def kmeans_palette(weight, nbits: int):
 
 
 def compress(src: Path, dst: Path, variant: CoreMLVariant) -> None:
-    from targets.coreml import coremltools, quiet
-
     ct = coremltools()
     import coremltools.optimize.coreml as cto
 
@@ -119,14 +83,12 @@ def compress(src: Path, dst: Path, variant: CoreMLVariant) -> None:
         if variant.op_types else cto.OptimizationConfig(global_config=op_config)
     model = ct.models.MLModel(str(src), skip_model_load=True)
     fn = cto.linear_quantize_weights if variant.kind == "linear" else cto.palettize_weights
-    with quiet():
+    with quiet(logger="coremltools"):  # a tqdm bar for every graph pass on stderr
         fn(model, config).save(str(dst))
 
 
-def artifacts(job: QuantizeJob) -> dict[str, dict]:
+def run(job: QuantizeJob) -> dict[str, dict]:
     """Each of quantize.coreml.variants (INT8 weights, palettes) of the exported package, with its checks."""
-    from targets.coreml import IS_MACOS, inspect_package
-
     coreml, found = job.cfg.coreml, {}
     if not coreml.enabled:
         return found
