@@ -48,6 +48,14 @@ def stage_models(inputs: dict[str, Path]) -> list[Model]:
     return models
 
 
+def model_family(architecture: str) -> str | None:
+    """The public family of the exported model (the project's own models registered with timm first)."""
+    import stages.models  # noqa: F401
+    from targets.predict.zoo import family_of
+
+    return family_of(architecture)
+
+
 class BenchmarkStage(Stage):
     name = "benchmark"
     sections = ("benchmark", "targets")
@@ -78,9 +86,9 @@ class BenchmarkStage(Stage):
                     within = "latency_ms" in row and row["budget"]["latency_ok"]
                     log.log(logging.INFO if within else logging.WARNING, timed_row_text(row))
         add_diagnoses(rows)
-        architecture = read_json(ctx.inputs["export"] / "export.json")["model"]  # for its family's held-out error
+        family = model_family(read_json(ctx.inputs["export"] / "export.json")["model"])  # its held-out error
         predicted = [row for name, p in profiles.items() if p.public_device
-                     for row in predicted_rows(models, name, p, architecture)]
+                     for row in predicted_rows(models, name, p, family)]
         for row in predicted:
             log.info(predicted_row_text(row))
         targets = {name: p.model_dump(mode="json") for name, p in profiles.items()}

@@ -1,14 +1,15 @@
-"""The import graph: no circle among the project's modules at import time, and the CLI's start-up imports no
-torch (imports inside functions are the deliberate, lazy ones and are not followed)."""
+"""The import graph: the layers (pipeline/core at the bottom, then the device agent, the backends, the targets,
+the stages, the engine), no circle among the project's modules, and the CLI's start-up imports no torch."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "stages", "targets")
+PACKAGES = ("pipeline", "backends", "stages", "targets")
 
 
 def _modules() -> dict[str, Path]:
@@ -26,15 +27,16 @@ def _type_checking_only(statement: ast.stmt) -> bool:
     return isinstance(statement, ast.If) and isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
 
 
-def _imported(name: str, path: Path) -> set[str]:
+def _imported(name: str, path: Path, everywhere: bool = False) -> set[str]:
     """Modules named by the module-level imports of one file (inside top-level if/try too, but not under
-    `if TYPE_CHECKING:`)."""
+    `if TYPE_CHECKING:`); `everywhere`: every import in the file, inside functions and TYPE_CHECKING too."""
     names = set()
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     for statement in ast.parse(path.read_text()).body:
-        if _type_checking_only(statement):
+        if _type_checking_only(statement) and not everywhere:
             continue
-        for node in ast.walk(statement) if isinstance(statement, (ast.If, ast.Try)) else [statement]:
+        nested = everywhere or isinstance(statement, (ast.If, ast.Try))
+        for node in ast.walk(statement) if nested else [statement]:
             if isinstance(node, ast.Import):
                 names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
@@ -44,21 +46,21 @@ def _imported(name: str, path: Path) -> set[str]:
     return names
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports at import time (a module's own parent packages left out:
-    Python imports them before it)."""
+def import_graph(everywhere: bool = False, parents: bool = True) -> dict[str, set[str]]:
+    """module -> the project modules it imports at import time (`everywhere`: anywhere in the file), with the
+    packages above each (`parents`: Python imports them first) but not the module's own."""
     modules = _modules()
     graph = {}
     for name, path in modules.items():
         edges = set()
-        for imported in _imported(name, path):
+        for imported in _imported(name, path, everywhere):
             parts = imported.split(".")
             known = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in modules),
                          None)
             if known is None:
                 continue
             pieces = known.split(".")
-            edges |= {".".join(pieces[:i]) for i in range(1, len(pieces) + 1)}
+            edges |= {".".join(pieces[:i]) for i in range(1, len(pieces) + 1)} if parents else {known}
         graph[name] = {e for e in edges if e != name and not name.startswith(e + ".")}
     return graph
 
@@ -92,7 +94,63 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_circles():
-    assert not circles(import_graph())
+    """At import time, TYPE_CHECKING imports included (an annotation's import is a dependency too)."""
+    graph = import_graph()
+    for name, path in _modules().items():
+        graph[name] |= {m for m in _type_checking_imports(name, path) if m in graph and m != name}
+    assert not circles(graph)
+
+
+def _type_checking_imports(name: str, path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    guarded = [s for s in tree.body if _type_checking_only(s)]
+    return {n.module for s in guarded for n in ast.walk(s) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+# Who may import whom, anywhere in a file (functions and TYPE_CHECKING included): a layer imports only itself
+# and the modules its patterns match. The agent runs alone on a device, so it imports none of ours but the
+# registry's adapter list and the adapters the backends hold (backends/<name>/agent.py, found by name).
+LAYERS = {
+    "pipeline.core": (),
+    "targets.agent": ("backends", "backends.*.agent"),
+    "backends": ("pipeline.core*", "targets.agent*"),
+    "targets": ("pipeline.core*", "targets.agent*", "backends*"),
+    "stages": ("pipeline.core*", "backends*", "targets*"),
+}
+
+
+def _layer(module: str) -> str | None:
+    return next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
+
+
+def _allowed(layer: str, module: str) -> bool:
+    return _layer(module) == layer or any(fnmatch.fnmatchcase(module, pattern) for pattern in LAYERS[layer])
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        layer = _layer(module)
+        if layer is None:
+            continue
+        found += [f"{module} imports {m}" for m in sorted(imported) if not _allowed(layer, m)]
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    assert layer_violations(import_graph(everywhere=True, parents=False)) == []
+
+
+def test_the_layer_check_finds_a_violation():
+    graph = {"backends.onnx.export": {"stages.models", "pipeline.core.errors"},
+             "pipeline.core.lock": {"pipeline.config"},
+             "targets.agent.cli": {"backends.onnx.agent", "backends.onnx.export"},
+             "targets.latency": {"stages.data"}, "stages.export": {"backends.onnx", "pipeline.graph"}}
+    assert layer_violations(graph) == ["backends.onnx.export imports stages.models",
+                                       "pipeline.core.lock imports pipeline.config",
+                                       "stages.export imports pipeline.graph",
+                                       "targets.agent.cli imports backends.onnx.export",
+                                       "targets.latency imports stages.data"]
 
 
 def test_the_circle_finder_finds_a_circle():

@@ -15,9 +15,10 @@ import pytest
 from conftest import artifact_folder
 from pipeline.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.ship import choose
-from targets.latency import Model
 from pipeline.core.numerics import FP32, Numerics, dynamic_int8, floating, static_int8
+from pipeline.ship import choose
+from stages.benchmark import model_family
+from targets.latency import Model
 from targets.predict.features import features
 from targets.predict.measurements import FIELDS, OUT, main, read_wheel
 from targets.predict.predictor import (
@@ -394,7 +395,7 @@ def _rows(tmp_path, public_device="Samsung Galaxy S24", runtime="onnxruntime", b
     profile = TargetProfile(runtime=runtime, public_device=public_device, connection="predicted",
                             latency_budget_ms=budget)
     models = [Model("onnx", tmp_path / "g.onnx", "onnxruntime", "fp32", FP32), *extra]
-    return predicted_rows(models, "npu", profile, architecture)
+    return predicted_rows(models, "npu", profile, model_family(architecture) if architecture else None)
 
 
 def test_a_predicted_p90_is_the_interval_s_upper_end_and_the_budget_reads_it(tmp_path):
@@ -437,7 +438,7 @@ def test_the_error_stated_is_the_own_family_s_else_a_new_family_s_with_the_sibli
 
 
 def test_a_timm_model_s_family_is_the_public_family_of_its_class():
-    assert family_of("convstem_vit_tiny") == STUDENT_FAMILY == "vit"
+    assert model_family("convstem_vit_tiny") == STUDENT_FAMILY == "vit"
     assert load_config(None, []).student.model == "convstem_vit_tiny"  # the default student
     timm_builders = {m: b.split(":")[1] for m, b in [(m, v[1]) for m, v in ZOO.items()] if b.startswith("timm:")}
     found = {m: family_of(name) for m, name in timm_builders.items()}

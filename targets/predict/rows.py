@@ -8,7 +8,6 @@ from pipeline.core.numerics import FP32, Numerics
 from targets.latency import Model
 from targets.predict.features import features
 from targets.predict.predictor import PUBLIC_SOURCES, accuracy_context, predict, public_coverage
-from targets.predict.zoo import family_of
 from targets.profiles import TargetProfile
 
 # what a predicted row's latency_ms.p90 is: the public table has one time per model and job, no spread
@@ -35,17 +34,16 @@ def not_predicted(numerics: Numerics) -> str:
             "so this artifact is not predicted")
 
 
-def predicted_rows(models: list[Model], name: str, profile: TargetProfile,
-                   architecture: str | None = None) -> list[dict]:
-    """The target's predicted rows (or one row with the error that stopped them). `architecture`: the timm model
-    name the artifacts were exported from (None: unknown), for the held-out error of its own family."""
+def predicted_rows(models: list[Model], name: str, profile: TargetProfile, family: str | None = None) -> list[dict]:
+    """The target's predicted rows (or one row with the error that stopped them). `family`: the public family
+    of the model the artifacts were exported from (zoo.family_of; None: unknown), for its held-out error."""
     runtime = profile.predicted_runtime
     head = {"target": name, "label": "predicted", "device": profile.device, "public_device": profile.public_device,
             "public_runtime": runtime, "public_coverage": public_coverage(profile.public_device, runtime)}
     source = next((m for m in models if m.runtime == "onnxruntime" and m.numerics == FP32), None)
     if source is None:
         return [{**head, "artifact": None, "error": "a prediction reads the fp32 ONNX graph: enable export.onnx"}]
-    f, family = features(source.path), family_of(architecture)
+    f = features(source.path)
     rows = []
     for m in (m for m in models if m.runtime == PUBLIC_SOURCES[runtime] and m.runtime in profile.all_runtimes):
         row = {**head, "artifact": m.key, "runtime": m.runtime, "precision": m.precision,

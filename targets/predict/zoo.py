@@ -79,13 +79,13 @@ STUDENT_FAMILY = "vit"  # the default student's (convstem_vit_tiny: timm's Visio
 
 def family_of(architecture: str | None) -> str | None:
     """The public family of a timm model name (export.json's `model`), from the class timm builds it with (on
-    the meta device: no weights); None for a class no public family shares or a name timm cannot build."""
+    the meta device: no weights); None for a class no public family shares or a name timm cannot build. The
+    project's own models are known to timm once stages.models is imported (the caller's part: targets sit below
+    the stages)."""
     if not architecture:
         return None
     import timm
     import torch
-
-    import stages.models  # noqa: F401  (registers the project's own models with timm)
 
     try:
         with torch.device("meta"):
