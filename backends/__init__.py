@@ -90,3 +90,9 @@ def artifact_bytes(path: str | Path) -> int:
     from targets.agent import model_bytes
 
     return model_bytes(str(path))
+
+
+def modules(*kinds: str) -> tuple[str, ...]:
+    """Every backend's modules behind `kinds` (Backend.modules): the code a stage reaches through the registry,
+    for its cache key (Stage.scripts)."""
+    return tuple(dict.fromkeys(m for backend in backends() for m in backend.modules(*kinds)))

@@ -2,10 +2,11 @@
 
 A stage's code is its module and every module of the `backends`, `stages` and `targets` packages that it imports,
 directly or through another (imports inside functions included, package `__init__`s too), plus the
-scripts it runs as programs (`Stage.scripts`). The engine (`pipeline/`) is left out: its schema reaches
-the keys through the config values themselves, and its logging, locking and file handling do not
-change what a stage computes. Each file is hashed as its syntax tree without docstrings, so comments,
-docstrings and formatting do not count. Nothing is imported: the files are parsed.
+scripts it runs as programs and the backends' modules it reaches through the registry (`Stage.scripts`).
+The engine (`pipeline/`) is left out: its schema reaches the keys through the config values themselves, and
+its logging, locking and file handling do not change what a stage computes; pipeline/core/numerics.py, which
+describes the files' arithmetic in their records, is followed. Each file is hashed as its syntax tree without
+docstrings, so comments, docstrings and formatting do not count. Nothing is imported: the files are parsed.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the folder holding pipeline/, stages/ and targets/
-FOLLOWED = ("backends", "stages", "targets")
+FOLLOWED = ("backends", "stages", "targets", "pipeline.core.numerics")  # packages, or one module
 
 
 def code_fingerprint(module: str, scripts: tuple[str, ...] = ()) -> dict[str, str]:
@@ -48,7 +49,7 @@ def code_digest(files: dict[str, str]) -> str:
 def _source(module: str) -> Path | None:
     """The file of a followed module, or None (the engine, the standard library, third-party packages)."""
     parts = module.split(".")
-    if parts[0] not in FOLLOWED:
+    if not any(module == f or module.startswith(f + ".") for f in FOLLOWED):
         return None
     base = ROOT.joinpath(*parts)
     for path in (base.with_suffix(".py"), base / "__init__.py"):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+import backends
 from pipeline.core.fileio import read_json, write_json
 from pipeline.core.section import Section, not_in_key
 from pipeline.core.stage import Stage, StageContext
@@ -79,6 +80,7 @@ class EvaluateStage(Stage):
     sections = ("evaluate", "targets")
     inputs = ("data", "teacher", "distill", "export", "quantize")
     uses_seed = False
+    scripts = backends.modules("runner")  # the backends' code, reached through the registry
 
     @classmethod
     def check(cls, cfg, world_size: int) -> None:

@@ -38,6 +38,7 @@ class ExportStage(Stage):
     sections = ("export",)
     inputs = ("data", "distill")
     uses_seed = False
+    scripts = backends.modules("export", "runner")  # the backends' code, reached through the registry
 
     @classmethod
     def check(cls, cfg, world_size: int) -> None:

@@ -40,6 +40,7 @@ class QuantizeStage(Stage):
     sections = ("quantize",)
     inputs = ("data", "distill", "export")  # distill: ExecuTorch's PT2E quantizes the torch model
     uses_seed = False
+    scripts = backends.modules("quantize", "runner")  # the backends' code, reached through the registry
     scratch = tuple(name for b in backends.backends() for name in b.scratch)
 
     def run(self, ctx: StageContext) -> dict:
