@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.numerics import floating
 from pipeline.report.markdown import _artifact_lines
-from pipeline.ship import choose
+from pipeline.ship import choose_records as choose
 from stages.batches import load_dataset
 from stages.models import load_model
 

@@ -16,7 +16,7 @@ from conftest import artifact_folder
 from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.numerics import FP32, Numerics, dynamic_int8, floating, static_int8
-from pipeline.ship import choose
+from pipeline.ship import choose_records as choose
 from stages.benchmark import model_family
 from targets.latency import Model
 from targets.predict.features import features

@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ import pytest
 
 from conftest import artifact_folder, cli_args, read_report, tiny_overrides
 from pipeline.cli import main
-from pipeline.ship import choose, difference_interval
-from targets.numerics import dynamic_int8, floating, static_int8
+from pipeline.core.numerics import dynamic_int8, floating, static_int8
+from pipeline.ship import Candidate, Evaluation, LatencyRow, choose, choose_records, difference_interval
 from test_report import render
 
 LAPTOP = {"runtime": "openvino", "precision": "int8"}
@@ -21,8 +22,9 @@ NUMERICS = {"fp32": floating("fp32"), "int8 (NNCF)": static_int8(), "int8 static
             "int8 dynamic": dynamic_int8()}  # the records the quantize stage writes beside these labels
 
 
-def _evaluation(*artifacts: tuple[str, str, float, float, int], images: int = 10_000) -> dict:
-    """(name, precision, top-1 %, agreement with fp32, bytes) per artifact; torch fp32 at 88.14%."""
+def _evaluation_record(*artifacts: tuple[str, str, float, float, int], images: int = 10_000) -> dict:
+    """report.json's evaluation: (name, precision, top-1 %, agreement with fp32, bytes) per artifact; torch fp32 at
+    88.14%."""
     rows = [{"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "numerics": floating("fp32"),
              "top1": 88.14, "agreement": 1.0, "bytes": 600_000, "evaluation": "measured"}]
     rows += [{"artifact": a, "runtime": "openvino", "precision": p, "numerics": NUMERICS[p], "top1": t, "agreement": g,
@@ -30,12 +32,24 @@ def _evaluation(*artifacts: tuple[str, str, float, float, int], images: int = 10
     return {"images": images, "artifacts": rows}
 
 
-def _timed(artifact: str, p50: float, latency_ok: bool = True, memory_ok: bool = True, spread: float = 0.02,
-           runtime: str = "openvino", target: str = "x86-laptop") -> dict:
-    """A proxy row with its median's 95% interval (p50 +- spread)."""
+def _evaluation(*artifacts: tuple[str, str, float, float, int], images: int = 10_000) -> Evaluation:
+    return Evaluation.from_dict(_evaluation_record(*artifacts, images=images))
+
+
+def _timed_record(artifact: str, p50: float, latency_ok: bool = True, memory_ok: bool = True, spread: float = 0.02,
+                  runtime: str = "openvino", target: str = "x86-laptop") -> dict:
+    """A proxy row of report.json's latency.rows with its median's 95% interval (p50 +- spread)."""
     return {"target": target, "artifact": artifact, "runtime": runtime, "label": "proxy",
             "latency_ms": {"p50": p50, "p90": p50 * 1.2, "p50_interval": [p50 * (1 - spread), p50 * (1 + spread)]},
             "budget": {"latency_ok": latency_ok, "memory_ok": memory_ok}}
+
+
+def _timed(*args, **kwargs) -> LatencyRow:
+    return LatencyRow.from_dict(_timed_record(*args, **kwargs))
+
+
+def _untimed(target: str, *artifacts: str) -> list[LatencyRow]:
+    return [LatencyRow.from_dict({"target": target, "artifact": a, "label": "needs-device"}) for a in artifacts]
 
 
 FP32 = ("openvino", "fp32", 88.14, 1.0, 600_000)
@@ -90,14 +104,28 @@ def test_a_file_marked_ship_false_never_ships():
     assert choice["artifact"] == "openvino" and "`openvino_int8` is marked ship: false" in choice["why"]
 
 
+def test_report_json_records_enter_the_rule_as_typed_rows():
+    """choose_records (report.json's dicts, as choose_all reads them) answers as choose does on the rows from_dict
+    makes of them, and the answer's latency is the record's own numbers and lists."""
+    records = [_timed_record("openvino", 1.27), _timed_record("openvino_int8", 2.07, latency_ok=False)]
+    answer = choose_records("x86-laptop", LAPTOP, records, _evaluation_record(FP32, INT8), max_drop=1.0)
+    typed = [_timed("openvino", 1.27), _timed("openvino_int8", 2.07, latency_ok=False)]
+    assert answer == choose("x86-laptop", LAPTOP, typed, _evaluation(FP32, INT8), max_drop=1.0)
+    assert answer["latency_ms"] == {k: records[0]["latency_ms"][k] for k in ("p50", "p90", "p50_interval")}
+    assert typed[1].timed and not typed[1].latency_ok and typed[1].memory_ok and typed[1].predicted is None
+    fp32 = _evaluation(FP32).artifacts[1]
+    assert (fp32.artifact, fp32.bytes, fp32.scored, fp32.reason) == ("openvino", 600_000, True, None)
+    assert not _untimed("x86-laptop", "openvino")[0].timed
+
+
 WATCH = {"runtime": "coreml", "precision": "int8", "memory_budget_mb": 30}
 
 
-def _coreml(*artifacts: tuple[str, float, float, int]) -> dict:
+def _coreml(*artifacts: tuple[str, float, float, int]) -> Evaluation:
     evaluation = _evaluation(*[(a, "fp32", t, g, b) for a, t, g, b in artifacts])
-    for row in evaluation["artifacts"][1:]:
-        row.update(runtime="coreml", evaluation="simulated")
-    return evaluation
+    torch_fp32, *packages = evaluation.artifacts
+    return replace(evaluation, artifacts=(torch_fp32, *(replace(a, runtime="coreml", evaluation="simulated")
+                                                        for a in packages)))
 
 
 def test_untimed_targets_keep_accuracy_over_size_and_check_memory():
@@ -105,8 +133,7 @@ def test_untimed_targets_keep_accuracy_over_size_and_check_memory():
     INT8 package just because it is smaller; a package over the memory budget (file + activations) is dropped."""
     evaluation = _coreml(("coreml_fp16", 88.14, 1.0, 24_000_000), ("coreml_int8", 88.12, 0.998, 12_000_000),
                          ("coreml_palettize4", 87.64, 0.985, 6_000_000))
-    rows = [{"target": "apple-watch", "artifact": a, "label": "needs-device"}
-            for a in ("coreml_fp16", "coreml_int8", "coreml_palettize4")]
+    rows = _untimed("apple-watch", "coreml_fp16", "coreml_int8", "coreml_palettize4")
     choice = choose("apple-watch", WATCH, rows, evaluation, max_drop=1.0, activation_mb=4.0)
     assert choice["artifact"] == "coreml_int8" and choice["memory_mb_estimate"] == pytest.approx(14.0)
     assert "nothing was timed" in choice["why"] and "memory estimated at 14.0 MB" in choice["why"]
@@ -120,19 +147,18 @@ def test_untimed_targets_keep_accuracy_over_size_and_check_memory():
 PHONE = {"runtime": "onnxruntime", "runtimes": ["executorch", "litert"], "precision": "int8"}
 
 
-def _phone_evaluation() -> dict:
+def _phone_evaluation() -> Evaluation:
     files = {"onnx_fp32": ("onnxruntime", "fp32", 88.14, 1.0, 700_000),
              "executorch_fp32": ("executorch", "fp32", 88.14, 1.0, 650_000),
              "litert_fp32": ("litert", "fp32", 88.14, 1.0, 690_000),
              "litert_int8": ("litert", "int8 static QDQ", 88.10, 0.996, 200_000)}
     evaluation = _evaluation()
-    evaluation["artifacts"] += [{"artifact": a, "runtime": r, "precision": p, "numerics": NUMERICS.get(p, floating(p)),
-                                 "top1": t, "agreement": g, "bytes": b, "evaluation": "measured"}
-                                for a, (r, p, t, g, b) in files.items()]
-    return evaluation
+    return replace(evaluation, artifacts=(*evaluation.artifacts, *(Candidate.from_dict(
+        {"artifact": a, "runtime": r, "precision": p, "numerics": NUMERICS.get(p, floating(p)), "top1": t,
+         "agreement": g, "bytes": b, "evaluation": "measured"}) for a, (r, p, t, g, b) in files.items())))
 
 
-def _phone_rows(timings: dict[str, float], spread: float = 0.02) -> list[dict]:
+def _phone_rows(timings: dict[str, float], spread: float = 0.02) -> list[LatencyRow]:
     runtime = {"onnx_fp32": "onnxruntime", "executorch_fp32": "executorch", "litert_fp32": "litert",
                "litert_int8": "litert"}
     return [_timed(a, t, spread=spread, runtime=runtime[a], target="android-phone") for a, t in timings.items()]
@@ -163,7 +189,7 @@ def test_the_answers_are_the_same_on_reruns_whose_timings_move_within_noise():
         timings = {"onnx_fp32": 0.119 * shift, "executorch_fp32": 0.117 / shift, "litert_fp32": 0.097 * shift,
                    "litert_int8": 0.099 / shift}
         rows = _phone_rows(timings, spread=0.04)[::order]
-        shuffled = {**evaluation, "artifacts": evaluation["artifacts"][::order]}
+        shuffled = replace(evaluation, artifacts=evaluation.artifacts[::order])
         answer = choose("android-phone", PHONE, rows, shuffled, max_drop=1.0)
         answers.append((answer["overall"], answer["separated"],
                         {r: c["artifact"] for r, c in answer["by_runtime"].items()}))
@@ -172,7 +198,7 @@ def test_the_answers_are_the_same_on_reruns_whose_timings_move_within_noise():
 
 
 def test_with_nothing_timed_the_stated_order_picks_within_the_accuracy_budget():
-    rows = [{"target": "x86-laptop", "artifact": a, "label": "needs-device"} for a in ("openvino", "openvino_int8")]
+    rows = _untimed("x86-laptop", "openvino", "openvino_int8")
     assert choose("x86-laptop", LAPTOP, rows, _evaluation(FP32, INT8), max_drop=1.0)["artifact"] == "openvino"
     choice = choose("x86-laptop", LAPTOP, rows, _evaluation(FP32, INT8), max_drop=1.0, prefer="size")
     assert choice["artifact"] == "openvino_int8" and choice["latency_ms"] is None
@@ -248,7 +274,7 @@ def test_the_deploy_folder_alone_classifies_test_images_as_evaluated(trained_run
                 logits = session.run([spec["output_name"]], {spec["input_name"]: x})[0]
                 embedded = session.get_modelmeta().custom_metadata_map
             elif choice["runtime"] == "executorch":  # no metadata in a .pte: labels.txt beside it
-                from targets.runtimes import load_runner
+                from backends import load_runner
 
                 logits = load_runner(next(folder.glob("*.pte")))(x)
                 embedded = {"labels": json.dumps(names), "preprocess": json.dumps(spec)}
