@@ -1,19 +1,19 @@
 """Quick, noise-aware speed comparison of a few compiled models on this host: interleaved rounds (each
 round runs every model a few times, the order rotating), CPU time per call beside wall time, and the
 median per model and of the per-round ratios with a distribution-free 95% interval (the agent's order-
-statistics interval, targets.agent.median_interval)."""
+statistics interval, targets.agent.stats.median_interval)."""
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
 
-from targets import agent
+from targets.agent import stats
 
 
 def median_interval(values: list[float]) -> tuple[float, float, float]:
     """Median and its 95% interval; at least 8 values (min_rounds), so the interval always exists."""
-    low, high = agent.median_interval(values)
+    low, high = stats.median_interval(values)
     return statistics.median(values), low, high
 
 

@@ -22,7 +22,7 @@ from pipeline.core.fileio import write_json  # noqa: E402
 from pipeline.core.progress import Progress  # noqa: E402
 from pipeline.graph import Pipeline  # noqa: E402
 from stages.batches import load_dataset  # noqa: E402
-from targets.agent import cpu_name  # noqa: E402
+from targets.agent.host import cpu_name  # noqa: E402
 from targets.arm64 import stage_accuracy  # noqa: E402
 from targets.profiles import TargetProfile  # noqa: E402
 

@@ -35,7 +35,7 @@ from pipeline.core.fileio import write_json  # noqa: E402
 from stages.batches import load_dataset  # noqa: E402
 from stages.models import load_model  # noqa: E402
 from stages.training import accuracy  # noqa: E402
-from targets.agent import cpu_flags, cpu_name  # noqa: E402
+from targets.agent.host import cpu_flags, cpu_name  # noqa: E402
 
 # Reduced setting: the students train on a subset for fewer epochs than pipeline.toml, so that
 # 8 variants x 3 seeds + 2 extra teachers and their students fit in about an hour on 2 CPU cores.

@@ -24,7 +24,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.core.fileio import write_json  # noqa: E402
-from targets.agent import cpu_name as agent_cpu_name  # noqa: E402
+from targets.agent.host import cpu_name as agent_cpu_name  # noqa: E402
 
 VARIANTS = {"kd": ["distill.manifold=false"], "kd+manifold": ["distill.manifold=true"]}
 

@@ -24,7 +24,7 @@ from stages.quantize import (  # noqa: E402
     openvino_int8,
 )
 from backends.timing import interleaved, speedup, summary  # noqa: E402
-from targets.agent import cpu_flags, cpu_name  # noqa: E402
+from targets.agent.host import cpu_flags, cpu_name  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 from backends import artifact_bytes  # noqa: E402
 from backends.openvino.runner import OPENVINO_F32  # noqa: E402

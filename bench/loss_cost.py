@@ -38,7 +38,7 @@ from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: 
 from stages.distill.train import kd_loss  # noqa: E402
 from stages.models import create_model  # noqa: E402
 from stages.training import place  # noqa: E402
-from targets.agent import cpu_flags, cpu_name  # noqa: E402
+from targets.agent.host import cpu_flags, cpu_name  # noqa: E402
 
 ARMS = ("kd", "ours", "reference")
 

@@ -29,7 +29,7 @@ from pipeline.core.fileio import write_json  # noqa: E402
 from pipeline.core.stage import Accel  # noqa: E402
 from stages.models import create_model  # noqa: E402
 from stages.training import place  # noqa: E402
-from targets.agent import cpu_flags  # noqa: E402
+from targets.agent.host import cpu_flags  # noqa: E402
 
 LAYOUTS = {"nchw": Accel(channels_last=False), "channels_last": Accel(channels_last=True)}
 

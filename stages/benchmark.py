@@ -17,6 +17,7 @@ from pydantic import Field
 from pipeline.core.fileio import read_json, write_json
 from pipeline.core.numerics import Numerics
 from pipeline.core.stage import Stage, StageContext
+from targets.agent.bundle import shipped_modules
 from targets.diagnosis import int8_instructions
 from targets.latency import LatencyConfig, Model, add_diagnoses, measure_target
 from targets.predict.rows import predicted_rows
@@ -61,7 +62,7 @@ class BenchmarkStage(Stage):
     sections = ("benchmark", "targets")
     inputs = ("export", "quantize")
     uses_seed = False
-    scripts = ("targets.agent",)  # copied to the device and run there
+    scripts = shipped_modules()  # the agent's zipapp, copied to the device and run there (adapters found by name)
     data = ("targets/predict/predictor.json", "targets/predict/features.csv", "targets/predict/measurements.csv",
             "targets/predict/numerics.csv")
 

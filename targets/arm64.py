@@ -10,8 +10,9 @@ of ONNX Runtime, LiteRT and numpy at the versions this environment has, installe
 --platform (no emulated pip), and ExecuTorch's runtime libraries from its aarch64 wheel with a runner
 cross-compiled against them (targets/arm64_executorch_runner.cpp). Nothing downloads at run time.
 
-At run time the agent (targets/agent.py) runs as `chroot ROOT qemu-aarch64-static python3.11 arm64_boot.py
-agent.py ...` with QEMU_CPU set from the profile's `cpu` (ExecuTorch files: the runner, after arm64_boot.py).
+At run time the agent (targets/agent/, as its zipapp) runs as `chroot ROOT qemu-aarch64-static python3.11
+arm64_boot.py agent.pyz ...` with QEMU_CPU set from the profile's `cpu` (ExecuTorch files: the runner, after
+arm64_boot.py).
 /proc and /sys are not mounted in the root (with the host's x86 /proc/cpuinfo, ONNX Runtime's cpuinfo crashes
 qemu); targets/arm64_boot.py first writes them as plain files describing the emulated core (its MIDR and
 features), without which cpuinfo fails and XNNPACK, so the phone's kernels, would not start.
@@ -39,8 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import UserError
-from targets import agent, arm64_boot
-from targets.devices import AGENT, TEMP_PREFIX, Deadline, DeviceError, agent_result, as_list, files_for, last_line
+from targets import arm64_boot
+from targets.agent.bundle import zipapp_file
+from targets.agent.host import ARM_HWCAP, ARM_HWCAP2
+from targets.agent.predict import encode
+from targets.devices import TEMP_PREFIX, Deadline, DeviceError, agent_result, as_list, files_for, last_line
 from targets.profiles import TargetProfile
 
 log = logging.getLogger(__name__)
@@ -162,10 +166,10 @@ class Arm64Device:
                 paths.append(f"{inside}/{i}/{m.name}")
             if "executorch" in runtimes:
                 return self.executorch(Path(agent_args[at]), Path(folder), paths, deadline)
-            shutil.copy(AGENT, folder)
+            agent = Path(shutil.copy(zipapp_file(), folder))
             shutil.copy(agent_args[at], Path(folder, "images.npz"))
             args = [*agent_args[:at], f"{inside}/images.npz", *agent_args[at + 1:]]
-            proc = self.emulate([PYTHON, f"{inside}/{BOOT.name}", f"{inside}/{AGENT.name}", *paths, *args],
+            proc = self.emulate([PYTHON, f"{inside}/{BOOT.name}", f"{inside}/{agent.name}", *paths, *args],
                                 deadline, "the predictions")
             return agent_result(self.target, self.name, f"{PYTHON} in {self.root}", proc)
 
@@ -205,8 +209,8 @@ class Arm64Device:
             logits = np.fromfile(folder / str(i) / "logits.f32", "<f4").reshape(len(images), -1)
             results.append({"model": Path(path).name, "runtime": "executorch", "runtime_version": version,
                             "images": len(logits), "argmax": logits.argmax(1).tolist(),
-                            "logits": agent.encode(logits)})
-        shown = set(agent.ARM_HWCAP) | set(agent.ARM_HWCAP2)
+                            "logits": encode(logits)})
+        shown = set(ARM_HWCAP) | set(ARM_HWCAP2)
         return {"ok": True, "results": results,
                 "host": {"machine": "aarch64", "cpu_features": [f for f in features if f in shown]}}
 

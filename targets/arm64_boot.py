@@ -1,6 +1,7 @@
 """Run inside the arm64 root (targets/arm64.py), in the emulated process: write /proc/cpuinfo and the CPU files of
-/sys as Linux would show the emulated core, then run the agent (`python3.11 arm64_boot.py agent.py ARGS...`), or,
-given nothing to run, print the core's MIDR and features as JSON (before a native program runs).
+/sys as Linux would show the emulated core, then run the agent (`python3.11 arm64_boot.py agent.pyz ARGS...`: runpy
+runs a zipapp's __main__ as it runs a script), or, given nothing to run, print the core's MIDR and features as JSON
+(before a native program runs).
 
 The root has no /proc or /sys mounted (the host's x86 /proc/cpuinfo crashes qemu under ONNX Runtime's cpuinfo),
 and without them cpuinfo fails to initialise: XNNPACK then refuses to start and LiteRT runs its built-in kernels,

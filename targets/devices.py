@@ -1,11 +1,11 @@
-"""Devices that run the benchmark agent (targets/agent.py): this host, an ssh board or Mac, an adb phone, an
-emulated arm64 core (targets/arm64.py: accuracy only).
+"""Devices that run the benchmark agent (targets/agent/, shipped as one file, agent.pyz: targets/agent/bundle.py):
+this host, an ssh board or Mac, an adb phone, an emulated arm64 core (targets/arm64.py: accuracy only).
 
-Every device copies the agent and the model files to a fresh temp folder on the device, runs
-`<python> agent.py MODEL [MODEL...] ARGS...` there (several models of one target in one call, of one
+Every remote device copies the agent and the model files to a fresh temp folder on the device, runs
+`<python> agent.pyz MODEL [MODEL...] ARGS...` there (several models of one target in one call, of one
 runtime or several, timed interleaved; their file names must differ), reads the JSON object it prints
-and removes the folder. ExecuTorch and LiteRT on an adb phone are timed by their own native tools instead
-(targets/native_tools.py), apart from the call's other models.
+and removes the folder; this host runs the zipapp where it is built. ExecuTorch and LiteRT on an adb phone
+are timed by their own native tools instead (targets/native_tools.py), apart from the call's other models.
 Commands are argument lists (never shell=True); the one string a remote shell sees is built with
 shlex.quote on every piece, and files are copied into a folder we name, so no file name, host or path
 can run as code.
@@ -24,10 +24,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from targets import agent, native_tools
+from targets import native_tools
+from targets.agent.bundle import zipapp_file
+from targets.agent.cli import parse
+from targets.agent.host import sidecar
 from targets.profiles import TargetProfile
 
-AGENT = Path(__file__).with_name("agent.py")
 AGENT_KINDS = {"runtime_missing", "needs_macos", "bad_model"}  # agent kinds kept as they are
 CONNECT_TIMEOUT_S = 10
 SETUP_TIMEOUT_S = 30.0  # making and removing the remote temp folder, checking the device
@@ -69,7 +71,7 @@ def model_files(path: Path) -> list[Path]:
         raise DeviceError("bad_model", f"{path}: no such model file; run the export stage first")
     if path.is_dir():
         return [path]
-    extra = Path(agent.sidecar(str(path)))
+    extra = Path(sidecar(str(path)))
     return [path, extra] if extra.is_file() else [path]
 
 
@@ -117,8 +119,9 @@ def agent_result(target: str, name: str, python: str, proc: subprocess.Completed
             raise DeviceError("runtime_missing", f"{target}: no Python at {python} on the device "
                                                  f"({last_line(proc.stderr)}); set python in [targets.{name}]")
         raise DeviceError("agent_failed", f"{target}: the agent exited with status {proc.returncode} and no "
-                                          f"result: {last_line(proc.stderr) or 'no output'}; run targets/agent.py "
-                                          "by hand on the device to see why")
+                                          f"result: {last_line(proc.stderr) or 'no output'}; run the agent (agent.pyz, "
+                                          "`python -m targets.agent.bundle` writes it) by hand on the device to "
+                                          "see why")
     if result.get("ok"):
         return result
     kind, error = result.get("kind"), str(result.get("error", "no message"))
@@ -161,7 +164,8 @@ class LocalDevice:
         for m in models:
             files_for(target, m)
         try:
-            proc = run_command([sys.executable, str(AGENT), *(str(m.absolute()) for m in models), *agent_args],
+            proc = run_command([sys.executable, str(zipapp_file()), *(str(m.absolute()) for m in models),
+                                *agent_args],
                                timeout, f"the benchmark of {names_of(models)}")
         except DeviceError as exc:
             raise DeviceError(exc.kind, f"{target}: {exc}; raise timeout_s in [targets.{self.name}]") from None
@@ -229,10 +233,11 @@ class RemoteDevice:
         if len({m.name for m in models}) < len(models):
             raise DeviceError("bad_model", f"{self.target}: models with the same file name ({names_of(models)}) "
                                            "cannot share one temp folder; benchmark them in separate calls")
-        files = [AGENT, *(f for m in models for f in files_for(self.target, m))]
+        agent = zipapp_file()
+        files = [agent, *(f for m in models for f in files_for(self.target, m))]
         deadline = Deadline(timeout)
         with self.staged(files, names_of(models), deadline) as folder:
-            argv = [self.profile.python, f"{folder}/{AGENT.name}", *(f"{folder}/{m.name}" for m in models),
+            argv = [self.profile.python, f"{folder}/{agent.name}", *(f"{folder}/{m.name}" for m in models),
                     *agent_args]
             proc = self.run(self.shell_command(argv), deadline.left(), f"the benchmark of {names_of(models)}")
             return agent_result(self.target, self.name, self.profile.python, proc)
@@ -353,7 +358,7 @@ class AdbDevice(RemoteDevice):
         LiteRT have no Python runtime on Android: their own benchmark tools time them (targets/native_tools.py),
         one runtime at a time. Results in the order of the models."""
         models = as_list(model)
-        runtimes = agent.parse([*map(str, models), *agent_args]).runtimes
+        runtimes = parse([*map(str, models), *agent_args]).runtimes
         parts: dict[str | None, list[int]] = {}  # None: the agent's models; else a native tool's runtime
         for i, runtime in enumerate(runtimes):
             parts.setdefault(runtime if runtime in native_tools.NATIVE_TOOLS else None, []).append(i)
@@ -380,7 +385,7 @@ class AdbDevice(RemoteDevice):
             raise DeviceError("tool_missing", f"{self.target}: {runtime} is timed on Android by {tool}, and "
                                               f"{path} is missing: {how}, then adb push {tool} {path} && adb "
                                               f"shell chmod +x {path}", models[0].name)
-        options = agent.parse([*map(str, models), *agent_args])  # the settings the agent would time with
+        options = parse([*map(str, models), *agent_args])  # the settings the agent would time with
         threads = options.threads or 1
         per_block = max(1, options.runs // (native_tools.BLOCKS - 1))
         models = [m.absolute() for m in models]

@@ -1,7 +1,7 @@
 """"Why is INT8 not faster?": compare a quantized model's latency and per-layer profile with its float
 sibling on the same target, and name the measured cause in plain words.
 
-The profiles are the agent's (targets/agent.py `summarise`): per op type, its precision as the runtime
+The profiles are the agent's (targets/agent/layers.py `summarise`): per op type, its precision as the runtime
 reported it (int8 / float / convert kernels, classified per runtime), time and kernel name. The causes,
 each from both profiles:
 - slow_int8_kernel: an INT8 layer type (MatMul/Gemm/FullyConnected, Conv) takes about as long as, or
@@ -18,7 +18,7 @@ from __future__ import annotations
 import platform
 import re
 
-from targets.agent import cpuinfo_flags
+from targets.agent.host import cpuinfo_flags
 
 # Float op types that carry the FLOPs: left in float, they cap what INT8 can save.
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "FullyConnected", "Convolution", "MatMulNBits", "FusedMatMul", "FusedGemm",

@@ -12,7 +12,8 @@ from pydantic import Field
 
 from pipeline.core.numerics import Numerics
 from pipeline.core.section import Section
-from targets.agent import PROFILED, usable_cores
+from targets.agent.adapter import profiled
+from targets.agent.host import usable_cores
 from targets.devices import DeviceError, make_device
 from targets.diagnosis import diagnose, int8_instructions
 from targets.profiles import TargetProfile
@@ -70,7 +71,7 @@ def agent_args(runtime: str, profile: TargetProfile, settings: LatencyConfig, th
                  "--graph-optimization-level", profile.graph_optimization_level or "all"]
     if "openvino" in runtimes:
         args += ["--openvino-precision", profile.ov_precision_hint or "f32"]
-    if settings.profile_layers and set(runtimes) & set(PROFILED):  # the agent profiles those runtimes' models
+    if settings.profile_layers and set(runtimes) & set(profiled()):  # the agent profiles those runtimes' models
         args.append("--profile")
     return args
 

@@ -74,8 +74,9 @@ PARSERS = {"litert": parse_benchmark_model, "executorch": parse_executor_runner}
 
 def result(runtime: str, name: str, model_bytes: int, blocks: list[ToolRun], others: list[str], threads: int,
            rel_interval: float, host: dict) -> dict:
-    """One model's timing in the agent's result shape (targets/agent.py), from its blocks (the first dropped)."""
-    from targets.agent import summary
+    """One model's timing in the agent's result shape (targets/agent/schedule.py), from its blocks (the first
+    dropped)."""
+    from targets.agent.stats import summary
 
     tool = NATIVE_TOOLS[runtime][0]
     timed = blocks[1:] or blocks

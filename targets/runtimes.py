@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.core.errors import UserError, quote
-from targets.agent import model_bytes
+from targets.agent.host import model_bytes
 
 # What the report says of Core ML rows off macOS (targets/coreml.py simulates them).
 NEEDS_MACOS = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in torch, "
@@ -141,5 +141,5 @@ def predict(runner: Runner, batches: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def artifact_bytes(path: Path) -> int:
-    """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data (targets/agent.py)."""
+    """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data (targets/agent/host.py)."""
     return model_bytes(str(path))

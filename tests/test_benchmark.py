@@ -173,7 +173,7 @@ def direct_ranks(n: int) -> tuple[int, int] | None:
 
 @pytest.mark.parametrize("n", [1, 5, 6, 7, 10, 20, 33, 100, 257, 1000, 5000])
 def test_median_interval_ranks_match_the_binomial(n):
-    from targets.agent import median_interval, median_ranks
+    from targets.agent.stats import median_interval, median_ranks
 
     assert median_ranks(n) == direct_ranks(n)
     values = [float(v) for v in range(n)]
@@ -185,7 +185,7 @@ def test_median_interval_ranks_match_the_binomial(n):
 def test_median_interval_normal_approximation_for_many_runs():
     from scipy.stats import binom
 
-    from targets.agent import median_ranks
+    from targets.agent.stats import median_ranks
 
     for n in (5001, 20_000, 1_000_000):
         low, high = median_ranks(n)
@@ -209,7 +209,7 @@ class FakeClock:
 
 
 def test_interleave_alternates_models_and_stops_on_the_interval():
-    from targets.agent import interleave
+    from targets.agent.schedule import interleave
 
     clock = FakeClock()
     out = interleave([clock.call("a", 2.0, 1.5), clock.call("b", 3.0, 3.0)], runs=1000, min_runs=20, block=5,
@@ -221,7 +221,7 @@ def test_interleave_alternates_models_and_stops_on_the_interval():
 
 
 def test_interleave_stops_at_runs_or_time():
-    from targets.agent import interleave
+    from targets.agent.schedule import interleave
 
     clock = FakeClock()
     jitter = iter([1.0, 1.3, 0.8, 1.6] * 1000)
@@ -261,7 +261,7 @@ def test_same_verdicts_on_two_runs_of_crafted_timings():
     """Timings drawn twice (different noise) from the same distributions give the same verdicts."""
     import numpy as np
 
-    from targets.agent import summary
+    from targets.agent.stats import summary
     from targets.latency import compare_latency
 
     def verdicts(seed: int) -> dict:
@@ -382,7 +382,7 @@ def test_one_agent_call_times_several_runtimes_interleaved(three_runtimes):
     """ONNX Runtime, OpenVINO and LiteRT files in one agent process, round-robin across runtimes; each runtime's
     own flags reach its models only, and --profile profiles the runtimes that have a profiler."""
     from stages.benchmark import BenchmarkConfig
-    from targets.agent import main
+    from targets.agent.cli import main
     from targets.devices import make_device
     from targets.latency import compare_latency, measure_target
     from targets.profiles import TargetProfile
@@ -423,7 +423,7 @@ def test_proxy_threads_are_capped_at_the_host_cores(three_runtimes):
     """A target asking for more threads than this host has is timed (proxy) at the host's usable cores, and the
     row says so; also when it stands in for an unreachable device."""
     from stages.benchmark import BenchmarkConfig
-    from targets.agent import usable_cores
+    from targets.agent.host import usable_cores
     from targets.latency import measure_target
     from targets.profiles import TargetProfile
 

@@ -14,6 +14,7 @@ from pipeline.config import json_schema
 from pipeline.core.section import NOT_IN_KEY
 from pipeline.fingerprint import code_fingerprint
 from pipeline.graph import Pipeline
+from stages.benchmark import BenchmarkStage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,9 @@ def test_a_stage_s_code_is_its_module_and_the_project_modules_it_imports():
             "stages/training.py", "stages/models/__init__.py"} <= set(distill)
     assert not any(path.startswith("pipeline/") for path in distill)  # the engine is not part of it
     assert "stages/distill/manifold.py" not in code_fingerprint("stages.teacher")
-    assert "targets/agent.py" in code_fingerprint("stages.benchmark", ("targets.agent",))
+    benchmark = code_fingerprint("stages.benchmark", BenchmarkStage.scripts)  # the agent's zipapp, adapters too
+    assert {"targets/agent/cli.py", "targets/agent/schedule.py", "backends/onnx/agent.py",
+            "backends/executorch/agent.py"} <= set(benchmark)
 
 
 def _status(src: Path, args: list[str]) -> dict[str, str]:

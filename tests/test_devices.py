@@ -290,8 +290,8 @@ def test_ssh_commands():
 def test_adb_commands():
     with_serial = AdbDevice(profile(connection="adb", serial="R58M123"), "phone")
     without = AdbDevice(profile(connection="adb"), "phone")
-    assert with_serial.copy_command([Path("/m/a b.onnx"), Path("/agent.py")], "/data/local/tmp/d") == \
-        ["adb", "-s", "R58M123", "push", "/m/a b.onnx", "/agent.py", "/data/local/tmp/d/"]
+    assert with_serial.copy_command([Path("/m/a b.onnx"), Path("/agent.pyz")], "/data/local/tmp/d") == \
+        ["adb", "-s", "R58M123", "push", "/m/a b.onnx", "/agent.pyz", "/data/local/tmp/d/"]
     assert without.copy_command([Path("/m.onnx")], "/d") == ["adb", "push", "/m.onnx", "/d/"]
     argv = ["python3", f"/data/local/tmp/d/{EVIL_NAME}", "--threads", "4"]
     command = with_serial.shell_command(argv)

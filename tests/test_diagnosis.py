@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from targets import agent
+from backends.onnx.agent import OnnxRuntime, onnx_precision
+from backends.openvino.agent import OpenVino, openvino_precision
 from targets.diagnosis import causes, diagnose, families
 
 PROFILES = Path(__file__).parent / "data" / "profiles"
@@ -25,7 +26,7 @@ def ort_result(name: str, tmp_path: Path) -> dict:
     events = tmp_path / f"{name}.json"
     events.write_text(json.dumps(record["events"]))
     runner = SimpleNamespace(session=SimpleNamespace(end_profiling=lambda: str(events)))
-    return {"latency_ms": {"p50": record["p50_ms"]}, "profile": agent.OnnxRuntime.layers(runner)}
+    return {"latency_ms": {"p50": record["p50_ms"]}, "profile": OnnxRuntime.layers(runner)}
 
 
 def ov_result(name: str) -> dict:
@@ -35,7 +36,7 @@ def ov_result(name: str) -> dict:
                              real_time=datetime.timedelta(microseconds=r["real_time_us"]),
                              status=SimpleNamespace(name=r["status"])) for r in record["layers"]]
     request = SimpleNamespace(get_profiling_info=lambda: infos, latency=record["latency_ms"])
-    return {"latency_ms": {"p50": record["p50_ms"]}, "profile": agent.OpenVino.layers(SimpleNamespace(request=request))}
+    return {"latency_ms": {"p50": record["p50_ms"]}, "profile": OpenVino.layers(SimpleNamespace(request=request))}
 
 
 @pytest.mark.parametrize("op_type, expected", [
@@ -47,7 +48,7 @@ def ov_result(name: str) -> dict:
     ("LayerNormalization", "float"),
 ])
 def test_onnxruntime_kernel_table(op_type, expected):
-    assert agent.onnx_precision(op_type) == expected
+    assert onnx_precision(op_type) == expected
 
 
 @pytest.mark.parametrize("layer, exec_type, expected", [
@@ -61,7 +62,7 @@ def test_onnxruntime_kernel_table(op_type, expected):
     ("FakeQuantize", "jit_avx512_f32", "convert"), ("Convert", "unknown_U8", "convert"),
 ])
 def test_openvino_kernel_table(layer, exec_type, expected):
-    assert agent.openvino_precision(layer, exec_type) == expected
+    assert openvino_precision(layer, exec_type) == expected
 
 
 def test_recorded_openvino_profiles_are_classified_case_insensitively():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import __version__
+from targets.agent.bundle import build_zipapp
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_SHIPPED = shutil.ignore_patterns(".git", ".venv", "runs", "tests", "bench", "__pycache__", "*.egg-info",
@@ -36,7 +37,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_carries_every_file_the_code_reads(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("targets/profiles.toml", "targets/agent.py", "pipeline/cli.py", "stages/distill/manifold.py"):
+    for path in ("targets/profiles.toml", "targets/agent/cli.py", "targets/agent/bundle.py", "backends/onnx/agent.py",
+                 "pipeline/cli.py", "stages/distill/manifold.py"):
         assert path in names, f"{path} is not in {wheel.name}"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert wheel.name.startswith(f"manifold_edge-{__version__}-")
@@ -57,3 +59,5 @@ def test_an_installed_wheel_runs_outside_the_source_tree(wheel, tmp_path):
     assert "android-phone" in listing and "apple-watch" in listing
     assert "run" in json.loads(_run(cli, "schema", cwd=tmp_path).stdout)["properties"]
     assert _run(cli, "--version", cwd=tmp_path).stdout.strip() == f"manifold-edge {__version__}"
+    built = Path(_run(venv / "bin" / "python", "-m", "targets.agent.bundle", tmp_path, cwd=tmp_path).stdout.strip())
+    assert built.read_bytes() == build_zipapp(tmp_path / "here").read_bytes()  # the agent, as the source tree ships it
