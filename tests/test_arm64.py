@@ -16,12 +16,12 @@ from pydantic import ValidationError
 from conftest import TRAINED, cli_args, read_report, tiny_overrides
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.core.numerics import FP32
 from pipeline.report.arm64 import arm64_lines
-from targets import agent
+from targets.agent import cli as agent_cli
 from targets.arm64 import ROOT_ENV, Arm64Device, usable
 from targets.devices import DeviceError
 from targets.latency import LatencyConfig, Model, measure_target
-from targets.numerics import FP32
 from targets.profiles import TargetProfile, builtin_profiles
 
 ROOTED = pytest.mark.skipif(not usable(), reason="no arm64 root to run in (build it as root with `make arm64`)")
@@ -86,7 +86,7 @@ def dense_model(batch: int | None) -> onnx.ModelProto:
 
 
 def run_agent(argv: list[str], capsys) -> tuple[int, dict]:
-    code = agent.main(argv)
+    code = agent_cli.main(argv)
     return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 

@@ -9,6 +9,22 @@ import pytest
 import timm
 import torch
 
+from backends import artifact_bytes, load_runner
+from backends.base import predict, require
+from backends.onnx.agent import OnnxRuntime
+from backends.onnx.export import export_onnx
+from backends.onnx.quantize import (
+    attention_matmuls,
+    preprocess,
+    quantize_dynamic,
+    quantize_static,
+    quantized_op_types,
+    static_with_fallback,
+)
+from backends.openvino.export import export_openvino
+from backends.openvino.quantize import compress_weights, compressed_weights, model_type
+from backends.timing import speedup
+from backends.weight_range import reduce_range
 from conftest import (
     TRAINED,
     artifact_folder,
@@ -23,27 +39,13 @@ from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
-from backends.onnx.export import export_onnx
-from backends.openvino.export import export_openvino
 from stages.models import load_model
 from stages.quantize import QuantizeConfig
-from backends.onnx.quantize import (
-    attention_matmuls,
-    preprocess,
-    quantize_dynamic,
-    quantize_static,
-    quantized_op_types,
-    static_with_fallback,
-)
-from backends.openvino.quantize import compress_weights, compressed_weights, model_type
-from backends.timing import speedup
-from backends.weight_range import reduce_range
-from targets.agent import AgentError, OnnxRuntime, parse
+from targets.agent.cli import parse
+from targets.agent.errors import AgentError
 from targets.diagnosis import int8_instructions
 from targets.latency import agent_args
 from targets.profiles import builtin_profiles
-from backends import artifact_bytes, load_runner
-from backends.base import predict, require
 
 
 def test_exports_match_torch_on_real_images(trained_run):

@@ -29,10 +29,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
-from stages.formats.onnx import export_onnx  # noqa: E402
-from stages.formats.openvino import export_openvino  # noqa: E402
+from backends.onnx.agent import OnnxRuntime  # noqa: E402
+from backends.onnx.export import export_onnx  # noqa: E402
+from backends.openvino.agent import OpenVino  # noqa: E402
+from backends.openvino.export import export_openvino  # noqa: E402
 from stages.models import create_model  # noqa: E402
-from targets import agent  # noqa: E402
+from targets.agent.host import cpu_name  # noqa: E402
+from targets.agent.stats import percentile  # noqa: E402
 from targets.diagnosis import int8_instructions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -47,12 +50,12 @@ def p50(runner, x, seconds: float = 2.0) -> float:
         t0 = time.perf_counter()
         runner(x)
         times.append((time.perf_counter() - t0) * 1000)
-    return agent.percentile(times, 0.5)
+    return percentile(times, 0.5)
 
 
 def ort_events(path: Path, threads: int, x) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
-        runner = agent.OnnxRuntime(str(path), threads, folder)
+        runner = OnnxRuntime(str(path), threads, folder)
         for _ in range(RUNS):
             runner(x)
         events = json.load(open(runner.session.end_profiling()))
@@ -69,7 +72,7 @@ def ort_events(path: Path, threads: int, x) -> list[dict]:
 
 
 def ov_counters(path: Path, threads: int, x) -> dict:
-    runner = agent.OpenVino(str(path), threads, "f32", profile=True)
+    runner = OpenVino(str(path), threads, "f32", profile=True)
     for _ in range(5):
         runner(x)
     runs = []
@@ -98,7 +101,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     calibration = rng.uniform(-1, 1, (64, *shape)).astype(np.float32)
     x = rng.uniform(0, 1, (1, *shape)).astype(np.float32)
-    host = {"machine": platform.machine(), "cpu": agent.cpu_name(), **int8_instructions(),
+    host = {"machine": platform.machine(), "cpu": cpu_name(), **int8_instructions(),
             "onnxruntime": __import__("onnxruntime").__version__,
             "openvino": __import__("openvino").get_version(), "threads": args.threads}
     with tempfile.TemporaryDirectory() as folder:
@@ -132,12 +135,12 @@ def main() -> None:
         ov.save_model(quantized, str(work / "openvino_int8.xml"), compress_to_fp16=False)
         for name, file in (("ort_fp32", "model.onnx"), ("ort_int8_static", "static.onnx"),
                            ("ort_int8_dynamic", "dynamic.onnx")):
-            runner = agent.OnnxRuntime(str(work / file), args.threads)
+            runner = OnnxRuntime(str(work / file), args.threads)
             record = {"runtime": "onnxruntime", "host": host, "p50_ms": p50(runner, x),
                       "events": ort_events(work / file, args.threads, x)}
             (HERE / f"{name}.json").write_text(json.dumps(record, separators=(",", ":")) + "\n")
         for name, file in (("ov_fp32", "openvino_model.xml"), ("ov_int8", "openvino_int8.xml")):
-            runner = agent.OpenVino(str(work / file), args.threads, "f32")
+            runner = OpenVino(str(work / file), args.threads, "f32")
             record = {"runtime": "openvino", "host": host, "p50_ms": p50(runner, x),
                       **ov_counters(work / file, args.threads, x)}
             (HERE / f"{name}.json").write_text(json.dumps(record, separators=(",", ":")) + "\n")
