@@ -87,7 +87,7 @@ def load_runner(path: str | Path, threads: int = 0):
 
 def artifact_bytes(path: str | Path) -> int:
     """Size on disk, counting an OpenVINO IR's .bin and an ONNX file's external data (the agent's own count)."""
-    from targets.agent import model_bytes
+    from targets.agent.host import model_bytes
 
     return model_bytes(str(path))
 

@@ -37,6 +37,3 @@ is one model's: a runtime missing for it, a file its runtime cannot load or run)
 
 The package imports nothing of the project but itself and the adapters (through backends.agent_adapters()).
 """
-# TEMPORARY, until backends/__init__.py (artifact_bytes) imports model_bytes from targets.agent.host: the one name of
-# the old single-file agent the registry still reads there. Remove this line with that change.
-from targets.agent.host import model_bytes  # noqa: E402, F401
