@@ -9,8 +9,8 @@ import torch
 from onnx import numpy_helper
 from torch.utils.flop_counter import FlopCounterMode
 
-from stages.flops import flops_per_image
 from backends.onnx.export import export_onnx
+from stages.flops import flops_per_image
 from stages.models import create_model
 from targets.floor import _graph, gemm_input, gemm_session, gemm_shapes, measure_peak
 

@@ -6,11 +6,11 @@ import pytest
 import timm
 import torch
 
-from pipeline.core.errors import UserError
-from backends.onnx.export import export_onnx
-from backends.onnx.mobile import mobile_record
 from backends import load_runner
 from backends.base import predict
+from backends.onnx.export import export_onnx
+from backends.onnx.mobile import mobile_record
+from pipeline.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

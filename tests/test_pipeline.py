@@ -7,8 +7,8 @@ import pytest
 
 from conftest import artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
-from pipeline.graph import STAGES, Pipeline
 from pipeline.core.numerics import Numerics
+from pipeline.graph import STAGES, Pipeline
 
 # The cache tests need stages, not every runtime: ONNX Runtime only, no benchmark.
 LEAN = ("benchmark.enabled=false", "export.coreml.enabled=false", "quantize.coreml.enabled=false",
