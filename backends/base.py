@@ -111,6 +111,7 @@ class Backend:
     profiled: ClassVar[bool] = False  # its agent adapter gives a per-layer profile
     relative_parity: ClassVar[bool] = False  # its parity bound is relative to the largest |logit| (fp16 programs)
     scratch: ClassVar[tuple[str, ...]] = ()  # working files its quantize leaves, removed when the stage completes
+    simulation: ClassVar[str | None] = None  # what its "simulated" rows are, where this host cannot run the runtime
 
     def export(self, job: ExportJob) -> dict[str, dict]:
         """Write this format's files into job.out; their records by artifact name."""

@@ -87,6 +87,10 @@ class CoreMLBackend(Backend):
     runner_factory = "backends.coreml.runner:coreml_runner"
     agent = "backends.coreml.agent:CoreML"
     relative_parity = True  # an fp16 program: its error scales with the logits
+    simulation = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in "
+                  "torch, fp16 tensors rounded to fp16 (simulated). They reflect the package's program, compressed "
+                  "weights and fp16 tensors, not Core ML's kernels or the Neural Engine; on-device numbers need a "
+                  "Mac")
 
     def parity_bounds(self, cfg, record: dict) -> tuple[float, float]:
         return cfg.coreml.parity_max_rel_diff, cfg.coreml.parity_min_agreement

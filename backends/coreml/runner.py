@@ -16,11 +16,6 @@ from backends.coreml.program import MILProgram, UnsupportedOps
 
 IS_MACOS = platform.system() == "Darwin"
 
-# What the report says of Core ML rows off macOS (CoreMLSimulatedRunner below makes them).
-NEEDS_MACOS = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in torch, "
-               "fp16 tensors rounded to fp16 (simulated)")
-
-
 class NotSimulated(NotRunHere):
     """A package whose program has an op the Linux simulation lacks: its rows say so, and the run goes on."""
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import backends
 from pipeline.report.arm64 import arm64_lines
 from pipeline.ship import RUNTIME_NAMES, SAME_ACCURACY
 from targets.latency import describe_comparison
-from targets.runtimes import NEEDS_MACOS
 
 
 def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
@@ -26,9 +26,8 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
     for r in rows:
         if "reason" in r:
             lines += [f"Not simulated: {r['reason']}.", ""]
-    if any(r["evaluation"] == "simulated" for r in rows):
-        lines += [f"Simulated rows: {NEEDS_MACOS}. They reflect the package's program, compressed weights and "
-                  "fp16 tensors, not Core ML's kernels or the Neural Engine; on-device numbers need a Mac.", ""]
+    for runtime in dict.fromkeys(r["runtime"] for r in rows if r["evaluation"] == "simulated"):
+        lines += [f"Simulated rows: {backends.for_runtime(runtime).simulation}.", ""]
     for note in (quantize or {}).get("notes", []):
         lines += [f"Note: {note}.", ""]
     hurt = [r for r in rows if r.get("worst_classes")]
