@@ -25,7 +25,7 @@ class ExportParity(Section):
 
 
 def compose(name: str, common: type[Section], fields: list[type[Section]]) -> type[Section]:
-    """One config section from the common fields and each backend's (registry order first, then `common`)."""
+    """One config section: the common fields, then each backend's in registry order."""
     return type(name, (*reversed(fields), common), {"__module__": __name__})
 
 
