@@ -60,7 +60,7 @@ def test_editing_a_stage_s_code_makes_status_say_so(tmp_path):
     """In a copy of the source tree: a comment changes nothing; a code change in a module the teacher imports
     (but the data stage does not) makes the teacher stale, naming the file."""
     src = tmp_path / "src"
-    for package in ("pipeline", "stages", "targets"):
+    for package in ("pipeline", "backends", "stages", "targets"):
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     args = cli_args(tmp_path, "run", dataset="digits")
     done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--until", "teacher"], cwd=src,
