@@ -108,10 +108,10 @@ class Backend:
     runner_factory: ClassVar[str | None] = None  # "module:callable": (path, threads) -> Runner, on this host
     agent: ClassVar[str | None] = None  # "module:Class": the agent's adapter that times its files on a device
     switches: ClassVar[tuple[str, ...]] = ()  # the settings that turn it off, named when a model fails in it
-    profiled: ClassVar[bool] = False  # its agent adapter gives a per-layer profile
     relative_parity: ClassVar[bool] = False  # its parity bound is relative to the largest |logit| (fp16 programs)
     scratch: ClassVar[tuple[str, ...]] = ()  # working files its quantize leaves, removed when the stage completes
     simulation: ClassVar[str | None] = None  # what its "simulated" rows are, where this host cannot run the runtime
+    app_module: ClassVar[str | None] = None  # what the deploy folder says of its files: the app methods below
 
     def export(self, job: ExportJob) -> dict[str, dict]:
         """Write this format's files into job.out; their records by artifact name."""
@@ -128,21 +128,105 @@ class Backend:
         return getattr(importlib.import_module(module), attr)(path, threads)
 
     def modules(self, *kinds: str) -> tuple[str, ...]:
-        """The modules behind `kinds` ("export", "quantize", "runner", "agent") with the declaration's own: what
+        """The modules behind `kinds` ("export", "quantize", "runner", "agent", "app") with the declaration's own: what
         a stage's cache key hashes for this backend (pipeline/fingerprint.py follows their imports)."""
         named = {"export": self.export_module, "quantize": self.quantize_module, "runner": self.runner_factory,
-                 "agent": self.agent}
+                 "agent": self.agent, "app": self.app_module}
         return (type(self).__module__, *(named[k].partition(":")[0] for k in kinds if named[k]))
 
     def parity_bounds(self, cfg: Any, record: dict) -> tuple[float, float]:
         """(bound on the logits' max |diff| vs torch, minimum argmax agreement) for one exported record."""
-        fp16 = record["numerics"]["weights"] == "fp16"
+        fp16 = (record.get("numerics") or {}).get("weights") == "fp16"  # an .ort sibling: its .onnx's (fp32)
         return (cfg.parity_max_abs_diff_fp16 if fp16 else cfg.parity_max_abs_diff), cfg.parity_min_agreement
 
     def app_needs(self, record: dict, settings: dict) -> str:
         """What an app must link or set to run this record's file as timed (its MODEL_CARD's runtime line);
         `settings`: the target profile's."""
         return f"the {self.runtime_title} runtime"
+
+    # The deploy folder (pipeline/app_files.py): each method below calls the function of the same name in
+    # `app_module` where it has one (imported then, with the format's own libraries), else says what the record
+    # and the data say. A format without an app module ships with preprocess.json and MODEL_CARD.md written
+    # from its export record, and nothing written into its file.
+
+    def _app(self, function: str) -> Callable | None:
+        """`function` of the app module; None where there is no app module or it has no such function."""
+        if not self.app_module:
+            return None
+        return getattr(importlib.import_module(self.app_module), function, None)
+
+    def describe_io(self, path: Path, record: dict, data: dict) -> dict:
+        """The file's inputs and outputs as its runtime reads them: {"inputs": [...], "outputs": [...]}, each a
+        dict with the tensor's name, shape (None or a name for a dynamic dimension) and dtype, or the format's own
+        terms (Core ML's features), plus what the app module's other functions read back (pixel_preprocess,
+        minimum_os); `record`: the file's export or quantize record, `data`: the data stage's summary. Default:
+        record_io(), one NCHW input and one logits output as the export wrote them."""
+        reader = self._app("describe_io")
+        if reader:
+            return reader(Path(path), record, data)
+        return self.record_io(record, data, f"{self.runtime_title} files are not read here")
+
+    @staticmethod
+    def record_io(record: dict, data: dict, why: str) -> dict:
+        """The inputs and outputs the export made, from its record and the data (float32 NCHW images in, a
+        logit per class out; the batch: the record's max_batch, else 1), "source" saying so and `why`."""
+        batch = record.get("max_batch", 1)
+        return {"source": f"the export record ({why})",
+                "inputs": [{"name": "input 0", "shape": [batch, data["channels"], data["img_size"], data["img_size"]],
+                            "dtype": "float32"}],
+                "outputs": [{"name": "output 0", "shape": [batch, len(data["classes"])], "dtype": "float32"}]}
+
+    def pixel_preprocess(self, io: dict, data: dict) -> dict | None:
+        """preprocess.json's fields for a file that takes pixels 0-255 and normalises them inside (what it
+        expects, the formula, what the output is), in the order they are written after the common ones; None
+        (the default) for a file that takes the normalised tensor, which preprocess.json then describes from
+        `io` (layout, shape, dtype, mean, std, formula). `io`: describe_io()'s."""
+        fields = self._app("pixel_preprocess")
+        return fields(io, data) if fields else None
+
+    def runtime_line(self, version: str, record: dict, settings: dict, target: str, files: list[str]) -> str:
+        """MODEL_CARD's runtime line: the runtime with the version this run used (`version`, of `package`) and
+        what an app needs to run the file as timed (app_needs(), then file_notes()); `settings`: the target
+        profile's, `files`: the deploy folder's model files. The app module's `runtime_line` replaces it (Core
+        ML: the OS's runtime)."""
+        line = self._app("runtime_line")
+        if line:
+            return line(version, record, settings, target, files)
+        needs = "; ".join([self.app_needs(record, settings), *self.file_notes(files)])
+        return f"{self.runtime_title} {version} (`{self.package}`, the version this run used); needs {needs}"
+
+    def file_notes(self, files: list[str]) -> list[str]:
+        """What the files beside the model file are for, one note each (ONNX: the .ort for ONNX Runtime Mobile);
+        default none."""
+        notes = self._app("file_notes")
+        return notes(files) if notes else []
+
+    def minimum_os(self, io: dict, settings: dict) -> str:
+        """MODEL_CARD's minimum OS for the file (`io`: describe_io()'s, `settings`: the target profile's).
+        Default: not stated, the runtime's library being what an app links."""
+        stated = self._app("minimum_os")
+        if stated:
+            return stated(io, settings)
+        return (f"not stated (the docs of {self.runtime_title}'s own library give no minimum OS for this version; "
+                "check the library you link)")
+
+    def metadata_note(self, spec: dict) -> str | None:
+        """MODEL_CARD's line on what embed_metadata() writes into the file ("TFLite metadata: ..."), given the
+        preprocess.json `spec`; None for no line: the app module's `metadata_note`, else none where there is an
+        app module, and "none" where there is not."""
+        note = self._app("metadata_note")
+        if note:
+            return note(spec)
+        if self.app_module:
+            return None
+        return f"Metadata in the file: none ({self.name} has no app module; labels.txt and preprocess.json say it)"
+
+    def embed_metadata(self, path: Path, meta: dict[str, str]) -> None:
+        """Write `meta` (labels, preprocess, model_card: JSON and text) into the copied model file where its format
+        has a place for it, in place; default none (labels.txt and preprocess.json say it)."""
+        embed = self._app("embed_metadata")
+        if embed:
+            embed(Path(path), meta)
 
     def check_config(self, cfg: Any) -> None:
         """Raise ValueError for settings of this format that contradict each other across sections (`cfg`: the

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from backends.litert.mediapipe import mediapipe_python
 from backends.litert.runner import LiteRTRunner
 from conftest import artifact_folder, read_report
-from pipeline.app_files import mediapipe_python, write_app_files
+from pipeline.app_files import write_app_files
 from pipeline.deploy import model_files
 from stages.batches import load_dataset
 

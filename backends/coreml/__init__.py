@@ -86,6 +86,7 @@ class CoreMLBackend(Backend):
     quantize_module = "backends.coreml.quantize"
     runner_factory = "backends.coreml.runner:coreml_runner"
     agent = "backends.coreml.agent:CoreML"
+    app_module = "backends.coreml.app"
     relative_parity = True  # an fp16 program: its error scales with the logits
     simulation = ("Core ML prediction needs macOS: numbers from the package's own ML program run op by op in "
                   "torch, fp16 tensors rounded to fp16 (simulated). They reflect the package's program, compressed "

@@ -44,7 +44,7 @@ class ExecuTorchBackend(Backend):
     quantize_module = "backends.executorch.quantize"
     runner_factory = "backends.executorch.runner:ExecuTorchRunner"
     agent = "backends.executorch.agent:ExecuTorch"
-    profiled = True
+    app_module = "backends.executorch.app"
 
     def app_needs(self, record: dict, settings: dict) -> str:
         portable = sorted(record.get("undelegated_ops") or {})

@@ -42,6 +42,7 @@ class LiteRTBackend(Backend):
     quantize_module = "backends.litert.quantize"
     runner_factory = "backends.litert.runner:LiteRTRunner"
     agent = "backends.litert.agent:LiteRT"
+    app_module = "backends.litert.app"
 
     def app_needs(self, record: dict, settings: dict) -> str:
         return "the XNNPACK delegate (LiteRT's default on CPU): CPU"

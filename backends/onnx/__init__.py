@@ -56,7 +56,7 @@ class OnnxBackend(Backend):
     quantize_module = "backends.onnx.quantize"
     runner_factory = "backends.onnx.runner:OnnxRuntimeRunner"
     agent = "backends.onnx.agent:OnnxRuntime"
-    profiled = True
+    app_module = "backends.onnx.app"
     scratch = ("model_preprocessed.onnx",)
 
     def app_needs(self, record: dict, settings: dict) -> str:

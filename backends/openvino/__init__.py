@@ -38,7 +38,7 @@ class OpenVinoBackend(Backend):
     quantize_module = "backends.openvino.quantize"
     runner_factory = "backends.openvino.runner:OpenVinoRunner"
     agent = "backends.openvino.agent:OpenVino"
-    profiled = True
+    app_module = "backends.openvino.app"
 
     def app_needs(self, record: dict, settings: dict) -> str:
         return 'the OpenVINO CPU plugin (device "CPU")'
