@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from targets.diagnosis import int8_instructions
+from targets.agent.host import int8_instructions
 
 
 def reduce_range(cfg: Any, host: dict | None = None) -> bool:
     """7-bit weights: ONNX Runtime and NNCF recommend them on x86 without VNNI, where the AVX2 U8S8 kernel's
-    16-bit intermediate sums can saturate. `host`: targets.diagnosis.int8_instructions() (default: this host)."""
+    16-bit intermediate sums can saturate. `host`: targets.agent.host.int8_instructions() (default: this host)."""
     if cfg.reduce_range != "auto":
         return cfg.reduce_range == "on"
     host = host or int8_instructions()

@@ -22,6 +22,7 @@ from pipeline.core.fileio import write_json  # noqa: E402
 from pipeline.core.progress import Progress  # noqa: E402
 from pipeline.graph import Pipeline  # noqa: E402
 from stages.batches import load_dataset  # noqa: E402
+from stages.evaluate import torch_logits  # noqa: E402
 from targets.agent.host import cpu_name  # noqa: E402
 from targets.arm64 import stage_accuracy  # noqa: E402
 from targets.profiles import TargetProfile  # noqa: E402
@@ -44,7 +45,8 @@ def main() -> None:
     rows, wall, result = [], {}, {}
     for core, profile in profiles.items():
         start = time.monotonic()
-        result = stage_accuracy(inputs, data, [core], {core: profile}, args.images)
+        result = stage_accuracy(inputs, data.test, [core], {core: profile}, args.images,
+                                torch_logits(inputs["distill"] / "model.pt"))
         wall[core] = round(time.monotonic() - start, 1)
         rows += result["rows"]
     host = {"cpu": cpu_name(), "machine": platform.machine()}

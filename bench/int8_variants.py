@@ -17,17 +17,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
+from backends import artifact_bytes  # noqa: E402
+from backends.openvino.runner import OPENVINO_F32  # noqa: E402
+from backends.timing import interleaved, speedup, summary  # noqa: E402
 from pipeline.core.fileio import write_json  # noqa: E402
 from stages.quantize import (  # noqa: E402
     QuantizeConfig,  # noqa: E402
     onnx_int8,
     openvino_int8,
 )
-from backends.timing import interleaved, speedup, summary  # noqa: E402
-from targets.agent.host import cpu_flags, cpu_name  # noqa: E402
-from targets.diagnosis import int8_instructions  # noqa: E402
-from backends import artifact_bytes  # noqa: E402
-from backends.openvino.runner import OPENVINO_F32  # noqa: E402
+from targets.agent.host import (  # noqa: E402
+    cpu_flags,
+    cpu_name,
+    int8_instructions,  # noqa: E402
+)
 
 
 def make_variants(work: Path, calibration: np.ndarray) -> dict[str, dict]:

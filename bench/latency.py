@@ -22,15 +22,15 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.core.fileio import write_json  # noqa: E402
+from pipeline.core.numerics import Numerics  # noqa: E402
 from pipeline.core.progress import Progress  # noqa: E402
 from pipeline.graph import Pipeline  # noqa: E402
 from stages.benchmark import BenchmarkConfig, stage_models  # noqa: E402
 from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
-from targets.diagnosis import int8_instructions  # noqa: E402
+from targets.agent.host import int8_instructions  # noqa: E402
 from targets.floor import floor  # noqa: E402
 from targets.latency import add_diagnoses, measure_target  # noqa: E402
-from pipeline.core.numerics import Numerics  # noqa: E402
 from targets.profiles import TargetProfile  # noqa: E402
 
 THREADS = (1, 2)

@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import run  # noqa: E402
 from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.fileio import read_json, write_json  # noqa: E402
-from targets.agent.host import cpu_name  # noqa: E402
-from targets.diagnosis import int8_instructions  # noqa: E402
+from targets.agent.host import (
+    cpu_name,  # noqa: E402
+    int8_instructions,  # noqa: E402
+)
 
 # name -> (timm model, overrides, img_size)
 ZOO: dict[str, tuple[str, dict, int]] = {

@@ -27,8 +27,7 @@ from distill_throughput import cpu_name, run_pipeline  # noqa: E402
 from pipeline.core.fileio import write_json  # noqa: E402
 from stages.flops import flops_per_image  # noqa: E402
 from stages.models import load_model  # noqa: E402
-from targets.agent.host import cpu_flags  # noqa: E402
-from targets.diagnosis import int8_instructions  # noqa: E402
+from targets.agent.host import cpu_flags, int8_instructions  # noqa: E402
 
 
 def matmul_peak(threads: int, n: int = 1024, seconds: float = 2.0) -> float:

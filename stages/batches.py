@@ -27,6 +27,10 @@ class Batches:
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
 
+    def subset(self, idx) -> Batches:
+        """These images at `idx` (indices, in that order), normalised the same way."""
+        return Batches(self.images[idx], self.labels[idx], self.mean, self.std)
+
     def head(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The first n images (normalised, not augmented) and their labels, as numpy arrays."""
         x, y = next(self.iterate(min(n, len(self))))

@@ -18,7 +18,7 @@ from pipeline.core.fileio import read_json, write_json
 from pipeline.core.numerics import Numerics
 from pipeline.core.stage import Stage, StageContext
 from targets.agent.bundle import shipped_modules
-from targets.diagnosis import int8_instructions
+from targets.agent.host import int8_instructions
 from targets.latency import LatencyConfig, Model, add_diagnoses, measure_target
 from targets.predict.rows import predicted_rows
 from targets.profiles import resolve

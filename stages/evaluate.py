@@ -67,6 +67,21 @@ def score_model(model_file: Path, data, device: str) -> dict:
             "checkpoint_bytes": model_file.stat().st_size}
 
 
+def torch_logits(model_file: Path):
+    """The checkpoint's fp32 logits for a float32 NCHW batch, on the CPU (a reference for other runtimes)."""
+    import torch
+
+    from stages.models import load_model
+
+    model = load_model(model_file)[0].eval()
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return logits
+
+
 def per_class_top1(predictions: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     return np.array([100 * (predictions[labels == c] == c).mean() if (labels == c).any() else np.nan
                      for c in range(classes)])
@@ -118,8 +133,8 @@ class EvaluateStage(Stage):
         if cfg.arm64 == "on":
             from targets.arm64 import stage_accuracy
 
-            result["arm64"] = stage_accuracy(ctx.inputs, data, cfg.arm64_targets, ctx.config["targets"],
-                                             cfg.arm64_images)
+            result["arm64"] = stage_accuracy(ctx.inputs, data.test, cfg.arm64_targets, ctx.config["targets"],
+                                             cfg.arm64_images, torch_logits(ctx.inputs["distill"] / "model.pt"))
         write_json(ctx.out / "metrics.json", result)
         return result
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 
@@ -239,22 +239,21 @@ def check_config(names: list[str], user: dict[str, TargetProfile] | None) -> Non
                         "set evaluate.arm64 = 'auto' (on only where it can run)")
 
 
-def stage_accuracy(inputs: dict[str, Path], data, names: list[str], user: dict[str, TargetProfile] | None,
-                   images: int) -> dict:
+def stage_accuracy(inputs: dict[str, Path], test, names: list[str], user: dict[str, TargetProfile] | None,
+                   images: int, torch_logits: Callable[[np.ndarray], np.ndarray]) -> dict:
     """The evaluate stage's arm64 part: the exported and quantized files on each target of `names`, over a fixed
-    random subset of `images` test images."""
+    random subset of `images` test images. `test`: the test split (stages.batches.Batches: subset, head);
+    `torch_logits`: the fp32 checkpoint's logits for a batch (the reference)."""
     from pipeline.core.fileio import read_json
-    from stages.batches import Batches
 
-    files = [{"artifact": "torch_fp32", "path": inputs["distill"] / "model.pt", "runtime": "torch"}]
+    files = []
     for stage in ("export", "quantize"):
         for key, a in read_json(inputs[stage] / f"{stage}.json")["artifacts"].items():
             files.append({"artifact": key, "path": inputs[stage] / a["file"], "runtime": a["runtime"],
                           "precision": a["precision"], "numerics": a["numerics"]})
-    test = data.test
     idx = subset(len(test), images)
-    x, y = Batches(test.images[idx], test.labels[idx], test.mean, test.std).head(len(idx))
-    result = accuracy(files, x, y, emulated_profiles(names, user))
+    x, y = test.subset(idx).head(len(idx))
+    result = accuracy(files, x, y, emulated_profiles(names, user), torch_logits(x).argmax(1))
     for row in result["rows"]:
         log.log(logging.WARNING if "error" in row else logging.INFO, row_text(row))
     return result
@@ -294,13 +293,15 @@ def share(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     return hits, round(100 * hits / len(a), 3)
 
 
-def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str, TargetProfile]) -> dict:
+def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str, TargetProfile],
+             torch_pred: np.ndarray) -> dict:
     """Each file of a target's runtimes run on its emulated core over the images x (labels y), against torch
-    (files[0], the fp32 checkpoint) and the same file's x86 run: top-1 with its 95% interval, argmax agreement
-    with torch, how many argmaxes differ from x86 and the largest logit difference. A file its runtime cannot
-    run there gets a row with the reason."""
+    (`torch_pred`: the fp32 checkpoint's argmax for x) and the same file's x86 run: top-1 with its 95% interval,
+    argmax agreement with torch, how many argmaxes differ from x86 and the largest logit difference. A file its
+    runtime cannot run there gets a row with the reason."""
+    from backends import load_runner
+    from backends.base import predict
     from targets.devices import make_device
-    from targets.runtimes import load_runner, predict
 
     stamp = require_root()
     threads_cap = len(os.sched_getaffinity(0))
@@ -316,13 +317,12 @@ def accuracy(files: list[dict], x: np.ndarray, y: np.ndarray, profiles: dict[str
         inputs.setdefault(digest, model_input)
         return predict(runner, (x[i:i + BATCH] for i in range(0, len(x), BATCH))), digest
 
-    torch_pred = run(files[0]["path"])[0].argmax(1)
     wanted = {runtime for p in profiles.values() for runtime in p.all_runtimes}
-    x86 = {f["artifact"]: run(f["path"]) for f in files[1:] if f["runtime"] in wanted and f["runtime"] in RUNTIMES}
+    x86 = {f["artifact"]: run(f["path"]) for f in files if f["runtime"] in wanted and f["runtime"] in RUNTIMES}
     rows = []
     for name, profile in profiles.items():
         device = make_device(profile, name)
-        fitting = [f for f in files[1:] if f["runtime"] in profile.all_runtimes]
+        fitting = [f for f in files if f["runtime"] in profile.all_runtimes]
         base = {f["artifact"]: {"target": name, "cpu": profile.cpu, "artifact": f["artifact"], "runtime": f["runtime"],
                                 "precision": f["precision"], "numerics": f["numerics"], "file": f["path"].name}
                 for f in fitting}

@@ -15,10 +15,7 @@ each from both profiles:
 """
 from __future__ import annotations
 
-import platform
 import re
-
-from targets.agent.host import cpuinfo_flags
 
 # Float op types that carry the FLOPs: left in float, they cap what INT8 can save.
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "FullyConnected", "Convolution", "MatMulNBits", "FusedMatMul", "FusedGemm",
@@ -34,15 +31,6 @@ FLOAT_SHARE = 0.3
 FAMILIES = (("attention", re.compile(r"attention|sdpa|^mha$")), ("softmax", re.compile(r"softmax")),
             ("matmul", re.compile(r"matmul|gemm|fullyconnected|innerproduct")), ("conv", re.compile(r"conv(?!ert)")))
 FAMILY_NAMES = {"attention": "attention", "softmax": "Softmax", "matmul": "MatMul/Gemm", "conv": "Conv"}
-
-
-def int8_instructions() -> dict:
-    """The INT8 dot-product instructions of this host's CPU (x86 VNNI/AMX, Arm dot-product/i8mm)."""
-    flags = cpuinfo_flags()
-    if flags is None:
-        return {"machine": platform.machine(), "known": False, "int8_dot": []}
-    found = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in flags]
-    return {"machine": platform.machine(), "known": True, "int8_dot": found}
 
 
 def family(op_type: str, precision: str = "float") -> str | None:

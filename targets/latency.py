@@ -13,9 +13,9 @@ from pydantic import Field
 from pipeline.core.numerics import Numerics
 from pipeline.core.section import Section
 from targets.agent.adapter import profiled
-from targets.agent.host import usable_cores
+from targets.agent.host import int8_instructions, usable_cores
 from targets.devices import DeviceError, make_device
-from targets.diagnosis import diagnose, int8_instructions
+from targets.diagnosis import diagnose
 from targets.profiles import TargetProfile
 
 TOP_LAYERS = 10  # layers kept per result (every op type is kept)

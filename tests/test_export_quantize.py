@@ -43,7 +43,7 @@ from stages.models import load_model
 from stages.quantize import QuantizeConfig
 from targets.agent.cli import parse
 from targets.agent.errors import AgentError
-from targets.diagnosis import int8_instructions
+from targets.agent.host import int8_instructions
 from targets.latency import agent_args
 from targets.profiles import builtin_profiles
 

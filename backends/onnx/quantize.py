@@ -22,7 +22,7 @@ from backends.onnx.runner import OnnxRuntimeRunner
 from backends.weight_range import reduce_range
 from pipeline.core.errors import UserError, quote
 from pipeline.core.numerics import dynamic_int8, static_int8
-from targets.diagnosis import int8_instructions
+from targets.agent.host import int8_instructions
 
 PREPROCESSED = "model_preprocessed.onnx"  # scratch (OnnxBackend.scratch): removed when the stage completes
 

@@ -38,6 +38,15 @@ def cpuinfo_flags() -> set[str] | None:
         return None
 
 
+def int8_instructions() -> dict:
+    """The INT8 dot-product instructions of this host's CPU (x86 VNNI/AMX, Arm dot-product/i8mm)."""
+    flags = cpuinfo_flags()
+    if flags is None:
+        return {"machine": platform.machine(), "known": False, "int8_dot": []}
+    found = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in flags]
+    return {"machine": platform.machine(), "known": True, "int8_dot": found}
+
+
 def cpu_flags() -> list[str]:
     """The SIMD flags of /proc/cpuinfo that matter for these kernels (empty where it cannot be read)."""
     flags = cpuinfo_flags() or set()

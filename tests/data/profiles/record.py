@@ -34,9 +34,8 @@ from backends.onnx.export import export_onnx  # noqa: E402
 from backends.openvino.agent import OpenVino  # noqa: E402
 from backends.openvino.export import export_openvino  # noqa: E402
 from stages.models import create_model  # noqa: E402
-from targets.agent.host import cpu_name  # noqa: E402
+from targets.agent.host import cpu_name, int8_instructions  # noqa: E402
 from targets.agent.stats import percentile  # noqa: E402
-from targets.diagnosis import int8_instructions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNS = 50
