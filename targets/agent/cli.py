@@ -36,8 +36,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--predict", metavar="IMAGES.npz", default=None,
                    help="time nothing: print each model's argmax and logits on the float32 `images` array of "
                         "this .npz file (a batch of the models' input)")
-    for runtime in known:  # each runtime's own flags, applied to its models
-        adapter(runtime).add_arguments(p)
+    for cls in dict.fromkeys(adapter(runtime) for runtime in known):  # each adapter's own flags (once: two
+        cls.add_arguments(p)  # runtimes may share one adapter), applied to its models
     args = p.parse_args(argv)
     names = args.runtime.split(",")
     if unknown := [r for r in names if r not in known]:
