@@ -16,6 +16,7 @@ from backends.coreml.program import MILProgram, UnsupportedOps
 
 IS_MACOS = platform.system() == "Darwin"
 
+
 class NotSimulated(NotRunHere):
     """A package whose program has an op the Linux simulation lacks: its rows say so, and the run goes on."""
 
