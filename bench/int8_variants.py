@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from backends import artifact_bytes  # noqa: E402
+from backends.onnx.agent import session_options  # noqa: E402
 from backends.openvino.runner import OPENVINO_F32  # noqa: E402
 from backends.timing import interleaved, speedup, summary  # noqa: E402
 from pipeline.core.fileio import write_json  # noqa: E402
@@ -76,11 +77,7 @@ def session(runtime: str, path: Path):
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        s = ort.InferenceSession(str(path), session_options(ort, 1), providers=["CPUExecutionProvider"])
         name = s.get_inputs()[0].name
         return lambda x: s.run(None, {name: x})[0]
     import openvino as ov

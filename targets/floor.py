@@ -123,13 +123,11 @@ def gemm_session(op: str, m: int, k: int, n: int, threads: int, copies: int = 1)
     """An ORT session of `copies` independent one-op GEMM nodes (MatMul fp32 or MatMulInteger U8S8)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    from backends.onnx.agent import session_options
+
     model = _graph(op, m, k, n, copies)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(ort, threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def gemm_input(op: str, m: int, k: int, seed: int = 1) -> np.ndarray:

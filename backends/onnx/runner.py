@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.base import require, unsupported
+from backends.onnx.agent import session_options
 from pipeline.core.errors import UserError
 
 
@@ -15,11 +16,9 @@ class OnnxRuntimeRunner:
 
     def __init__(self, path: Path, threads: int = 0):
         ort = require("onnxruntime", "onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), session_options(ort, threads),
+                                                providers=["CPUExecutionProvider"])
         except ort.capi.onnxruntime_pybind11_state.NotImplemented as exc:
             raise unsupported("onnxruntime", path, exc) from None
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,

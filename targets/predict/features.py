@@ -48,14 +48,14 @@ def run_shapes(path: str | Path, graph, shapes: dict, weights: set[str]) -> dict
     import onnx
     import onnxruntime as ort
 
+    from backends.onnx.agent import session_options
+
     model = onnx.load(str(path))
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=o) for n in model.graph.node for o in n.output
                               if o and o not in known)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(ort, optimization="disabled"),
+                                   providers=["CPUExecutionProvider"])
     feed = {i.name: np.zeros(shapes[i.name], np.float32) for i in graph.input if i.name not in weights}
     outs = session.run(None, feed)
     return {o.name: list(r.shape) for o, r in zip(session.get_outputs(), outs)}
