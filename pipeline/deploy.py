@@ -11,10 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+import backends
 from pipeline.app_files import latency_row, write_app_files
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import unwritable
-from pipeline.ship import RUNTIME_NAMES
 from targets.devices import model_files as with_sidecars
 
 MARKER = ".manifold-edge-deploy"  # marks a folder this tool wrote, so it may replace it
@@ -57,7 +57,7 @@ def target_readme(name: str, answer: dict) -> str:
               "|---|---|---|---|"]
     for runtime, choice in answer["by_runtime"].items():
         folder = f"`{runtime}/`" if choice.get("artifact") else "-"
-        lines.append(f"| {RUNTIME_NAMES[runtime]} | {folder} | {choice.get('artifact') or 'nothing ships'} "
+        lines.append(f"| {backends.runtime_name(runtime)} | {folder} | {choice.get('artifact') or 'nothing ships'} "
                      f"| {choice['why']} |")
     return "\n".join([*lines, ""])
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+import backends
 from pipeline.core.numerics import Numerics
 from pipeline.core.section import Section
 from targets.latency import FASTER, UNKNOWN, compare_latency
@@ -34,8 +35,6 @@ from targets.latency import FASTER, UNKNOWN, compare_latency
 SAME_SPEED = 1.05  # a median less than 5% lower is not faster, whatever the intervals say
 SAME_ACCURACY = 0.1  # top-1 points: with prefer = "accuracy", files this close to the best tied file are as accurate
 Z95 = 1.96
-RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "coreml": "Core ML",
-                 "executorch": "ExecuTorch", "litert": "LiteRT"}
 EVIDENCE = ("measured", "predicted", "proxy")  # which latency rows decide, best first
 
 
@@ -346,13 +345,13 @@ def choose(name: str, target: dict, rows: list[LatencyRow], evaluation: Evaluati
     others = [p for p in picks if p is not best]
     separated = not others or (len(fastest) == 1 and best["artifact"] in c.timed)  # one runtime: nothing to tie
     if not others:
-        overall_why = f"{RUNTIME_NAMES[best['runtime']]} is the only runtime with a file for {name}"
+        overall_why = f"{backends.runtime_name(best['runtime'])} is the only runtime with a file for {name}"
     elif separated:
         ahead = [(p, beats(c.timed[best["artifact"]], c.timed[p["artifact"]])[1]) for p in others]
-        overall_why = "faster than " + ", ".join(f"{RUNTIME_NAMES[p['runtime']]}'s `{p['artifact']}` "
+        overall_why = "faster than " + ", ".join(f"{backends.runtime_name(p['runtime'])}'s `{p['artifact']}` "
                                                  f"({ratio_text(cmp)})" for p, cmp in ahead)
     elif best["artifact"] in c.timed:
-        tied = [RUNTIME_NAMES[a.runtime] for a in fastest if a.artifact != best["artifact"]]
+        tied = [backends.runtime_name(a.runtime) for a in fastest if a.artifact != best["artifact"]]
         overall_why = (f"no single fastest runtime: ties within noise with {', '.join(tied)}, broken by "
                        f"{c.tie_rule()}; ship the file for the SDK your app links")
     else:

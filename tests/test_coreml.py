@@ -25,7 +25,7 @@ from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.numerics import floating
 from pipeline.report.markdown import _artifact_lines
-from pipeline.ship import choose_records as choose
+from pipeline.ship import choose_records
 from stages.batches import load_dataset
 from stages.models import load_model
 
@@ -356,7 +356,7 @@ def test_a_not_simulated_row_is_reported_and_nothing_ships_in_its_runtime():
     table = "\n".join(_artifact_lines(rows, None))
     assert "| `coreml` | coreml | fp16 | not simulated | - | - | - | 0.50 | - |" in table
     assert f"Not simulated: {reason}." in table
-    choice = choose("iphone", {"runtime": "coreml"}, [], {"artifacts": rows, "images": 100}, max_drop=1.0)
+    choice = choose_records("iphone", {"runtime": "coreml"}, [], {"artifacts": rows, "images": 100}, max_drop=1.0)
     assert choice["artifact"] is None and choice["why"] == f"no coreml artifact has a top-1: {reason}"
 
 

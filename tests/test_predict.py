@@ -16,7 +16,7 @@ from conftest import artifact_folder
 from pipeline.config import load_config
 from pipeline.core.errors import UserError
 from pipeline.core.numerics import FP32, Numerics, dynamic_int8, floating, static_int8
-from pipeline.ship import choose_records as choose
+from pipeline.ship import choose_records
 from stages.benchmark import model_family
 from targets.latency import Model
 from targets.predict.features import features
@@ -253,11 +253,11 @@ def test_measured_beats_predicted_beats_proxy_in_the_ship_choice():
     proxy = [row("litert", "proxy", 0.1), row("litert_int8", "proxy", 0.3)]    # fp32 fastest on the host
     predicted = [row("litert", "predicted", 0.4), row("litert_int8", "predicted", 0.2)]  # int8 on the NPU
     measured = [row("litert", "measured", 1.0), row("litert_int8", "measured", 2.0)]
-    assert choose("npu", target, proxy, evaluation, 1.0)["artifact"] == "litert"
-    choice = choose("npu", target, proxy + predicted, evaluation, 1.0)
+    assert choose_records("npu", target, proxy, evaluation, 1.0)["artifact"] == "litert"
+    choice = choose_records("npu", target, proxy + predicted, evaluation, 1.0)
     assert choice["artifact"] == "litert_int8" and choice["label"] == "predicted"
     assert "predicted for Samsung Galaxy S24" in choice["why"] and "not measured" in choice["why"]
-    choice = choose("npu", target, proxy + predicted + measured, evaluation, 1.0)
+    choice = choose_records("npu", target, proxy + predicted + measured, evaluation, 1.0)
     assert choice["artifact"] == "litert" and choice["label"] == "measured" and "predicted" not in choice["why"]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import backends
 from pipeline.report.arm64 import arm64_lines
-from pipeline.ship import RUNTIME_NAMES, SAME_ACCURACY
+from pipeline.ship import SAME_ACCURACY
 from targets.latency import describe_comparison
 
 
@@ -180,14 +180,14 @@ def ship_summary(report: dict) -> list[str]:
         for runtime, c in answer["by_runtime"].items():
             shown = (f"{c['artifact']} ({c['precision']}, top-1 {c['top1']:.2f}%, {_speed(c)})" if c.get("artifact")
                      else f"nothing ships ({c['why']})")
-            lines.append(f"    app links {RUNTIME_NAMES[runtime]}: {shown}")
+            lines.append(f"    app links {backends.runtime_name(runtime)}: {shown}")
     return lines
 
 
 def ship_matrix(ship: dict) -> list[str]:
     """Targets x SDKs: the file each SDK's app ships, the overall pick in bold (a table that fits a screen)."""
-    runtimes = [r for r in RUNTIME_NAMES if any(r in a["by_runtime"] for a in ship.values())]
-    lines = ["| target | " + " | ".join(f"app links {RUNTIME_NAMES[r]}" for r in runtimes) + " |",
+    runtimes = [r for r in backends.runtimes() if any(r in a["by_runtime"] for a in ship.values())]
+    lines = ["| target | " + " | ".join(f"app links {backends.runtime_name(r)}" for r in runtimes) + " |",
              "|---|" + "---|" * len(runtimes)]
     for name, answer in ship.items():
         cells = []
@@ -231,7 +231,8 @@ def ship_lines(report: dict) -> list[str]:
             lines.append(f"| {name} | - | nothing ships | - | - | - | - | {answer['overall_why']} |")
         for runtime, c in answer["by_runtime"].items():
             if not c.get("artifact"):
-                lines.append(f"| {name} | {RUNTIME_NAMES[runtime]} | nothing ships | - | - | - | - | {c['why']} |")
+                lines.append(f"| {name} | {backends.runtime_name(runtime)} | nothing ships | - | - | - | - "
+                             f"| {c['why']} |")
                 continue
             lo, hi = c["delta_interval"]
             noise = ", equal within noise" if c["within_noise"] else ""
@@ -239,7 +240,7 @@ def ship_lines(report: dict) -> list[str]:
             if answer.get("overall") == runtime:
                 overall = "**overall** " + ("" if answer["separated"] else "(tie) ")
             why = c["why"] + (f"; overall: {answer['overall_why']}" if answer.get("overall") == runtime else "")
-            lines.append(f"| {name} | {RUNTIME_NAMES[runtime]} | {overall}`deploy/{name}/{runtime}/` "
+            lines.append(f"| {name} | {backends.runtime_name(runtime)} | {overall}`deploy/{name}/{runtime}/` "
                          f"`{c['artifact']}` | {c['precision']} | {c['top1']:.2f} ({c['delta_top1']:+.2f}, "
                          f"{lo:+.2f} to {hi:+.2f}{noise}; {c['evaluation']}) | {_speed(c)} | {c['bytes'] / 1e6:.2f} "
                          f"| {why} |")
