@@ -143,12 +143,16 @@ class EvaluateStage(Stage):
         from backends import load_runner
         from backends.base import NotRunHere, predict
 
-        try:
-            with _LOADING:  # coremltools' graph passes share state between threads: one load at a time
-                runner = load_runner(path, threads)
-        except NotRunHere as exc:  # a row without top-1, saying why
-            return exc
-        return runner.evaluation, predict(runner, (x.numpy() for x, _ in data.test.iterate(batch_size))).argmax(1)
+        if path.suffix == ".pt":  # the trained checkpoint itself: torch is no backend (nothing exports to it)
+            runner, evaluation = torch_logits(path), "measured"
+        else:
+            try:
+                with _LOADING:  # coremltools' graph passes share state between threads: one load at a time
+                    runner = load_runner(path, threads)
+            except NotRunHere as exc:  # a row without top-1, saying why
+                return exc
+            evaluation = runner.evaluation
+        return evaluation, predict(runner, (x.numpy() for x, _ in data.test.iterate(batch_size))).argmax(1)
 
     def _artifacts(self, ctx: StageContext, cfg: EvaluateConfig, data, pool: ThreadPoolExecutor,
                    threads: int) -> list[dict]:

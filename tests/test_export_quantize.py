@@ -40,12 +40,14 @@ from pipeline.core.errors import UserError
 from pipeline.graph import Pipeline
 from stages.batches import load_dataset
 from stages.models import load_model
-from stages.quantize import QuantizeConfig
+from stages.quantize import quantize_config
 from targets.agent.cli import parse
 from targets.agent.errors import AgentError
 from targets.agent.host import int8_instructions
 from targets.latency import agent_args
 from targets.profiles import builtin_profiles
+
+QuantizeConfig = quantize_config()
 
 
 def test_exports_match_torch_on_real_images(trained_run):
