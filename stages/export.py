@@ -25,8 +25,9 @@ class ExportParity(Section):
 
 
 def compose(name: str, common: type[Section], fields: list[type[Section]]) -> type[Section]:
-    """One config section: the common fields, then each backend's in registry order."""
-    return type(name, (*reversed(fields), common), {"__module__": __name__})
+    """One config section: the common fields, then each backend's in registry order; declared in the module of
+    its common fields (the stage's own)."""
+    return type(name, (*reversed(fields), common), {"__module__": common.__module__})
 
 
 def export_config() -> type[Section]:
