@@ -57,8 +57,10 @@ def target_readme(name: str, answer: dict) -> str:
               "|---|---|---|---|"]
     for runtime, choice in answer["by_runtime"].items():
         folder = f"`{runtime}/`" if choice.get("artifact") else "-"
-        lines.append(f"| {backends.runtime_name(runtime)} | {folder} | {choice.get('artifact') or 'nothing ships'} "
-                     f"| {choice['why']} |")
+        shipped = "nothing ships"
+        if choice.get("artifact"):
+            shipped = f"`{choice['file']}` ({choice['artifact']})" if choice.get("file") else choice["artifact"]
+        lines.append(f"| {backends.runtime_name(runtime)} | {folder} | {shipped} | {choice['why']} |")
     return "\n".join([*lines, ""])
 
 

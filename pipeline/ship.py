@@ -93,17 +93,20 @@ class LatencyRow:
     latency_ok: bool = False
     memory_ok: bool = False
     predicted: Predicted | None = None
+    confidence: float | None = None  # the interval's level: 0.95 for a timed median, the prediction's (0.8)
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> LatencyRow:
         """From a row of report.json's latency.rows or latency.predicted."""
         latency, budget = record.get("latency_ms"), record.get("budget") or {}
         interval = (latency or {}).get("p50_interval")
+        level = (latency or {}).get("confidence") or (record.get("predicted") or {}).get("level")
         return cls(record["target"], record.get("artifact"), record["label"],
                    latency["p50"] if latency else None, latency["p90"] if latency else None,
                    (interval[0], interval[1]) if interval else None,
                    budget.get("latency_ok", False), budget.get("memory_ok", False),
-                   Predicted.from_dict(record["predicted"]) if "predicted" in record else None)
+                   Predicted.from_dict(record["predicted"]) if "predicted" in record else None,
+                   level if interval else None)
 
     @property
     def timed(self) -> bool:
@@ -129,13 +132,14 @@ class Candidate:
     top1: float | None = None
     agreement: float | None = None
     reason: str | None = None
+    file: str | None = None  # its file's name (an OpenVINO IR: the .xml; a Core ML package: the folder)
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Candidate:
         """From a row of report.json's evaluation.artifacts."""
         return cls(record["artifact"], record["runtime"], record["precision"], record["evaluation"],
                    record["bytes"], Numerics.of(record), record.get("top1"), record.get("agreement"),
-                   record.get("reason"))
+                   record.get("reason"), record.get("file"))
 
     @property
     def scored(self) -> bool:
@@ -285,7 +289,7 @@ def choose_runtime(c: Candidates, runtime: str) -> dict:
 def _choice(c: Candidates, best: Candidate) -> dict:
     row = c.timed.get(best.artifact)
     interval = c.interval(best)
-    choice = {"target": c.name, "artifact": best.artifact, "runtime": best.runtime,
+    choice = {"target": c.name, "artifact": best.artifact, "file": best.file, "runtime": best.runtime,
               "precision": best.precision, "top1": best.top1,
               "delta_top1": round(best.top1 - c.reference.top1, 2), "delta_interval": list(interval),
               "within_noise": interval[0] <= 0 <= interval[1], "evaluation": best.evaluation,
@@ -295,6 +299,8 @@ def _choice(c: Candidates, best: Candidate) -> dict:
               "latency_ms": {"p50": row.p50, "p90": row.p90} if row else None}
     if row and row.p50_interval:
         choice["latency_ms"]["p50_interval"] = list(row.p50_interval)
+        if row.confidence:
+            choice["latency_ms"]["confidence"] = row.confidence
     if not row and c.memory_mb(best) is not None:
         choice["memory_mb_estimate"] = round(c.memory_mb(best), 2)
     return choice

@@ -154,14 +154,22 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
 
 
 def _speed(c: dict) -> str:
-    """`p50 0.097 ms [0.094-0.100], p90 0.120 (proxy)`, or the label where nothing was timed."""
+    """`p50 0.097 ms [0.094-0.100, 95%], p90 0.120 (proxy)`: the median with its interval and the interval's level
+    (95% for a timed median, the prediction's own for a predicted one), or the label where nothing was timed."""
     lat = c.get("latency_ms")
     if not lat:
         memory = f", memory est. {c['memory_mb_estimate']:.1f} MB" if "memory_mb_estimate" in c else ""
         return f"{c['label']}{memory}"
-    ci = lat.get("p50_interval")
-    shown = f"p50 {lat['p50']:.3f} ms" + (f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else "")
+    ci, level = lat.get("p50_interval"), lat.get("confidence")
+    shown = f"p50 {lat['p50']:.3f} ms" + (f" [{ci[0]:.3f}-{ci[1]:.3f}{f', {level:.0%}' if level else ''}]" if ci
+                                          else " (no interval)")
     return f"{shown}, p90 {lat['p90']:.3f} ({c['label']})"
+
+
+def shipped_file(c: dict) -> str:
+    """`model_int8.tflite (litert_int8)`: the file an app ships and the artifact it is (the artifact alone in a
+    report written before choices named their file)."""
+    return f"{c['file']} ({c['artifact']})" if c.get("file") else c["artifact"]
 
 
 def ship_summary(report: dict) -> list[str]:
@@ -176,16 +184,17 @@ def ship_summary(report: dict) -> list[str]:
             lines.append(f"  {name}: nothing ships ({answer['overall_why']})")
             continue
         tie = "" if answer["separated"] else " (a tie within noise, broken by the stated order)"
-        lines.append(f"  {name}: overall {answer['runtime']}/{answer['artifact']}{tie}")
+        lines.append(f"  {name}: overall {answer['runtime']}/{shipped_file(answer)}{tie}")
         for runtime, c in answer["by_runtime"].items():
-            shown = (f"{c['artifact']} ({c['precision']}, top-1 {c['top1']:.2f}%, {_speed(c)})" if c.get("artifact")
+            shown = (f"{shipped_file(c)}: {c['precision']}, top-1 {c['top1']:.2f}%, {_speed(c)}" if c.get("artifact")
                      else f"nothing ships ({c['why']})")
             lines.append(f"    app links {backends.runtime_name(runtime)}: {shown}")
     return lines
 
 
 def ship_matrix(ship: dict) -> list[str]:
-    """Targets x SDKs: the file each SDK's app ships, the overall pick in bold (a table that fits a screen)."""
+    """Targets x SDKs: the artifact and file each SDK's app ships, the overall pick in bold (a table that fits a
+    screen; report.html stacks it into one card per target on a phone)."""
     runtimes = [r for r in backends.runtimes() if any(r in a["by_runtime"] for a in ship.values())]
     lines = ["| target | " + " | ".join(f"app links {backends.runtime_name(r)}" for r in runtimes) + " |",
              "|---|" + "---|" * len(runtimes)]
@@ -196,10 +205,13 @@ def ship_matrix(ship: dict) -> list[str]:
             if c is None:
                 cells.append("")
                 continue
-            shown = f"`{c['artifact']}`" if c.get("artifact") else "nothing ships"
+            if not c.get("artifact"):
+                cells.append("nothing ships")
+                continue
+            shown = f"`{c['artifact']}`"
             if answer.get("overall") == runtime:
                 shown = f"**{shown}**" + ("" if answer["separated"] else " *(tie)*")
-            cells.append(shown)
+            cells.append(shown + (f": `{c['file']}`" if c.get("file") else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -223,8 +235,8 @@ def ship_lines(report: dict) -> list[str]:
              "size: the smaller file first), then "
              "the profile's runtime order. Each folder holds the model, labels.txt, preprocess.json and "
              "MODEL_CARD.md.", "",
-             "| target | app links | ship | precision | top-1 % (Δ vs fp32, 95% interval) | latency ms | size MB "
-             "| why |",
+             "| target | app links | ship: artifact, file | precision | top-1 % (Δ vs fp32, 95% interval) "
+             "| latency: p50 [interval], p90 ms | size MB | why |",
              "|---|---|---|---|---|---|---:|---|"]
     for name, answer in ship.items():
         if not answer.get("artifact"):
@@ -240,8 +252,9 @@ def ship_lines(report: dict) -> list[str]:
             if answer.get("overall") == runtime:
                 overall = "**overall** " + ("" if answer["separated"] else "(tie) ")
             why = c["why"] + (f"; overall: {answer['overall_why']}" if answer.get("overall") == runtime else "")
-            lines.append(f"| {name} | {backends.runtime_name(runtime)} | {overall}`deploy/{name}/{runtime}/` "
-                         f"`{c['artifact']}` | {c['precision']} | {c['top1']:.2f} ({c['delta_top1']:+.2f}, "
+            where = f"`deploy/{name}/{runtime}/{c['file']}`" if c.get("file") else f"`deploy/{name}/{runtime}/`"
+            lines.append(f"| {name} | {backends.runtime_name(runtime)} | {overall}`{c['artifact']}`: {where} "
+                         f"| {c['precision']} | {c['top1']:.2f} ({c['delta_top1']:+.2f}, "
                          f"{lo:+.2f} to {hi:+.2f}{noise}; {c['evaluation']}) | {_speed(c)} | {c['bytes'] / 1e6:.2f} "
                          f"| {why} |")
     return [*lines, ""]
