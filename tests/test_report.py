@@ -1,6 +1,7 @@
 """report.html as a person sees it (headless Chromium), `report` rebuilding from artifacts, `compare`."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -27,16 +28,58 @@ def chromium() -> str:
     return path
 
 
-def render(page: Path, tmp_path: Path, height: int = 2400) -> tuple[str, str, Path]:
-    """The DOM after load, Chromium's console log, and a screenshot of the first `height` pixels at 1280 wide."""
-    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=120)
-    shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri()],
+def _flags(tmp_path: Path) -> list[str]:
+    return [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def render(page: Path, tmp_path: Path, height: int = 2400, width: int = 1280) -> tuple[str, str, Path]:
+    """The DOM after load, Chromium's console log, and a screenshot of the first `height` pixels at `width`."""
+    dom = subprocess.run([*_flags(tmp_path), "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    shot = tmp_path / f"shot-{width}.png"
+    subprocess.run([*_flags(tmp_path), f"--window-size={width},{height}", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     return dom.stdout, dom.stderr, shot
+
+
+# Headless Chromium lays out --dump-dom in a window at least 500 px wide, so a phone's width is measured on the page
+# laid out in a frame that wide (srcdoc: same origin, so the script can read it; media queries see the frame's width).
+GEOMETRY = """<iframe id="page" style="border:0" width="WIDTH" height="844" srcdoc="PAGE"></iframe><script>
+document.getElementById('page').addEventListener('load', function () {
+  var doc = this.contentDocument, width = doc.documentElement.clientWidth, seen = {}, outside = [], cells = [];
+  var node = Array.from(doc.querySelectorAll('h2')).find(function (h) { return h.textContent === 'Ship'; });
+  for (node = node && node.nextElementSibling; node && node.tagName !== 'H2'; node = node.nextElementSibling)
+    cells.push.apply(cells, node.querySelectorAll('td'));
+  cells.forEach(function (td) {
+    var box = td.getBoundingClientRect(), text = doc.createRange();
+    text.selectNodeContents(td);
+    var ink = text.getBoundingClientRect();
+    if (!box.width) return;  /* an empty cell, left out of its card */
+    var label = td.dataset.label || (td.cellIndex ? 'unlabelled' : 'title');
+    if (Math.min(box.left, ink.left) < -0.5 || Math.max(box.right, ink.right) > width + 0.5) outside.push(label);
+    else seen[label] = (seen[label] || 0) + 1;
+  });
+  var b = document.body.dataset;
+  b.width = width; b.pageWidth = doc.documentElement.scrollWidth; b.outside = outside.join('|');
+  b.seen = JSON.stringify(seen); b.done = '1';
+});
+</script>"""
+
+
+def phone_geometry(page: Path, tmp_path: Path, width: int = 390) -> dict:
+    """report.html laid out `width` px wide (a phone's 390 by default): the frame's width, the page's scroll
+    width, and for the cells of the Ship section's tables how many of each column (data-label; `title`: a row's first
+    cell) lie inside the width (`seen`) and which lie outside it, text included."""
+    probe = tmp_path / "phone.html"
+    probe.write_text(GEOMETRY.replace("WIDTH", str(width)).replace("PAGE", html.escape(page.read_text(), quote=True)))
+    dom = subprocess.run([*_flags(tmp_path), "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    state = health(dom)
+    assert state.get("done") == "1", dom[:2000]
+    return {"width": int(state["width"]), "page_width": int(state["page-width"]),
+            "outside": [o for o in html.unescape(state["outside"]).split("|") if o],
+            "seen": json.loads(html.unescape(state["seen"]))}
 
 
 def health(dom: str) -> dict:
@@ -67,6 +110,11 @@ def test_report_html_renders_in_chromium(trained_run, tmp_path):
     assert len(tables) >= 4 and all(t.count("<tr>") >= 2 for t in tables)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (2400, 1280) and pixels.std() > 20  # text, tables and plots, not a blank page
+    phone = phone_geometry(page, tmp_path)  # the Ship section on a phone: every card inside the screen
+    shipped = sum(bool(c.get("artifact")) for a in report["ship"].values() for c in a["by_runtime"].values())
+    assert phone["outside"] == [] and phone["page_width"] <= phone["width"] <= 390
+    assert phone["seen"]["top-1 % (Δ vs fp32, 95% interval)"] == phone["seen"]["latency: p50 [interval], p90 ms"] \
+        == shipped
 
 
 def test_the_health_check_sees_a_broken_page(tmp_path):
@@ -78,6 +126,66 @@ def test_the_health_check_sees_a_broken_page(tmp_path):
     state = health(dom)
     assert state["ready"] == "1" and state["errors"] == "1" and state["broken-images"] == "1"
     assert console_errors(log)
+
+
+def ship_report() -> dict:
+    """The Ship section's inputs as a run writes them: two targets whose apps may link three SDKs, the names and
+    precision labels of a real run (the longest a row holds), each file timed with its median's 95% interval."""
+    from pipeline.core.numerics import floating, static_int8
+    from pipeline.ship import choose_records
+
+    files = {"onnx_int8_static": ("onnxruntime", "int8 static QDQ, attention float", 88.46, 0.994, 232_735,
+                                  "model_int8_static.onnx", 0.199),
+             "executorch_int8": ("executorch", "int8 static (XNNPACK quantizer, per-channel)", 88.44, 0.992, 284_072,
+                                 "model_int8.pte", 0.127),
+             "litert_int8": ("litert", "int8 static, FC/conv (float32 in/out)", 88.53, 0.990, 341_000,
+                             "model_int8.tflite", 0.079)}
+    evaluation = {"images": 10_000, "artifacts": [
+        {"artifact": "torch_fp32", "runtime": "torch", "precision": "fp32", "numerics": floating("fp32"),
+         "top1": 88.51, "agreement": 1.0, "bytes": 680_000, "evaluation": "measured", "file": "model.pt"},
+        *({"artifact": a, "runtime": r, "precision": p, "numerics": static_int8(), "top1": t, "agreement": g,
+           "bytes": b, "evaluation": "measured", "file": f} for a, (r, p, t, g, b, f, _) in files.items())]}
+    profile = {"runtime": "litert", "runtimes": ["onnxruntime", "executorch"], "memory_budget_mb": 40}
+    ship = {}
+    for target, scale in (("android-phone", 1.4), ("wearos-watch", 1.0)):
+        rows = [{"target": target, "artifact": a, "runtime": r, "label": "proxy",
+                 "latency_ms": {"p50": ms * scale, "p90": 1.6 * ms * scale, "confidence": 0.95,
+                                "p50_interval": [0.99 * ms * scale, 1.03 * ms * scale]},
+                 "budget": {"latency_ok": True, "memory_ok": True}} for a, (r, *_, ms) in files.items()]
+        ship[target] = choose_records(target, profile, rows, evaluation, max_drop=1.0)
+    return {"ship": ship, "config": {"ship": {"prefer": "accuracy"}}}
+
+
+def test_the_ship_tables_fit_a_phone_screen(tmp_path, monkeypatch):
+    """At 390 px wide (and a tablet's 820) the Ship section's tables are cards: every cell of them, accuracy and
+    latency included, lies inside the screen, and the page does not scroll sideways; the same page without the
+    cards puts the latency off the screen (the control); at 1280 px they stay tables."""
+    import pipeline.report.html
+    from pipeline.report.markdown import ship_lines
+
+    report = ship_report()
+    markdown = "\n".join(["# ship", "", *ship_lines(report)])
+    page = tmp_path / "report.html"
+    page.write_text(render_html("ship", markdown, tmp_path))
+    choices = [c for answer in report["ship"].values() for c in answer["by_runtime"].values()]
+    assert len(choices) == 6 and all(c["file"] and c["latency_ms"]["confidence"] == 0.95 for c in choices)
+    for width in (390, 820):
+        phone = phone_geometry(page, tmp_path, width)
+        assert phone["width"] <= width and phone["page_width"] <= phone["width"] and phone["outside"] == []
+        seen = phone["seen"]
+        assert seen["top-1 % (Δ vs fp32, 95% interval)"] == seen["latency: p50 [interval], p90 ms"] == len(choices)
+        assert seen["ship: artifact, file"] == len(choices) and seen["title"] == 2 + len(choices)  # matrix + detail
+    monkeypatch.setattr(pipeline.report.html, "CARD_SECTIONS", ())
+    (tmp_path / "plain.html").write_text(render_html("ship", markdown, tmp_path))
+    assert "latency: p50 [interval], p90 ms" in phone_geometry(tmp_path / "plain.html", tmp_path)["outside"]
+    text = page.read_text()
+    for c in choices:  # both names, and the median with its interval
+        lo, hi = c["latency_ms"]["p50_interval"]
+        assert f"<code>{c['artifact']}</code>: <code>{c['file']}</code>" in text
+        assert f"p50 {c['latency_ms']['p50']:.3f} ms [{lo:.3f}-{hi:.3f}, 95%]" in text
+    dom, _, shot = render(page, tmp_path, height=800)
+    assert health(dom)["ready"] == "1" and '<div class="cards">' in dom
+    assert Image.open(shot).size == (1280, 800)
 
 
 def test_report_command_rebuilds_from_artifacts(trained_run, tmp_path, capsys):

@@ -252,7 +252,7 @@ def ship_lines(report: dict) -> list[str]:
             if answer.get("overall") == runtime:
                 overall = "**overall** " + ("" if answer["separated"] else "(tie) ")
             why = c["why"] + (f"; overall: {answer['overall_why']}" if answer.get("overall") == runtime else "")
-            where = f"`deploy/{name}/{runtime}/{c['file']}`" if c.get("file") else f"`deploy/{name}/{runtime}/`"
+            where = f"`{c['file']}` in `deploy/{name}/{runtime}/`" if c.get("file") else f"`deploy/{name}/{runtime}/`"
             lines.append(f"| {name} | {backends.runtime_name(runtime)} | {overall}`{c['artifact']}`: {where} "
                          f"| {c['precision']} | {c['top1']:.2f} ({c['delta_top1']:+.2f}, "
                          f"{lo:+.2f} to {hi:+.2f}{noise}; {c['evaluation']}) | {_speed(c)} | {c['bytes'] / 1e6:.2f} "
