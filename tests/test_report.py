@@ -233,6 +233,36 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [(0.5, 70.0), (1.0, 80.0), (2.0, 85.0)]
 
 
+def test_pareto_names_every_point_without_overlaps(tmp_path):
+    """The watch's eight files, four of them within 0.04 ms and 0.07 points of each other (a real run's): each point
+    named once, no two names overlapping, no name outside the axes; the shipped file named in bold."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from pipeline.plots import pareto, place_labels
+
+    points = [(0.126, 88.53, "litert_int8"), (0.139, 88.47, "litert_int8_dynamic"), (0.159, 88.51, "litert"),
+              (0.184, 88.44, "executorch_int8"), (0.301, 88.46, "onnx_int8_static"), (0.306, 88.51, "executorch"),
+              (0.320, 88.51, "onnx"), (0.337, 88.44, "onnx_int8_dynamic")]
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    ax.set_ylim(87.4, 88.7)
+    fig.tight_layout()
+    place_labels(ax, points, "litert_int8", marked=("litert_int8", "executorch_int8", "onnx_int8_static"))
+    fig.canvas.draw()
+    renderer, frame = fig.canvas.get_renderer(), ax.get_window_extent()
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}
+    assert sorted(boxes) == sorted(p[2] for p in points)
+    assert not [(a, b) for a in boxes for b in boxes if a < b and boxes[a].overlaps(boxes[b])]
+    assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes.values())
+    assert [t.get_fontweight() for t in ax.texts if t.get_text() == "litert_int8"] == ["bold"]
+    plt.close(fig)
+    rows = [{"artifact": name, "label": "proxy", "latency_ms": {"p90": x}} for x, _, name in points]
+    path = pareto("wearos-watch", rows, {name: y for _, y, name in points}, 30, 87.51, tmp_path / "p.png",
+                  "litert_int8", ("litert_int8", "executorch_int8", "onnx_int8_static"))
+    assert Image.open(path).size[0] > 600
+
+
 def test_report_from_anywhere_rebuilds_a_damaged_report_and_refuses_a_damaged_state(trained_run, tmp_path,
                                                                                       monkeypatch, capsys):
     runs = tmp_path / "elsewhere" / "runs"

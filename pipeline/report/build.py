@@ -190,9 +190,10 @@ def make_plots(report: dict, run_dir: Path) -> dict[str, str]:
     floor = top1["torch_fp32"] - report["config"]["quantize"]["max_drop"] if "torch_fp32" in top1 else None
     for name, target in (latency.get("targets") or {}).items():
         rows = [r for r in latency["rows"] if r["target"] == name]
-        chosen = (report.get("ship") or {}).get(name, {}).get("artifact")
+        answer = (report.get("ship") or {}).get(name, {})
+        picks = tuple(c["artifact"] for c in answer.get("by_runtime", {}).values() if c.get("artifact"))
         made[f"pareto:{name}"] = plots.pareto(name, rows, top1, target["latency_budget_ms"], floor,
-                                              folder / f"pareto_{name}.png", chosen)
+                                              folder / f"pareto_{name}.png", answer.get("artifact"), picks)
         made[f"layers:{name}"] = plots.layer_bars(name, rows, folder / f"layers_{name}.png")
     made = {k: str(v.relative_to(run_dir)) for k, v in made.items() if v is not None}
     for stale in folder.glob("*.png") if folder.is_dir() else []:
