@@ -168,20 +168,30 @@ def pareto(target: str, rows: list[dict], top1: dict[str, float], budget_ms: flo
     return _save(fig, path)
 
 
-def layer_bars(target: str, rows: list[dict], path: Path, top: int = 8) -> Path | None:
-    """Per artifact on one target: time per op type (ms per run), coloured by int8 / float / conversion."""
-    profiled = [r for r in rows if "profile" in r]
-    if not profiled:
+def layer_bars(target: str, row: dict, path: Path, top: int = 8) -> Path | None:
+    """One artifact on one target: time per op type (ms per run, its share of the layers' time at the bar's end),
+    coloured by int8 / float / conversion. One small figure per artifact, so that a page lays them out side by side
+    on a wide screen and one under the other on a phone, each at a readable size."""
+    import textwrap
+
+    if "profile" not in row:
         return None
-    fig, axes = plt.subplots(1, len(profiled), figsize=(3.6 * len(profiled), 3.6), squeeze=False)
-    for r, ax in zip(profiled, axes[0]):
-        ops = r["profile"]["by_op_type"][:top][::-1]
-        ax.barh([e["op_type"] for e in ops], [e["ms"] for e in ops],
-                color=[PRECISION_COLOURS.get(e["precision"], "#8d99ae") for e in ops])
-        ax.set(title=f"{r['artifact']}", xlabel="ms per run (profiled)")
-        ax.tick_params(axis="y", labelsize=7)
-        ax.grid(axis="x", alpha=0.3)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in PRECISION_COLOURS.values()]
-    axes[0][-1].legend(handles, list(PRECISION_COLOURS), loc="lower right", fontsize=8)
-    fig.suptitle(f"{target}: where the time goes (top {top} op types)")
+    ops = row["profile"]["by_op_type"][:top][::-1]
+    fig, ax = plt.subplots(figsize=(5.0, 1.4 + 0.32 * len(ops)))
+    names = ["\n".join(textwrap.wrap(e["op_type"], 24, break_long_words=False)) for e in ops]
+    bars = ax.barh(range(len(ops)), [e["ms"] for e in ops],  # by position: an op type may come twice (int8, float)
+                   color=[PRECISION_COLOURS.get(e["precision"], "#8d99ae") for e in ops])
+    ax.set_yticks(range(len(ops)), names)
+    for bar, e in zip(bars, ops):
+        ax.annotate(f"{100 * e['share']:.0f}%", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=9.5, color="#1d2433")
+    ax.set_xlim(0, 1.2 * max(e["ms"] for e in ops))
+    ax.set_title(f"{target} / {row['artifact']}", fontsize=12)
+    ax.set_xlabel("ms per run (profiled)\n%: share of the layers' time", fontsize=10)
+    ax.tick_params(axis="y", labelsize=10)
+    ax.tick_params(axis="x", labelsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    present = [p for p in PRECISION_COLOURS if any(e["precision"] == p for e in ops)]
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=PRECISION_COLOURS[p]) for p in present], present,
+              loc="lower right", fontsize=9, framealpha=0.9)
     return _save(fig, path)

@@ -263,6 +263,34 @@ def test_pareto_names_every_point_without_overlaps(tmp_path):
     assert Image.open(path).size[0] > 600
 
 
+def test_profile_panels_one_per_file_and_a_line_where_the_runtime_gives_none(tmp_path):
+    """A per-layer panel per profiled file (an op type in int8 and in float: two bars); where the timed files of a
+    runtime have no profile (LiteRT's Python interpreter has no profiler), one line in the panels' place says so."""
+    from pipeline.plots import layer_bars
+    from pipeline.report.markdown import latency_lines
+
+    ops = [{"op_type": "MatMul", "precision": "int8", "ms": 0.2, "share": 0.5},
+           {"op_type": "MatMul", "precision": "float", "ms": 0.1, "share": 0.25},
+           {"op_type": "QuantizeLinear", "precision": "convert", "ms": 0.1, "share": 0.25}]
+    budget = {"latency_ms": 30, "memory_mb": 40, "latency_ok": True, "memory_ok": True}
+    timed = {"label": "proxy", "latency_ms": {"p50": 0.5, "p90": 0.6, "p99": 0.7, "p50_interval": [0.49, 0.51]},
+             "throughput": {}, "model_rss_mb": 2, "budget": budget, "target": "wearos-watch", "precision": "int8"}
+    rows = [{**timed, "artifact": "onnx_int8_static", "runtime": "onnxruntime",
+             "profile": {"by_op_type": ops, "layers_ms": 0.4}},
+            {**timed, "artifact": "litert", "runtime": "litert"},
+            {**timed, "artifact": "litert_int8", "runtime": "litert"},
+            {"target": "wearos-watch", "artifact": "coreml", "runtime": "coreml", "precision": "fp16",
+             "label": "needs-device"}]
+    path = layer_bars("wearos-watch", rows[0], tmp_path / "layers.png")
+    assert path is not None and layer_bars("wearos-watch", rows[1], tmp_path / "none.png") is None
+    plots = {"layers:wearos-watch:onnx_int8_static": "plots/layers_wearos-watch_onnx_int8_static.png"}
+    md = "\n".join(latency_lines({"rows": rows, "targets": {"wearos-watch": {}}}, None, plots))
+    assert "![wearos-watch / onnx_int8_static: time per op type" in md
+    [line] = [line for line in md.splitlines() if line.startswith("No per-layer profile")]
+    assert line.startswith("No per-layer profile for `litert`, `litert_int8`: LiteRT's Python interpreter")
+    assert "benchmark_model --enable_op_profiling=true" in line and "coreml" not in line
+
+
 def test_report_from_anywhere_rebuilds_a_damaged_report_and_refuses_a_damaged_state(trained_run, tmp_path,
                                                                                       monkeypatch, capsys):
     runs = tmp_path / "elsewhere" / "runs"

@@ -11,12 +11,17 @@ from targets.agent.errors import AgentError, require
 
 class LiteRT(Adapter):
     """A .tflite file in LiteRT's interpreter, which applies the XNNPACK delegate to float and INT8 graphs by
-    default (the kernels of an Android phone's CPU). Its Python interpreter has no per-op profiler: on a device,
-    benchmark_model --enable_op_profiling=true gives one."""
+    default (the kernels of an Android phone's CPU). No per-layer profile: ai-edge-litert 2.3.0's Python
+    Interpreter has no profiler to read (its wrapper's methods are invoke, tensors and signatures;
+    experimental_force_delegate_node_profiling only changes what a profiler attached from C++ records), and the
+    profiler in libLiteRt.so's C API belongs to the CompiledModel API, whose Python wrapper does not expose it. On a
+    device, LiteRT's benchmark_model --enable_op_profiling=true gives one (docs/targets.md)."""
 
     name = "litert"
     title = "LiteRT"
     module = "ai_edge_litert.interpreter"
+    no_profile = ("LiteRT's Python interpreter (ai-edge-litert) has no per-op profiler to read; on the device, "
+                  "LiteRT's benchmark_model --enable_op_profiling=true gives one")
 
     def __init__(self, path: str, threads: int):
         require(self.module)

@@ -194,7 +194,9 @@ def make_plots(report: dict, run_dir: Path) -> dict[str, str]:
         picks = tuple(c["artifact"] for c in answer.get("by_runtime", {}).values() if c.get("artifact"))
         made[f"pareto:{name}"] = plots.pareto(name, rows, top1, target["latency_budget_ms"], floor,
                                               folder / f"pareto_{name}.png", answer.get("artifact"), picks)
-        made[f"layers:{name}"] = plots.layer_bars(name, rows, folder / f"layers_{name}.png")
+        for row in rows:
+            made[f"layers:{name}:{row['artifact']}"] = plots.layer_bars(name, row,
+                                                                       folder / f"layers_{name}_{row['artifact']}.png")
     made = {k: str(v.relative_to(run_dir)) for k, v in made.items() if v is not None}
     for stale in folder.glob("*.png") if folder.is_dir() else []:
         if str(stale.relative_to(run_dir)) not in made.values():

@@ -319,9 +319,17 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
                       else f"{p['layers_ms']:.3f} ms in layers")
             lines.append(f"- {r['target']} / `{r['artifact']}` ({timing}): {ops}")
         lines.append("")
-        bars = [(name, plots[f"layers:{name}"]) for name in latency["targets"] if f"layers:{name}" in plots]
-        lines += [f"![{name}: time per op type, int8 / float / conversion]({path})" for name, path in bars]
-        lines.append("")
+        for name in latency["targets"]:
+            bars = [(r["artifact"], plots[f"layers:{name}:{r['artifact']}"]) for r in rows
+                    if r["target"] == name and f"layers:{name}:{r['artifact']}" in plots]
+            missing = unprofiled(rows, name)
+            if not bars and not missing:
+                continue
+            lines += [f"#### {name}", ""]
+            if bars:
+                lines += [f"![{name} / {artifact}: time per op type, int8 / float / conversion]({path})"
+                          for artifact, path in bars] + [""]
+            lines += [*missing, ""] if missing else []
     compared = [r for r in rows if "comparison" in r]
     if compared:
         lines += ["### Compressed vs float on the same target", "",
@@ -337,6 +345,25 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
                   + (f"{r['comparison']['verdict']}; " if "comparison" in r else "") + r["diagnosis"]["verdict"]
                   for r in diagnosed]
         lines.append("")
+    return lines
+
+
+def unprofiled(rows: list[dict], target: str) -> list[str]:
+    """One line per runtime whose timed files on `target` have no per-layer profile because its adapter's Python API
+    gives none (LiteRT's interpreter): which files, and why."""
+    from targets.agent.adapter import adapter
+
+    lines = []
+    timed = [r for r in rows if r["target"] == target and "latency_ms" in r and "profile" not in r]
+    for runtime in dict.fromkeys(r["runtime"] for r in timed):
+        try:
+            runner = adapter(runtime)
+        except KeyError:  # a runtime this build does not register
+            continue
+        if runner.profiled:
+            continue
+        files = ", ".join(f"`{r['artifact']}`" for r in timed if r["runtime"] == runtime)
+        lines.append(f"No per-layer profile for {files}: {runner.no_profile}.")
     return lines
 
 
