@@ -111,8 +111,10 @@ def model_card(report: dict, choice: dict, files: list[str], io: dict, spec: dic
     host = latency_row(report, choice["target"], choice["artifact"]).get("host") or {}
     where = {"proxy": f"proxy: {host.get('cpu') or 'the build host'} standing in for the device, not its speed",
              "measured": "measured on the device"}.get(choice["label"], choice["label"])
-    speed = f"p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f} ms at batch 1 ({where})" if latency \
-        else f"not timed ({choice['label']})"
+    ci = (latency or {}).get("p50_interval")
+    level = f"{latency['confidence']:.0%} " if ci and latency.get("confidence") else ""
+    speed = (f"p50 {latency['p50']:.3f} ms" + (f" ({level}interval {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+             + f", p90 {latency['p90']:.3f} ms at batch 1 ({where})") if latency else f"not timed ({choice['label']})"
     predicted = next((r["predicted"] for r in (report.get("latency") or {}).get("predicted", [])
                       if r["target"] == choice["target"] and r["artifact"] == choice["artifact"] and "predicted" in r),
                      None)
