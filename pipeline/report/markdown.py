@@ -350,7 +350,9 @@ def latency_lines(latency: dict, evaluation: dict | None, plots: dict[str, str])
 
 def unprofiled(rows: list[dict], target: str) -> list[str]:
     """One line per runtime whose timed files on `target` have no per-layer profile because its adapter's Python API
-    gives none (LiteRT's interpreter): which files, and why."""
+    gives none (LiteRT's interpreter): which files, and why (the adapter's `no_profile`, where it says; read here,
+    not declared on the Adapter base class, whose code is in the export, quantize, evaluate and benchmark stages'
+    cache keys)."""
     from targets.agent.adapter import adapter
 
     lines = []
@@ -363,7 +365,8 @@ def unprofiled(rows: list[dict], target: str) -> list[str]:
         if runner.profiled:
             continue
         files = ", ".join(f"`{r['artifact']}`" for r in timed if r["runtime"] == runtime)
-        lines.append(f"No per-layer profile for {files}: {runner.no_profile}.")
+        why = getattr(runner, "no_profile", "its runtime's Python API gives no per-layer times")  # the adapter's
+        lines.append(f"No per-layer profile for {files}: {why}.")
     return lines
 
 

@@ -20,7 +20,6 @@ class Adapter:
     title: ClassVar[str]  # the runtime as its users know it: "ONNX Runtime"
     module: ClassVar[str | None] = None  # imported before any model loads (None: imported with the model)
     profiled: ClassVar[bool] = False  # `profile` gives per-layer times (--profile)
-    no_profile: ClassVar[str] = "its runtime's Python API gives no per-layer times"  # why not, where not profiled
     pixels: ClassVar[bool] = False  # it takes 0-255 pixels, one image per call, not float32 tensors
     version: str  # the runtime's version
     threads: int | None = None  # the threads the runtime applied, where it reports them
