@@ -65,7 +65,7 @@ arm64: setup
 		command -v update-binfmts >/dev/null 2>&1 && command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; then :; \
 	else $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq qemu-user-static debootstrap binfmt-support g++-aarch64-linux-gnu; fi
-	$(SUDO) $(VENV)/bin/python -m targets.arm64 build --root $(MANIFOLD_EDGE_ARM64_ROOT)
+	$(SUDO) $(VENV)/bin/python -m targets.arm64_build --root $(MANIFOLD_EDGE_ARM64_ROOT)
 
 run: setup data mediapipe
 	$(VENV)/bin/manifold-edge run pipeline.toml
