@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.core.intervals import wilson
 from targets import arm64_boot
 from targets.agent.bundle import zipapp_file
 from targets.agent.host import ARM_HWCAP, ARM_HWCAP2
@@ -50,7 +50,6 @@ PYTHON = "/usr/bin/python3.11"
 RUNTIMES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert", "executorch": "executorch"}  # -> its wheel
 ET_RUNNER = "/usr/local/bin/executorch-runner"  # in the root: runs .pte files (the build cross-compiles it)
 BATCH = 256  # images per x86 call
-Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 BUILD_HINT = "build it with `make arm64` (as root: a few minutes and 0.5 GB, once)"
 
 
@@ -254,13 +253,6 @@ def row_text(row: dict) -> str:
 def subset(n: int, size: int) -> np.ndarray:
     """A fixed random subset (seed 0) of a split's n indices, sorted: the same images in every run."""
     return np.sort(np.random.default_rng(0).choice(n, min(size, n), replace=False))
-
-
-def wilson(hits: int, n: int, z: float = Z95) -> list[float]:
-    """The 95% Wilson score interval of a proportion hits / n, in percent."""
-    p, z2 = hits / n, z * z
-    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return [round(100 * max(centre - half, 0.0), 3), round(100 * min(centre + half, 1.0), 3)]
 
 
 def decode(record: dict) -> np.ndarray:
