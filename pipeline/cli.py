@@ -49,9 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", metavar="DIR", help="also write DIR/compare.md and DIR/compare.html")
     compare.add_argument("--json", action="store_true", help="print the comparison as one JSON document instead")
     targets = sub.add_parser("targets", help="list the target profiles (built-in and [targets.NAME])")
-    bench = sub.add_parser("bench", help="profile model files (.onnx, OpenVINO .xml, .mlpackage) on targets")
-    bench.add_argument("models", nargs="+", metavar="MODEL", help="model file(s); give an fp32 and an INT8 "
-                                                                  "file together for the INT8 diagnosis")
+    from backends import backends  # loaded with the config's schema already: their suffixes for bench's help
+
+    files = ", ".join(suffix for backend in backends() for suffix in backend.suffixes)
+    bench = sub.add_parser("bench", help=f"profile model files ({files}) on targets")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help=f"model file(s) ({files}); give an fp32 and an "
+                                                                  "INT8 file together for the INT8 diagnosis")
     bench.add_argument("--target", dest="targets", action="append", required=True, metavar="NAME",
                        help="a target profile (repeatable); see `manifold-edge targets`")
     bench.add_argument("--json", metavar="PATH", help="also write every number as JSON")
