@@ -159,7 +159,7 @@ class Pipeline:
             if state == "missing" and before and before["key"] != stage.key:
                 state, reason = "stale", _explain_change(before, stage)
             building = holder(self.store.lock_path(stage.name, stage.key)) if state != "cached" else None
-            here = live if live and live.get("stage") == stage.name else None
+            here = live if live and live.get("stage") == stage.name and state != "cached" else None
             if here and here.get("key") != stage.key:  # that run's settings are not this config's
                 state, reason = "running", (f"running ({_progress_text(here)}) with other settings than this "
                                             f"config's (key {str(here.get('key'))[:12]}); for this config: {reason}")
@@ -244,6 +244,8 @@ class Pipeline:
         with watch:
             record = self._execute(stage, records, device, progress, here) \
                 if here.main or stage.cls.distributed else None
+        if here.main:
+            clear_progress(self.run_dir)  # built: nothing is being built until the next stage starts
         record = distributed.from_main(record)
         progress.log(f"{label}: done in {record.wall_s:.1f} s")
         return record
