@@ -60,8 +60,9 @@ def _config(a: dict, b: dict) -> dict:
     note = None
     if ha != hb and not changes:
         off = [side for side, r in (("A", a), ("B", b)) if _digest(r["config"]) != r["run"]["config_hash"]]
-        note = (f"the hashes differ but every field is equal: {' and '.join(off) or 'neither'} recorded a hash "
-                "that its config does not give (written by another version of manifold-edge)")
+        note = "the hashes differ but every field is equal" + (
+            f": {' and '.join(off)} recorded a hash that its config does not give (written by another version of "
+            "manifold-edge)" if off else "")
     sa, sb = a.get("stages", {}), b.get("stages", {})
     both = [name for name in STAGES if name in sa and name in sb]
     return {"hashes_equal": ha == hb, "changes": changes, "note": note,
