@@ -110,7 +110,7 @@ def record_progress(run_dir: Path, **fields) -> None:
 
 
 def clear_progress(run_dir: Path) -> None:
-    """The run is over: its record goes."""
+    """Nothing is being built now (its stage is done, or the run ended): the record goes."""
     (Path(run_dir) / PROGRESS).unlink(missing_ok=True)
 
 
