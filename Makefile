@@ -3,6 +3,9 @@
 #   make test  the same set-up, then the whole test suite (make test-fast: without the tests marked slow)
 PYTHON ?= python3
 VENV := .venv
+# e.g. --system-site-packages: .venv sees the system's packages, so an installed torch 2.14.1 (the CPU build) is kept
+# instead of PyPI's Linux wheel and its 3.2 GB of CUDA libraries
+VENV_ARGS ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -13,7 +16,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[onnx,openvino,coreml,executorch,litert,test]'
 	rm -f $(VENV)/.installed-*

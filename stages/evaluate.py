@@ -188,7 +188,7 @@ class EvaluateStage(Stage):
         for stage in ("export", "quantize"):
             for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
                 files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
-        with ctx.progress.bar(f"  evaluating {len(files)} artifacts", len(files)) as bar:
+        with ctx.progress.bar(f"  evaluating {len(files)} artifacts", len(files), unit="artifact") as bar:
             futures = [pool.submit(self._predictions, path, threads, data, cfg.batch_size) for _, path, *_ in files]
             for _ in as_completed(futures):
                 bar.advance()
