@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import read_json, unwritable, write_text
+from pipeline.core.intervals import difference_interval
 from pipeline.graph import STAGES, flatten
-from pipeline.ship import difference_interval, ratio_text
+from pipeline.ship import ratio_text
 from targets.agent.host import sidecar
 from targets.latency import compare_latency
 
