@@ -38,3 +38,32 @@ def test_a_real_loss_over_the_budget_keeps_layers_in_float_and_names_them(caplog
     assert [s["over"] for s in result["steps"]] == [True, False] and result["met"]
     assert result["excluded"] == ["a"] and result["excluded_names"] == ["layer a"] and result["layers"] == 2
     assert not any("validation images is" in m for m in caplog.messages)
+
+
+def test_a_sigterm_during_a_step_stops_the_loop_before_the_next_step(caplog):
+    """Issue 41 §6: the CLI's SIGTERM handler (Ctrl-C's path: partial work stays resumable) is reached between
+    fallback steps; no further layer is quantized once it is sent."""
+    import os
+    import signal
+
+    import pytest
+
+    from pipeline.cli import _terminate
+
+    labels = np.arange(1000) % 10
+    wrong = (labels + 1) % 10
+    calls = []
+
+    def predictions(excluded: list[str]) -> np.ndarray:
+        calls.append(list(excluded))
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the step's (native) work runs
+        return wrong
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with_fallback("toy INT8", labels, labels, 1.0, 4, 2, predictions,
+                          lambda: [{"node": "a", "relative_mse": 1.0}, {"node": "b", "relative_mse": 0.5}])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls == [[]]
