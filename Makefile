@@ -3,6 +3,9 @@
 #   make test  the same set-up, then the whole test suite (make test-fast: without the tests marked slow)
 PYTHON ?= python3
 VENV := .venv
+# e.g. --system-site-packages: .venv sees the system's packages, so an installed torch 2.14.1 (the CPU build) is kept
+# instead of PyPI's Linux wheel and its 3.2 GB of CUDA libraries
+VENV_ARGS ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -13,7 +16,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[onnx,openvino,coreml,executorch,litert,test]'
 	rm -f $(VENV)/.installed-*
@@ -65,7 +68,7 @@ arm64: setup
 		command -v update-binfmts >/dev/null 2>&1 && command -v aarch64-linux-gnu-g++ >/dev/null 2>&1; then :; \
 	else $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq qemu-user-static debootstrap binfmt-support g++-aarch64-linux-gnu; fi
-	$(SUDO) $(VENV)/bin/python -m targets.arm64 build --root $(MANIFOLD_EDGE_ARM64_ROOT)
+	$(SUDO) $(VENV)/bin/python -m targets.arm64_build --root $(MANIFOLD_EDGE_ARM64_ROOT)
 
 run: setup data mediapipe
 	$(VENV)/bin/manifold-edge run pipeline.toml

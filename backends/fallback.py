@@ -1,20 +1,40 @@
 """The accuracy-aware fallback every static INT8 backend shares (ONNX Runtime, ExecuTorch, LiteRT): quantize
-everything; while the top-1 drop exceeds max_drop, keep the next most sensitive layer in float."""
+everything; while the INT8 file is over budget, keep the next most sensitive layer in float.
+
+Over budget means the top-1 drop against fp32 on the validation images is above max_drop *and* real: the upper
+end of its paired 95% interval (pipeline.core.intervals.difference_interval) is below zero. So the loop does not
+chase an image or two that a small split cannot tell from noise; with fewer than 100 / max_drop images one image
+is more than the whole budget, and the loop says so once (quantize.validation_images, data.val_fraction).
+"""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.core.intervals import difference_interval, over_budget
 
 log = logging.getLogger(__name__)
 
 
+def images_for(max_drop: float) -> int:
+    """The fewest images on which one image is less than max_drop points."""
+    return math.floor(100 / max_drop) + 1 if max_drop > 0 else 0
+
+
 @dataclass
 class Fallback:
-    """What the accuracy-aware loop did: the drop after each step and the layers kept in float."""
+    """What the accuracy-aware loop did: the drop (with its interval) after each step, the layers kept in float
+    (`excluded`: the names the quantizer takes; `excluded_names`: readable), out of `layers` it could keep."""
 
     max_drop: float
     fp32_top1: float
+    images: int
+    layers: int
+    shown: Callable[[str], str] = str
     steps: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
 
@@ -24,30 +44,46 @@ class Fallback:
 
     @property
     def met(self) -> bool:
-        return bool(self.steps) and self.steps[-1]["drop"] <= self.max_drop
+        return bool(self.steps) and not self.steps[-1]["over"]
 
     def as_dict(self) -> dict:
-        return {"max_drop": self.max_drop, "fp32_top1": self.fp32_top1, "met": self.met, "excluded": self.excluded,
-                "steps": self.steps, "sensitivity": self.sensitivity}
+        return {"max_drop": self.max_drop, "fp32_top1": self.fp32_top1, "images": self.images, "met": self.met,
+                "layers": self.layers, "excluded": self.excluded,
+                "excluded_names": [self.shown(name) for name in self.excluded], "steps": self.steps,
+                "sensitivity": self.sensitivity}
 
 
-def with_fallback(what: str, fp32_top1: float, max_drop: float, max_layers: int,
-                  quantized_top1: Callable[[list[str]], float], rank: Callable[[], list[dict]],
+def with_fallback(what: str, fp32: np.ndarray, labels: np.ndarray, max_drop: float, max_layers: int, layers: int,
+                  predictions: Callable[[list[str]], np.ndarray], rank: Callable[[], list[dict]],
                   shown: Callable[[str], str] = str) -> Fallback:
-    """`quantized_top1(excluded)` writes the INT8 model with those layers in float and returns its top-1; `rank()`
-    scores the layers once ({"node", "relative_mse"}, most harmful first), only when the first step is over
-    budget. Stops within budget, at `max_layers` layers kept in float, or when none is left. `shown` names a
-    layer in the log."""
-    result = Fallback(max_drop, fp32_top1)
+    """`fp32`: the float model's predicted classes on the validation images (`labels`); `predictions(excluded)`
+    writes the INT8 model with those layers in float and returns its predicted classes; `rank()` scores the
+    layers once ({"node", "relative_mse"}, most harmful first), only when the first step is over budget.
+    Stops within budget, at `max_layers` layers kept in float, or when none of the model's `layers` is left.
+    `shown` names a layer for people (the log, the report)."""
+    images = len(labels)
+    fp32_top1 = float(100 * (fp32 == labels).mean())
+    result = Fallback(max_drop, round(fp32_top1, 3), images, layers, shown)
+    if images < images_for(max_drop):
+        log.warning(f"{what}: one of {images} validation images is {100 / images:.2f} top-1 points, more than "
+                    f"quantize.max_drop = {max_drop:g}: a drop is judged by its 95% interval; for a budget this "
+                    f"fine give at least {images_for(max_drop)} (quantize.validation_images, and data.val_fraction "
+                    f"for a larger validation split)")
     excluded: list[str] = []
     ranked: list[dict] | None = None
     while True:
-        drop = fp32_top1 - quantized_top1(excluded)
-        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3)})
-        if drop <= max_drop or len(excluded) >= max_layers:
+        predicted = predictions(excluded)
+        top1 = float(100 * (predicted == labels).mean())
+        drop = fp32_top1 - top1
+        interval = difference_interval(top1, fp32_top1, float((predicted == fp32).mean()), images)
+        over = over_budget(drop, interval, max_drop)
+        result.steps.append({"excluded": list(excluded), "drop": round(drop, 3), "delta_interval": list(interval),
+                             "over": over})
+        if not over or len(excluded) >= max_layers:
             return result
         if ranked is None:
-            log.info(f"{what} loses {drop:.2f} top-1 points (max_drop {max_drop}): ranking layers")
+            log.info(f"{what} loses {drop:.2f} top-1 points (95% interval of the change {interval[0]:+.2f} to "
+                     f"{interval[1]:+.2f}; max_drop {max_drop:g}): ranking layers")
             ranked = result.sensitivity = rank()
         remaining = [r["node"] for r in ranked if r["node"] not in excluded]
         if not remaining:

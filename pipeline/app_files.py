@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import backends
+from pipeline.report.markdown import matched_units
 
 NORMALISE = "x = (pixel / 255 - mean[c]) / std[c]"
 
@@ -92,10 +93,13 @@ def mixed_precision(report: dict, artifact: str) -> str | None:
     if (record.get("numerics") or {}).get("scheme") not in ("static", "dynamic"):
         return None
     ops = record.get("op_types") or {}
-    kept = (record.get("fallback") or {}).get("excluded") or []
+    fallback = record.get("fallback") or {}
+    kept = fallback.get("excluded_names", fallback.get("excluded")) or []
     attention = record.get("float_attention_matmuls") or []
     return "; ".join([f"INT8 ops: {', '.join(f'{op} x{n}' for op, n in sorted(ops.items()))}, the others in float"]
-                     + ([f"kept in float by the accuracy fallback: {', '.join(map(str, kept))}"] if kept else [])
+                     + ([f"kept in float by the accuracy fallback: {', '.join(map(str, kept))}"
+                         + (f" ({len(kept)} of {fallback['layers']} layers)" if fallback.get("layers") else "")]
+                        if kept else [])
                      + ([f"{len(attention)} attention matmuls in float"] if attention else []))
 
 
@@ -124,8 +128,7 @@ def model_card(report: dict, choice: dict, files: list[str], io: dict, spec: dic
                  f"{hi_ms:.3f} ms) for {predicted['device']}, {predicted['runtime']}, {predicted['precision']}, from "
                  f"public measurements of {predicted['models']} other models (held-out median error "
                  f"{predicted['median_ape']:.0%}): not measured")
-    manifold = (f" + the manifold loss (student blocks {distill['student_layers']} <- teacher blocks "
-                f"{distill['teacher_layers']})" if distill["manifold"] else "")
+    manifold = f" + the manifold loss ({matched_units(distill)})" if distill["manifold"] else ""
     mixed = mixed_precision(report, choice["artifact"])
     lines = [
         f"# {student['model']} for {choice['target']}: `{files[0]}`", "",
@@ -162,6 +165,10 @@ def write_app_files(report: dict, choice: dict, folder: Path, files: list[str]) 
     path = folder / files[0]
     io = backend.describe_io(path, artifact_record(report, choice["artifact"]), data)
     spec = preprocess(report, choice, path.name, io)
+    spec["precision"] = choice["precision"]
+    mixed = mixed_precision(report, choice["artifact"])
+    if mixed:
+        spec["mixed_precision"] = mixed
     card = model_card(report, choice, files, io, spec)
     (folder / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
     (folder / "preprocess.json").write_text(json.dumps(spec, indent=2) + "\n")

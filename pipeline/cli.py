@@ -46,11 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="two runs side by side (config changes, accuracy, latency)")
     compare.add_argument("run_a", metavar="RUN_A")
     compare.add_argument("run_b", metavar="RUN_B")
-    compare.add_argument("--out", metavar="FILE", help="also write the comparison (.md, or .html)")
+    compare.add_argument("--out", metavar="DIR", help="also write DIR/compare.md and DIR/compare.html")
+    compare.add_argument("--json", action="store_true", help="print the comparison as one JSON document instead")
     targets = sub.add_parser("targets", help="list the target profiles (built-in and [targets.NAME])")
-    bench = sub.add_parser("bench", help="profile model files (.onnx, OpenVINO .xml, .mlpackage) on targets")
-    bench.add_argument("models", nargs="+", metavar="MODEL", help="model file(s); give an fp32 and an INT8 "
-                                                                  "file together for the INT8 diagnosis")
+    from backends import backends  # loaded with the config's schema already: their suffixes for bench's help
+
+    files = ", ".join(suffix for backend in backends() for suffix in backend.suffixes)
+    bench = sub.add_parser("bench", help=f"profile model files ({files}) on targets")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help=f"model file(s) ({files}); give an fp32 and an "
+                                                                  "INT8 file together for the INT8 diagnosis")
     bench.add_argument("--target", dest="targets", action="append", required=True, metavar="NAME",
                        help="a target profile (repeatable); see `manifold-edge targets`")
     bench.add_argument("--json", metavar="PATH", help="also write every number as JSON")
@@ -92,7 +96,7 @@ def _command(args, argv: list[str]) -> int:
         if args.command == "report":
             return _report(args.run_dir, args.out)
         if args.command == "compare":
-            return _compare(args.run_a, args.run_b, args.out)
+            return _compare(args.run_a, args.run_b, args.out, args.json)
         if args.command in ("targets", "bench"):
             return _targets_or_bench(args)
         nproc = getattr(args, "nproc", None)
@@ -162,22 +166,24 @@ def _report(run_dir: str, out: str | None) -> int:
     return 0
 
 
-def _compare(run_a: str, run_b: str, out: str | None) -> int:
-    from pathlib import Path
+def _compare(run_a: str, run_b: str, out: str | None, as_json: bool) -> int:
+    from pipeline.compare import compare, out_files, render_markdown, write_comparison
 
-    from rich.console import Console
-    from rich.markdown import Markdown
+    paths = out_files(out) if out else []  # a bad --out is refused before anything is printed
+    result = compare(run_a, run_b)
+    text = render_markdown(result)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.markdown import Markdown
 
-    from pipeline.compare import compare_markdown
-    from pipeline.core.fileio import write_text
-    from pipeline.report.html import render_html
-
-    text = compare_markdown(run_a, run_b)
-    Console().print(Markdown(text))
-    if out:
-        path = Path(out)
-        write_text(path, render_html(f"{run_a} vs {run_b}", text, path.parent) if path.suffix == ".html" else text)
-        print(f"wrote {path}")
+        Console().print(Markdown(text))
+    else:  # a pipe or a file: the markdown itself, every value whole
+        print(text)
+    write_comparison(text, paths, f"{run_a} vs {run_b}")
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

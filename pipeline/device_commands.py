@@ -19,7 +19,7 @@ from targets.profiles import BUILTIN_FILE, all_profiles, resolve
 
 def list_targets(cfg: PipelineConfig, console: Console) -> None:
     table = Table(title="target profiles (budgets: p90 ms at batch 1; MB the model adds)")
-    for column in ("name", "device", "runtime", "prefers", "threads", "p90 ms", "MB", "reached by", "from"):
+    for column in ("name", "device", "runtimes", "prefers", "threads", "p90 ms", "MB", "reached by", "from"):
         table.add_column(column, justify="right" if column in ("threads", "p90 ms", "MB") else "left",
                          no_wrap=column == "name")
     profiles = all_profiles(cfg.targets)
@@ -30,8 +30,9 @@ def list_targets(cfg: PipelineConfig, console: Console) -> None:
                  "arm64-emulated": f"not timed: emulated {p.cpu} (accuracy only)"}[p.connection]
         if p.runtime == "coreml":
             reach = f"a Mac, {p.compute_units}"
-        table.add_row(name, p.device, p.runtime, p.precision, str(p.threads), f"{p.latency_budget_ms:g}",
-                      f"{p.memory_budget_mb:g}", reach, "pipeline.toml" if name in cfg.targets else "built-in")
+        table.add_row(name, p.device, ", ".join(p.all_runtimes), p.precision, str(p.threads),
+                      f"{p.latency_budget_ms:g}", f"{p.memory_budget_mb:g}", reach,
+                      "pipeline.toml" if name in cfg.targets else "built-in")
     console.print(table)
     for name, p in profiles.items():
         console.print(f"[bold]{name}[/]: {escape(p.description or '(no description)')}")
@@ -99,8 +100,8 @@ def bench(cfg: PipelineConfig, paths: list[str], target_names: list[str], consol
         if not fitting:
             runtimes = sorted({m.runtime for m in models})
             others = [n for n, p in all_profiles(cfg.targets).items() if set(p.all_runtimes) & set(runtimes)]
-            raise UserError(f"--target {name} runs {profile.runtime}, but the model(s) need {', '.join(runtimes)}; "
-                            f"targets that do: {', '.join(others)}")
+            raise UserError(f"--target {name} runs {', '.join(profile.all_runtimes)}, but the model(s) need "
+                            f"{', '.join(runtimes)}; targets that do: {', '.join(others)}")
         if profile.connection == "predicted":
             predicted += bench_predicted(fitting, models, name, profile, console)
             continue

@@ -12,7 +12,7 @@ from pipeline.config import PipelineConfig
 from pipeline.core import distributed, exits
 from pipeline.core.errors import UserError, clip
 from pipeline.core.fileio import read_json, write_json
-from pipeline.core.lock import holder, wait_lock
+from pipeline.core.lock import clear_progress, holder, live_progress, record_progress, wait_lock
 from pipeline.core.progress import Progress
 from pipeline.core.stage import Accel, Stage, StageContext
 from pipeline.fingerprint import code_digest, code_fingerprint, data_fingerprint
@@ -151,6 +151,7 @@ class Pipeline:
 
     def status(self) -> list[StageStatus]:
         previous = self._previous()
+        live = live_progress(self.run_dir)  # what the run holding this run folder is building now
         result = []
         for stage in self.plan():
             state, reason = self.store.check(stage.name, stage.key, stage.cls.resumes)
@@ -158,7 +159,13 @@ class Pipeline:
             if state == "missing" and before and before["key"] != stage.key:
                 state, reason = "stale", _explain_change(before, stage)
             building = holder(self.store.lock_path(stage.name, stage.key)) if state != "cached" else None
-            if building:  # the lock, not its file: one left by a kill -9 is free
+            here = live if live and live.get("stage") == stage.name and state != "cached" else None
+            if here and here.get("key") != stage.key:  # that run's settings are not this config's
+                state, reason = "running", (f"running ({_progress_text(here)}) with other settings than this "
+                                            f"config's (key {str(here.get('key'))[:12]}); for this config: {reason}")
+            elif here:
+                state, reason = "running", f"running ({_progress_text(here)}): a `run` is building it now"
+            elif building:  # the lock, not its file: one left by a kill -9 is free
                 state, reason = "running", f"running ({building}): a `run` is building it now"
             elif state != "cached":
                 state, reason = _check_resume(self.store.partial(stage.name, stage.key), stage.cls.resumes,
@@ -172,7 +179,15 @@ class Pipeline:
 
     def run(self, progress: Progress, force: str | None = None, until: str | None = None) -> list[RunRecord]:
         """Run (or reuse) the stages in order. In a multi-process run every rank calls this: rank 0
-        decides, locks and writes; the others join the distributed stages, then return."""
+        decides, locks and writes (and records the stage it builds for `status`); the others join the
+        distributed stages, then return."""
+        try:
+            return self._run(progress, force, until)
+        finally:
+            if distributed.world().main:
+                clear_progress(self.run_dir)
+
+    def _run(self, progress: Progress, force: str | None, until: str | None) -> list[RunRecord]:
         self.device = device = _resolve_device(self.cfg.run.device)
         _set_threads(self.cfg.run.threads)
         here = distributed.start(device)
@@ -219,11 +234,18 @@ class Pipeline:
                 progress.log(f"{label}: running{processes} ({'forced' if stage.name in forced else reason})")
                 self.store.discard(stage.name, stage.key, partial=stage.name in forced)
                 self.store.begin(stage.name, stage.key)
+                record_progress(self.run_dir, stage=stage.name, key=stage.key)
         cached = distributed.from_main(cached)
         if cached:
             return cached
-        record = self._execute(stage, records, device, progress, here) \
-            if here.main or stage.cls.distributed else None
+        watch = progress.watching(lambda unit, done, total: record_progress(
+            self.run_dir, stage=stage.name, key=stage.key, unit=unit, done=done, total=total)) \
+            if here.main else nullcontext()
+        with watch:
+            record = self._execute(stage, records, device, progress, here) \
+                if here.main or stage.cls.distributed else None
+        if here.main:
+            clear_progress(self.run_dir)  # built: nothing is being built until the next stage starts
         record = distributed.from_main(record)
         progress.log(f"{label}: done in {record.wall_s:.1f} s")
         return record
@@ -253,6 +275,14 @@ class Pipeline:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = self.store.commit(stage.name, stage.key, manifest, scratch=stage.cls.scratch)
         return RunRecord(stage.name, stage.key, False, wall, path, summary)
+
+
+def _progress_text(record: dict) -> str:
+    """`pid 4242, stage distill, epoch 3/10`: the unit counted is the one in progress."""
+    text = f"pid {record.get('pid')}, stage {record.get('stage')}"
+    if record.get("unit") and record.get("total"):
+        text += f", {record['unit']} {min(record['done'] + 1, record['total'])}/{record['total']}"
+    return text
 
 
 def _check_resume(work: Path, resumes: tuple[str, ...], state: str, reason: str) -> tuple[str, str]:

@@ -1,8 +1,10 @@
 """What to ship on each target: one answer per runtime (SDK) an app on it may link, and one overall pick.
 
-Per target and runtime, among that runtime's student artifacts (a file its quantizer marked `ship: false`
-never ships):
-1. accuracy: drop those more than `quantize.max_drop` top-1 points below the torch fp32 student;
+Per target and runtime, among that runtime's student artifacts (a file its quantizer marked `ship: false`, or
+left over its accuracy budget on the validation images, never ships):
+1. accuracy: drop those more than `quantize.max_drop` top-1 points below the torch fp32 student on the test
+   split where the loss is real (the upper end of the change's 95% interval below zero); a runtime none of whose
+   files is left ships nothing;
 2. budgets: drop those over the target's p90 latency or memory budget where timed; an untimed file (Core ML
    off macOS) is held to the memory budget by an estimate: file bytes + activations (pipeline/activations.py);
 3. speed: drop every file another one beats. A beats B when their medians' 95% intervals do not overlap and
@@ -21,20 +23,19 @@ No torch here.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
 import backends
+from pipeline.core.intervals import difference_interval, over_budget
 from pipeline.core.numerics import Numerics
 from pipeline.core.section import Section
 from targets.latency import FASTER, UNKNOWN, compare_latency
 
 SAME_SPEED = 1.05  # a median less than 5% lower is not faster, whatever the intervals say
 SAME_ACCURACY = 0.1  # top-1 points: with prefer = "accuracy", files this close to the best tied file are as accurate
-Z95 = 1.96
 EVIDENCE = ("measured", "predicted", "proxy")  # which latency rows decide, best first
 
 
@@ -45,19 +46,6 @@ class ShipConfig(Section):
         "accuracy", description="among equally fast files (or files nothing timed): accuracy = files without a "
                                 f"real top-1 loss, within {SAME_ACCURACY:g} points of the most accurate, then the "
                                 "smaller; size = the smaller file first")
-
-
-def difference_interval(top1: float, reference: float, agreement: float, images: int) -> tuple[float, float]:
-    """A 95% interval for (top1 - reference) in points, from paired predictions on the same images.
-
-    The images on which the two models disagree bound the discordant pairs of McNemar's test
-    (b + c <= disagreements): using that bound makes the normal-approximation interval conservative.
-    """
-    n = max(images, 1)
-    d = (top1 - reference) / 100
-    discordant = max(1.0 - agreement, abs(d))
-    spread = Z95 * math.sqrt(max(discordant / n - d * d / n, 0.0))
-    return round(100 * (d - spread), 2), round(100 * (d + spread), 2)
 
 
 @dataclass(frozen=True)
@@ -199,6 +187,10 @@ class Candidates:
     def interval(self, a: Candidate) -> tuple[float, float]:
         return difference_interval(a.top1, self.reference.top1, a.agreement, self.images)
 
+    def over_budget(self, a: Candidate) -> bool:
+        """More than max_drop points below the torch fp32 student, and a real loss (its interval says so)."""
+        return over_budget(self.reference.top1 - a.top1, self.interval(a), self.max_drop)
+
     def break_tie(self, tied: list[Candidate]) -> Candidate:
         """The file step 4 picks among equally fast files (or files nothing timed)."""
         rank = {r: i for i, r in enumerate(self.order)}
@@ -259,8 +251,12 @@ def choose_runtime(c: Candidates, runtime: str) -> dict:
         why.append(f"no artifact passes {step}: that step is skipped")
         return pool
 
-    pool = keep(candidates, [a for a in candidates if c.reference.top1 - a.top1 <= c.max_drop],
-                f"the accuracy budget (max_drop {c.max_drop:g} points)")
+    over = [a for a in candidates if c.over_budget(a)]
+    why += [f"`{a.artifact}` loses {c.reference.top1 - a.top1:.2f} top-1 points (95% interval of the change "
+            f"{c.interval(a)[0]:+.2f} to {c.interval(a)[1]:+.2f}), over max_drop {c.max_drop:g}" for a in over]
+    pool = [a for a in candidates if a not in over]
+    if not pool:
+        return {"target": name, "runtime": runtime, "artifact": None, "why": "; ".join(why)}
     budget = c.target.get("memory_budget_mb")
     if any(a.artifact in c.timed for a in pool):
         within = [a for a in pool if a.artifact in c.timed and c.timed[a.artifact].latency_ok
@@ -325,9 +321,6 @@ def _reasons(c: Candidates, best: Candidate, candidates: list[Candidate]) -> lis
             if faster:
                 reasons.append(f"`{other.artifact}` is slower: {best.artifact} is {ratio_text(cmp)}, "
                                "so float ships")
-        if c.reference.top1 - other.top1 > c.max_drop:
-            reasons.append(f"`{other.artifact}` loses {c.reference.top1 - other.top1:.2f} points, over "
-                           f"max_drop {c.max_drop:g}")
     return reasons
 
 
@@ -374,10 +367,17 @@ def choose_records(name: str, target: dict, rows: list[dict], evaluation: dict, 
 
 
 def unshippable_files(report: dict) -> dict[str, str]:
-    """artifact -> why, for every file its quantizer marked ship: false."""
+    """artifact -> why, for every file its quantizer marked ship: false or left over its accuracy budget."""
     records = ((report.get("stages") or {}).get("quantize") or {}).get("summary", {}).get("artifacts", {})
-    return {k: r.get("ship_note") or "its quantizer found it not faster than its float sibling on this host"
-            for k, r in records.items() if r.get("ship") is False}
+    found = {k: r.get("ship_note") or "its quantizer found it not faster than its float sibling on this host"
+             for k, r in records.items() if r.get("ship") is False}
+    for key, record in records.items():
+        fallback = record.get("fallback") or {}
+        if fallback and not fallback.get("met", True):
+            drop = (fallback.get("steps") or [fallback])[-1].get("drop")
+            found.setdefault(key, f"over the accuracy budget on validation images ({drop:.2f} points lost, "
+                                  f"max_drop {fallback.get('max_drop')}) even with layers kept in float")
+    return found
 
 
 def choose_all(report: dict, activation_mb: float | None = None) -> dict[str, dict]:

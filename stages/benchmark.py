@@ -76,7 +76,7 @@ class BenchmarkStage(Stage):
         work = [(name, p, [m for runtime in p.all_runtimes for m in models if m.runtime == runtime])
                 for name, p in profiles.items() if p.connection != "predicted"]
         rows = []
-        with ctx.progress.bar("  benchmarking", sum(len(fitting) for *_, fitting in work)) as bar:
+        with ctx.progress.bar("  benchmarking", sum(len(fitting) for *_, fitting in work), unit="measurement") as bar:
             for name, profile, fitting in work:
                 if not fitting:
                     continue

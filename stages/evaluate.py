@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 import backends
 from pipeline.core.fileio import read_json, write_json
+from pipeline.core.intervals import wilson
 from pipeline.core.section import Section, not_in_key
 from pipeline.core.stage import Stage, StageContext
 
@@ -82,6 +83,23 @@ def torch_logits(model_file: Path):
     return logits
 
 
+def chance_warnings(result: dict, classes: int) -> list[str]:
+    """A line for the teacher or student whose test top-1 cannot be told from guessing: chance (100 / classes)
+    within or above its 95% interval. A student distilled from such a teacher learns nothing from it."""
+    chance, images, warnings = 100 / classes, result["images"], []
+    fixes = {"teacher": "train it longer (teacher.epochs, teacher.lr), check the data and its labels, or load "
+                        "trained weights (teacher.pretrained / teacher.checkpoint)",
+             "student": "train it longer (distill.epochs, distill.lr) and check the teacher and the data"}
+    for role, fix in fixes.items():
+        top1 = result[role]["top1"]
+        low, high = wilson(round(top1 * images / 100), images)
+        if low <= chance:
+            warnings.append(f"the {role} {result[role]['model']} scores {top1:.2f}% top-1 on {images} test images "
+                            f"of {classes} classes (95% interval {low:.1f}-{high:.1f}%): no better than guessing "
+                            f"({chance:.1f}%); {fix}")
+    return warnings
+
+
 def per_class_top1(predictions: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     return np.array([100 * (predictions[labels == c] == c).mean() if (labels == c).any() else np.nan
                      for c in range(classes)])
@@ -129,6 +147,9 @@ class EvaluateStage(Stage):
                              f"{r['params'] / 1e6:.3f} M params, {r['flops'] / 1e6:.1f} MFLOPs")
         finally:
             torch.set_num_threads(restore)
+        result["warnings"] = chance_warnings(result, len(data.meta["classes"]))
+        for warning in result["warnings"]:
+            log.warning(warning)
         result["artifacts"] = self._log(rows)
         if cfg.arm64 == "on":
             from targets.arm64 import stage_accuracy
@@ -167,7 +188,7 @@ class EvaluateStage(Stage):
         for stage in ("export", "quantize"):
             for key, a in read_json(ctx.inputs[stage] / f"{stage}.json")["artifacts"].items():
                 files.append((key, ctx.inputs[stage] / a["file"], a["runtime"], a["precision"], a, stage))
-        with ctx.progress.bar(f"  evaluating {len(files)} artifacts", len(files)) as bar:
+        with ctx.progress.bar(f"  evaluating {len(files)} artifacts", len(files), unit="artifact") as bar:
             futures = [pool.submit(self._predictions, path, threads, data, cfg.batch_size) for _, path, *_ in files]
             for _ in as_completed(futures):
                 bar.advance()

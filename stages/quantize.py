@@ -67,14 +67,20 @@ class QuantizeStage(Stage):
         notes = job.notes
         over = {key: a["fallback"] for key, a in artifacts.items() if a.get("fallback") and not a["fallback"]["met"]}
         for key, fb in over.items():
-            drop = fb["steps"][-1]["drop"] if "steps" in fb else fb["drop"]
-            message = (f"{key} loses {drop:.2f} top-1 points on validation images, over quantize.max_drop = "
-                       f"{cfg.max_drop}, even with layers kept in float")
+            last = fb["steps"][-1] if "steps" in fb else fb
+            real = (f" (95% interval of the change {last['delta_interval'][0]:+.2f} to "
+                    f"{last['delta_interval'][1]:+.2f})" if "delta_interval" in last else "")
+            message = (f"{key} loses {last['drop']:.2f} top-1 points on validation images{real}, over "
+                       f"quantize.max_drop = {cfg.max_drop}, even with layers kept in float")
             if cfg.on_over_budget == "stop":
                 raise UserError(f"{message}: raise max_drop or max_fallback_layers, try another calibration_method, "
                                 "or set quantize.on_over_budget = 'warn' to keep it flagged")
             notes.append(message)
-            log.error(f"{message}: flagged in the report")
+            log.error(f"{message}: flagged in the report, and no target ships it")
+        for artifact in artifacts.values():
+            kept = (artifact.get("fallback") or {}).get("excluded_names") or []
+            if kept and artifact["fallback"].get("layers"):
+                artifact["precision"] += f", mixed: {len(kept)} of {artifact['fallback']['layers']} layers float"
         for key, artifact in artifacts.items():
             artifact["bytes"] = artifact_bytes(ctx.out / artifact["file"])
             log.info(f"{key}: {artifact['bytes'] / 1e6:.2f} MB in {artifact['seconds']:.1f} s; INT8 op types "

@@ -134,7 +134,7 @@ def fit(model: nn.Module, step: StepFn, train: Batches, val: Batches, cfg: Train
         log.info(f"{label}: lr {cfg.lr:g} x {cfg.batch_size}/512 = {lr:.3g} (linear scaling)")
     forward = _prepare(model, device, here, accel)
     state_like_params(optimizer)
-    with progress.bar(f"  {label} epochs", cfg.epochs) as epochs_bar:
+    with progress.bar(f"  {label} epochs", cfg.epochs, unit="epoch") as epochs_bar:
         epochs_bar.advance(start_epoch)
         for epoch in range(start_epoch, cfg.epochs):
             try:

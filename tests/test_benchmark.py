@@ -53,6 +53,20 @@ def test_targets_command_lists_builtin_and_user_profiles(tmp_path, capsys):
         assert name in out
 
 
+def test_targets_lists_every_runtime_a_target_times(tmp_path):
+    """android-phone ships ExecuTorch or LiteRT as well as ONNX Runtime: all three are listed, the profile's order."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline.device_commands import list_targets
+
+    out = StringIO()
+    list_targets(load_config(None), Console(file=out, width=400))
+    line = next(line for line in out.getvalue().splitlines() if "android-phone " in line)
+    assert "onnxruntime, executorch, litert" in line
+
+
 def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
     report = read_report(trained_run)
     rows = report["latency"]["rows"]
@@ -127,6 +141,8 @@ def test_bench_refuses_a_target_of_another_runtime(tmp_path, capsys):
     model.write_text("<net/>")
     assert main(["bench", str(model), "--target", "iphone"]) == 2
     assert "runs coreml, but the model(s) need openvino" in capsys.readouterr().err
+    assert main(["bench", str(model), "--target", "android-phone"]) == 2
+    assert "runs onnxruntime, executorch, litert, but the model(s) need openvino" in capsys.readouterr().err
 
 
 def test_benchmark_settings_are_part_of_the_cache_key(tmp_path):

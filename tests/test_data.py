@@ -16,12 +16,11 @@ from stages.data import (
     FASHION_FILES,
     DataConfig,
     fashion_mnist_dir,
-    imagefolder_layout,
-    load_imagefolder,
     read_idx,
     split,
     to_nchw,
 )
+from stages.imagefolder import imagefolder_layout, load_imagefolder
 
 
 def _write_idx(path, array: np.ndarray) -> None:
@@ -82,15 +81,14 @@ def test_imagefolder_reads_class_folders(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(3):
             Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
-    (train_x, train_y), test, classes, _ = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path),
-                                                                    img_size=8, channels=3))
+    (train_x, train_y), test, classes, _ = load_imagefolder(str(tmp_path), False, channels=3, size=8)
     assert classes == ["cat", "dog"] and test is None
     assert train_x.shape == (6, 8, 8, 3) and train_y.tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(UserError, match="one folder per class"):
-        load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path / "cat")))
+        load_imagefolder(str(tmp_path / "cat"), False, channels=1, size=32)
     (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(UserError, match=r"data.path: cannot read image .*dog/broken.png"):
-        load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path), img_size=8, channels=3))
+        load_imagefolder(str(tmp_path), False, channels=3, size=8)
 
 
 def test_split_is_deterministic_disjoint_and_subsettable():
@@ -134,7 +132,7 @@ def _folders(root, layout: dict[str, int]) -> None:
 def test_class_folders_that_differ_between_splits_or_hold_nothing_are_one_line_up_front(tmp_path, layout, fragment):
     _folders(tmp_path, layout)
     with pytest.raises(UserError) as info:
-        imagefolder_layout(DataConfig(dataset="imagefolder", path=str(tmp_path)))
+        imagefolder_layout(str(tmp_path), False)
     assert fragment in str(info.value) and "\n" not in str(info.value) and len(str(info.value)) < 300
     assert "data.allow_class_mismatch = true" in str(info.value)
 
@@ -168,11 +166,10 @@ def test_macos_metadata_is_skipped_and_a_decompression_bomb_is_named(tmp_path, m
     _folders(tmp_path, {"cat": 2, "dog": 2})
     (tmp_path / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not an image
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (train_x, _), _, classes, notes = load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path),
-                                                                  img_size=4))
+    (train_x, _), _, classes, notes = load_imagefolder(str(tmp_path), False, channels=1, size=4)
     assert len(train_x) == 4 and classes == ["cat", "dog"] and notes == [
         "skipped 2 hidden file(s) in the class folders (macOS ._* and .DS_Store among them)"]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a 20000 x 20000 PNG, scaled down
     Image.new("L", (100, 100)).save(tmp_path / "dog" / "huge.png")  # 10,000 pixels: over twice the limit
     with pytest.raises(UserError, match=r"dog/huge.png has more pixels than Pillow reads safely"):
-        load_imagefolder(DataConfig(dataset="imagefolder", path=str(tmp_path), img_size=4))
+        load_imagefolder(str(tmp_path), False, channels=1, size=4)

@@ -16,7 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from targets.devices import AdbDevice, DeviceError, LocalDevice, SshDevice, make_device, model_files, parse_adb_devices
+from targets.adb import AdbDevice, parse_adb_devices
+from targets.devices import DeviceError, LocalDevice, SshDevice, make_device, model_files
 from targets.profiles import TargetProfile
 
 SSHD = Path("/usr/sbin/sshd")

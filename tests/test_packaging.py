@@ -61,3 +61,12 @@ def test_an_installed_wheel_runs_outside_the_source_tree(wheel, tmp_path):
     assert _run(cli, "--version", cwd=tmp_path).stdout.strip() == f"manifold-edge {__version__}"
     built = Path(_run(venv / "bin" / "python", "-m", "targets.agent.bundle", tmp_path, cwd=tmp_path).stdout.strip())
     assert built.read_bytes() == build_zipapp(tmp_path / "here").read_bytes()  # the agent, as the source tree ships it
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
+def test_make_creates_the_venv_with_venv_args(tmp_path):
+    """`make run VENV_ARGS=--system-site-packages` reuses a system torch (README): the flag reaches `venv`."""
+    venv = tmp_path / "venv"
+    done = _run("make", "-n", "setup", f"VENV={venv}", "VENV_ARGS=--system-site-packages", cwd=ROOT)
+    assert f"-m venv --system-site-packages {venv}\n" in done.stdout
+

@@ -209,7 +209,7 @@ def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys, monkey
     one host and gained 3.3 on another: no basis for a test."""
     import onnx
 
-    from stages.quantize import onnx_int8
+    from backends.onnx import quantize as onnx_int8
 
     quantize = onnx_int8.quantize_static
 

@@ -219,12 +219,12 @@ def test_compare_puts_two_runs_side_by_side(trained_run, tmp_path, capsys):
     args = cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000", "run.name='more-runs'",
                     "benchmark.runs=30", "benchmark.targets=['wearos-watch']")  # one target: the rerun is short
     assert main(args) == 0
-    out = tmp_path / "compare.html"
     capsys.readouterr()
-    assert main(["compare", str(runs / "default"), str(runs / "more-runs"), "--out", str(out)]) == 0
+    assert main(["compare", str(runs / "default"), str(runs / "more-runs"), "--out", str(tmp_path / "cmp")]) == 0
     printed = capsys.readouterr().out
-    assert "benchmark.runs: 20 -> 30" in printed and "onnx_int8_static" in printed and "wearos-watch" in printed
-    assert "<table>" in out.read_text()
+    assert "`benchmark.runs`: 20 -> 30" in printed and "onnx_int8_static" in printed and "wearos-watch" in printed
+    assert "| wearos-watch | litert" in printed and "sha256" in printed  # the shipped files, hashed
+    assert "<table>" in (tmp_path / "cmp" / "compare.html").read_text()
     assert json.loads((runs / "more-runs" / "report.json").read_text())["stages"]["distill"]["cached"]
 
 

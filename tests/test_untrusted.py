@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_overrides
 from pipeline.cli import main
 from pipeline.core.errors import UserError
 from pipeline.core.lock import run_lock
@@ -287,6 +287,54 @@ def test_status_says_running_while_another_process_builds_the_stage_and_not_afte
     assert lock.is_file() and f"pid {holder.pid}" in lock.read_text()
     distill = next(s for s in pipeline.status() if s.name == "distill")
     assert distill.state == "missing" and distill.reason == "an earlier run of it did not finish"
+
+
+HOLD_RUN = ("import json, sys; from pipeline.core.lock import record_progress, run_lock\n"
+            "with run_lock(sys.argv[1]):\n    record_progress(sys.argv[1], **json.loads(sys.argv[2]))\n"
+            "    print('held', flush=True); sys.stdin.readline()")
+
+
+def test_status_shows_the_stage_and_epoch_the_live_run_of_the_folder_builds_and_not_after_a_kill(tmp_path):
+    pipeline = Pipeline(tiny_config(tmp_path))
+    key = next(s.key for s in pipeline.plan() if s.name == "distill")
+    pipeline.store.begin("distill", key)  # an earlier, unfinished run of it: what status said before
+    record = {"stage": "distill", "key": key, "unit": "epoch", "done": 2, "total": 4}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(pipeline.run_dir), json.dumps(record)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        distill = next(s for s in pipeline.status() if s.name == "distill")
+        assert (distill.state, distill.reason) == (
+            "running", f"running (pid {holder.pid}, stage distill, epoch 3/4): a `run` is building it now")
+        other = next(s for s in Pipeline(tiny_config(tmp_path, "distill.epochs=2")).status() if s.name == "distill")
+        assert other.state == "running" and f"pid {holder.pid}, stage distill, epoch 3/4) with other settings" \
+            in other.reason and f"(key {key[:12]})" in other.reason, other.reason
+        assert next(s for s in pipeline.status() if s.name == "teacher").state == "missing"
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the record stays behind, its pid holds no lock
+        holder.wait()
+    assert (pipeline.run_dir / ".progress.json").is_file()
+    distill = next(s for s in pipeline.status() if s.name == "distill")
+    assert (distill.state, distill.reason) == ("missing", "an earlier run of it did not finish")
+
+
+def test_a_run_records_each_stage_and_epoch_it_builds_then_removes_the_record(tmp_path, monkeypatch):
+    import pipeline.graph
+    from pipeline.api import run
+
+    records, record_progress = [], pipeline.graph.record_progress
+
+    def spy(run_dir, **fields):
+        record_progress(run_dir, **fields)
+        records.append(json.loads((run_dir / ".progress.json").read_text()))
+
+    monkeypatch.setattr(pipeline.graph, "record_progress", spy)
+    run(None, tiny_overrides(tmp_path, "teacher.epochs=2", dataset="digits"), until="teacher", quiet=True)
+    teacher = [(r["pid"], r.get("unit"), r.get("done"), r.get("total")) for r in records if r["stage"] == "teacher"]
+    pid = os.getpid()
+    assert teacher == [(pid, None, None, None), (pid, "epoch", 0, 2), (pid, "epoch", 1, 2), (pid, "epoch", 2, 2)]
+    assert [r["stage"] for r in records][0] == "data"
+    assert not (tmp_path / "runs" / "default" / ".progress.json").exists()
 
 
 # --- `report` on a run that did not finish ------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
         raise _failed("INT8 capture", name, exc) from None
     lowered: dict = {}  # the delegation record of the last program written
 
-    def quantized_top1(excluded: list[str]) -> float:
+    def predictions(excluded: list[str]) -> np.ndarray:
         with quiet():
             converted = _fake_quantized(graph, calibration, _quantizer(per_channel, _in_modules(excluded, False)),
                                         batch)
@@ -157,7 +157,7 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
                 lowered.update(record)
             except Exception as exc:
                 raise _failed("INT8 lowering", name, exc) from None
-        return float(100 * (predict(ExecuTorchRunner(dst), [val_images]).argmax(1) == val_labels).mean())
+        return predict(ExecuTorchRunner(dst), [val_images]).argmax(1)
 
     def rank() -> list[dict]:
         images = val_images[:PROBE_IMAGES]
@@ -165,8 +165,8 @@ def quantize(model, shape: tuple[int, ...], dst: Path, calibration: np.ndarray, 
             return rank_sensitivity(model, graph, calibration, images, _logits(model, images, batch), per_channel,
                                     batch)
 
-    fp32 = float(100 * (_logits(model, val_images, batch).argmax(1) == val_labels).mean())
-    result = with_fallback("ExecuTorch INT8", fp32, max_drop, max_fallback_layers, quantized_top1, rank)
+    result = with_fallback("ExecuTorch INT8", _logits(model, val_images, batch).argmax(1), val_labels, max_drop,
+                           max_fallback_layers, len(candidate_modules(model)), predictions, rank)
     _one_image_at_a_time(name, max_batch, lowered["max_batch"])
     return {**result.as_dict(), "op_types": lowered.pop("int8_ops"), **lowered}
 

@@ -57,8 +57,11 @@ def quantize_dynamic(src: Path, dst: Path) -> dict:
 
 
 def layer_name(scope: str) -> str:
-    """A readable name for an op scope: its last tensor name without module paths or output numbers."""
+    """A readable name for an op scope: its last tensor name without module paths or output numbers; the op
+    that writes the model's output (its tensor named for the signature, serving_default_...) is the output layer."""
     last = [name for name in scope.split(";") if name and not name.isdigit()][-1]
+    if last.startswith("serving_default_"):
+        return "the output layer"
     return "/".join(part.rsplit(".", 1)[-1] for part in last.split("/"))
 
 
@@ -97,8 +100,9 @@ def quantize_static(src: Path, dst: Path, ranges: dict, only: str | None = None,
         Path(dst).write_bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
 
 
-def top1(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
-    return float(100 * (LiteRTRunner(path)(images).argmax(1) == labels).mean())
+def classes(path: Path, images: np.ndarray) -> np.ndarray:
+    """The file's predicted class of each image."""
+    return LiteRTRunner(path)(images).argmax(1)
 
 
 def rank_sensitivity(src: Path, probe: Path, ranges: dict, images: np.ndarray, reference: np.ndarray
@@ -125,16 +129,17 @@ def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_ima
     src, dst = Path(src), Path(dst)
     ranges = calibrate(src, calibration)
 
-    def quantized_top1(excluded: list[str]) -> float:
+    def predictions(excluded: list[str]) -> np.ndarray:
         quantize_static(src, dst, ranges, exclude=excluded)
-        return top1(dst, val_images, val_labels)
+        return classes(dst, val_images)
 
     def rank() -> list[dict]:
         reference = LiteRTRunner(src)(val_images[:256])
         return rank_sensitivity(src, dst.with_name(f"{dst.stem}_probe.tflite"), ranges, val_images[:256], reference)
 
-    result = with_fallback("LiteRT static INT8", top1(src, val_images, val_labels), max_drop, max_fallback_layers,
-                           quantized_top1, rank, layer_name)
+    layers = sum(op["op"] in INT8_OPS for op in operators(src))
+    result = with_fallback("LiteRT static INT8", classes(src, val_images), val_labels, max_drop, max_fallback_layers,
+                           layers, predictions, rank, layer_name)
     return {**result.as_dict(), "op_types": int8_op_types(dst)}
 
 

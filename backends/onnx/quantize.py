@@ -150,9 +150,9 @@ def candidate_nodes(path: Path, op_types: list[str]) -> list[str]:
     return [node.name for node in graph.node if node.op_type in op_types]
 
 
-def top1(path: Path, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
-    logits = predict(OnnxRuntimeRunner(path), (images[i:i + batch] for i in range(0, len(images), batch)))
-    return float(100 * (logits.argmax(1) == labels).mean())
+def classes(path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The file's predicted class of each image."""
+    return predict(OnnxRuntimeRunner(path), (images[i:i + batch] for i in range(0, len(images), batch))).argmax(1)
 
 
 def rank_sensitivity(src: Path, work: Path, calibration: np.ndarray, images: np.ndarray, cfg: Any,
@@ -176,16 +176,17 @@ def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarr
     in float (at most cfg.max_fallback_layers)."""
     cache = work / "calibration.json"
 
-    def quantized_top1(excluded: list[str]) -> float:
+    def predictions(excluded: list[str]) -> np.ndarray:
         quantize_static(src, dst, calibration, cfg, cache, exclude=excluded)
-        return top1(dst, val_images, val_labels)
+        return classes(dst, val_images)
 
     def rank() -> list[dict]:
         reference = predict(OnnxRuntimeRunner(src), [val_images[:256]])
         return rank_sensitivity(src, work, calibration, val_images[:256], cfg, cache, reference)
 
-    result = with_fallback("ONNX static INT8", top1(src, val_images, val_labels), cfg.max_drop,
-                           cfg.max_fallback_layers, quantized_top1, rank)
+    layers = [n for n in candidate_nodes(src, list(cfg.op_types)) if n not in set(static_exclusions(src, cfg))]
+    result = with_fallback("ONNX static INT8", classes(src, val_images), val_labels, cfg.max_drop,
+                           cfg.max_fallback_layers, len(layers), predictions, rank)
     cache.unlink(missing_ok=True)
     return result
 

@@ -162,8 +162,7 @@ def run(job: QuantizeJob) -> dict[str, dict]:
             if not check["ship"]:
                 job.note(f"`openvino_int8` is not faster than OpenVINO fp32 on this host ({s['x']:.2f}x, "
                          f"95% interval {s['interval'][0]:.2f}-{s['interval'][1]:.2f}, 1 thread, CPU time): "
-                         "written but marked ship: false; the ship table still goes by each target's "
-                         "measured latency")
+                         "written but marked ship: false, so no target ships it")
     if cfg.openvino_weights:
         start = time.perf_counter()
         file = job.out / "openvino_int8_weights_model.xml"

@@ -2,18 +2,24 @@
 
 A run folder has one owner at a time: a second `run` of the same run name refuses at once. A stage's
 artifact is built by one process at a time: a run that needs an artifact another run (another run
-name, same shared cache) is building waits for it, then reuses it.
+name, same shared cache) is building waits for it, then reuses it. The owner of a run folder records
+what it is building (stage, cache key, epoch e of E) in .progress.json beside the folder's lock, for
+`status`; a record whose pid does not hold the lock (left by a kill -9) is ignored.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.core.fileio import read_json, write_json
+
+PROGRESS = ".progress.json"
 
 
 def _open(path: Path) -> int:
@@ -96,6 +102,29 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         _unlock(path, fd)
+
+
+def record_progress(run_dir: Path, **fields) -> None:
+    """What this process, the holder of run_dir's lock, is building now (stage, key, unit, done, total)."""
+    write_json(Path(run_dir) / PROGRESS, {"pid": os.getpid(), **fields})
+
+
+def clear_progress(run_dir: Path) -> None:
+    """Nothing is being built now (its stage is done, or the run ended): the record goes."""
+    (Path(run_dir) / PROGRESS).unlink(missing_ok=True)
+
+
+def live_progress(run_dir: Path) -> dict | None:
+    """The record of the process that holds run_dir's lock now; None when nobody holds it, or the record is
+    missing, unreadable or another process's (a run killed before it could remove it)."""
+    pid = re.match(r"pid (\d+)", holder(Path(run_dir) / ".lock") or "")
+    if not pid:
+        return None
+    try:
+        record = read_json(Path(run_dir) / PROGRESS)
+    except (OSError, ValueError):  # not written yet, removed as the run ended, or damaged
+        return None
+    return record if isinstance(record, dict) and record.get("pid") == int(pid[1]) else None
 
 
 @contextmanager

@@ -44,12 +44,17 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
             continue
         if "steps" in fb:
             first, last = fb["steps"][0]["drop"], fb["steps"][-1]["drop"]
-            text = (f"drop {first:.2f} points on {len(fb['steps'])} step(s) -> {last:.2f}; layers kept in float: "
-                    f"{', '.join(fb['excluded']) or 'none'}")
+            kept = fb.get("excluded_names", fb["excluded"])
+            text = (f"drop {first:.2f} points on {len(fb['steps'])} step(s) -> {last:.2f}"
+                    + (f" (95% interval of the change {fb['steps'][-1]['delta_interval'][0]:+.2f} to "
+                       f"{fb['steps'][-1]['delta_interval'][1]:+.2f} on {fb['images']} images)"
+                       if "delta_interval" in fb["steps"][-1] else "")
+                    + f"; layers kept in float: {', '.join(kept) or 'none'}"
+                    + (f" of {fb['layers']}" if kept and fb.get("layers") else ""))
         else:
             text = (f"drop {fb['plain_drop']:.2f} points" + (f", NNCF accuracy control -> {fb['drop']:.2f}"
                                                                if fb["accuracy_control"] else ""))
-        verdict = "within" if fb["met"] else "**over**"
+        verdict = "within" if fb["met"] else "**over**, so no target ships it;"
         lines.append(f"- `{key}` on validation images: {text} ({verdict} max_drop {fb['max_drop']}).")
     lines.append("")
     return lines
@@ -90,6 +95,15 @@ def _number(value: float | None, unit: str) -> str:
     return "unknown" if value is None else f"{value:.0f} {unit}"
 
 
+def matched_units(distill: dict) -> str:
+    """The units the manifold loss matched, as the models' families name them (blocks.3 of a ViT, stages.1 of a
+    Swin or a CNN); the layer indices where the distill record predates the names."""
+    if distill.get("matched_units"):
+        return "student " + ", ".join(s for s, _ in distill["matched_units"]) + " <- teacher " + \
+            ", ".join(t for _, t in distill["matched_units"])
+    return f"student units {distill['student_layers']} <- teacher units {distill['teacher_layers']}"
+
+
 def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
     from pipeline.plots import NOT_TERMS
 
@@ -98,6 +112,8 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
              f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {_number(run['wall_s'], 's')}, "
              f"peak memory {_number(run['peak_rss_mb'], 'MB')}.", ""]
+    lines += [f"> **Warning**: {w}." for w in (report.get("evaluation") or {}).get("warnings", [])]
+    lines += [""] if lines[-1] != "" else []
     lines += ship_lines(report)
     data_notes = report["stages"].get("data", {}).get("summary", {}).get("notes", [])
     if data_notes:
@@ -124,9 +140,8 @@ def render_markdown(title: str, report: dict, plots: dict[str, str] | None = Non
         cfg = report["config"]["distill"]
         parts = [f"KD `{distill['kd']}`"]
         if distill["manifold"]:
-            parts.append(f"manifold loss on student blocks {distill['student_layers']} <- teacher blocks "
-                         f"{distill['teacher_layers']} (w_intra {cfg['w_intra']}, w_inter {cfg['w_inter']}, "
-                         f"w_random {cfg['w_random']}, K {cfg['k']}, beta {cfg['beta']})")
+            parts.append(f"manifold loss on {matched_units(distill)} (w_intra {cfg['w_intra']}, "
+                         f"w_inter {cfg['w_inter']}, w_random {cfg['w_random']}, K {cfg['k']}, beta {cfg['beta']})")
         lines += ["## Distillation", "", "; ".join(parts) + ".", ""]
     for role, rows in report["curves"].items():
         if not rows:

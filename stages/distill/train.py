@@ -64,6 +64,7 @@ def distill(ctx: StageContext) -> dict:
     needs_teacher = cfg.kd != "none" or use_manifold
     taps = (TokenTap(student, layers[0], "student"), TokenTap(teacher, layers[1], "teacher")) \
         if use_manifold else ()
+    log.info(manifold_line(cfg, taps, student, teacher))
 
     def step(forward, x, y, rng):
         student_tokens, teacher_tokens = [], []
@@ -113,6 +114,19 @@ def _matching(taps: tuple[TokenTap, ...], student, teacher) -> dict:
         return {}
     return {"families": {"student": family_of(student, "student").name, "teacher": family_of(teacher, "teacher").name},
             "matched_units": [[s.name, t.name] for s, t in zip(taps[0].units, taps[1].units)]}
+
+
+def manifold_line(cfg: DistillConfig, taps: tuple[TokenTap, ...], student, teacher) -> str:
+    """The console's line on the loss: KD and whether the manifold terms are on, over which units (named as the
+    models' families name them: blocks of a ViT, stages of a Swin or a CNN)."""
+    if not taps:
+        why = "distill.manifold = false" if not cfg.manifold else "its weights or beta are 0"
+        return f"loss: CE + KD `{cfg.kd}`; manifold loss off ({why})"
+    matched = _matching(taps, student, teacher)
+    pairs = ", ".join(f"{s} <- {t}" for s, t in matched["matched_units"])
+    return (f"loss: CE + KD `{cfg.kd}` + manifold loss (intra {cfg.w_intra:g}, inter {cfg.w_inter:g}, random "
+            f"{cfg.w_random:g}, beta {cfg.beta:g}) on {len(matched['matched_units'])} pairs, student "
+            f"({matched['families']['student']}) <- teacher ({matched['families']['teacher']}): {pairs}")
 
 
 def uses_manifold(cfg: DistillConfig) -> bool:
