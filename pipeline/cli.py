@@ -22,7 +22,7 @@ from pipeline.core.fileio import out_of_space, write_text
 from pipeline.core.logs import quiet_third_party
 
 DEFAULT_CONFIG = "pipeline.toml"
-RUN_LOG = "run.log"  # in the run's folder: what the libraries print during `run` (all of it with --verbose)
+RUN_LOG = "run.log"  # in the run's folder: what the libraries print during `run` (on stderr with --verbose)
 NOTHING_MEASURED = 3  # `bench`: every measurement failed (a device refused, a runtime missing)
 
 
@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     run.add_argument("--nproc", type=int, metavar="N", help="train in N processes under torchrun (run.nproc)")
-    run.add_argument("--verbose", action="store_true", help="show the libraries' own output on the console "
-                                                            "(by default it goes to <run folder>/run.log)")
+    run.add_argument("--verbose", action="store_true", help="show the libraries' own output on stderr (by "
+                                                            "default it goes to <run folder>/run.log)")
     report = sub.add_parser("report", help="rebuild a run's report.json/.md/.html and plots from its artifacts")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/default")
     for p in (run, report):

@@ -102,3 +102,14 @@ def test_nothing_is_captured_where_the_streams_are_not_the_descriptors(tmp_path,
     with library_output_to(tmp_path / "run.log") as console:
         print("ours", file=console.err)
     assert capsys.readouterr().err == "ours\n" and not (tmp_path / "run.log").exists()
+
+
+def test_without_a_log_the_library_output_is_shown_on_stderr_and_stdout_keeps_ours(tmp_path):
+    """`run --verbose`: the libraries' stdout joins their stderr; stdout carries our results only."""
+    script = CAPTURED.replace("Path(sys.argv[1])", "None")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout == "our result\nafter: stdout\n"
+    for line in ("native stdout", "native stderr", "a library's print", "a library's warning", "a child process",
+                 "our progress", "after: stderr"):
+        assert line in done.stderr
