@@ -92,6 +92,10 @@ def test_the_positional_config_still_works_and_says_it_is_deprecated(tmp_path, c
     assert json.loads(out)["run"] == "mine" and err == ""
     assert main(["status", str(config), "--config", str(config)]) == 2
     assert "give only --config FILE" in capsys.readouterr().err
+    assert main(["run", str(config), "--until", "distil"]) == 2  # read, then refused for its own reason
+    deprecated, error = capsys.readouterr().err.splitlines()
+    assert deprecated == f"`run CONFIG` is deprecated: use `run --config {config}`"
+    assert error.startswith("error: --until 'distil': no such stage")
 
 
 def test_bench_json_path_still_writes_the_file_and_says_it_is_deprecated(tmp_path, capsys):
