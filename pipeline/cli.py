@@ -212,7 +212,14 @@ def _targets_or_bench(args, config: str | None) -> int:
 
     from rich.console import Console
 
-    from pipeline.device_commands import bench, bench_tables, targets_document, targets_notes, targets_tables
+    from pipeline.device_commands import (
+        backends_by_suffix,
+        bench,
+        bench_tables,
+        targets_document,
+        targets_notes,
+        targets_tables,
+    )
     from pipeline.tables import show
 
     cfg = load_config(config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None), args.overrides)
@@ -225,7 +232,7 @@ def _targets_or_bench(args, config: str | None) -> int:
         print("\n".join(targets_notes(doc)), file=sys.stderr)
         return 0
     json_path = args.json if isinstance(args.json, str) else None
-    if json_path and Path(json_path).suffix in _model_suffixes():  # `bench --json MODEL ...`: a model, not a PATH
+    if json_path and Path(json_path).suffix in backends_by_suffix():  # `bench --json MODEL ...`: a model, not a PATH
         args.models, json_path, args.json = [json_path, *args.models], None, True
     if not args.models:
         raise UserError("bench: give at least one model file: manifold-edge bench MODEL... --target NAME")
@@ -242,12 +249,6 @@ def _targets_or_bench(args, config: str | None) -> int:
               "says why)", file=sys.stderr)
         return NOTHING_MEASURED
     return 0
-
-
-def _model_suffixes() -> set[str]:
-    import backends
-
-    return {suffix for backend in backends.backends() for suffix in backend.suffixes}
 
 
 def _status(cfg, as_json: bool) -> int:
@@ -273,7 +274,6 @@ def _status(cfg, as_json: bool) -> int:
 
 
 def _run(cfg, args, argv: list[str]) -> int:
-
     from pipeline.api import execute, prepare
     from pipeline.core import distributed
     from pipeline.core.capture import library_output_to
@@ -288,9 +288,9 @@ def _run(cfg, args, argv: list[str]) -> int:
             print(message, file=sys.stderr)
         return code
     log = None if args.verbose else pipeline.run_dir / RUN_LOG
+    quiet = not distributed.world().main
     with library_output_to(log, f"manifold-edge {' '.join(argv)}") as streams:
-        main = distributed.world().main
-        report = execute(pipeline, cfg, args.force, args.until, args.out, Progress(quiet=not main, file=streams.err))
+        report = execute(pipeline, cfg, args.force, args.until, args.out, Progress(quiet=quiet, file=streams.err))
     if report is not None:
         print(ship_document(report, pipeline.run_dir).dump() if args.json else "\n".join(ship_summary(report)))
     return 0

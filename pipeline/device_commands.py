@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 import backends
+from backends.base import Backend
 from pipeline.config import PipelineConfig
 from pipeline.core.errors import UserError, clip
 from pipeline.core.fileio import unwritable
@@ -84,11 +85,15 @@ def precision_label(numerics: Numerics) -> str:
     return f"{numerics.weights} {numerics.scheme}"
 
 
+def backends_by_suffix() -> dict[str, Backend]:
+    return {suffix: backend for backend in backends.backends() for suffix in backend.suffixes}
+
+
 def model_of(path: str) -> Model:
     file = Path(path)
     if not file.exists():
         raise UserError(f"{path}: no such model file")
-    known = {suffix: backend for backend in backends.backends() for suffix in backend.suffixes}
+    known = backends_by_suffix()
     if file.suffix not in known:
         raise UserError(f"{path}: not a model file this tool benchmarks; give one of "
                         + ", ".join(f"{suffix} ({b.runtime_title})" for suffix, b in known.items())
