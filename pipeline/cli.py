@@ -266,8 +266,8 @@ def _status(cfg, as_json: bool) -> int:
         return 0
     colours = {"cached": "green", "stale": "yellow", "missing": "cyan", "damaged": "red", "running": "magenta"}
     table = Table(f"run '{doc.run}' ({doc.run_dir})", [Column("stage"), Column("state", styles=colours),
-                                                         Column("key"), Column("why", text=True),
-                                                         Column("artifact", text=True)])
+                                                         Column("key", wrap=False), Column("why"),
+                                                         Column("artifact")])
     table.rows = [[s.stage, s.state, s.key[:16], s.why, s.artifact or ""] for s in doc.stages]  # the folder's id
     show([table])
     return 0

@@ -38,8 +38,8 @@ def targets_document(cfg: PipelineConfig) -> TargetsDocument:
 def targets_tables(doc: TargetsDocument) -> list[Table]:
     profiles = Table("target profiles (budgets: p90 ms at batch 1; MB the model adds)", [
         Column("name"), Column("device"), Column("runtime"), Column("prefers"), Column("threads", numeric=True),
-        Column("p90 ms", numeric=True), Column("MB", numeric=True), Column("reached by", text=True), Column("from")])
-    descriptions = Table("descriptions", [Column("name"), Column("description", text=True)])
+        Column("p90 ms", numeric=True), Column("MB", numeric=True), Column("reached by"), Column("from")])
+    descriptions = Table("descriptions", [Column("name"), Column("description")])
     for t in doc.targets:
         profiles.rows.append([t.name, t.device, t.runtime, t.precision, str(t.threads), f"{t.latency_budget_ms:g}",
                               f"{t.memory_budget_mb:g}", t.reached_by, t.source])
@@ -155,7 +155,7 @@ def bench_tables(doc: BenchDocument) -> list[Table]:
         *[Column(c, numeric=True) for c in ("p50 ms", "95% interval", "CPU p50 ms", "p90 ms", "p99 ms", "img/s",
                                             "RSS MB")],
         Column("budget", styles={"ok": "green", "over": "red"})])
-    details = Table("details", [Column("target"), Column("model"), Column("detail", text=True)])
+    details = Table("details", [Column("target"), Column("model"), Column("detail")])
     for r in doc.rows:
         if "latency_ms" not in r:
             short = "needs macOS" if r.get("error_kind") == "needs_macos" else "error (in details)"

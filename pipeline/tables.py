@@ -1,9 +1,9 @@
 """The verbs' tables on stdout: rich tables on a terminal, tab-separated values in a pipe or a file.
 
-A terminal gets rich tables whose numbers and names are never cut (a column of them keeps its full width; the
-free-text columns wrap, and the table outgrows a narrow terminal rather than cut). Anything else gets one
-header line and one line per row, tab-separated, with every value whole; several tables are separated by a
-blank line, each after a `# title` line."""
+A terminal gets rich tables in which no value is cut: numbers and ids keep their full width on one line, text
+and paths wrap (a long word folded onto the next line), and a table that cannot fit even so is printed wider
+than the terminal. Anything else gets one header line and one line per row, tab-separated, with every value
+whole; several tables are separated by a blank line, each after a `# title` line."""
 from __future__ import annotations
 
 import sys
@@ -18,8 +18,8 @@ from rich.text import Text
 @dataclass
 class Column:
     name: str
-    numeric: bool = False  # right-aligned
-    text: bool = False  # free text or a path: wraps (folds) on a terminal; any other column keeps its width
+    numeric: bool = False  # right-aligned, never wrapped
+    wrap: bool = True  # False: an id, never wrapped
     styles: dict[str, str] = field(default_factory=dict)  # a cell's value -> its style on a terminal
 
 
@@ -61,13 +61,14 @@ def _flat(cell: str) -> str:
 def _rich(table: Table, stream: TextIO) -> None:
     rich = RichTable(title=table.title)
     for c in table.columns:
-        rich.add_column(c.name, justify="right" if c.numeric else "left", no_wrap=not c.text, overflow="fold")
+        rich.add_column(c.name, justify="right" if c.numeric else "left", overflow="fold",
+                        no_wrap=c.numeric or not c.wrap)
     for row in table.rows:
         rich.add_row(*(Text(cell, style=c.styles.get(cell, "")) for c, cell in zip(table.columns, row)))
     console = Console(file=stream, highlight=False)
-    # the columns that never wrap at their widest, each wrapping column at least 10 wide, padding and borders
-    floor = sum(max([len(c.name), *(len(row[i]) for row in table.rows)]) if not c.text else 10
+    # the columns that never wrap at their widest, the others at least 8 wide, and the padding and borders
+    floor = sum(max([len(c.name), *(len(row[i]) for row in table.rows)]) if c.numeric or not c.wrap else 8
                 for i, c in enumerate(table.columns)) + 3 * len(table.columns) + 1
-    if floor > console.width:  # a narrow terminal: wider lines, not cut values
+    if floor > console.width:  # wider than the terminal rather than a number cut
         console = Console(file=stream, highlight=False, width=floor)
     console.print(rich)

@@ -2,6 +2,7 @@
 our progress on stderr, the libraries' own lines in the run's log; the old spellings still work, saying so."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ from test_devices import write_onnx
 
 from conftest import TRAINED, artifact_folder, cli_args, undecodable_png
 from pipeline.cli import main
+from pipeline.tables import Column, Table, show, tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 # lines the libraries print during a default run (absl/TF, LiteRT, coremltools, ExecuTorch, torch's extension
@@ -151,3 +153,21 @@ def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run,
     assert report.returncode == 0 and report.stdout.splitlines()[0].startswith("deploy: ")
     assert all(SHIP_LINE.match(line) for line in report.stdout.splitlines()) and "rebuilt" in report.stderr
     assert document(cli("report", str(run_dir), "--json"), "report")["ship"] == ran["ship"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_narrow_terminal_wraps_text_and_never_cuts_a_number_or_an_id(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    path = "/a/rather/long/path/to/runs/.cache/export-0123456789abcdef"
+    table = Table("t", [Column("key", wrap=False), Column("why"), Column("p50 ms", numeric=True), Column("path")],
+                  [["0123456789abcdef", "a long reason " * 5, "1234.567", path]])
+    screen = Terminal()
+    show([table], screen)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", screen.getvalue())
+    assert "…" not in text and "0123456789abcdef" in text and "1234.567" in text
+    assert "".join(re.findall(r"│ *([^\s│]*) *│\n", text)).endswith(path)  # the last column, folded, whole
+    assert tsv([table, table]).startswith("# t\nkey\twhy\tp50 ms\tpath\n0123456789abcdef\t")
