@@ -37,8 +37,8 @@ def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] 
     if cfg.run.nproc > 1:
         raise UserError("run.nproc > 1 starts processes under torchrun: use `manifold-edge run --nproc N`")
     pipeline = prepare(cfg, force, until, out)
-    report = execute(pipeline, cfg, force, until, out, Progress(quiet=quiet))
-    if not quiet:
+    report = execute(pipeline, cfg, force, until, out, Progress(quiet=quiet or not distributed.world().main))
+    if report is not None and not quiet:
         print("\n".join(ship_summary(report)))
     return report
 
