@@ -71,7 +71,7 @@ arm64: setup
 	$(SUDO) $(VENV)/bin/python -m targets.arm64_build --root $(MANIFOLD_EDGE_ARM64_ROOT)
 
 run: setup data mediapipe
-	$(VENV)/bin/manifold-edge run pipeline.toml
+	$(VENV)/bin/manifold-edge run --config pipeline.toml
 
 test: setup data test-tools mediapipe
 	$(VENV)/bin/python -m pytest -q

@@ -81,7 +81,7 @@ class RunFailed(Exception):
 
 def cli_run(config: str, out_dir: Path, name: str, overrides: list[str], until: str) -> dict[str, Path]:
     """One `manifold-edge run` to `until`; the artifact folder of each stage it ran, from its state.json."""
-    args = [sys.executable, "-m", "pipeline", "run", config, "--until", until]
+    args = [sys.executable, "-m", "pipeline", "run", "--config", config, "--until", until]
     for item in [f"run.output_dir='{out_dir}'", f"run.name='{name}'", *overrides]:
         args += ["--set", item]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)

@@ -30,7 +30,7 @@ VARIANTS = {"kd": ["distill.manifold=false"], "kd+manifold": ["distill.manifold=
 
 
 def run_pipeline(out: Path, overrides: list[str], nproc: int, until: str) -> tuple[float, str]:
-    args = [sys.executable, "-m", "pipeline", "run", str(out / "pipeline.toml"), "--until", until,
+    args = [sys.executable, "-m", "pipeline", "run", "--config", str(out / "pipeline.toml"), "--until", until,
             "--nproc", str(nproc)]
     for item in [f"run.output_dir='{out / 'runs'}'", "benchmark.enabled=false", *overrides]:
         args += ["--set", item]

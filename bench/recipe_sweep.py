@@ -53,7 +53,7 @@ class Sweep:
                        "teachers": TEACHERS, "distills": DISTILLS, "runs": []}
 
     def pipeline(self, folder: Path, overrides: list[str], until: str) -> tuple[float, str]:
-        args = [sys.executable, "-m", "pipeline", "run", str(ROOT / "pipeline.toml"), "--until", until]
+        args = [sys.executable, "-m", "pipeline", "run", "--config", str(ROOT / "pipeline.toml"), "--until", until]
         for item in [f"run.output_dir='{folder}'", *overrides, *self.base]:
             args += ["--set", item]
         start = time.perf_counter()

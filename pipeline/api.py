@@ -6,8 +6,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from pipeline.config import PipelineConfig, load_config
 from pipeline.core import distributed
 from pipeline.core.errors import UserError, quote
@@ -31,14 +29,18 @@ def run(config: str | Path | dict[str, Any] | None = None, overrides: list[str] 
     deploy folder of each target is `report["deploy"][target]`. A config mistake raises UserError with the
     CLI's one-line message. Several processes (`run.nproc`) need the CLI, which launches them. `quiet`: no
     progress bars or log lines on the terminal; the stages' log records still reach any handler attached to
-    the `stages` and `targets` loggers (during the run they do not propagate to the root logger).
+    the `stages` and `targets` loggers (during the run they do not propagate to the root logger). The last
+    lines on stdout say what ships (unless `quiet`).
     """
     quiet_third_party()
     cfg = load_config(config, list(overrides))
     if cfg.run.nproc > 1:
         raise UserError("run.nproc > 1 starts processes under torchrun: use `manifold-edge run --nproc N`")
     pipeline = prepare(cfg, force, until, out)
-    return execute(pipeline, cfg, force, until, out, quiet)
+    report = execute(pipeline, cfg, force, until, out, Progress(quiet=quiet or not distributed.world().main))
+    if report is not None and not quiet:
+        print("\n".join(ship_summary(report)))
+    return report
 
 
 def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str | Path | None) -> Pipeline:
@@ -54,14 +56,13 @@ def prepare(cfg: PipelineConfig, force: str | None, until: str | None, out: str 
 
 
 def execute(pipeline: Pipeline, cfg: PipelineConfig, force: str | None, until: str | None,
-            out: str | Path | None, quiet: bool = False) -> dict | None:
-    """Run (or reuse) the stages and write the report and deploy folders; the report on rank 0, None on the
-    other processes of a multi-process run."""
+            out: str | Path | None, progress: Progress) -> dict | None:
+    """Run (or reuse) the stages, showing them on `progress`, and write the report and deploy folders; the
+    report on rank 0, None on the other processes of a multi-process run."""
     here = distributed.world()
     start = time.perf_counter()
     try:
-        with run_lock(pipeline.run_dir) if here.main else nullcontext(), \
-                Progress(quiet=quiet or not here.main) as progress:
+        with run_lock(pipeline.run_dir) if here.main else nullcontext(), progress:
             if not here.main:
                 pipeline.run(progress, force=force, until=until)
                 return None
@@ -71,8 +72,6 @@ def execute(pipeline: Pipeline, cfg: PipelineConfig, force: str | None, until: s
                                   Path(out) if out else None)
             progress.log(f"report: {pipeline.run_dir / 'report.html'} (also report.md, report.json) "
                          f"({report['run']['wall_s']:.0f} s)")
-            for line in ship_summary(report):
-                progress.log(escape(line))
     except BaseException:
         if here.main:
             _tidy(pipeline)

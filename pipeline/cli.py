@@ -18,10 +18,11 @@ from pipeline import __version__
 from pipeline.config import json_schema, load_config
 from pipeline.core import exits
 from pipeline.core.errors import UserError, clip
-from pipeline.core.fileio import out_of_space
+from pipeline.core.fileio import out_of_space, write_text
 from pipeline.core.logs import quiet_third_party
 
 DEFAULT_CONFIG = "pipeline.toml"
+RUN_LOG = "run.log"  # in the run's folder: what the libraries print during `run` (on stderr with --verbose)
 NOTHING_MEASURED = 3  # `bench`: every measurement failed (a device refused, a runtime missing)
 
 
@@ -32,12 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline (reusing cached stages)")
     status = sub.add_parser("status", help="each stage: cached, stale, missing, damaged or running, and why")
     for p in (run, status):
-        p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="pipeline.toml (default: %(default)s)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set distill.epochs=3 (repeatable)")
+        p.add_argument("positional_config", nargs="?", metavar="CONFIG", help="deprecated: use --config CONFIG")
     run.add_argument("--force", metavar="STAGE", help="rerun STAGE and everything after it")
     run.add_argument("--until", metavar="STAGE", help="stop after STAGE")
     run.add_argument("--nproc", type=int, metavar="N", help="train in N processes under torchrun (run.nproc)")
+    run.add_argument("--verbose", action="store_true", help="show the libraries' own output on stderr (by "
+                                                            "default it goes to <run folder>/run.log)")
     report = sub.add_parser("report", help="rebuild a run's report.json/.md/.html and plots from its artifacts")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/default")
     for p in (run, report):
@@ -53,16 +54,20 @@ def _parser() -> argparse.ArgumentParser:
 
     files = ", ".join(suffix for backend in backends() for suffix in backend.suffixes)
     bench = sub.add_parser("bench", help=f"profile model files ({files}) on targets")
-    bench.add_argument("models", nargs="+", metavar="MODEL", help=f"model file(s) ({files}); give an fp32 and an "
+    bench.add_argument("models", nargs="*", metavar="MODEL", help=f"model file(s) ({files}); give an fp32 and an "
                                                                   "INT8 file together for the INT8 diagnosis")
     bench.add_argument("--target", dest="targets", action="append", required=True, metavar="NAME",
                        help="a target profile (repeatable); see `manifold-edge targets`")
-    bench.add_argument("--json", metavar="PATH", help="also write every number as JSON")
-    for p in (targets, bench):
-        p.add_argument("--config", default=None, help="pipeline.toml with [targets.NAME] / [benchmark] "
-                                                      "(default: ./pipeline.toml when present)")
+    for p in (run, status, targets, bench):
+        p.add_argument("-c", "--config", metavar="FILE", help="pipeline.toml (default: ./pipeline.toml"
+                                                              + (" when present)" if p in (targets, bench) else ")"))
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set benchmark.runs=50")
+                       help="override a config field, e.g. --set distill.epochs=3 (repeatable)")
+    for p in (run, status, targets, report):
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
+    bench.add_argument("--json", nargs="?", const=True, default=None, metavar="PATH",
+                       help="print one JSON document on stdout instead of the tables (--json PATH, writing a "
+                            "file, is deprecated: use --json > PATH)")
     sub.add_parser("schema", help="print the JSON Schema of pipeline.toml")
     return parser
 
@@ -94,18 +99,20 @@ def _command(args, argv: list[str]) -> int:
             print(json.dumps(json_schema(), indent=2))
             return 0
         if args.command == "report":
-            return _report(args.run_dir, args.out)
+            return _report(args.run_dir, args.out, args.json)
         if args.command == "compare":
             return _compare(args.run_a, args.run_b, args.out, args.json)
+        config = _config_path(args)
         if args.command in ("targets", "bench"):
-            return _targets_or_bench(args)
+            return _targets_or_bench(args, config)
         nproc = getattr(args, "nproc", None)
         if nproc is not None and nproc < 1:
             raise UserError(f"--nproc {nproc}: give at least 1 process (--nproc N sets run.nproc)")
-        cfg = load_config(args.config, [*args.overrides, *([f"run.nproc={nproc}"] if nproc is not None else [])])
+        cfg = load_config(config or DEFAULT_CONFIG,
+                          [*args.overrides, *([f"run.nproc={nproc}"] if nproc is not None else [])])
         if args.command == "status":
-            return _status(cfg)
-        return _run(cfg, args.force, args.until, args.out, argv)
+            return _status(cfg, args.json)
+        return _run(cfg, args, argv)
     except UserError as exc:
         _ending()
         return _fail(2, f"error: {exc}")
@@ -118,6 +125,23 @@ def _command(args, argv: list[str]) -> int:
         if message:
             return _fail(2, f"error: {message}")
         return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")
+
+
+def _config_path(args) -> str | None:
+    """--config FILE, or the deprecated positional CONFIG of run and status (one line on stderr saying so)."""
+    given = getattr(args, "positional_config", None)
+    if given is None:
+        return args.config
+    if args.config is not None:
+        raise UserError(f"config given twice ({given!r} and --config {args.config!r}): give only --config FILE")
+    _deprecated(f"`{args.command} CONFIG` is deprecated: use `{args.command} --config {given}`")
+    return given
+
+
+def _deprecated(message: str) -> None:
+    """Once per command: not again in the processes that `run --nproc` starts (they get the same arguments)."""
+    if os.environ.get("RANK", "0") == "0" and exits.FOLDER_ENV not in os.environ:
+        print(message, file=sys.stderr)
 
 
 def os_error_message(exc: BaseException, output_dir: str | None) -> str | None:
@@ -149,10 +173,11 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def _report(run_dir: str, out: str | None) -> int:
+def _report(run_dir: str, out: str | None, as_json: bool) -> int:
     from pathlib import Path
 
     from pipeline.core.lock import run_lock
+    from pipeline.documents import ReportDocument, ship_document
     from pipeline.report.build import check_run_folder, rebuild_report
     from pipeline.report.markdown import ship_summary
 
@@ -161,8 +186,9 @@ def _report(run_dir: str, out: str | None) -> int:
     check_run_folder(Path(run_dir))  # before the lock: a folder that is not a run is left as it was
     with run_lock(Path(run_dir)):
         report = rebuild_report(Path(run_dir), Path(out) if out else None)
-    print(f"rebuilt {Path(run_dir) / 'report.html'}, report.md, report.json and plots/ from the artifacts")
-    print("\n".join(ship_summary(report)))
+    print(f"rebuilt {Path(run_dir) / 'report.html'}, report.md, report.json and plots/ from the artifacts",
+          file=sys.stderr)
+    print(ship_document(report, Path(run_dir), ReportDocument).dump() if as_json else "\n".join(ship_summary(report)))
     return 0
 
 
@@ -187,53 +213,90 @@ def _compare(run_a: str, run_b: str, out: str | None, as_json: bool) -> int:
     return 0
 
 
-def _targets_or_bench(args) -> int:
+def _targets_or_bench(args, config: str | None) -> int:
     from pathlib import Path
 
     from rich.console import Console
 
-    from pipeline.device_commands import bench, list_targets
+    from pipeline.device_commands import (
+        backends_by_suffix,
+        bench,
+        bench_tables,
+        targets_document,
+        targets_notes,
+        targets_tables,
+    )
+    from pipeline.tables import show
 
-    config = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
-    cfg = load_config(config, args.overrides)
+    cfg = load_config(config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None), args.overrides)
     if args.command == "targets":
-        list_targets(cfg, Console())
+        doc = targets_document(cfg)
+        if args.json:
+            print(doc.dump())
+            return 0
+        show(targets_tables(doc))
+        print("\n".join(targets_notes(doc)), file=sys.stderr)
         return 0
-    result = bench(cfg, args.models, args.targets, Console(), args.json)
-    if not result["predicted"] and not any("latency_ms" in row for row in result["rows"]):
-        print(f"error: nothing was measured: all {len(result['rows'])} measurement(s) failed (the reasons are "
-              "above)", file=sys.stderr)
+    json_path = args.json if isinstance(args.json, str) else None
+    if json_path and Path(json_path).suffix in backends_by_suffix():  # `bench --json MODEL ...`: a model, not a PATH
+        args.models, json_path, args.json = [json_path, *args.models], None, True
+    if not args.models:
+        raise UserError("bench: give at least one model file: manifold-edge bench MODEL... --target NAME")
+    doc = bench(cfg, args.models, args.targets, Console(stderr=True), json_path)
+    if json_path:
+        write_text(Path(json_path), doc.dump() + "\n")
+        print(f"wrote {json_path} (--json PATH is deprecated: use --json > {json_path})", file=sys.stderr)
+    if args.json is True:
+        print(doc.dump())
+    else:
+        show(bench_tables(doc))
+    if not doc.predicted and not any("latency_ms" in row for row in doc.rows):
+        print(f"error: nothing was measured: all {len(doc.rows)} measurement(s) failed (each row's error "
+              "says why)", file=sys.stderr)
         return NOTHING_MEASURED
     return 0
 
 
-def _status(cfg) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+def _status(cfg, as_json: bool) -> int:
+    from pipeline.documents import StageState, StatusDocument
     from pipeline.graph import Pipeline
+    from pipeline.tables import Column, Table, show
 
     pipeline = Pipeline(cfg)
-    table = Table(title=f"run '{cfg.run.name}' ({pipeline.run_dir})")
-    for column in ("stage", "state", "key", "why", "artifact"):
-        table.add_column(column, overflow="fold")
+    stages = [StageState(stage=s.name, state=s.state, key=s.key, why=s.reason,
+                         artifact=str(pipeline.store.path(s.name, s.key)) if s.state == "cached" else None)
+              for s in pipeline.status()]
+    doc = StatusDocument(run=cfg.run.name, run_dir=str(pipeline.run_dir), stages=stages)
+    if as_json:
+        print(doc.dump())
+        return 0
     colours = {"cached": "green", "stale": "yellow", "missing": "cyan", "damaged": "red", "running": "magenta"}
-    for s in pipeline.status():
-        path = str(pipeline.store.path(s.name, s.key)) if s.state == "cached" else ""
-        table.add_row(s.name, f"[{colours[s.state]}]{s.state}[/]", s.key[:12], s.reason, path)
-    Console().print(table)
+    table = Table(f"run '{doc.run}' ({doc.run_dir})", [Column("stage"), Column("state", styles=colours),
+                                                         Column("key", wrap=False), Column("why"),
+                                                         Column("artifact")])
+    table.rows = [[s.stage, s.state, s.key[:16], s.why, s.artifact or ""] for s in doc.stages]  # the folder's id
+    show([table])
     return 0
 
 
-def _run(cfg, force: str | None, until: str | None, out: str | None, argv: list[str]) -> int:
+def _run(cfg, args, argv: list[str]) -> int:
     from pipeline.api import execute, prepare
     from pipeline.core import distributed
+    from pipeline.core.capture import library_output_to
+    from pipeline.core.progress import Progress
+    from pipeline.documents import ship_document
+    from pipeline.report.markdown import ship_summary
 
-    pipeline = prepare(cfg, force, until, out)  # config problems: before any stage runs or any process starts
+    pipeline = prepare(cfg, args.force, args.until, args.out)  # config problems: before any stage or process
     if cfg.run.nproc > 1 and not distributed.under_launcher():
         code, message = distributed.launch(cfg.run.nproc, argv, cfg.run.threads)
         if message:
             print(message, file=sys.stderr)
         return code
-    execute(pipeline, cfg, force, until, out)
+    log = None if args.verbose else pipeline.run_dir / RUN_LOG
+    quiet = not distributed.world().main
+    with library_output_to(log, f"manifold-edge {' '.join(argv)}") as streams:
+        report = execute(pipeline, cfg, args.force, args.until, args.out, Progress(quiet=quiet, file=streams.err))
+    if report is not None:
+        print(ship_document(report, pipeline.run_dir).dump() if args.json else "\n".join(ship_summary(report)))
     return 0

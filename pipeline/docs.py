@@ -1,8 +1,9 @@
 """docs/configuration.md, generated from the pipeline.toml schema: every section and key with its type,
 limits, default and description (the field descriptions in pipeline/config.py and the backends' config
-modules are the single source). tests/test_docs.py fails when the committed page is stale.
+modules are the single source); and docs/cli.md's reference of the `--json` documents, generated from
+pipeline/documents.py. tests/test_docs.py fails when a committed page is stale.
 
-    python -m pipeline.docs    # rewrite docs/configuration.md
+    python -m pipeline.docs    # rewrite docs/configuration.md and that part of docs/cli.md
 """
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ from pydantic.fields import FieldInfo
 
 from pipeline.config import PipelineConfig
 from pipeline.core.section import NOT_IN_KEY
+from pipeline.documents import DOCUMENTS
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+CLI_PAGE = PAGE.parent / "cli.md"
+BEGIN = "<!-- generated from pipeline/documents.py by `python -m pipeline.docs`: do not edit -->"
+END = "<!-- end of the generated part -->"
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 HEADER = """# pipeline.toml reference
 
 Generated from the schema by `python -m pipeline.docs` (do not edit: tests/test_docs.py fails when this
@@ -136,10 +142,61 @@ def reference() -> str:
     return "\n".join(parts)
 
 
+def json_type(annotation: Any) -> str:
+    """A field's JSON type; a nested object links to its table."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " or ".join(f"`{json.dumps(a)}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(json_type(a) for a in args)
+    if origin is list:
+        return f"array of {json_type(args[0])}"
+    if origin is dict:
+        return "object" if args[1] is Any else f"object: name -> {json_type(args[1])}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"[{annotation.__name__}](#{annotation.__name__.lower()})"
+    return JSON_TYPES.get(annotation, "any")
+
+
+def nested(model: type[BaseModel]) -> list[type[BaseModel]]:
+    """The object types a model's fields hold, depth first."""
+    found: list[type[BaseModel]] = []
+    for field in model.model_fields.values():
+        for arg in [field.annotation, *typing.get_args(field.annotation)]:
+            for inner in [arg, *typing.get_args(arg)]:
+                if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in found:
+                    found += [inner, *(m for m in nested(inner) if m not in found)]
+    return found
+
+
+def object_table(heading: str, model: type[BaseModel]) -> str:
+    rows = [f"| `{field.alias or key}` | {_cell(json_type(field.annotation))} | {_cell(field.description or '')} |"
+            for key, field in model.model_fields.items()]
+    return "\n".join([heading, "", " ".join((model.__doc__ or "").split()), "", "| key | type | description |",
+                      "|---|---|---|", *rows, ""])
+
+
+def documents_reference() -> str:
+    """Each `--json` document, then each object type they hold."""
+    parts, objects = [], []
+    for doc in DOCUMENTS:
+        parts.append(object_table(f"### `{doc.model_fields['schema_'].default}`", doc))
+        objects += [m for m in nested(doc) if m not in objects]
+    parts += [object_table(f"#### {model.__name__}", model) for model in objects]
+    return "\n".join(parts)
+
+
+def cli_page() -> str:
+    """docs/cli.md with its generated part as the models say now."""
+    head, rest = CLI_PAGE.read_text().split(BEGIN)
+    return f"{head}{BEGIN}\n\n{documents_reference()}\n{END}{rest.split(END)[1]}"
+
+
 def main() -> None:
     PAGE.parent.mkdir(exist_ok=True)
     PAGE.write_text(reference())
-    print(f"wrote {PAGE}")
+    CLI_PAGE.write_text(cli_page())
+    print(f"wrote {PAGE} and {CLI_PAGE}'s --json reference")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def cli_args(tmp_path: Path, command: str, *extra: str, dataset: str = "fashion-
     config = tmp_path / "pipeline.toml"
     if not config.exists():
         config.write_text("")
-    args.append(str(config))
+    args += ["--config", str(config)]
     for item in tiny_overrides(tmp_path, *extra, dataset=dataset):
         args += ["--set", item]
     return args

@@ -41,7 +41,6 @@ def test_an_emulated_target_names_its_core(capsys, monkeypatch):
         assert profiles[twin].cpu == core and profiles[twin].connection == "arm64-emulated"
         assert profiles[twin].all_runtimes == profiles[original].all_runtimes
         assert profiles[twin].threads == profiles[original].threads
-    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
     assert main(["targets"]) == 0
     assert "not timed: emulated cortex-a53 (accuracy only)" in capsys.readouterr().out
 

@@ -42,7 +42,7 @@ def test_bad_run_options_are_one_line_and_write_nothing(tmp_path, capsys, option
 
 
 def test_a_config_path_that_is_a_folder_says_so(tmp_path, capsys):
-    assert main(["run", str(tmp_path)]) == 2
+    assert main(["run", "--config", str(tmp_path)]) == 2
     assert f"config file {tmp_path} is a folder: pass the pipeline.toml inside it" in one_line_error(capsys)
 
 
@@ -60,14 +60,13 @@ def test_bench_json_that_is_a_folder_is_refused_before_timing(tiny_onnx, tmp_pat
 def test_bench_exits_non_zero_when_every_measurement_failed(tiny_onnx, tmp_path, capsys):
     """A device that refuses ssh, with the proxy fallback off: the row says why, the JSON is written, and the
     command does not claim success."""
-    out = tmp_path / "bench.json"
     profile = ["targets.gone.runtime='onnxruntime'", "targets.gone.connection='ssh'", "targets.gone.host='127.0.0.1'",
                f"targets.gone.port={free_port()}", "benchmark.proxy_when_unreachable=false"]
-    args = ["bench", str(tiny_onnx), "--target", "gone", "--json", str(out)]
+    args = ["bench", str(tiny_onnx), "--target", "gone", "--json"]
     assert main([*args, *[a for o in profile for a in ("--set", o)]]) == NOTHING_MEASURED
-    err = capsys.readouterr().err.strip()
-    assert err == "error: nothing was measured: all 1 measurement(s) failed (the reasons are above)"
-    (row,) = json.loads(out.read_text())["rows"]
+    out, err = capsys.readouterr()
+    assert err.strip() == "error: nothing was measured: all 1 measurement(s) failed (each row's error says why)"
+    (row,) = json.loads(out)["rows"]
     assert row["label"] == "needs-device" and "ssh" in row["error"] and "latency_ms" not in row
 
 

@@ -11,6 +11,9 @@ from conftest import artifact_folder, read_report
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.core.numerics import FP32, floating, static_int8
+from pipeline.device_commands import bench_tables
+from pipeline.documents import BenchDocument
+from pipeline.tables import tsv
 from targets.profiles import builtin_profiles
 
 
@@ -32,7 +35,7 @@ def test_builtin_profiles_cover_phones_and_watches():
 def test_bad_target_profiles_are_one_line_errors(tmp_path, capsys, override, expected):
     config = tmp_path / "pipeline.toml"
     config.write_text("[targets.pi]\nruntime = 'onnxruntime'\n")
-    assert main(["status", str(config), "--set", override]) == 2
+    assert main(["status", "--config", str(config), "--set", override]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
 
@@ -55,16 +58,11 @@ def test_targets_command_lists_builtin_and_user_profiles(tmp_path, capsys):
 
 def test_targets_lists_every_runtime_a_target_times(tmp_path):
     """android-phone ships ExecuTorch or LiteRT as well as ONNX Runtime: all three are listed, the profile's order."""
-    from io import StringIO
+    from pipeline.device_commands import targets_document, targets_tables
 
-    from rich.console import Console
-
-    from pipeline.device_commands import list_targets
-
-    out = StringIO()
-    list_targets(load_config(None), Console(file=out, width=400))
-    line = next(line for line in out.getvalue().splitlines() if "android-phone " in line)
-    assert "onnxruntime, executorch, litert" in line
+    profiles = targets_tables(targets_document(load_config(None)))[0]
+    row = next(r for r in profiles.rows if r[0] == "android-phone")
+    assert row[2] == "onnxruntime, executorch, litert"
 
 
 def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
@@ -108,19 +106,19 @@ def test_pipeline_benchmark_stage_fills_the_latency_table(trained_run):
     assert "p50 ms (95% interval)" in md and "Compressed vs float on the same target" in md
 
 
-def test_bench_command_profiles_user_files(trained_run, tmp_path, capsys):
+def test_bench_command_profiles_user_files(trained_run, capsys):
     export, quantize = artifact_folder(trained_run, "export"), artifact_folder(trained_run, "quantize")
-    out = tmp_path / "bench.json"
     assert main(["bench", str(export / "model.onnx"), str(quantize / "model_int8_static.onnx"),
                  "--target", "wearos-watch", "--set", "benchmark.runs=20", "--set", "benchmark.max_seconds=0.5",
-                 "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+                 "--json"]) == 0
+    doc = BenchDocument.model_validate_json(capsys.readouterr().out)
+    rows = doc.rows
     assert [r["precision"] for r in rows] == ["float", "int8"]
     assert "diagnosis" in rows[1] and rows[1]["diagnosis"]["baseline"] == "model.onnx"
     for r in rows:
         layers = r["profile"]
         assert layers["by_op_type"] and 0 < layers["layers_ms"] <= 1.05 * layers["run_ms"]
-    printed = capsys.readouterr().out
+    printed = tsv(bench_tables(doc))  # what the command prints without --json
     assert "wearos-watch" in printed and "per-layer" in printed
 
 
@@ -156,7 +154,7 @@ def test_benchmark_settings_are_part_of_the_cache_key(tmp_path):
 
 
 @pytest.mark.parametrize("file, runtime", [("model.onnx", "onnxruntime"), ("openvino_model.xml", "openvino")])
-def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime):
+def test_profile_threads_reach_the_runtime(trained_run, capsys, file, runtime):
     """The profile's thread count reaches the runtime: ORT's intra-op pool grows by exactly one thread (counted
     in /proc/self/task); OpenVINO's compiled model reports it (its TBB workers start lazily, so a count of
     them after a few runs of a tiny model is not a stable witness). ExecuTorch's threadpool: the stage test."""
@@ -164,10 +162,9 @@ def test_profile_threads_reach_the_runtime(trained_run, tmp_path, file, runtime)
     overrides = ["benchmark.runs=5", "benchmark.profile_layers=false"]
     for name, threads in (("one", 1), ("two", 2)):
         overrides += [f"targets.{name}.runtime='{runtime}'", f"targets.{name}.threads={threads}"]
-    out = tmp_path / "threads.json"
-    assert main(["bench", str(model), "--target", "one", "--target", "two", "--json", str(out),
+    assert main(["bench", str(model), "--target", "one", "--target", "two", "--json",
                  *[a for o in overrides for a in ("--set", o)]]) == 0
-    one, two = json.loads(out.read_text())["rows"]
+    one, two = json.loads(capsys.readouterr().out)["rows"]
     assert (one["threads"], two["threads"]) == (1, 2)
     if runtime == "onnxruntime":
         assert two["process_threads"] == one["process_threads"] + 1

@@ -78,7 +78,7 @@ def test_set_overrides_parse_toml_values_and_bare_strings():
 def test_cli_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
     config = tmp_path / "p.toml"
     config.write_text("[distill]\nepochs = 'many'\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(config)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(config)], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -89,7 +89,7 @@ def test_cli_user_error_exits_2_with_one_line_and_no_traceback(tmp_path):
 def test_cli_unknown_stage_name_is_a_user_error(tmp_path, capsys):
     config = tmp_path / "p.toml"
     config.write_text("")
-    assert main(["run", str(config), "--until", "distil"]) == 2
+    assert main(["run", "--config", str(config), "--until", "distil"]) == 2
     assert "no such stage" in capsys.readouterr().err
 
 

@@ -6,11 +6,15 @@ import re
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.docs import PAGE, reference, section_model, sections
+from pipeline.docs import CLI_PAGE, PAGE, cli_page, reference, section_model, sections
 
 
 def test_the_configuration_page_is_the_schema_as_it_is_now():
     assert PAGE.read_text() == reference(), "docs/configuration.md is stale: run `python -m pipeline.docs`"
+
+
+def test_the_cli_page_s_json_reference_is_the_documents_as_they_are_now():
+    assert CLI_PAGE.read_text() == cli_page(), "docs/cli.md's --json reference is stale: run `python -m pipeline.docs`"
 
 
 def test_every_key_has_a_description_and_every_section_a_heading():

@@ -1,12 +1,17 @@
-"""Stage code logs records; a run's Progress shows them on its console, one unwrapped line each, styled by level."""
+"""Stage code logs records; a run's Progress shows them on its console, one unwrapped line each, styled by level;
+the libraries' own output goes to the run's log."""
 from __future__ import annotations
 
 import io
 import logging
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
+from pipeline.core.capture import library_output_to
 from pipeline.core.progress import Progress
 
 
@@ -58,3 +63,53 @@ def test_a_root_handler_a_library_installed_does_not_print_the_lines_twice():
     finally:
         logging.getLogger().removeHandler(root_handler)
     assert _lines(buffer) == ["  onnxruntime vs torch"] and root_stream.getvalue() == ""
+
+
+CAPTURED = """
+import os, subprocess, sys, warnings
+from pathlib import Path
+from pipeline.core.capture import library_output_to
+
+try:
+    with library_output_to(Path(sys.argv[1]), "a test") as console:
+        os.write(1, b"native stdout\\n")
+        os.write(2, b"native stderr\\n")
+        print("a library's print")
+        warnings.warn("a library's warning")
+        subprocess.run(["sh", "-c", "echo a child process"])
+        print("our result", file=console.out)
+        print("our progress", file=console.err)
+        raise KeyboardInterrupt
+except KeyboardInterrupt:
+    print("after: stdout")
+    print("after: stderr", file=sys.stderr)
+"""
+
+
+def test_library_output_goes_to_the_log_and_ours_to_the_console_until_an_interruption(tmp_path):
+    log = tmp_path / "run" / "run.log"
+    done = subprocess.run([sys.executable, "-c", CAPTURED, str(log)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert (done.stdout, done.stderr) == ("our result\nafter: stdout\n", "our progress\nafter: stderr\n")
+    text = log.read_text()
+    assert text.startswith("== ") and "a test" in text.splitlines()[0]
+    for line in ("native stdout", "native stderr", "a library's print", "a library's warning", "a child process"):
+        assert line in text
+
+
+def test_nothing_is_captured_where_the_streams_are_not_the_descriptors(tmp_path, capsys):
+    """Under pytest's capsys (or a notebook) sys.stderr is not fd 2: the streams are sys's own, no log is made."""
+    with library_output_to(tmp_path / "run.log") as console:
+        print("ours", file=console.err)
+    assert capsys.readouterr().err == "ours\n" and not (tmp_path / "run.log").exists()
+
+
+def test_without_a_log_the_library_output_is_shown_on_stderr_and_stdout_keeps_ours(tmp_path):
+    """`run --verbose`: the libraries' stdout joins their stderr; stdout carries our results only."""
+    script = CAPTURED.replace("Path(sys.argv[1])", "None")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout == "our result\nafter: stdout\n"
+    for line in ("native stdout", "native stderr", "a library's print", "a library's warning", "a child process",
+                 "our progress", "after: stderr"):
+        assert line in done.stderr

@@ -309,13 +309,13 @@ def test_bench_predicts_any_onnx_file_on_a_named_device(tmp_path, capsys):
     from pipeline.cli import main
 
     onnx.save(_graph_with(extra_op=False), tmp_path / "mine.onnx")
-    out = tmp_path / "bench.json"
-    assert main(["bench", str(tmp_path / "mine.onnx"), "--target", "galaxy-s24-npu-qnn", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())
+    assert main(["bench", str(tmp_path / "mine.onnx"), "--target", "galaxy-s24-npu-qnn", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert rows["rows"] == [] and len(rows["predicted"]) == 1
     p = rows["predicted"][0]["predicted"]
     assert (p["device"], p["runtime"], p["precision"]) == ("Samsung Galaxy S24", "qnn_dlc", "float")
-    assert "predicted" in capsys.readouterr().out
+    assert main(["bench", str(tmp_path / "mine.onnx"), "--target", "galaxy-s24-npu-qnn"]) == 0
+    assert "galaxy-s24-npu-qnn\tmine.onnx\tpredicted NPU p50" in capsys.readouterr().out
 
 
 def test_only_static_int8_has_an_npu_counterpart():
@@ -364,9 +364,8 @@ def test_bench_predicts_each_file_at_the_precision_its_numerics_say(tmp_path, ca
 
     files = _numerics_variants(tmp_path)
     assert [file_numerics(f) for f in files] == [FP32, Numerics(**static_int8()), Numerics(**dynamic_int8())]
-    out = tmp_path / "bench.json"
-    assert main(["bench", *map(str, files), "--target", "galaxy-s24-npu-qnn", "--json", str(out)]) == 0
-    rows = {r["artifact"]: r for r in json.loads(out.read_text())["predicted"]}
+    assert main(["bench", *map(str, files), "--target", "galaxy-s24-npu-qnn", "--json"]) == 0
+    rows = {r["artifact"]: r for r in json.loads(capsys.readouterr().out)["predicted"]}
     assert rows["mine.onnx"]["predicted"]["precision"] == "float" and rows["mine.onnx"]["precision"] == "fp32"
     static = rows["mine_int8.onnx"]
     assert static["predicted"]["precision"] == "w8a8" and static["precision"] == "int8 static"
@@ -374,7 +373,8 @@ def test_bench_predicts_each_file_at_the_precision_its_numerics_say(tmp_path, ca
     dynamic = rows["mine_dynamic.onnx"]
     assert "predicted" not in dynamic and "latency_ms" not in dynamic and dynamic["precision"] == "int8 dynamic"
     assert "dynamic INT8" in dynamic["error"] and "not predicted" in dynamic["error"]
-    assert "mine_dynamic.onnx: predicted: dynamic INT8" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["bench", *map(str, files), "--target", "galaxy-s24-npu-qnn"]) == 0
+    assert "mine_dynamic.onnx\tpredicted: dynamic INT8" in capsys.readouterr().out
     assert main(["bench", str(files[1]), "--target", "galaxy-s24-npu-qnn"]) == 2
     assert "give the model's fp32 .onnx too" in capsys.readouterr().err
 
@@ -468,7 +468,7 @@ def test_predictions_are_npu_only_and_every_row_says_what_the_public_table_cover
         assert f"{counts['NPU']} NPU, {counts['GPU']} GPU, {counts['CPU']} CPU jobs" in predicted_row_text(row)
         assert "no phone CPU latency can be predicted" in predicted_row_text(row)
     assert main(["targets"]) == 0
-    assert "no phone CPU latency can be predicted" in capsys.readouterr().out.replace("\n", " ")
+    assert "no phone CPU latency can be predicted" in capsys.readouterr().err
 
 
 def test_a_precision_the_device_has_no_public_jobs_of_is_not_predicted_and_says_so(tmp_path):

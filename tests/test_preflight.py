@@ -32,7 +32,7 @@ def _args(tmp_path: Path, *overrides: str, dataset: str = "digits") -> list[str]
             "imagefolder": ["data.dataset='imagefolder'", f"data.path='{tmp_path / 'images'}'", "data.img_size=16"],
             "fashion-mnist": [f"data.path='{tmp_path / 'fashion'}'"]}[dataset]
     items = [f"run.output_dir='{tmp_path / 'runs'}'", "run.threads=2", *TINY, *data, *overrides]
-    return ["run", str(config), *(a for item in items for a in ("--set", item))]
+    return ["run", "--config", str(config), *(a for item in items for a in ("--set", item))]
 
 
 def _fails_before_anything(tmp_path: Path, capsys, args: list[str], fragment: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -28,11 +29,11 @@ class Bar:
 
 
 class Progress:
-    """Bars go to stderr; `log` lines (the engine's) and, while entered, the stages' log records stay in the
-    scrollback (and in CI logs)."""
+    """Bars go to stderr (or `file`); `log` lines (the engine's) and, while entered, the stages' log records
+    stay in the scrollback (and in CI logs)."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False):
-        self.console = console or Console(stderr=True, highlight=False, quiet=quiet)
+    def __init__(self, console: Console | None = None, quiet: bool = False, file: TextIO | None = None):
+        self.console = console or Console(file=file, stderr=True, highlight=False, quiet=quiet)
         self._watcher: Watcher | None = None
         self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
