@@ -1,14 +1,16 @@
 """What the manifold loss costs, measured interleaved: one distillation step with KD only, with KD + our
-manifold loss and with KD + a reference formulation of it (written here from the paper's equations), on the
-paper's models (DeiT-Ti student, CaiT-S24 teacher, 224 px, its 8-pair layer map) and on pipeline.toml's.
-Also the loss alone (forward + backward over every pair) for both formulations, and the peak memory of the
-loss over every pair: ours, the reference's, and the undecoupled (BN) x (BN) relation loss.
+manifold loss and with KD + the authors' code's formulation of it (bench/official_loss.py), on the paper's
+models (DeiT-Ti student, CaiT-S24 teacher, 224 px, its 8-pair layer map) and on pipeline.toml's. Also the loss
+alone (forward + backward over every pair) for both formulations, the peak memory of the loss over every pair
+(ours, the authors', the undecoupled (BN) x (BN) relation loss), and a torch.profiler summary of a KD step and
+a KD + manifold step at the paper's shapes.
 
-Each round runs every arm once, in a rotated order, and times it in wall-clock and CPU seconds (all
-threads); ratios are paired within a round; medians come with a bootstrap 95% interval. Writes JSON with
-the host's CPU, flags and threads, and prints a table.
+Each round runs every arm once, in a rotated order, and times it in wall-clock and process CPU seconds, at
+--threads intra-op threads (1 by default: CPU time is then the least disturbed by other work on the host).
+Ratios are paired within a round: their mean with a t 95% interval and their median with a bootstrap one.
+Writes JSON with the host's CPU and flags, the load average, the commit and the date, and prints a table.
 
-    .venv/bin/python bench/loss_cost.py [--quick] [--rounds N] [--out bench/results/loss_cost.json]
+    .venv/bin/python bench/loss_cost.py [--quick] [--rounds N] [--threads 1] [--out bench/results/loss_cost.json]
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +29,24 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.official_loss import mf_loss  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.core.fileio import write_json  # noqa: E402
 from pipeline.core.stage import Accel  # noqa: E402
 from stages.distill import PAPER_PRESET  # noqa: E402
 from stages.distill.families import units_of  # noqa: E402
 from stages.distill.features import TokenTap, aligned, default_layer_map  # noqa: E402
-from stages.distill.manifold import ManifoldLoss, _relation_mse, _unit  # noqa: E402
+from stages.distill.manifold import ManifoldLoss, random_sampled_loss  # noqa: E402
 from stages.distill.train import kd_loss  # noqa: E402
 from stages.models import create_model  # noqa: E402
 from stages.training import place  # noqa: E402
-from targets.agent.host import cpu_flags, cpu_name  # noqa: E402
+from targets.agent.host import cpu_flags, cpu_name, load  # noqa: E402
 
-ARMS = ("kd", "ours", "reference")
+ARMS = ("kd", "ours", "official")
 
 
 def shapes() -> dict[str, dict]:
@@ -49,7 +55,7 @@ def shapes() -> dict[str, dict]:
     d = cfg.distill
     return {
         "paper": dict(student=("deit_tiny_patch16_224", {}), teacher=("cait_s24_224", {}), img=224, chans=3,
-                      classes=1000, batch=64, weights=PAPER_PRESET, rounds=7, loss_rounds=15),
+                      classes=1000, batch=64, weights=PAPER_PRESET, rounds=10, loss_rounds=20),
         "default": dict(student=(cfg.student.model, cfg.student.overrides),
                         teacher=(cfg.teacher.model, cfg.teacher.overrides), img=cfg.data.img_size,
                         chans=cfg.data.channels, classes=10, batch=d.batch_size, rounds=30, loss_rounds=60,
@@ -58,29 +64,15 @@ def shapes() -> dict[str, dict]:
     }
 
 
-def reference_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], w: dict,
-                   generator: torch.Generator) -> torch.Tensor:
-    """The paper's loss as its equations read: per pair and term, normalise both sides, build both relation
-    maps, subtract, square, average; beta times the mean over pairs of the weighted terms."""
-    def relation(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-        fs, ft = fs / fs.norm(dim=-1, keepdim=True), ft / ft.norm(dim=-1, keepdim=True)
-        diff = fs @ fs.transpose(-1, -2) - ft @ ft.transpose(-1, -2)
-        return (diff * diff).mean()
-
-    total = 0
-    for fs, ft in zip(student, teacher):
-        ft = ft.detach()
-        flat_s, flat_t = fs.flatten(0, 1), ft.flatten(0, 1)
-        idx = torch.randperm(flat_s.shape[0], generator=generator)[: w["k"]]
-        total = total + (w["w_intra"] * relation(fs, ft)
-                         + w["w_inter"] * relation(fs.transpose(0, 1), ft.transpose(0, 1))
-                         + w["w_random"] * relation(flat_s[idx], flat_t[idx]))
-    return w["beta"] * total / len(student)
+def official(student: list[torch.Tensor], teacher: list[torch.Tensor], w: dict,
+             generator: torch.Generator) -> torch.Tensor:
+    """The authors' loss (bench/official_loss.py), beta times the sum of its three terms."""
+    return w["beta"] * sum(mf_loss(student, teacher, w["k"], w["w_inter"], w["w_intra"], w["w_random"], generator))
 
 
 def full_relation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """The undecoupled loss, every pair's B*N tokens in one (BN) x (BN) map (with our memory-lean code)."""
-    return sum(_relation_mse(_unit(s).flatten(0, 1), _unit(t).flatten(0, 1)) for s, t in zip(student, teacher))
+    return sum(random_sampled_loss(s, t, s.shape[0] * s.shape[1]) for s, t in zip(student, teacher))
 
 
 class Setting:
@@ -99,7 +91,7 @@ class Setting:
         self.taps = TokenTap(self.student, self.layers[0], "student"), TokenTap(self.teacher, self.layers[1], "teacher")
         self.w = shape["weights"]
         self.ours = ManifoldLoss(self.w["w_intra"], self.w["w_inter"], self.w["w_random"], self.w["k"], self.w["beta"])
-        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-5)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-5, fused=True)
         self.x = torch.randn(shape["batch"], shape["chans"], shape["img"], shape["img"])
         self.y = torch.randint(0, shape["classes"], (shape["batch"],))
         self.rng = torch.Generator().manual_seed(0)
@@ -123,8 +115,8 @@ class Setting:
         loss = (1 - alpha) * F.cross_entropy(logits, self.y) + alpha * kd_loss(logits, t_logits, "soft", 1.0)
         if arm == "ours":
             loss = loss + sum(self.ours(*aligned(s_tokens, t_tokens), self.rng).values())
-        elif arm == "reference":
-            loss = loss + reference_loss(*aligned(s_tokens, t_tokens), self.w, self.rng)
+        elif arm == "official":
+            loss = loss + official(*aligned(s_tokens, t_tokens), self.w, self.rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -159,12 +151,26 @@ def median_ci(values: list[float] | np.ndarray, seed: int = 0) -> dict:
     return {"median": round(float(np.median(v)), 5), "ci95": [round(float(lo), 5), round(float(hi), 5)]}
 
 
+def mean_ci(values: list[float] | np.ndarray) -> dict:
+    """Mean with a t 95% interval."""
+    v = np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return {"mean": round(float(v.mean()), 5), "mean_ci95": [round(float(v.mean() - half), 5),
+                                                             round(float(v.mean() + half), 5)]}
+
+
 def ratios(times: dict, arm: str, base: str) -> dict:
-    return {clock: median_ci(np.array(times[arm][clock]) / np.array(times[base][clock])) for clock in ("wall", "cpu")}
+    """Per-round paired ratios arm / base: median (bootstrap interval) and mean (t interval), per clock."""
+    out = {}
+    for clock in ("wall", "cpu"):
+        r = np.array(times[arm][clock]) / np.array(times[base][clock])
+        out[clock] = {**median_ci(r), **mean_ci(r)}
+    return out
 
 
 def loss_alone(setting: Setting, rounds: int) -> dict:
-    """Forward + backward of each formulation over every pair's tokens, interleaved; values compared."""
+    """Forward + backward of each formulation over every pair's tokens, interleaved, the same K-draws in both;
+    the values compared."""
     student, teacher = setting.tokens()
 
     def run(formulation: str):
@@ -172,17 +178,17 @@ def loss_alone(setting: Setting, rounds: int) -> dict:
             leaves = [s.detach().requires_grad_(True) for s in student]
             rng = torch.Generator().manual_seed(1)
             value = (sum(setting.ours(leaves, teacher, rng).values()) if formulation == "ours"
-                     else reference_loss(leaves, teacher, setting.w, rng))
+                     else official(leaves, teacher, setting.w, rng))
             value.backward()
             go.value = value.detach().item()
         return go
 
-    arms = {"ours": run("ours"), "reference": run("reference")}
+    arms = {"ours": run("ours"), "official": run("official")}
     times = interleaved(arms, rounds, "loss alone")
-    return {"ours": {c: median_ci(times["ours"][c]) for c in ("wall", "cpu")},
-            "reference": {c: median_ci(times["reference"][c]) for c in ("wall", "cpu")},
-            "ours_over_reference": ratios(times, "ours", "reference"),
-            "value_ours": arms["ours"].value, "value_reference": arms["reference"].value,
+    return {"rounds": rounds, "ours": {c: median_ci(times["ours"][c]) for c in ("wall", "cpu")},
+            "official": {c: median_ci(times["official"][c]) for c in ("wall", "cpu")},
+            "ours_over_official": ratios(times, "ours", "official"),
+            "value_ours": arms["ours"].value, "value_official": arms["official"].value,
             "token_shapes": [[list(s.shape), list(t.shape)] for s, t in zip(student, teacher)]}
 
 
@@ -207,7 +213,7 @@ def _memory_probe(spec: str, formulation: str) -> None:
     w = spec["weights"]
     ours = ManifoldLoss(w["w_intra"], w["w_inter"], w["w_random"], w["k"], w["beta"])
     losses = {"ours": lambda s, t: sum(ours(s, t, torch.Generator().manual_seed(1)).values()),
-              "reference": lambda s, t: reference_loss(s, t, w, torch.Generator().manual_seed(1)),
+              "official": lambda s, t: official(s, t, w, torch.Generator().manual_seed(1)),
               "full": full_relation_loss}
     warm = [torch.randn(2, 4, 8, requires_grad=True)]  # loads kernels and thread pools before the baseline
     losses[formulation](warm, [torch.randn(2, 4, 8)]).backward()
@@ -218,37 +224,84 @@ def _memory_probe(spec: str, formulation: str) -> None:
     print((_status_kb("VmHWM") - base) / 1e3)
 
 
-def measure(name: str, shape: dict, rounds: int | None) -> dict:
+def profile_steps(setting: Setting, reps: int, top: int = 15) -> dict:
+    """torch.profiler (CPU, record_shapes) over `reps` KD steps and `reps` KD + ours steps, interleaved: self time
+    per op (the profiler's clock is wall time per op), averaged over the reps; each arm's top ops with their share
+    of the step, the ops that make the difference between the two, and the ours step's top (op, input shapes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    by_op = {arm: Counter() for arm in ("kd", "ours")}
+    calls = {arm: Counter() for arm in ("kd", "ours")}
+    by_shape = Counter()
+    for r in range(reps):
+        for arm in ("kd", "ours") if r % 2 == 0 else ("ours", "kd"):
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                setting.step(arm)
+            for e in prof.key_averages():
+                by_op[arm][e.key] += e.self_cpu_time_total / 1e3 / reps
+                calls[arm][e.key] += e.count // reps
+            if arm == "ours":
+                for e in prof.key_averages(group_by_input_shape=True):
+                    by_shape[f"{e.key} {e.input_shapes}"] += e.self_cpu_time_total / 1e3 / reps
+        print(f"\rprofile: rep {r + 1}/{reps}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    totals = {arm: sum(ops.values()) for arm, ops in by_op.items()}
+
+    def rows(ops: Counter, total: float) -> list[dict]:
+        return [{"op": op, "ms": round(ms, 1), "share": round(ms / total, 4)} for op, ms in ops.most_common(top)]
+
+    diff = Counter({op: by_op["ours"][op] - by_op["kd"][op] for op in by_op["ours"] | by_op["kd"]})
+    return {"reps": reps, "load_avg": load(),
+            "step_ms": {arm: round(t, 1) for arm, t in totals.items()},
+            "top_ops": {arm: [{**row, "calls": calls[arm][row["op"]]} for row in rows(by_op[arm], totals[arm])]
+                        for arm in by_op},
+            "ours_minus_kd": [{**row, "calls_kd": calls["kd"][row["op"]], "calls_ours": calls["ours"][row["op"]]}
+                              for row in rows(diff, totals["ours"] - totals["kd"])],
+            "ours_top_by_shape": rows(by_shape, totals["ours"])[:top]}
+
+
+def measure(name: str, shape: dict, rounds: int | None, profile_reps: int) -> dict:
     setting = Setting(shape)
+    load_before = load()
     steps = interleaved({arm: (lambda arm=arm: setting.step(arm)) for arm in ARMS}, rounds or shape["rounds"],
                         f"{name} steps")
     loss = loss_alone(setting, rounds * 2 if rounds else shape["loss_rounds"])
-    memory = {f: round(peak_mb(loss["token_shapes"], shape["weights"], f), 1) for f in ("ours", "reference", "full")}
-    return {"models": {"student": shape["student"][0], "teacher": shape["teacher"][0]},
-            "batch": shape["batch"], "img": shape["img"], "weights": shape["weights"],
-            "layers": {"student": setting.layers[0], "teacher": setting.layers[1]},
-            "rounds": len(steps["kd"]["wall"]),
-            "step_s": {arm: {c: median_ci(steps[arm][c]) for c in ("wall", "cpu")} for arm in ARMS},
-            "step_over_kd": {arm: ratios(steps, arm, "kd") for arm in ("ours", "reference")},
-            "loss_alone": loss, "peak_mb_all_pairs": memory}
+    memory = {f: round(peak_mb(loss["token_shapes"], shape["weights"], f), 1) for f in ("ours", "official", "full")}
+    result = {"models": {"student": shape["student"][0], "teacher": shape["teacher"][0]},
+              "batch": shape["batch"], "img": shape["img"], "weights": shape["weights"],
+              "layers": {"student": setting.layers[0], "teacher": setting.layers[1]},
+              "load_avg": {"before": load_before, "after": load()}, "rounds": len(steps["kd"]["wall"]),
+              "step_s": {arm: {c: median_ci(steps[arm][c]) for c in ("wall", "cpu")} for arm in ARMS},
+              "step_over_kd": {arm: ratios(steps, arm, "kd") for arm in ("ours", "official")},
+              "loss_alone": loss, "peak_mb_all_pairs": memory}
+    if profile_reps:
+        result["profile"] = profile_steps(setting, profile_reps)
+    return result
+
+
+def commit() -> dict:
+    """HEAD and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"hash": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def print_table(result: dict) -> None:
-    table = Table(title=f"manifold loss cost on {result['host']['cpu']}, {result['host']['threads']} threads "
-                        "(medians, 95% interval)")
-    for col in ("shape", "KD step s", "ours / KD step", "reference / KD step", "loss: ours / reference",
-                "MB ours", "MB reference", "MB full"):
+    table = Table(title=f"manifold loss cost on {result['host']['cpu']}, {result['host']['threads']} thread(s) "
+                        "(CPU time; mean of paired ratios, 95% t interval)")
+    for col in ("shape", "KD step s", "ours / KD step", "official / KD step", "loss: ours / official",
+                "MB ours", "MB official", "MB full"):
         table.add_column(col, justify="right")
 
     def cell(r: dict) -> str:
-        return f"{r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+        return f"{r['mean']:.3f} [{r['mean_ci95'][0]:.3f}, {r['mean_ci95'][1]:.3f}]"
 
     for name, row in result["shapes"].items():
         m = row["peak_mb_all_pairs"]
-        table.add_row(name, f"{row['step_s']['kd']['wall']['median']:.3f}", cell(row["step_over_kd"]["ours"]["wall"]),
-                      cell(row["step_over_kd"]["reference"]["wall"]),
-                      cell(row["loss_alone"]["ours_over_reference"]["wall"]),
-                      f"{m['ours']:.0f}", f"{m['reference']:.0f}", f"{m['full']:.0f}")
+        table.add_row(name, f"{row['step_s']['kd']['cpu']['median']:.3f}", cell(row["step_over_kd"]["ours"]["cpu"]),
+                      cell(row["step_over_kd"]["official"]["cpu"]),
+                      cell(row["loss_alone"]["ours_over_official"]["cpu"]),
+                      f"{m['ours']:.0f}", f"{m['official']:.0f}", f"{m['full']:.0f}")
     Console(width=160).print(table)
 
 
@@ -257,16 +310,21 @@ def main() -> None:
         return _memory_probe(sys.argv[2], sys.argv[3])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only pipeline.toml's shapes, 5 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="step rounds per shape (default 7 paper, 30 default)")
+    parser.add_argument("--rounds", type=int, default=None, help="step rounds per shape (default 10 paper, 30 default)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    parser.add_argument("--profile-reps", type=int, default=2, help="profiled steps per arm at the paper's shapes")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = Path(args.out or f"bench/results/loss_cost{'_quick' if args.quick else ''}.json")
     result = {"host": {"cpu": cpu_name(), "flags": cpu_flags(), "threads": torch.get_num_threads()},
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit(),
               "torch": torch.__version__, "command": " ".join(["bench/loss_cost.py", *sys.argv[1:]]), "shapes": {}}
     for name, shape in shapes().items():
         if args.quick and name == "paper":
             continue
-        result["shapes"][name] = measure(name, shape, 5 if args.quick else args.rounds)
+        result["shapes"][name] = measure(name, shape, 5 if args.quick else args.rounds,
+                                         args.profile_reps if name == "paper" else 0)
         write_json(out, result)
     print_table(result)
     print(f"wrote {out}")

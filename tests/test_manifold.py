@@ -164,3 +164,38 @@ def test_layer_pairs_are_matched_in_the_order_written():
         got = list(as_written), list(in_order)
     assert torch.equal(got[0][0], got[1][1]) and torch.equal(got[0][1], got[1][0])
     assert not torch.equal(got[0][0], got[0][1])
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 7), (8, 16, 12, 24)])
+def test_equals_the_official_code_loss_and_gradient(shape):
+    """ManifoldLoss against bench/official_loss.py (the authors' mf_loss wiring), same weights, same K-draw."""
+    from bench.official_loss import mf_loss
+
+    b, n, ds, dt = shape
+    student = [_tokens(b, n, ds, dt, seed)[0] for seed in range(3)]
+    teacher = [_tokens(b, n, ds, dt, seed)[1] for seed in range(3)]
+    ours_s = [s.clone().requires_grad_(True) for s in student]
+    official_s = [s.clone().requires_grad_(True) for s in student]
+    k, beta = b * n // 2, 1.5
+    ours = ManifoldLoss(4.0, 0.1, 0.2, k, beta)(ours_s, teacher, torch.Generator().manual_seed(5))
+    sample, patch, rand = mf_loss(official_s, teacher, k, 0.1, 4.0, 0.2, torch.Generator().manual_seed(5))
+    official = {"intra": beta * patch, "inter": beta * sample, "random": beta * rand}
+    for name in official:
+        torch.testing.assert_close(ours[name], official[name], rtol=1e-12, atol=0)
+    sum(ours.values()).backward()
+    sum(official.values()).backward()
+    for a, b_ in zip(ours_s, official_s):
+        torch.testing.assert_close(a.grad, b_.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_official_code_draws_from_the_global_stream_without_a_generator():
+    """With no generator the re-expression draws as the authors' code does, from the global stream."""
+    from bench.official_loss import layer_mf_loss
+
+    fs, ft = _tokens(b=4, n=6)
+    with torch.random.fork_rng():
+        torch.manual_seed(9)
+        unseeded = layer_mf_loss(fs, ft, 5)[2]
+    assert unseeded == layer_mf_loss(fs, ft, 5, torch.Generator().manual_seed(9))[2]
+    torch.testing.assert_close(unseeded, random_sampled_loss(fs, ft, 5, torch.Generator().manual_seed(9)),
+                               rtol=1e-12, atol=0)
