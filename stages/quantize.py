@@ -26,6 +26,8 @@ class QuantizeCommon(Section):
                                                            "validation images before layers fall back to float")
     validation_images: int = Field(1000, ge=1, description="validation images for max_drop and sensitivity")
     max_fallback_layers: int = Field(8, ge=0, description="at most this many layers kept in float")
+    max_fallback_seconds: float = Field(600.0, ge=0, description="no new fallback step (or layer ranking) starts "
+                                                                 "after this many seconds per INT8 file; 0: no bound")
     on_over_budget: Literal["warn", "stop"] = Field("warn", description="an INT8 model still over max_drop after "
                                                     "the fallback: flag it in the report, or stop the run")
 
@@ -70,11 +72,13 @@ class QuantizeStage(Stage):
             last = fb["steps"][-1] if "steps" in fb else fb
             real = (f" (95% interval of the change {last['delta_interval'][0]:+.2f} to "
                     f"{last['delta_interval'][1]:+.2f})" if "delta_interval" in last else "")
+            timed_out = (f" (its fallback stopped at quantize.max_fallback_seconds = {cfg.max_fallback_seconds:g})"
+                         if fb.get("stopped") == "max_fallback_seconds" else "")
             message = (f"{key} loses {last['drop']:.2f} top-1 points on validation images{real}, over "
-                       f"quantize.max_drop = {cfg.max_drop}, even with layers kept in float")
+                       f"quantize.max_drop = {cfg.max_drop}, even with layers kept in float{timed_out}")
             if cfg.on_over_budget == "stop":
-                raise UserError(f"{message}: raise max_drop or max_fallback_layers, try another calibration_method, "
-                                "or set quantize.on_over_budget = 'warn' to keep it flagged")
+                raise UserError(f"{message}: raise max_drop, max_fallback_layers or max_fallback_seconds, try another "
+                                "calibration_method, or set quantize.on_over_budget = 'warn' to keep it flagged")
             notes.append(message)
             log.error(f"{message}: flagged in the report, and no target ships it")
         for artifact in artifacts.values():
