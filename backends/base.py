@@ -110,6 +110,8 @@ class Backend:
     switches: ClassVar[tuple[str, ...]] = ()  # the settings that turn it off, named when a model fails in it
     relative_parity: ClassVar[bool] = False  # its parity bound is relative to the largest |logit| (fp16 programs)
     scratch: ClassVar[tuple[str, ...]] = ()  # working files its quantize leaves, removed when the stage completes
+    own_process: ClassVar[bool] = False  # its export and quantize run in a process of their own where two cores are
+    # free (stages/formats.py): for a format whose work is most of a stage's; it reads no earlier backend's record
     simulation: ClassVar[str | None] = None  # what its "simulated" rows are, where this host cannot run the runtime
     app_module: ClassVar[str | None] = None  # what the deploy folder says of its files: the app methods below
 

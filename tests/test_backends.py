@@ -44,7 +44,7 @@ def test_the_export_and_quantize_sections_are_each_backend_s_fields_and_nothing_
     declared = {f for b in backends.backends() for s in (b.export_fields, b.quantize_fields) for f in s.model_fields}
     common = {"parity_images", "parity_max_abs_diff", "parity_max_abs_diff_fp16", "parity_min_agreement",
               "calibration_images", "max_drop", "validation_images", "max_fallback_layers", "max_fallback_seconds",
-              "on_over_budget"}
+              "on_over_budget", "processes"}
     assert set(export) | set(quantize) == declared | common
 
 
