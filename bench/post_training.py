@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--label", default="current")
     parser.add_argument("--arm64", action="store_true", help="leave evaluate.arm64 as the config says")
+    parser.add_argument("--note", default="", help="what else to record beside the entry (the tree it ran)")
     parser.add_argument("--out", default=str(ROOT / "bench/results/post_training.json"))
     args = parser.parse_args()
     overrides = list(args.set) + ([] if args.arm64 else ["evaluate.arm64=off"])
@@ -208,6 +209,7 @@ def main() -> None:
     entry = {
         "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", ".") else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "note": args.note,
         "host": {"cpu": cpu_name(), "flags": cpu_flags(), "cores": usable_cores()},
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
         "overrides": overrides,
