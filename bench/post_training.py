@@ -49,7 +49,6 @@ PHASES = [
     ("nncf", "quantize", "nncf quantize"),
     ("litert_torch", "convert", "litert convert"),
     ("coremltools", "convert", "coremltools convert"),
-    ("backends.base", "parity_check", "parity check"),
     ("backends.base", "Backend.runner", "runner load"),
     ("backends.fallback", "with_fallback", "fallback loop"),
 ]
@@ -122,11 +121,10 @@ def install() -> None:
             patch(sys.modules[name], attribute, phase)
     sys.meta_path.insert(0, PatchOnImport())
 
+    import backends
     import backends.base
     import stages.benchmark
     import stages.evaluate
-    import stages.export
-    import stages.quantize
 
     def tracking(stage: str, fn, key, phase: str = "total"):
         def wrapper(*args, **kwargs):
@@ -143,12 +141,12 @@ def install() -> None:
                 current.update(before)
         return wrapper
 
-    backends.base.Backend.export = tracking("export", backends.base.Backend.export, lambda self, job: self.name,
-                                            "export (no parity)")
+    backends.base.Backend.export = tracking("export", backends.base.Backend.export, lambda self, job: self.name)
     backends.base.Backend.quantize = tracking("quantize", backends.base.Backend.quantize, lambda self, job: self.name)
-    # the export stage checks parity after the backend's export: counted under the backend
-    stages.export.ExportStage._export = staticmethod(tracking("export", stages.export.ExportStage._export,
-                                                              lambda backend, job: backend.name, "total"))
+    # the export stage checks each file's parity after its backend's export
+    backends.base.ExportJob.check_parity = tracking("export", backends.base.ExportJob.check_parity,
+                                                    lambda job, label, record, *rest: backends.for_file(
+                                                        record["file"]).name, "parity (runner included)")
     predictions = stages.evaluate.EvaluateStage._predictions
     stages.evaluate.EvaluateStage._predictions = staticmethod(tracking("evaluate", predictions,
                                                                        lambda path, *rest: Path(path).name))
