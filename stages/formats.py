@@ -1,15 +1,18 @@
 """The formats of the export and quantize stages, split over two processes where the host has two cores for them: a
 backend that declares `own_process` (ExecuTorch, whose lowering is the longest work of both stages) runs in a
-spawned worker while the others run here, each process at one torch thread. The records, notes and the first
-error are taken in registry order, so the stage writes what one process writes (the same files: bench/
-post_training.py compares them); log lines arrive as they happen. A backend that runs apart reads no record of
-the backends before it (it may run first).
+worker process while the others run here, each process at one torch thread. The records, notes and the first
+error are taken in registry order, so the stage writes what one process writes (the same files: docs/
+benchmarks.md); log lines arrive as they happen. A backend that runs apart reads no record of the backends before
+it (it may run first). The worker is spawned once and serves both stages of a run (its imports, torch's and
+ExecuTorch's 7 s, are paid once); it ends with this process, or when interrupted.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+import logging.handlers
 import multiprocessing
+import queue as queues
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -43,9 +46,11 @@ def run(order: list, job, call: Call, build: Callable[..., Any], args: dict, set
     import backends
 
     outcomes: dict[str, Any] = {}
-    with _one_torch_thread(), _forwarded_logs() as queue:
-        workers = {b.name: _Worker(queue, call, build, args, backends.REGISTRY[b.name]) for b in apart}
+    with _one_torch_thread():
+        workers = {b.name: _worker(backends.REGISTRY[b.name]) for b in apart}
         try:
+            for worker in workers.values():
+                worker.submit(call, build, args)
             for backend in order:
                 if backend.name in workers:
                     continue
@@ -56,9 +61,10 @@ def run(order: list, job, call: Call, build: Callable[..., Any], args: dict, set
                     break
             for name, worker in workers.items():
                 outcomes[name] = worker.result()
-        finally:
+        except BaseException:  # an interrupt: the worker's call is abandoned with it
             for worker in workers.values():
                 worker.stop()
+            raise
     done = []
     for backend in order:
         outcome = outcomes.get(backend.name)
@@ -88,63 +94,77 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@contextmanager
-def _forwarded_logs() -> Iterator[Any]:
-    """A queue the workers' project log records arrive on, each handled here by its own logger (so the run's
-    console shows it as it shows this process's)."""
-    queue = multiprocessing.get_context("spawn").Queue()
+_workers: dict[str, _Worker] = {}  # by registry target, for this process's life
 
-    def forward() -> None:
-        while (record := queue.get()) is not None:
-            logging.getLogger(record.name).handle(record)
 
-    thread = threading.Thread(target=forward, name="worker logs", daemon=True)
-    thread.start()
-    try:
-        yield queue
-    finally:
-        queue.put(None)
-        thread.join()
+def _worker(target: str) -> _Worker:
+    worker = _workers.get(target)
+    if worker is None or not worker.process.is_alive():
+        worker = _workers[target] = _Worker(target)
+    return worker
 
 
 class _Worker:
-    """One backend's call in a spawned process; its result (records and notes, or its exception) comes back on a
-    pipe."""
+    """A spawned process serving one backend's calls, one at a time. Its project log records and each call's
+    outcome (records and notes, or the exception) come back on a pipe, read by a thread here that hands every
+    record to its own logger (the run's console shows it as it shows this process's)."""
 
-    def __init__(self, queue, call: Call, build: Callable[..., Any], args: dict, target: str):
+    def __init__(self, target: str):
         context = multiprocessing.get_context("spawn")
-        self.reader, writer = context.Pipe(duplex=False)
-        self.process = context.Process(target=_entry, args=(writer, queue, call, build, args, target),
+        self.connection, theirs = context.Pipe()
+        self.process = context.Process(target=_serve, args=(theirs, target), daemon=True,
                                        name=f"manifold-edge {target.partition(':')[0]}")
         self.process.start()
-        writer.close()
+        theirs.close()
+        self.outcomes: queues.Queue = queues.Queue()
+        threading.Thread(target=self._read, name=f"{self.process.name} reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                kind, payload = self.connection.recv()
+            except (EOFError, OSError):
+                self.outcomes.put(RuntimeError(f"the {self.process.name} process ended (exit code "
+                                               f"{self.process.exitcode}) without a result"))
+                return
+            if kind == "log":
+                logging.getLogger(payload.name).handle(payload)
+            else:
+                self.outcomes.put(payload)
+
+    def submit(self, call: Call, build: Callable[..., Any], args: dict) -> None:
+        self.connection.send((call, build, args))
 
     def result(self) -> tuple[dict, list[str]] | BaseException:
-        try:
-            outcome = self.reader.recv()
-        except EOFError:
-            self.process.join()
-            return RuntimeError(f"the {self.process.name} process ended with exit code {self.process.exitcode} "
-                                "and no result")
-        self.process.join()
-        return outcome
+        return self.outcomes.get()
 
     def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join()
+        self.process.terminate()
+        self.process.join()
+        _workers.pop(next((t for t, w in _workers.items() if w is self), ""), None)
 
 
-def _entry(writer, queue, call: Call, build: Callable[..., Any], args: dict, target: str) -> None:
-    """The worker: the project's log records to `queue`, one torch thread, then the call."""
-    import logging.handlers
+class _PipeHandler(logging.handlers.QueueHandler):
+    """The worker's project log records, made picklable, sent on its pipe."""
 
+    def __init__(self, connection):
+        super().__init__(None)
+        self.connection, self.lock_send = connection, threading.Lock()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with self.lock_send:
+            self.connection.send(("log", record))
+
+
+def _serve(connection, target: str) -> None:
+    """The worker: the project's log records to the pipe, one torch thread, then each call it is sent until the
+    pipe closes."""
     import torch
 
     from pipeline.core.logs import PROJECT, quiet_third_party
 
     quiet_third_party()
-    handler = logging.handlers.QueueHandler(queue)
+    handler = _PipeHandler(connection)
     for name in PROJECT:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
@@ -152,12 +172,16 @@ def _entry(writer, queue, call: Call, build: Callable[..., Any], args: dict, tar
         logger.propagate = False
     torch.set_num_threads(1)
     module, _, attr = target.partition(":")
-    try:
-        backend = getattr(importlib.import_module(module), attr)
-        outcome: Any = _call(call, backend, build(**args))
-    except UserError as exc:  # one line for the user, as from this process
-        outcome = UserError(str(exc))
-    except Exception:
-        outcome = RuntimeError(f"in the {module} process: {traceback.format_exc()}")
-    writer.send(outcome)
-    writer.close()
+    backend = getattr(importlib.import_module(module), attr)
+    while True:
+        try:
+            call, build, args = connection.recv()
+        except EOFError:
+            return
+        try:
+            outcome: Any = _call(call, backend, build(**args))
+        except UserError as exc:  # one line for the user, as from this process
+            outcome = UserError(str(exc))
+        except Exception:
+            outcome = RuntimeError(f"in the {module} process: {traceback.format_exc()}")
+        connection.send(("done", outcome))

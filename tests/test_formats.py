@@ -35,3 +35,10 @@ def test_records_and_notes_come_in_registry_order_with_the_own_process_backend_a
 def test_the_first_error_in_registry_order_is_raised(registered, fail, first):
     with pytest.raises(UserError, match=f"^{first}$"):
         formats.run(ORDER, toy.build(fail), toy.call, toy.build, {"fail": fail}, 2)
+
+
+def test_one_worker_serves_every_call_of_a_process(registered):
+    """Spawned once: the export and quantize stages of a run share its imports."""
+    first, second = (formats.run(ORDER, toy.build(()), toy.call, toy.build, {"fail": ()}, 2)[1][0]["b"]["pid"]
+                     for _ in range(2))
+    assert first == second != os.getpid()
