@@ -1,13 +1,15 @@
 """Where the stages after training spend their time (issue 40): runs CONFIG (pipeline.toml) in this process with
 export and everything after it forced (data, teacher and distill come from the cache: run the pipeline once
 first, or copy a finished run's .cache/{data,teacher,distill}-* into --set run.output_dir), and writes per stage
-its wall (report.json's stages.*.wall_s), per backend the export and quantize records' seconds, per backend and
-phase the calls, wall and CPU seconds of the expensive library calls (torch.export, run_decompositions, XNNPACK's
-preprocess, the PT2E passes, converters, parity checks, fallback steps...), per artifact the evaluate wall and
-per target the benchmark wall with its runs, with this host's CPU, the load average before and after, the commit
-and the date. Phases nest (to_edge_transform_and_lower holds run_decompositions and preprocess); a backend's
-wall not in a phase is its imports and own work. Each call adds or replaces the entry `--label` in --out, so
-before and after sit side by side.
+its wall (report.json's stages.*.wall_s) and CPU seconds (its child processes' included), per backend the export
+and quantize records' seconds, per backend and phase the calls, wall and CPU seconds of the expensive library
+calls (torch.export, run_decompositions, XNNPACK's preprocess, the PT2E passes, converters, parity checks,
+fallback steps...) of the backends that ran in this process (ExecuTorch runs in a worker where two cores are
+usable, stages/formats.py: `--set export.processes=1 --set quantize.processes=1` profiles it here), per artifact
+the evaluate wall and per target the benchmark wall with its runs, with this host's CPU, the load average before
+and after, the commit and the date. Phases nest (to_edge_transform_and_lower holds run_decompositions and
+preprocess); a backend's wall not in a phase is its imports and own work. Each call adds or replaces the entry
+`--label` in --out, so before and after sit side by side.
 
     .venv/bin/python bench/post_training.py [CONFIG] [--set KEY=VALUE ...] [--label NAME] [--arm64]
         [--out bench/results/post_training.json]
@@ -49,7 +51,6 @@ PHASES = [
     ("nncf", "quantize", "nncf quantize"),
     ("litert_torch", "convert", "litert convert"),
     ("coremltools", "convert", "coremltools convert"),
-    ("backends.base", "parity_check", "parity check"),
     ("backends.base", "Backend.runner", "runner load"),
     ("backends.fallback", "with_fallback", "fallback loop"),
 ]
@@ -122,11 +123,10 @@ def install() -> None:
             patch(sys.modules[name], attribute, phase)
     sys.meta_path.insert(0, PatchOnImport())
 
+    import backends
     import backends.base
     import stages.benchmark
     import stages.evaluate
-    import stages.export
-    import stages.quantize
 
     def tracking(stage: str, fn, key, phase: str = "total"):
         def wrapper(*args, **kwargs):
@@ -143,17 +143,38 @@ def install() -> None:
                 current.update(before)
         return wrapper
 
-    backends.base.Backend.export = tracking("export", backends.base.Backend.export, lambda self, job: self.name,
-                                            "export (no parity)")
+    backends.base.Backend.export = tracking("export", backends.base.Backend.export, lambda self, job: self.name)
     backends.base.Backend.quantize = tracking("quantize", backends.base.Backend.quantize, lambda self, job: self.name)
-    # the export stage checks parity after the backend's export: counted under the backend
-    stages.export.ExportStage._export = staticmethod(tracking("export", stages.export.ExportStage._export,
-                                                              lambda backend, job: backend.name, "total"))
+    # the export stage checks each file's parity after its backend's export
+    backends.base.ExportJob.check_parity = tracking("export", backends.base.ExportJob.check_parity,
+                                                    lambda job, label, record, *rest: backends.for_file(
+                                                        record["file"]).name, "parity (runner included)")
     predictions = stages.evaluate.EvaluateStage._predictions
     stages.evaluate.EvaluateStage._predictions = staticmethod(tracking("evaluate", predictions,
                                                                        lambda path, *rest: Path(path).name))
     stages.benchmark.measure_target = tracking("benchmark", stages.benchmark.measure_target,
                                                lambda models, name, *rest: name)
+    import stages.export
+    import stages.quantize
+
+    for cls in (stages.export.ExportStage, stages.quantize.QuantizeStage, stages.evaluate.EvaluateStage,
+                stages.benchmark.BenchmarkStage):
+        cls.run = counting_cpu(cls.name, cls.run)
+
+
+stage_cpu: dict[str, float] = {}
+
+
+def counting_cpu(stage: str, run):
+    """A stage's CPU seconds: this process's threads and the child processes it waited for (workers, agents)."""
+    def wrapper(*args, **kwargs):
+        before = os.times()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            after = os.times()
+            stage_cpu[stage] = round(sum(after[:4]) - sum(before[:4]), 2)
+    return wrapper
 
 
 def git(*args: str) -> str:
@@ -172,6 +193,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--label", default="current")
     parser.add_argument("--arm64", action="store_true", help="leave evaluate.arm64 as the config says")
+    parser.add_argument("--note", default="", help="what else to record beside the entry (the tree it ran)")
     parser.add_argument("--out", default=str(ROOT / "bench/results/post_training.json"))
     args = parser.parse_args()
     overrides = list(args.set) + ([] if args.arm64 else ["evaluate.arm64=off"])
@@ -208,10 +230,12 @@ def main() -> None:
     entry = {
         "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", ".") else ""),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "note": args.note,
         "host": {"cpu": cpu_name(), "flags": cpu_flags(), "cores": usable_cores()},
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
         "overrides": overrides,
         "stages_wall_s": stages,
+        "stages_cpu_s": {s: stage_cpu.get(s) for s in STAGES},
         "post_training_s": round(sum(stages.values()), 2),
         "run_wall_s": round(wall, 2),
         "backend_seconds": records,
@@ -228,7 +252,8 @@ def main() -> None:
     results["runs"][args.label] = entry
     write_json(out, results)
     print(f"{args.label}: post-training {entry['post_training_s']:.1f} s "
-          f"({', '.join(f'{s} {v:.1f}' for s, v in stages.items())}), load {entry['load_average']}")
+          f"({', '.join(f'{s} {v:.1f}' for s, v in stages.items())}), CPU {entry['stages_cpu_s']}, "
+          f"load {entry['load_average']}")
     for stage in ("export", "quantize"):
         for backend, by in entry["phases"].get(stage, {}).items():
             shown = ", ".join(f"{p} {v['calls']}x {v['wall_s']:.1f}s" for p, v in by.items())

@@ -43,7 +43,8 @@ def test_the_export_and_quantize_sections_are_each_backend_s_fields_and_nothing_
             assert set(section.model_fields) <= set(fields), backend.name
     declared = {f for b in backends.backends() for s in (b.export_fields, b.quantize_fields) for f in s.model_fields}
     common = {"parity_images", "parity_max_abs_diff", "parity_max_abs_diff_fp16", "parity_min_agreement",
-              "calibration_images", "max_drop", "validation_images", "max_fallback_layers", "on_over_budget"}
+              "calibration_images", "max_drop", "validation_images", "max_fallback_layers", "max_fallback_seconds",
+              "on_over_budget", "processes"}
     assert set(export) | set(quantize) == declared | common
 
 
@@ -52,6 +53,39 @@ def test_a_backend_s_cross_section_rule_is_checked_when_the_config_loads(tmp_pat
         load_config(None, ["export.openvino=false"])
     with pytest.raises(UserError, match="quantize.coreml.enabled needs export.coreml.enabled = true"):
         load_config(None, ["export.coreml.enabled=false"])
+
+
+@pytest.mark.parametrize("offset, flipped, images", [(0.0, None, 64), (2e-4, None, 512), (0.0, 10, 512)])
+def test_parity_stops_after_the_first_images_only_when_they_are_well_inside_the_bound(offset, flipped, images):
+    """The early-stop rule (backends.base.EARLY_RULE): 64 images, then all 512 unless max |diff| there is under a
+    tenth of the bound (1e-3) and every argmax agrees (a tie broken the other way among the first 64 is seen)."""
+    import numpy as np
+
+    from backends.base import EARLY_RULE, Backend, parity_check
+
+    rng = np.random.default_rng(0)
+    pixels, reference = rng.standard_normal((512, 3)).astype(np.float32), rng.standard_normal((512, 10))
+    reference[10, :2] = 5, 5 + 5e-5  # a near tie: a 6e-5 change (under a tenth of the bound) flips its argmax
+    seen = []
+
+    def runner(x):
+        seen.append(len(x))
+        index = np.flatnonzero((pixels[:, None] == x[None]).all(2).any(1))
+        out = reference[index] + offset
+        out[index == flipped, 0] += 6e-5
+        return out
+
+    runner.evaluation = "measured"
+
+    class Exact(Backend):
+        name, runtime = "exact", "exact"
+
+        def runner(self, path, threads=0):
+            return runner
+
+    check = parity_check("exact", Exact(), Path("model.x"), "net", pixels, reference, 1e-3, 0.99)
+    assert check["images"] == images and sum(seen) == images and check["rule"] == EARLY_RULE
+    assert check["argmax_agreement"] == (1.0 if flipped is None else 511 / 512)
 
 
 def test_a_name_is_registered_once():

@@ -229,7 +229,7 @@ def test_interleave_alternates_models_and_stops_on_the_interval():
                      seconds=1e6, rel=0.05, clock=lambda: clock.wall, cpu_clock=lambda: clock.cpu)
     assert out["stopped"] == "interval"  # constant times: a zero-width interval at the first check
     assert out["schedule"] == [0, 1] * 4 and clock.calls == (["a"] * 5 + ["b"] * 5) * 4
-    assert [len(w) for w in out["wall_ms"]] == [20, 20]
+    assert [len(w) for w in out["wall_ms"]] == [20, 20] and [len(c) for c in out["cpu_ms"]] == [4, 4]  # per block
     assert out["wall_ms"][0][0] == pytest.approx(2.0) and out["cpu_ms"][1][0] == pytest.approx(3.0)
 
 
@@ -350,7 +350,7 @@ def test_one_agent_call_times_two_onnx_models_interleaved(tmp_path):
     assert raw["ok"] and [r["model"] for r in raw["results"]] == ["small.onnx", "big.onnx"]
     assert raw["schedule"] == [0, 1] * 6  # 30 runs in blocks of 5 (the last cut to 0 is no block)
     for r in raw["results"]:
-        assert r["runs"] == len(r["samples"]["wall_ms"]) == len(r["samples"]["cpu_ms"]) == 30
+        assert r["runs"] == len(r["samples"]["wall_ms"]) == 5 * len(r["samples"]["cpu_ms"]) == 30  # CPU per block
         assert r["timing"]["stopped"] == "runs" and r["host_load"]["cores"] == r["host"]["cores"]
     settings = BenchmarkConfig(runs=200, max_seconds=1.0, warmup=2, throughput_batch=1, profile_layers=False)
     models = [Model("small", small, "onnxruntime", "fp32", FP32), Model("big", big, "onnxruntime", "fp32", FP32)]

@@ -114,9 +114,12 @@ def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path, cap
     path = tmp_path / "model_int8.pte"
     caplog.set_level(logging.INFO, logger="backends.fallback")
     result = quantize(model, SHAPE, path, train[:256], images, labels, 2.0, 2, True, max_batch=MAX_BATCH)
-    assert result["met"] and result["excluded"] == [] and len(result["steps"]) == 1 and caplog.messages == []
+    assert result["met"] and result["excluded"] == [] and caplog.messages == []
+    stand_in, program = result["steps"]  # the fake-quantized graph, then the one program lowered
+    assert (stand_in["judged"], program["judged"]) == ("stand-in", "file") and result["stopped"] == "within budget"
     int8_top1 = 100 * (predict(ExecuTorchRunner(path), [images]).argmax(1) == labels).mean()
-    assert result["fp32_top1"] > 70 and abs(result["fp32_top1"] - int8_top1 - result["steps"][0]["drop"]) < 1e-3
+    assert result["fp32_top1"] > 70 and abs(result["fp32_top1"] - int8_top1 - program["drop"]) < 1e-3
+    assert abs(stand_in["drop"] - program["drop"]) <= 100 / len(labels) + 1e-9  # the stand-in tracks it: an image
     assert path.stat().st_size < 0.7 * fp32[0].stat().st_size
     assert result["op_types"]["linear"] == 5 and result["op_types"]["convolution"] == 3
 
@@ -136,7 +139,9 @@ def test_fallback_keeps_a_sabotaged_layer_in_float(model, digits, tmp_path, capl
     first, last = result["steps"][0]["drop"], result["steps"][-1]["drop"]
     assert first > 20, "the sabotage should have hurt INT8"
     assert result["met"] and last <= 2.0 and result["excluded"] == ["head"]
-    assert [step["excluded"] for step in result["steps"]] == [[], ["head"]]
+    assert [(step["excluded"], step["judged"]) for step in result["steps"]] == [
+        ([], "stand-in"), (["head"], "stand-in"), (["head"], "file")]  # one program lowered
+    assert abs(result["steps"][-2]["drop"] - last) <= 100 / len(labels) + 1e-9
     ranked = [entry["relative_mse"] for entry in result["sensitivity"]]
     assert ranked == sorted(ranked, reverse=True) and ranked[0] > 100 * ranked[1]
     assert result["sensitivity"][0]["node"] == "head" and len(ranked) == 8  # 3 convs, 5 linears

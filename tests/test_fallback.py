@@ -67,3 +67,58 @@ def test_a_sigterm_during_a_step_stops_the_loop_before_the_next_step(caplog):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert calls == [[]]
+
+
+def test_a_stand_in_judges_the_steps_and_the_file_is_written_once(caplog):
+    """ExecuTorch's path: the steps on a cheap stand-in (the fake-quantized graph), the file once, at the end."""
+    labels = np.arange(1000) % 10
+    wrong = (labels + 1) % 10
+    written = []
+
+    def stand_in(excluded: list[str]) -> np.ndarray:
+        return labels if "a" in excluded else wrong
+
+    def final(excluded: list[str]) -> np.ndarray:
+        written.append(list(excluded))
+        return stand_in(excluded)
+
+    result = with_fallback("toy INT8", labels, labels, 1.0, 4, 2, stand_in,
+                           lambda: [{"node": "a", "relative_mse": 2.0}, {"node": "b", "relative_mse": 1.0}],
+                           final=final).as_dict()
+    assert written == [["a"]] and result["met"] and result["stopped"] == "within budget"
+    assert [(s["excluded"], s["judged"], s["over"]) for s in result["steps"]] == [
+        ([], "stand-in", True), (["a"], "stand-in", False), (["a"], "file", False)]
+
+
+def test_a_file_over_budget_where_its_stand_in_was_not_goes_on_writing_each_step(caplog):
+    labels = np.arange(1000) % 10
+    wrong = (labels + 1) % 10
+    written = []
+
+    def final(excluded: list[str]) -> np.ndarray:  # the file needs "a" and "b" in float; its stand-in none
+        written.append(list(excluded))
+        return labels if {"a", "b"} <= set(excluded) else wrong
+
+    result = with_fallback("toy INT8", labels, labels, 1.0, 4, 2, lambda excluded: labels,
+                           lambda: [{"node": "a", "relative_mse": 2.0}, {"node": "b", "relative_mse": 1.0}],
+                           final=final).as_dict()
+    assert written == [[], ["a"], ["a", "b"]] and result["met"]
+    assert [s["judged"] for s in result["steps"]] == ["stand-in", "file", "file", "file"]
+
+
+def test_the_loop_starts_no_step_after_max_seconds_and_says_so(caplog):
+    labels = np.arange(1000) % 10
+    wrong = (labels + 1) % 10
+    calls = []
+
+    def predictions(excluded: list[str]) -> np.ndarray:
+        calls.append(list(excluded))
+        return wrong
+
+    caplog.set_level(logging.WARNING, logger="backends.fallback")
+    result = with_fallback("toy INT8", labels, labels, 1.0, 4, 2, predictions,
+                           lambda: [{"node": "a", "relative_mse": 1.0}, {"node": "b", "relative_mse": 0.5}],
+                           max_seconds=0.0).as_dict()
+    assert calls == [[]] and not result["met"] and result["stopped"] == "max_fallback_seconds"
+    assert result["sensitivity"] == []  # no ranking either
+    assert any("stopped after 0 s (quantize.max_fallback_seconds = 0)" in m for m in caplog.messages)

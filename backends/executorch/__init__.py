@@ -45,6 +45,7 @@ class ExecuTorchBackend(Backend):
     runner_factory = "backends.executorch.runner:ExecuTorchRunner"
     agent = "backends.executorch.agent:ExecuTorch"
     app_module = "backends.executorch.app"
+    own_process = True  # lowering: 20 of the export stage's 35 s, 28 of quantize's 40 s on the default student
 
     def app_needs(self, record: dict, settings: dict) -> str:
         portable = sorted(record.get("undelegated_ops") or {})

@@ -12,6 +12,37 @@ from targets.agent.errors import AgentError, require
 from targets.agent.layers import PROFILE_RUNS, PROFILE_WARMUP, summarise
 
 
+def runtime():
+    """ExecuTorch's pybindings and its Runtime, imported without executorch.exir's package code where nothing has
+    imported it yet: the pybindings import executorch.exir._warnings for one warning class, and that ran exir's
+    __init__ (the edge dialect's op tables and the export passes: 5 s of each agent process's 7 s of imports on a
+    2-core host, ExecuTorch 1.5.1). exir's package is stood in for while they load, then forgotten, so a later
+    `import executorch.exir` runs it in full."""
+    import importlib.util
+    import sys
+    import types
+    import warnings
+
+    require("executorch")
+    stub = None
+    if "executorch.exir" not in sys.modules:
+        stub = types.ModuleType("executorch.exir")
+        stub.__path__ = list(importlib.util.find_spec("executorch.exir").submodule_search_locations)
+        sys.modules["executorch.exir"] = stub
+    try:
+        with warnings.catch_warnings():  # the pybindings warn that they are experimental
+            warnings.simplefilter("ignore")
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+    finally:
+        if stub is not None:
+            sys.modules.pop("executorch.exir._warnings", None)
+            sys.modules.pop("executorch.exir", None)
+            if getattr(sys.modules["executorch"], "exir", None) is stub:
+                del sys.modules["executorch"].exir
+    return portable_lib, Runtime
+
+
 class ExecuTorch(Adapter):
     """A .pte program in ExecuTorch's runtime (Python bindings; they need torch, so this runs on hosts and
     boards, while a phone uses ExecuTorch's own executor_runner). Its XNNPACK delegate runs on one process-wide
@@ -23,17 +54,16 @@ class ExecuTorch(Adapter):
     module = "executorch.runtime"  # it brings torch
     profiled = True
 
+    @classmethod
+    def import_runtime(cls) -> None:
+        runtime()
+
     def __init__(self, path: str, threads: int, profile: bool = False):
-        require("executorch")
-        import warnings
         from importlib.metadata import version
 
         import torch
-        with warnings.catch_warnings():  # the pybindings warn that they are experimental
-            warnings.simplefilter("ignore")
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime
 
+        portable_lib, Runtime = runtime()
         with open(path, "rb") as f:
             head = f.read(8)
         if not is_executorch_program(head):  # the runtime aborts logging these

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,10 +81,9 @@ class ExecuTorchRunner:
         require("executorch", "executorch")
         import torch
 
-        with warnings.catch_warnings():  # the pybindings warn that they are experimental
-            warnings.simplefilter("ignore")
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime
+        from backends.executorch.agent import runtime
+
+        portable_lib, Runtime = runtime()
 
         self._torch = torch
         _check_identifier(path)

@@ -121,10 +121,11 @@ def rank_sensitivity(src: Path, probe: Path, ranges: dict, images: np.ndarray, r
 
 
 def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_images: np.ndarray,
-                          val_labels: np.ndarray, max_drop: float, max_fallback_layers: int) -> dict:
+                          val_labels: np.ndarray, max_drop: float, max_fallback_layers: int,
+                          max_fallback_seconds: float | None = None) -> dict:
     """Static INT8 of every FC/conv layer; while the top-1 drop against the fp32 .tflite exceeds max_drop,
-    keep the next most sensitive layer in float (at most max_fallback_layers; sensitivity ranked once, on at
-    most 256 validation images). Calibrated once, the ranges reused by every step.
+    keep the next most sensitive layer in float (at most max_fallback_layers, for at most max_fallback_seconds;
+    sensitivity ranked once, on at most 256 validation images). Calibrated once, the ranges reused by every step.
     Returns backends.fallback.Fallback's dict plus the op types that compute in INT8."""
     src, dst = Path(src), Path(dst)
     ranges = calibrate(src, calibration)
@@ -139,7 +140,7 @@ def quantize_full_integer(src: Path, dst: Path, calibration: np.ndarray, val_ima
 
     layers = sum(op["op"] in INT8_OPS for op in operators(src))
     result = with_fallback("LiteRT static INT8", classes(src, val_images), val_labels, max_drop, max_fallback_layers,
-                           layers, predictions, rank, layer_name)
+                           layers, predictions, rank, layer_name, max_seconds=max_fallback_seconds)
     return {**result.as_dict(), "op_types": int8_op_types(dst)}
 
 
@@ -154,7 +155,7 @@ def run(job: QuantizeJob) -> dict[str, dict]:
         file = job.out / "model_int8.tflite"
         with skippable("quantize.litert.full_integer"):
             fallback = quantize_full_integer(source, file, job.calibration, job.val_images, job.val_labels,
-                                             cfg.max_drop, cfg.max_fallback_layers)
+                                             cfg.max_drop, cfg.max_fallback_layers, cfg.max_fallback_seconds or None)
         found["litert_int8"] = {
             "file": file.name, "runtime": "litert", "precision": "int8 static, FC/conv (float32 in/out)",
             "numerics": static_int8(),

@@ -186,7 +186,8 @@ def static_with_fallback(src: Path, dst: Path, work: Path, calibration: np.ndarr
 
     layers = [n for n in candidate_nodes(src, list(cfg.op_types)) if n not in set(static_exclusions(src, cfg))]
     result = with_fallback("ONNX static INT8", classes(src, val_images), val_labels, cfg.max_drop,
-                           cfg.max_fallback_layers, len(layers), predictions, rank)
+                           cfg.max_fallback_layers, len(layers), predictions, rank,
+                           max_seconds=cfg.max_fallback_seconds or None)
     cache.unlink(missing_ok=True)
     return result
 

@@ -45,12 +45,17 @@ def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
         if "steps" in fb:
             first, last = fb["steps"][0]["drop"], fb["steps"][-1]["drop"]
             kept = fb.get("excluded_names", fb["excluded"])
-            text = (f"drop {first:.2f} points on {len(fb['steps'])} step(s) -> {last:.2f}"
+            stand_in = sum(step.get("judged") == "stand-in" for step in fb["steps"])
+            text = (f"drop {first:.2f} points on {len({tuple(s['excluded']) for s in fb['steps']})} step(s)"
+                    + (f" ({stand_in} judged on its stand-in, the fake-quantized graph, then the file)" if stand_in
+                       else "") + f" -> {last:.2f}"
                     + (f" (95% interval of the change {fb['steps'][-1]['delta_interval'][0]:+.2f} to "
                        f"{fb['steps'][-1]['delta_interval'][1]:+.2f} on {fb['images']} images)"
                        if "delta_interval" in fb["steps"][-1] else "")
                     + f"; layers kept in float: {', '.join(kept) or 'none'}"
-                    + (f" of {fb['layers']}" if kept and fb.get("layers") else ""))
+                    + (f" of {fb['layers']}" if kept and fb.get("layers") else "")
+                    + (f"; stopped by quantize.max_fallback_seconds after {fb['seconds']:.0f} s"
+                       if fb.get("stopped") == "max_fallback_seconds" else ""))
         else:
             text = (f"drop {fb['plain_drop']:.2f} points" + (f", NNCF accuracy control -> {fb['drop']:.2f}"
                                                                if fb["accuracy_control"] else ""))

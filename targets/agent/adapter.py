@@ -9,7 +9,7 @@ import importlib
 from functools import cache
 from typing import ClassVar
 
-from targets.agent.errors import AgentError
+from targets.agent.errors import AgentError, require
 
 
 class Adapter:
@@ -23,6 +23,11 @@ class Adapter:
     pixels: ClassVar[bool] = False  # it takes 0-255 pixels, one image per call, not float32 tensors
     version: str  # the runtime's version
     threads: int | None = None  # the threads the runtime applied, where it reports them
+
+    @classmethod
+    def import_runtime(cls) -> None:
+        """Import `module` (the agent does before any model loads, so a model's memory is its own)."""
+        require(cls.module)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--input-size", type=int, default=None, help="H = W for models with dynamic sizes")
     p.add_argument("--profile", action="store_true",
                    help=f"add a per-layer profile (to the models of {', '.join(profiled())})")
-    p.add_argument("--raw", action="store_true", help="add every run's wall and CPU ms")
+    p.add_argument("--raw", action="store_true", help="add every run's wall ms and every block's CPU ms per run")
     p.add_argument("--predict", metavar="IMAGES.npz", default=None,
                    help="time nothing: print each model's argmax and logits on the float32 `images` array of "
                         "this .npz file (a batch of the models' input)")

@@ -11,7 +11,7 @@ import time
 
 from targets.agent import host
 from targets.agent.adapter import adapter, load
-from targets.agent.errors import AgentError, blame, file_name, require
+from targets.agent.errors import AgentError, blame, file_name
 from targets.agent.layers import profile_layers
 from targets.agent.stats import half_width, summary
 
@@ -21,8 +21,10 @@ def interleave(calls: list, runs: int, min_runs: int, block: int, seconds: float
     """Time zero-argument calls round-robin, `block` runs of each per turn, so that every model sees the
     same host conditions. Stops after a whole round once every call's median interval is within `rel` of
     its median (rel > 0; checked from min_runs runs on, then at every ~10% more runs), at `runs` runs per call, or
-    after `seconds` x len(calls) seconds (at least one round). Wall and CPU ms per run; the schedule is the
-    call index of each block in order."""
+    after `seconds` x len(calls) seconds (at least one round). Wall ms per run; CPU ms per run as each block's
+    mean (one value per block): the process CPU clock sums every thread's time, and read while a runtime's
+    threads spin it cost 0.1-1.1 ms per read on a 2-core host, 45% of a phone target's timing when read around
+    every run; the schedule is the call index of each block in order."""
     wall: list[list[float]] = [[] for _ in calls]
     cpu: list[list[float]] = [[] for _ in calls]
     schedule: list[int] = []
@@ -33,12 +35,12 @@ def interleave(calls: list, runs: int, min_runs: int, block: int, seconds: float
         size = min(block, runs - len(wall[0]))
         for i, call in enumerate(calls):
             schedule.append(i)
+            c0 = cpu_clock()
             for _ in range(size):
-                c0, t0 = cpu_clock(), clock()
+                t0 = clock()
                 call()
-                t1, c1 = clock(), cpu_clock()
-                wall[i].append((t1 - t0) * 1000)
-                cpu[i].append((c1 - c0) * 1000)
+                wall[i].append((clock() - t0) * 1000)
+            cpu[i].append((cpu_clock() - c0) * 1000 / size)
         done = len(wall[0])
         if done >= runs:
             stopped = "runs"
@@ -61,12 +63,12 @@ def import_runtimes(paths: list[str], runtimes: list[str]) -> dict[str, float]:
     module (Core ML's coremltools) is imported with its model, and counted in it."""
     added = {}
     for path, runtime in zip(paths, runtimes):
-        module = adapter(runtime).module
-        if module is None or runtime in added:
+        cls = adapter(runtime)
+        if cls.module is None or runtime in added:
             continue
         before = host.window_start()
         with blame(path):
-            require(module)
+            cls.import_runtime()
         added[runtime] = max(host.rss() - before, 0.0)
     return added
 
