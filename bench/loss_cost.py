@@ -107,7 +107,7 @@ class Setting:
         manifold = arm != "kd"
         with torch.inference_mode(), self.taps[1].capture() if manifold else nullcontext([]) as t_tokens:
             t_logits = self.teacher(self.x)
-        t_logits, t_tokens = t_logits.clone(), [t.clone() for t in t_tokens]
+        t_logits = t_logits.clone()
         with self.taps[0].capture() if manifold else nullcontext([]) as s_tokens:
             logits = self.student(self.x)
             s_tokens = list(s_tokens)

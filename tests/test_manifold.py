@@ -199,3 +199,26 @@ def test_official_code_draws_from_the_global_stream_without_a_generator():
     assert unseeded == layer_mf_loss(fs, ft, 5, torch.Generator().manual_seed(9))[2]
     torch.testing.assert_close(unseeded, random_sampled_loss(fs, ft, 5, torch.Generator().manual_seed(9)),
                                rtol=1e-12, atol=0)
+
+
+def test_teacher_taps_in_inference_mode_are_contiguous_ordinary_copies():
+    """CaiT's blocks output tokens transposed in memory; the tap copies them contiguous, outside inference mode
+    (the student's graph may save them), and a later in-place op on the output does not reach the copy."""
+    from timm.models.cait import Cait
+
+    torch.manual_seed(0)
+    model = Cait(img_size=32, patch_size=8, in_chans=1, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+                 depth_token_only=1).eval()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.clone()))
+    tap = TokenTap(model, [0, 1], "teacher")
+    with torch.inference_mode(), tap.capture() as tokens:
+        model(torch.randn(2, 1, 32, 32))
+    assert not seen[0].is_contiguous()  # the layout this guards against
+    assert all(t.is_contiguous() and not t.is_inference() for t in tokens)
+    torch.testing.assert_close(tokens[0].flatten(1, 2), seen[0], rtol=0, atol=0)
+
+    model.blocks[0].register_forward_hook(lambda module, args, output: output.mul_(0))  # after the tap's hook
+    with torch.inference_mode(), tap.capture() as later:
+        model(torch.randn(2, 1, 32, 32))
+    assert later[0].abs().sum() > 0
