@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -107,7 +108,7 @@ class Setting:
         manifold = arm != "kd"
         with torch.inference_mode(), self.taps[1].capture() if manifold else nullcontext([]) as t_tokens:
             t_logits = self.teacher(self.x)
-        t_logits, t_tokens = t_logits.clone(), [t.clone() for t in t_tokens]
+        t_logits = t_logits.clone()
         with self.taps[0].capture() if manifold else nullcontext([]) as s_tokens:
             logits = self.student(self.x)
             s_tokens = list(s_tokens)
@@ -224,40 +225,69 @@ def _memory_probe(spec: str, formulation: str) -> None:
     print((_status_kb("VmHWM") - base) / 1e3)
 
 
+class CpuByOp(TorchDispatchMode):
+    """Thread CPU time per aten op at the dispatch level (what an op runs inside its kernel counts as its own).
+    Unlike the profiler's wall clock, time the thread spends descheduled by other work on the host is left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.ms, self.calls = Counter(), Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.thread_time_ns()
+        out = func(*args, **(kwargs or {}))
+        self.ms[str(func)] += (time.thread_time_ns() - start) / 1e6
+        self.calls[str(func)] += 1
+        return out
+
+
+def _op_summary(ms: dict[str, Counter], calls: dict[str, Counter], top: int) -> dict:
+    """Each arm's top ops with their share of the step, and the ops that make the step difference."""
+    totals = {arm: sum(ops.values()) for arm, ops in ms.items()}
+
+    def rows(ops: Counter, total: float) -> list[dict]:
+        return [{"op": op, "ms": round(t, 1), "share": round(t / total, 4)} for op, t in ops.most_common(top)]
+
+    diff = Counter({op: ms["ours"][op] - ms["kd"][op] for op in ms["ours"] | ms["kd"]})
+    return {"step_ms": {arm: round(t, 1) for arm, t in totals.items()},
+            "top_ops": {arm: [{**row, "calls": calls[arm][row["op"]]} for row in rows(ms[arm], totals[arm])]
+                        for arm in ms},
+            "ours_minus_kd": [{**row, "calls_kd": calls["kd"][row["op"]], "calls_ours": calls["ours"][row["op"]]}
+                              for row in rows(diff, totals["ours"] - totals["kd"])]}
+
+
 def profile_steps(setting: Setting, reps: int, top: int = 15) -> dict:
-    """torch.profiler (CPU, record_shapes) over `reps` KD steps and `reps` KD + ours steps, interleaved: self time
-    per op (the profiler's clock is wall time per op), averaged over the reps; each arm's top ops with their share
-    of the step, the ops that make the difference between the two, and the ours step's top (op, input shapes)."""
+    """A KD step and a KD + ours step, `reps` each, interleaved, per op (averaged over the reps): torch.profiler
+    (CPU, record_shapes; self time, its clock is wall time) with the ours step's top (op, input shapes), then
+    the thread CPU time per op (CpuByOp, separate steps)."""
     from torch.profiler import ProfilerActivity, profile
 
-    by_op = {arm: Counter() for arm in ("kd", "ours")}
-    calls = {arm: Counter() for arm in ("kd", "ours")}
+    arms = ("kd", "ours")
+    prof_ms, prof_calls = {arm: Counter() for arm in arms}, {arm: Counter() for arm in arms}
+    cpu_ms, cpu_calls = {arm: Counter() for arm in arms}, {arm: Counter() for arm in arms}
     by_shape = Counter()
     for r in range(reps):
-        for arm in ("kd", "ours") if r % 2 == 0 else ("ours", "kd"):
+        for arm in arms if r % 2 == 0 else arms[::-1]:
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 setting.step(arm)
             for e in prof.key_averages():
-                by_op[arm][e.key] += e.self_cpu_time_total / 1e3 / reps
-                calls[arm][e.key] += e.count // reps
+                prof_ms[arm][e.key] += e.self_cpu_time_total / 1e3 / reps
+                prof_calls[arm][e.key] += e.count // reps
             if arm == "ours":
                 for e in prof.key_averages(group_by_input_shape=True):
                     by_shape[f"{e.key} {e.input_shapes}"] += e.self_cpu_time_total / 1e3 / reps
+            with CpuByOp() as ops:
+                setting.step(arm)
+            for op, t in ops.ms.items():
+                cpu_ms[arm][op] += t / reps
+                cpu_calls[arm][op] += ops.calls[op] // reps
         print(f"\rprofile: rep {r + 1}/{reps}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    totals = {arm: sum(ops.values()) for arm, ops in by_op.items()}
-
-    def rows(ops: Counter, total: float) -> list[dict]:
-        return [{"op": op, "ms": round(ms, 1), "share": round(ms / total, 4)} for op, ms in ops.most_common(top)]
-
-    diff = Counter({op: by_op["ours"][op] - by_op["kd"][op] for op in by_op["ours"] | by_op["kd"]})
-    return {"reps": reps, "load_avg": load(),
-            "step_ms": {arm: round(t, 1) for arm, t in totals.items()},
-            "top_ops": {arm: [{**row, "calls": calls[arm][row["op"]]} for row in rows(by_op[arm], totals[arm])]
-                        for arm in by_op},
-            "ours_minus_kd": [{**row, "calls_kd": calls["kd"][row["op"]], "calls_ours": calls["ours"][row["op"]]}
-                              for row in rows(diff, totals["ours"] - totals["kd"])],
-            "ours_top_by_shape": rows(by_shape, totals["ours"])[:top]}
+    profiler = _op_summary(prof_ms, prof_calls, top)
+    profiler["ours_top_by_shape"] = [{"op": op, "ms": round(t, 1), "share": round(t / profiler["step_ms"]["ours"], 4)}
+                                     for op, t in by_shape.most_common(top)]
+    return {"reps": reps, "load_avg": load(), "torch_profiler": profiler,
+            "cpu_time_by_op": _op_summary(cpu_ms, cpu_calls, top)}
 
 
 def measure(name: str, shape: dict, rounds: int | None, profile_reps: int) -> dict:

@@ -199,3 +199,78 @@ def test_official_code_draws_from_the_global_stream_without_a_generator():
     assert unseeded == layer_mf_loss(fs, ft, 5, torch.Generator().manual_seed(9))[2]
     torch.testing.assert_close(unseeded, random_sampled_loss(fs, ft, 5, torch.Generator().manual_seed(9)),
                                rtol=1e-12, atol=0)
+
+
+def test_all_three_terms_together_pass_gradcheck():
+    """The pair's one backward (three terms' gradients meet before the normalisation's) against finite differences."""
+    fs, ft = _tokens(b=3, n=4, ds=5, dt=6)
+    fs2, ft2 = _tokens(b=3, n=4, ds=5, dt=6, seed=1)
+    loss = ManifoldLoss(4.0, 0.1, 0.2, k=7)
+
+    def value(a, b):
+        return sum(loss([a, b], [ft, ft2], torch.Generator().manual_seed(2)).values())
+    assert torch.autograd.gradcheck(value, (fs.clone().requires_grad_(True), fs2.clone().requires_grad_(True)))
+
+
+def test_a_zero_token_gets_the_gradient_of_f_normalize():
+    """A token of norm 0 (a dead ReLU position) is clamped by eps as F.normalize does; so is its gradient."""
+    fs, ft = _tokens(b=3, n=5, ds=4, dt=7)
+    fs[1, 2] = 0
+    grads = []
+    def explicit(s):
+        return _explicit_relation_mse(s, ft) + _explicit_relation_mse(s.transpose(0, 1), ft.transpose(0, 1))
+
+    for loss in (lambda s: intra_image_loss(s, ft) + inter_image_loss(s, ft), explicit):
+        s = fs.clone().requires_grad_(True)
+        loss(s).backward()
+        grads.append(s.grad)
+    assert grads[0][1, 2].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_token_memory_layout_changes_nothing():
+    """Sliced student tokens and teacher tokens transposed in memory (CaiT's blocks) give the contiguous values."""
+    fs, ft = _tokens(b=4, n=6, ds=5, dt=7)
+    padded = torch.cat([torch.randn(4, 1, 5, dtype=torch.float64), fs], 1)[:, 1:]  # a prefix token sliced off
+    transposed = ft.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not padded.is_contiguous() and not transposed.is_contiguous()
+    results = []
+    for s, t in ((fs, ft), (padded, transposed)):
+        s = s.clone().requires_grad_(True) if s is fs else s.detach().requires_grad_(True)
+        terms = ManifoldLoss(k=9)([s], [t], torch.Generator().manual_seed(4))
+        sum(terms.values()).backward()
+        results.append((torch.stack(list(terms.values())), s.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-15)
+
+
+def test_half_precision_tokens_are_compared_in_float32():
+    fs, ft = (x.to(torch.bfloat16) for x in _tokens())
+    fs.requires_grad_(True)
+    terms = ManifoldLoss(k=6)([fs], [ft], torch.Generator().manual_seed(0))
+    assert all(value.dtype == torch.float32 for value in terms.values())
+    sum(terms.values()).backward()
+    assert fs.grad.dtype == torch.bfloat16 and fs.grad.abs().sum() > 0
+
+
+def test_teacher_taps_in_inference_mode_are_contiguous_ordinary_copies():
+    """CaiT's blocks output tokens transposed in memory; the tap copies them contiguous, outside inference mode
+    (the student's graph may save them), and a later in-place op on the output does not reach the copy."""
+    from timm.models.cait import Cait
+
+    torch.manual_seed(0)
+    model = Cait(img_size=32, patch_size=8, in_chans=1, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+                 depth_token_only=1).eval()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.clone()))
+    tap = TokenTap(model, [0, 1], "teacher")
+    with torch.inference_mode(), tap.capture() as tokens:
+        model(torch.randn(2, 1, 32, 32))
+    assert not seen[0].is_contiguous()  # the layout this guards against
+    assert all(t.is_contiguous() and not t.is_inference() for t in tokens)
+    torch.testing.assert_close(tokens[0].flatten(1, 2), seen[0], rtol=0, atol=0)
+
+    model.blocks[0].register_forward_hook(lambda module, args, output: output.mul_(0))  # after the tap's hook
+    with torch.inference_mode(), tap.capture() as later:
+        model(torch.randn(2, 1, 32, 32))
+    assert later[0].abs().sum() > 0

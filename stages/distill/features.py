@@ -61,8 +61,14 @@ class TokenTap:
     def _hook(self, position: int, unit: Unit):
         def hook(module, args, output) -> None:
             if self.outputs is not None:
-                # without autograd nothing would notice a later in-place op on this output: keep a copy
-                self.outputs[position] = unit.grid(output if output.requires_grad else output.clone())
+                grid = unit.grid(output)
+                if not output.requires_grad:
+                    # without autograd nothing would notice a later in-place op on this output: keep a copy, made
+                    # outside inference mode (a graph may save it) and contiguous (CaiT's blocks output tokens
+                    # transposed in memory, which sends the loss's batched products into per-matrix loops)
+                    with torch.inference_mode(False):
+                        grid = grid.clone(memory_format=torch.contiguous_format)
+                self.outputs[position] = grid
         return hook
 
     @contextmanager

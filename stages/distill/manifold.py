@@ -15,10 +15,10 @@ EPS = 1e-12
 
 
 def _unit(f: torch.Tensor) -> torch.Tensor:
-    """L2-normalise each token; half precision (autocast) is computed in float32."""
+    """L2-normalise each token, contiguous; half precision (autocast) is computed in float32."""
     if f.dtype in (torch.float16, torch.bfloat16):
         f = f.float()
-    return F.normalize(f, dim=-1, eps=EPS)
+    return F.normalize(f, dim=-1, eps=EPS).contiguous()
 
 
 def _check(fs: torch.Tensor, ft: torch.Tensor) -> None:
@@ -27,50 +27,72 @@ def _check(fs: torch.Tensor, ft: torch.Tensor) -> None:
                          f"got {tuple(fs.shape)} and {tuple(ft.shape)}")
 
 
-class _RelationMSE(torch.autograd.Function):
-    """Mean over entries of (S S^T - T T^T)^2 for unit tokens S (..., M, D_s) and T (..., M, D_t), T constant.
+def _difference(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """S S^T - T T^T for token sets (..., M, D): the student's product accumulates onto the teacher's map."""
+    teacher = t @ t.transpose(-1, -2)
+    fused = teacher.baddbmm_ if s.ndim == 3 else teacher.addmm_
+    return fused(s, s.transpose(-1, -2), beta=-1)
 
-    Holds one M x M map: the teacher's map is the bias of one fused multiply-add that leaves the difference D.
-    D is symmetric, so the gradient 4 D S / numel is one matmul where autograd would run two (one per factor
-    of S S^T) and scale D elementwise first.
+
+def _mse(diff: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(diff).square() / diff.numel()
+
+
+class _PairRelations(torch.autograd.Function):
+    """One layer pair's intra-image, inter-image and random-sampled losses (0 for a term not asked) from raw
+    student tokens fs (B, N, D_s) and unit teacher tokens t (B, N, D_t), t constant.
+
+    Each term is the mean over entries of D^2, D = S S^T - T T^T over its token sets, S the unit student tokens;
+    one M x M map is held per term. D is symmetric, so a term's gradient is one matmul, 4 D S / numel, where
+    autograd would run two; the three meet before one pass back through the normalisation, (g - s (s . g)) / |f|.
     """
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        fused = torch.baddbmm if s.ndim == 3 else torch.addmm
-        diff = fused(t @ t.transpose(-1, -2), s, s.transpose(-1, -2), beta=-1)
-        ctx.save_for_backward(s, diff)
-        return torch.linalg.vector_norm(diff).square() / diff.numel()
+    def forward(ctx, fs: torch.Tensor, t: torch.Tensor, intra: bool, inter: bool, idx: torch.Tensor | None):
+        norm = torch.linalg.vector_norm(fs, dim=-1, keepdim=True)
+        s = (fs / norm.clamp_min(EPS)).contiguous()  # F.normalize's arithmetic
+        diffs = (_difference(s, t) if intra else None,
+                 _difference(s.transpose(0, 1), t.transpose(0, 1)) if inter else None,
+                 _difference(s.flatten(0, 1)[idx], t.flatten(0, 1)[idx]) if idx is not None else None)
+        ctx.save_for_backward(s, norm, idx, *diffs)
+        return tuple(fs.new_zeros(()) if d is None else _mse(d) for d in diffs)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        s, diff = ctx.saved_tensors
-        return (diff @ s).mul_(grad * 4 / diff.numel()), None
+    def backward(ctx, g_intra: torch.Tensor, g_inter: torch.Tensor, g_random: torch.Tensor):
+        s, norm, idx, d_intra, d_inter, d_random = ctx.saved_tensors
+        grad = torch.zeros_like(s) if d_intra is None else (d_intra @ s).mul_(g_intra * 4 / d_intra.numel())
+        if d_inter is not None:
+            s_t = s.transpose(0, 1)
+            grad.transpose(0, 1).add_((d_inter @ s_t).mul_(g_inter * 4 / d_inter.numel()))
+        if d_random is not None:
+            picked = (d_random @ s.flatten(0, 1)[idx]).mul_(g_random * 4 / d_random.numel())
+            grad.view(-1, grad.shape[-1]).index_add_(0, idx, picked)
+        # through s = f / max(|f|, eps): the radial part drops out where |f| >= eps
+        radial = (s * grad).sum(-1, keepdim=True).mul_(norm >= EPS)
+        return grad.sub_(s * radial).div_(norm.clamp_min(EPS)), None, None, None, None
 
 
-def _relation_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Mean over entries of (S S^T - T T^T)^2; gradients reach S only (T is the teacher's)."""
-    return _RelationMSE.apply(s, t.detach())
+def _pair(fs: torch.Tensor, ft: torch.Tensor, intra: bool, inter: bool, idx: torch.Tensor | None):
+    _check(fs, ft)
+    if fs.dtype in (torch.float16, torch.bfloat16):
+        fs = fs.float()
+    return _PairRelations.apply(fs, _unit(ft.detach()), intra, inter, idx)
 
 
-def _sample(s: torch.Tensor, t: torch.Tensor, k: int, generator: torch.Generator | None):
-    """The same K of the B*N tokens (without replacement) from both sides, K clamped to B*N."""
-    s, t = s.flatten(0, 1), t.flatten(0, 1)
-    device = generator.device if generator is not None else torch.device("cpu")
-    idx = torch.randperm(s.shape[0], generator=generator, device=device)[: min(k, s.shape[0])].to(s.device)
-    return s[idx], t[idx]
+def _sample(n: int, k: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """K of n token indices without replacement, K clamped to n (the same draw serves both sides)."""
+    where = generator.device if generator is not None else torch.device("cpu")
+    return torch.randperm(n, generator=generator, device=where)[: min(k, n)].to(device)
 
 
 def intra_image_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     """Patch-to-patch relations within each image: mean over b, i, j of (A_b^S - A_b^T)^2, A_b is N x N."""
-    _check(fs, ft)
-    return _relation_mse(_unit(fs), _unit(ft.detach()))
+    return _pair(fs, ft, True, False, None)[0]
 
 
 def inter_image_loss(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     """Image-to-image relations at each patch position: mean over n, i, j; C_n is B x B."""
-    _check(fs, ft)
-    return _relation_mse(_unit(fs).transpose(0, 1), _unit(ft.detach()).transpose(0, 1))
+    return _pair(fs, ft, False, True, None)[1]
 
 
 def random_sampled_loss(fs: torch.Tensor, ft: torch.Tensor, k: int,
@@ -79,8 +101,7 @@ def random_sampled_loss(fs: torch.Tensor, ft: torch.Tensor, k: int,
 
     K is clamped to B*N; with K = B*N this is the full (BN) x (BN) relation loss up to token order.
     """
-    _check(fs, ft)
-    return _relation_mse(*_sample(_unit(fs), _unit(ft.detach()), k, generator))
+    return _pair(fs, ft, False, False, _sample(fs.shape[0] * fs.shape[1], k, fs.device, generator))[2]
 
 
 class ManifoldLoss(nn.Module):
@@ -104,16 +125,9 @@ class ManifoldLoss(nn.Module):
         sums: dict[str, torch.Tensor] = {}
         with torch.autocast(student[0].device.type, enabled=False):  # relations in float32 under AMP
             for fs, ft in zip(student, teacher):
-                _check(fs, ft)
-                s, t = _unit(fs), _unit(ft.detach())
-                parts = {}
-                if self.w_intra:
-                    parts["intra"] = _relation_mse(s, t)
-                if self.w_inter:
-                    parts["inter"] = _relation_mse(s.transpose(0, 1), t.transpose(0, 1))
-                if self.w_random:
-                    parts["random"] = _relation_mse(*_sample(s, t, self.k, generator))
-                for name, value in parts.items():
-                    sums[name] = sums[name] + value if name in sums else value
+                idx = _sample(fs.shape[0] * fs.shape[1], self.k, fs.device, generator) if self.w_random else None
+                for name, value in zip(weights, _pair(fs, ft, bool(self.w_intra), bool(self.w_inter), idx)):
+                    if weights[name]:
+                        sums[name] = sums[name] + value if name in sums else value
         scale = self.beta / len(student)
         return {name: scale * weights[name] * total for name, total in sums.items()}

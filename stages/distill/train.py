@@ -71,8 +71,9 @@ def distill(ctx: StageContext) -> dict:
         if needs_teacher:
             with torch.inference_mode(), _capture(taps, 1, teacher_tokens):
                 teacher_logits = teacher.eval()(x)
-            # inference tensors cannot be saved for the student's backward: clone them out of that mode
-            teacher_logits, teacher_tokens = teacher_logits.clone(), [t.clone() for t in teacher_tokens]
+            # inference tensors cannot be saved for the student's backward: clone the logits out of that mode
+            # (the taps' copies of the tokens are made outside it)
+            teacher_logits = teacher_logits.clone()
         with _capture(taps, 0, student_tokens):
             out = forward(x)
         cls_logits, kd_logits = out if distilled else (out, out)
