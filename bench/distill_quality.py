@@ -1,11 +1,13 @@
-"""Distillation quality: test top-1 of the same student trained without KD, with soft KD, with KD + the
-manifold loss, with KD + each manifold term alone, and with the paper's preset (distill.preset = "paper",
-alpha = 1) against KD at alpha = 1, over several seeds, from the default teacher (trained once with
-pipeline.toml's recipe and pinned across seeds and variants); plus a teacher with another patch grid and a
-CNN teacher (one seed). Every run is the CLI (`manifold-edge run --until distill`), up to --jobs at a time,
-through a cache kept in --work, so a rerun reuses finished runs. Seeds give both arms of a comparison the
-same data order and augmentation (separate random streams), so differences are paired by seed: the JSON
-holds per-seed values, mean, std and a paired t-test for each comparison. Writes JSON, prints a table.
+"""Distillation quality: test top-1 of the same student trained without KD, with soft KD, with KD + the manifold
+loss, with KD + each manifold term alone, and with the paper's preset (distill.preset = "paper", alpha = 1) against
+KD at alpha = 1, over five seeds, from the default teacher (trained once with pipeline.toml's recipe and pinned
+across seeds and variants); the paper's pairing in miniature (a shrunk CaiT teacher -> a shrunk DeiT student on
+3-channel 32-px images, 64 tokens each; the teacher trained once and pinned; three seeds); a teacher with another
+patch grid and a CNN teacher (one seed). Every run is the CLI (`manifold-edge run --until distill`), up to --jobs
+at a time, through a cache kept in --work, so a rerun reuses finished runs. Seeds give both arms of a comparison
+the same data order and augmentation (separate random streams), so differences are paired by seed: the JSON holds
+per-seed values, mean, std, a 95% t interval and a paired t-test for each comparison, with the commit, host, date
+and load average. Writes JSON, prints a table.
 
     .venv/bin/python bench/distill_quality.py [CONFIG] [--quick] [--threads 1] [--jobs 2] [--device cpu]
         [--set KEY=VALUE] [--work DIR] [--out PATH]
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -38,13 +41,14 @@ from stages.training import accuracy  # noqa: E402
 from targets.agent.host import cpu_flags, cpu_name  # noqa: E402
 
 # Reduced setting: the students train on a subset for fewer epochs than pipeline.toml, so that
-# 8 variants x 3 seeds + 2 extra teachers and their students fit in about an hour on 2 CPU cores.
+# 8 variants x 5 seeds + 3 extra teachers and their students fit in about an hour on 2 CPU cores.
 SETTINGS = {
-    "full": {"subset": 10_000, "test_subset": 0, "epochs": 6, "seeds": [0, 1, 2]},
+    "full": {"subset": 10_000, "test_subset": 0, "epochs": 6, "seeds": [0, 1, 2, 3, 4]},
     "quick": {"subset": 2_000, "test_subset": 2_000, "epochs": 1, "seeds": [0]},
 }
 # name -> (teacher, distill overrides); teacher "default" is pipeline.toml's (one epoch on the subset with
 # --quick), pinned by its checkpoint
+DEIT = ["student.model='deit_tiny_patch16_224'", "student.overrides={patch_size=4, embed_dim=48, depth=4, num_heads=3}"]
 VARIANTS = {
     "none": ("default", ["distill.kd='none'", "distill.manifold=false"]),
     "kd": ("default", ["distill.manifold=false"]),
@@ -58,17 +62,24 @@ VARIANTS = {
     "patch2 teacher: kd+manifold": ("patch2", []),
     "cnn teacher: kd": ("cnn", ["distill.manifold=false"]),
     "cnn teacher: kd+manifold": ("cnn", []),
+    "cait -> deit: kd": ("cait", ["distill.manifold=false", *DEIT]),
+    "cait -> deit: kd+manifold": ("cait", DEIT),
 }
 # (variant, baseline): the comparisons given a paired test over the seeds
-COMPARISONS = [("kd", "none"), ("kd+manifold", "kd"), ("kd+manifold (paper preset)", "kd (alpha 1)"),
+COMPARISONS = [("kd", "none"), ("kd+manifold", "kd"), ("cait -> deit: kd+manifold", "cait -> deit: kd"),
+               ("kd+manifold (paper preset)", "kd (alpha 1)"),
                ("kd+manifold (paper preset)", "kd+manifold"), ("kd+intra", "kd"), ("kd+inter", "kd"),
                ("kd+random", "kd")]
 # Extra teachers, trained here on the bench's subset for the bench's epochs (pipeline.toml's recipe otherwise).
-# patch 2 gives a 14x14 token grid against the student's 7x7; repvgg_a0 is a timm CNN that accepts img_size.
+# patch 2 gives an 8x8 token grid against the student's 4x4; repvgg_a0 is a timm CNN that accepts img_size; the
+# CaiT (patch 4: 8x8 tokens, as the DeiT student's) sees the images as RGB (data.channels = 3, in run_all).
 TEACHERS = {
     "patch2": ["teacher.model='convstem_vit_small'", "teacher.overrides.patch_size=2"],
     "cnn": ["teacher.model='repvgg_a0'"],
+    "cait": ["teacher.model='cait_xxs24_224'",
+             "teacher.overrides={patch_size=4, embed_dim=96, depth=6, num_heads=3, depth_token_only=1}"],
 }
+SEEDS = {"default": 5, "cait": 3}  # seeds per teacher (the first N of the setting's); others one
 
 
 class RunFailed(Exception):
@@ -110,8 +121,9 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def paired(variant: dict, baseline: dict) -> dict | None:
-    """Per-seed differences (variant - baseline), their mean and std, and a two-sided paired t-test (its p
-    needs scipy: None where it is missing, as on a bare GPU machine; `--pair FILE` fills it in later)."""
+    """Per-seed differences (variant - baseline), their mean and std, the mean's 95% t interval and a two-sided
+    paired t-test (both need scipy: None where it is missing, as on a bare GPU machine; `--pair FILE` fills them
+    in later)."""
     a = {r["seed"]: r["top1"] for r in variant.get("runs", [])}
     b = {r["seed"]: r["top1"] for r in baseline.get("runs", [])}
     seeds = sorted(set(a) & set(b))
@@ -121,20 +133,29 @@ def paired(variant: dict, baseline: dict) -> dict | None:
     mean, std = statistics.mean(diffs), statistics.stdev(diffs)
     if not std:  # identical differences: no spread to test against
         return {"seeds": seeds, "differences": [round(d, 3) for d in diffs], "mean_difference": round(mean, 3),
-                "std_difference": 0.0, "t": None, "p_two_sided": None}
-    t = mean / (std / len(diffs) ** 0.5)
+                "std_difference": 0.0, "interval_95": [round(mean, 3)] * 2, "t": None, "p_two_sided": None}
+    sem = std / len(diffs) ** 0.5
     try:
         from scipy.stats import t as student_t
-        p = round(float(2 * student_t.sf(abs(t), len(diffs) - 1)), 4)
+        p = round(float(2 * student_t.sf(abs(mean / sem), len(diffs) - 1)), 4)
+        half = float(student_t.ppf(0.975, len(diffs) - 1)) * sem
+        interval = [round(mean - half, 3), round(mean + half, 3)]
     except ImportError:
-        p = None
+        p = interval = None
     return {"seeds": seeds, "differences": [round(d, 3) for d in diffs], "mean_difference": round(mean, 3),
-            "std_difference": round(std, 3), "t": round(t, 3), "p_two_sided": p}
+            "std_difference": round(std, 3), "interval_95": interval, "t": round(mean / sem, 3), "p_two_sided": p}
 
 
 def pair_all(result: dict) -> dict:
     variants = result["variants"]
     return {f"{a} vs {b}": test for a, b in COMPARISONS if (test := paired(variants[a], variants[b]))}
+
+
+def commit() -> str:
+    """HEAD's short hash, "+dirty" where the tree has uncommitted changes."""
+    git = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True)
+    head = git(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
+    return head + ("+dirty" if git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip() else "")
 
 
 def host() -> dict:
@@ -163,11 +184,14 @@ def print_table(result: dict) -> None:
     for line in refused:
         console.print(f"refused: {line}")
     tests = Table(title="paired by seed: variant - baseline (top-1 points)")
-    for col in ("comparison", "per seed", "mean", "std", "t", "p (two-sided)"):
+    for col in ("comparison", "per seed", "mean", "95% interval", "std", "t", "p (two-sided)"):
         tests.add_column(col, justify="left" if col == "comparison" else "right")
     for name, t in result.get("paired", {}).items():
+        interval = t.get("interval_95")
         tests.add_row(name, " ".join(f"{d:+.2f}" for d in t["differences"]), f"{t['mean_difference']:+.2f}",
-                      f"{t['std_difference']:.2f}", "-" if t["t"] is None else f"{t['t']:.2f}",
+                      "-" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]",
+                      f"{t['std_difference']:.2f}",
+                      "-" if t["t"] is None else f"{t['t']:.2f}",
                       "-" if t["p_two_sided"] is None else f"{t['p_two_sided']:.3f}")
     console.print(tests)
 
@@ -180,20 +204,29 @@ def run_all(config: str, s: dict, args: argparse.Namespace, out: Path) -> dict:
     base = [f"run.threads={s['threads']}", f"run.device='{args.device}'", "benchmark.enabled=false", *args.extra]
     print("training (or reusing) the default teacher ...", file=sys.stderr)
     smoke = [f"data.subset={s['subset']}", "teacher.epochs=1"] if s["mode"] == "quick" else []
-    arts = cli_run(config, work / "default-teacher", "teacher", base + smoke, "teacher")
+    alone = [f"run.threads={os.cpu_count() or 1}"]  # a teacher trains alone: every core
+    arts = cli_run(config, work / "default-teacher", "teacher", base + smoke + alone, "teacher")
     meta = manifest(arts["data"])["summary"]
     pin = [f"teacher.checkpoint='{arts['teacher'] / 'model.pt'}'", "teacher.epochs=0"]
     common = base + [f"data.subset={s['subset']}", f"data.test_subset={s['test_subset']}",
                      f"distill.epochs={s['epochs']}", f"data.mean={meta['mean']}", f"data.std={meta['std']}"]
     teachers = {"default": pin, **{k: v + [f"teacher.epochs={s['epochs']}"] for k, v in TEACHERS.items()}}
+    # the CaiT sees RGB; trained once here (seed 0) and pinned, as the default teacher, since it has several seeds
+    teachers["cait"] += ["data.channels=3", f"data.mean={meta['mean'] * 3}", f"data.std={meta['std'] * 3}"]
+    print("training (or reusing) the CaiT teacher ...", file=sys.stderr)
+    cait = cli_run(config, work / "cait-teacher", "teacher", common + teachers["cait"] + alone, "teacher")["teacher"]
+    teachers["cait"] += [f"teacher.checkpoint='{cait / 'model.pt'}'", "teacher.epochs=0"]
+    pinned = {"default": arts["teacher"], "cait": cait}
     result = {"setting": s, "config": config, "device": args.device, "jobs": args.jobs,
               "command": " ".join(["bench/distill_quality.py", *sys.argv[1:]]), "common_overrides": common,
-              "teachers": teachers, "default_teacher": {"path": str(arts["teacher"]),
-                                                        "summary": manifest(arts["teacher"])["summary"]},
+              "teachers": teachers, "pinned_teachers": {name: {"path": str(path),
+                                                               "summary": manifest(path)["summary"]}
+                                                        for name, path in pinned.items()},
+              "commit": commit(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "load_average_before": [round(x, 2) for x in os.getloadavg()],
               "host": host(), "variants": {name: {"teacher": which, "overrides": extra, "runs": []}
                                            for name, (which, extra) in VARIANTS.items()}, "complete": False}
-    tasks = [(name, seed) for name, (which, _) in VARIANTS.items()
-             for seed in (s["seeds"] if which == "default" else s["seeds"][:1])]
+    tasks = [(name, seed) for name, (which, _) in VARIANTS.items() for seed in s["seeds"][:SEEDS.get(which, 1)]]
 
     def one(task: tuple[str, int]) -> tuple[str, dict]:
         name, seed = task
@@ -226,6 +259,7 @@ def run_all(config: str, s: dict, args: argparse.Namespace, out: Path) -> dict:
             result["wall_s"] = round(time.perf_counter() - start, 1)
             write_json(out, result)
     result["paired"] = pair_all(result)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["complete"] = True
     write_json(out, result)
     return result
