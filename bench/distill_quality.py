@@ -10,7 +10,7 @@ per-seed values, mean, std, a 95% t interval and a paired t-test for each compar
 and load average. Writes JSON, prints a table.
 
     .venv/bin/python bench/distill_quality.py [CONFIG] [--quick] [--threads 1] [--jobs 2] [--device cpu]
-        [--set KEY=VALUE] [--work DIR] [--out PATH]
+        [--set KEY=VALUE] [--variants NAME ...] [--work DIR] [--out PATH]
     .venv/bin/python bench/distill_quality.py --pair FILE    (the paired tests of a finished JSON again)
 """
 from __future__ import annotations
@@ -58,12 +58,12 @@ VARIANTS = {
     "kd+random": ("default", ["distill.w_intra=0.0", "distill.w_inter=0.0"]),
     "kd (alpha 1)": ("default", ["distill.manifold=false", "distill.alpha=1.0"]),
     "kd+manifold (paper preset)": ("default", ["distill.preset='paper'"]),
+    "cait -> deit: kd": ("cait", ["distill.manifold=false", *DEIT]),
+    "cait -> deit: kd+manifold": ("cait", DEIT),
     "patch2 teacher: kd": ("patch2", ["distill.manifold=false"]),
     "patch2 teacher: kd+manifold": ("patch2", []),
     "cnn teacher: kd": ("cnn", ["distill.manifold=false"]),
     "cnn teacher: kd+manifold": ("cnn", []),
-    "cait -> deit: kd": ("cait", ["distill.manifold=false", *DEIT]),
-    "cait -> deit: kd+manifold": ("cait", DEIT),
 }
 # (variant, baseline): the comparisons given a paired test over the seeds
 COMPARISONS = [("kd", "none"), ("kd+manifold", "kd"), ("cait -> deit: kd+manifold", "cait -> deit: kd"),
@@ -148,7 +148,8 @@ def paired(variant: dict, baseline: dict) -> dict | None:
 
 def pair_all(result: dict) -> dict:
     variants = result["variants"]
-    return {f"{a} vs {b}": test for a, b in COMPARISONS if (test := paired(variants[a], variants[b]))}
+    return {f"{a} vs {b}": test for a, b in COMPARISONS
+            if a in variants and b in variants and (test := paired(variants[a], variants[b]))}
 
 
 def commit() -> str:
@@ -213,10 +214,12 @@ def run_all(config: str, s: dict, args: argparse.Namespace, out: Path) -> dict:
     teachers = {"default": pin, **{k: v + [f"teacher.epochs={s['epochs']}"] for k, v in TEACHERS.items()}}
     # the CaiT sees RGB; trained once here (seed 0) and pinned, as the default teacher, since it has several seeds
     teachers["cait"] += ["data.channels=3", f"data.mean={meta['mean'] * 3}", f"data.std={meta['std'] * 3}"]
-    print("training (or reusing) the CaiT teacher ...", file=sys.stderr)
-    cait = cli_run(config, work / "cait-teacher", "teacher", common + teachers["cait"] + alone, "teacher")["teacher"]
-    teachers["cait"] += [f"teacher.checkpoint='{cait / 'model.pt'}'", "teacher.epochs=0"]
-    pinned = {"default": arts["teacher"], "cait": cait}
+    pinned = {"default": arts["teacher"]}
+    if any(VARIANTS[name][0] == "cait" for name in args.variants):
+        print("training (or reusing) the CaiT teacher ...", file=sys.stderr)
+        cait = cli_run(config, work / "cait-teacher", "teacher", common + teachers["cait"] + alone, "teacher")
+        pinned["cait"] = cait["teacher"]
+        teachers["cait"] += [f"teacher.checkpoint='{cait['teacher'] / 'model.pt'}'", "teacher.epochs=0"]
     result = {"setting": s, "config": config, "device": args.device, "jobs": args.jobs,
               "command": " ".join(["bench/distill_quality.py", *sys.argv[1:]]), "common_overrides": common,
               "teachers": teachers, "pinned_teachers": {name: {"path": str(path),
@@ -225,8 +228,10 @@ def run_all(config: str, s: dict, args: argparse.Namespace, out: Path) -> dict:
               "commit": commit(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "load_average_before": [round(x, 2) for x in os.getloadavg()],
               "host": host(), "variants": {name: {"teacher": which, "overrides": extra, "runs": []}
-                                           for name, (which, extra) in VARIANTS.items()}, "complete": False}
-    tasks = [(name, seed) for name, (which, _) in VARIANTS.items() for seed in s["seeds"][:SEEDS.get(which, 1)]]
+                                           for name, (which, extra) in VARIANTS.items() if name in args.variants},
+              "complete": False}
+    tasks = [(name, seed) for name, (which, _) in VARIANTS.items() if name in args.variants
+             for seed in s["seeds"][:SEEDS.get(which, 1)]]
 
     def one(task: tuple[str, int]) -> tuple[str, dict]:
         name, seed = task
@@ -274,6 +279,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="more overrides for every run, e.g. data.path=...")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="NAME",
+                        help="run only these variants (default: all, in this order: " + ", ".join(VARIANTS) + ")")
     parser.add_argument("--work", default="runs/bench-distill-quality", help="output_dir of the runs (their cache)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--pair", metavar="FILE", help="only recompute the paired tests of a finished JSON")
