@@ -175,6 +175,8 @@ def print_table(result: dict) -> None:
             table.add_row(name, v["teacher"], "", "", "refused")
             refused.append(f"{name}: {v['error']}")
             continue
+        if not v["runs"]:  # not run (--variants) or not reached yet
+            continue
         v["runs"].sort(key=lambda r: r["seed"])
         std = "-" if v["std"] is None else f"{v['std']:.2f}"
         table.add_row(name, v["teacher"], f"{v['runs'][0]['teacher_top1']:.2f}", str(len(v["runs"])),
