@@ -109,6 +109,31 @@ def test_profile_layers_reports_xnnpack_and_portable_ops(fp32, digits):
     assert abs(sum(entry["share"] for entry in profile["layers"]) - 1) < 1e-6
 
 
+def test_the_agent_reads_etdump_without_exir_package_code(fp32, digits):
+    """In a fresh process (as the agent runs), a .pte's ETDump profile is read with executorch.devtools' and exir's
+    package code stood in for (5 s of imports otherwise): the same layers, nothing of exir left imported, and a
+    later full import of both packages still works."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, numpy as np
+from backends.executorch.agent import ExecuTorch
+runner = ExecuTorch({str(fp32[0])!r}, 1, profile=True)
+profile = runner.profile(np.load(sys.argv[1]))
+assert not [m for m in sys.modules if m.startswith(("executorch.exir", "executorch.devtools"))]
+import executorch.devtools, executorch.exir
+assert executorch.devtools.Inspector and executorch.exir.to_edge and executorch.exir._serialize._flatbuffer
+print(sorted({{(e["kernel"], e["op_type"]) for e in profile["by_op_type"]}}), profile["runs"])
+"""
+    images = fp32[0].with_name("images.npy")
+    np.save(images, digits[2][:1])
+    out = subprocess.run([sys.executable, "-c", script, str(images)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "('xnnpack', 'Fully Connected (NC, F32) GEMM')" in out.stdout and "('portable', 'native_layer_norm')" \
+        in out.stdout and out.stdout.split()[-1] == "50"
+
+
 def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path, caplog):
     train, _, images, labels = digits
     path = tmp_path / "model_int8.pte"
