@@ -34,7 +34,9 @@ class LatencyConfig(Section):
                                                       "together, stop after max_seconds x their count (at least "
                                                       "one round)")
     warmup: int = Field(10, ge=0, description="untimed runs of each artifact first")
-    block_runs: int = Field(5, ge=1, le=10_000, description="runs of one artifact per round-robin turn")
+    block_runs: int = Field(20, ge=1, le=10_000, description="runs of one artifact per round-robin turn (the first "
+                                                             "run of a turn, after another artifact's, is the slow "
+                                                             "one: fewer turns, fewer of them)")
     min_runs: int = Field(20, ge=6, le=1_000_000, description="runs per artifact before the stopping rule is "
                                                               "checked (6 is the fewest with a 95% interval)")
     rel_interval: float = Field(0.05, gt=0, lt=1, description="stop once the 95% interval of every artifact's "

@@ -2,6 +2,7 @@
 trained here for a few seconds on sklearn's digits (upscaled to 16x16)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 
@@ -107,6 +108,31 @@ def test_profile_layers_reports_xnnpack_and_portable_ops(fp32, digits):
     assert ("xnnpack", "Fully Connected (NC, F32) GEMM") in kernels and ("portable", "native_layer_norm") in kernels
     assert profile["runs"] == 5 and 0 < profile["layers_ms"] <= profile["run_ms"]
     assert abs(sum(entry["share"] for entry in profile["layers"]) - 1) < 1e-6
+
+
+def test_the_agent_reads_etdump_without_exir_package_code(fp32, digits):
+    """In a fresh process (as the agent runs), a .pte's ETDump profile is read with executorch.devtools' and exir's
+    package code stood in for (5 s of imports otherwise): the same layers, nothing of exir left imported, and a
+    later full import of both packages still works."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, numpy as np
+from backends.executorch.agent import ExecuTorch
+runner = ExecuTorch({str(fp32[0])!r}, 1, profile=True)
+profile = runner.profile(np.load(sys.argv[1]))
+assert not [m for m in sys.modules if m.startswith(("executorch.exir", "executorch.devtools"))]
+import executorch.devtools, executorch.exir
+assert executorch.devtools.Inspector and executorch.exir.to_edge and executorch.exir._serialize._flatbuffer
+print(sorted({{(e["kernel"], e["op_type"]) for e in profile["by_op_type"]}}), profile["runs"])
+"""
+    images = fp32[0].with_name("images.npy")
+    np.save(images, digits[2][:1])
+    out = subprocess.run([sys.executable, "-c", script, str(images)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "('xnnpack', 'Fully Connected (NC, F32) GEMM')" in out.stdout and "('portable', 'native_layer_norm')" \
+        in out.stdout and out.stdout.split()[-1] == "50"
 
 
 def test_int8_meets_the_budget_and_is_smaller(model, fp32, digits, tmp_path, caplog):
@@ -255,3 +281,53 @@ def test_int8_conversion_leaves_no_conv_batch_norm_pair_to_fold():
     assert len(norms) == 1 and quantize_pt2e._fold_conv_bn_qat is fold
     before = {str(n.target) for norm in norms for n in norm.all_input_nodes}
     assert not any("convolution" in name or "conv2d" in name for name in before), before
+
+
+class EveryPassHasWork(torch.nn.Module):
+    """Something for most of XNNPACK's passes to rewrite: conv + batch norm + relu, max pooling, PReLU, bilinear
+    upsampling, a 1-d conv, hardtanh, a cat of six, a linear."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.PReLU())
+        self.line = nn.Conv1d(4, 4, 3, padding=1)
+        self.head = nn.Linear(6 * 4 * 64, 3)
+
+    def forward(self, x):
+        x = torch.nn.functional.interpolate(self.stem(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        y = torch.nn.functional.hardtanh(self.line(x.flatten(2)))
+        return self.head(torch.cat([y, y + 1, y * 2, y - 1, y.abs(), y.neg()], dim=1).flatten(1))
+
+
+@pytest.mark.parametrize("net", ["tiny student", "every pass"])
+def test_xnnpack_passes_with_nothing_to_rewrite_are_skipped_for_the_same_program(model, net, tmp_path, monkeypatch):
+    """_xnnpack_passes_with_work runs on each partition only the XNNPACK passes that find what they rewrite: the
+    .pte comes out byte for byte as with every pass, on the test student and on a model that gives most passes
+    work (each of those passes ran on some partition); and on the student it skips the ones it has no use for."""
+    from backends.executorch import export as et_export
+
+    torch.manual_seed(0)
+    module, shape, batch = (model, SHAPE, MAX_BATCH) if net == "tiny student" else (EveryPassHasWork().eval(),
+                                                                                    (1, 8, 8), 1)
+    idle = et_export._idle
+    skipped, ran = set(), set()
+
+    def counted(xnnpack_pass, graph_module) -> bool:
+        nothing = idle(xnnpack_pass, graph_module)
+        (skipped if nothing else ran).add(xnnpack_pass.__name__)
+        return nothing
+
+    monkeypatch.setattr(et_export, "_idle", counted)
+    export(module, shape, tmp_path / "some.pte", batch)
+    monkeypatch.setattr(et_export, "_xnnpack_passes_with_work", contextlib.nullcontext)
+    export(module, shape, tmp_path / "all.pte", batch)
+    assert (tmp_path / "some.pte").read_bytes() == (tmp_path / "all.pte").read_bytes()
+    if net == "tiny student":
+        assert {"ConvertToSDPAPass", "ConvertToUpsampleBilinear2d", "PReLUReshapePass"} <= skipped - ran
+    else:
+        # (the partitioner keeps prelu and max_pool2d whole: PReLUReshapePass and RemoveGetItemPass match their
+        # decompositions only)
+        assert {"FuseBatchNormPass", "FuseActivationPass", "Conv1dUnsqueezePass", "DecomposeConcatenate",
+                "ConvertToUpsampleBilinear2d", "RemoveRedundantCopyPass"} <= ran, " ".join(sorted(ran))

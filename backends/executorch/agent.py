@@ -4,6 +4,7 @@ targets.agent only."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 
@@ -12,35 +13,58 @@ from targets.agent.errors import AgentError, require
 from targets.agent.layers import PROFILE_RUNS, PROFILE_WARMUP, summarise
 
 
+@contextlib.contextmanager
+def stand_in(*packages: str):
+    """Import submodules of `packages` without running those packages' __init__: each package not imported yet
+    is stood in for by an empty module with its path while the block runs, then the stand-ins and every module
+    imported under them are forgotten, so a later `import` of the package runs it in full. What the block bound
+    keeps working (its functions hold their modules' globals)."""
+    import importlib.util
+    import sys
+    import types
+
+    stubs = {}
+    for name in packages:
+        if name not in sys.modules:
+            stub, spec = types.ModuleType(name), importlib.util.find_spec(name)
+            stub.__spec__, stub.__path__ = spec, list(spec.submodule_search_locations)  # resources read the spec
+            sys.modules[name] = stubs[name] = stub
+    try:
+        yield
+    finally:
+        for name in [m for m in sys.modules if any(m == s or m.startswith(s + ".") for s in stubs)]:
+            del sys.modules[name]
+        for name, stub in stubs.items():
+            parent, _, child = name.rpartition(".")
+            if getattr(sys.modules.get(parent), child, None) is stub:
+                delattr(sys.modules[parent], child)
+
+
 def runtime():
     """ExecuTorch's pybindings and its Runtime, imported without executorch.exir's package code where nothing has
     imported it yet: the pybindings import executorch.exir._warnings for one warning class, and that ran exir's
     __init__ (the edge dialect's op tables and the export passes: 5 s of each agent process's 7 s of imports on a
-    2-core host, ExecuTorch 1.5.1). exir's package is stood in for while they load, then forgotten, so a later
-    `import executorch.exir` runs it in full."""
-    import importlib.util
-    import sys
-    import types
+    2-core host, ExecuTorch 1.5.1)."""
     import warnings
 
     require("executorch")
-    stub = None
-    if "executorch.exir" not in sys.modules:
-        stub = types.ModuleType("executorch.exir")
-        stub.__path__ = list(importlib.util.find_spec("executorch.exir").submodule_search_locations)
-        sys.modules["executorch.exir"] = stub
-    try:
-        with warnings.catch_warnings():  # the pybindings warn that they are experimental
-            warnings.simplefilter("ignore")
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime
-    finally:
-        if stub is not None:
-            sys.modules.pop("executorch.exir._warnings", None)
-            sys.modules.pop("executorch.exir", None)
-            if getattr(sys.modules["executorch"], "exir", None) is stub:
-                del sys.modules["executorch"].exir
+    with stand_in("executorch.exir"), warnings.catch_warnings():  # the pybindings warn that they are experimental
+        warnings.simplefilter("ignore")
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
     return portable_lib, Runtime
+
+
+def read_etdump(data: bytes):
+    """An ETDump file's contents as ExecuTorch's dataclasses, read without the package code of executorch.devtools
+    (its Inspector), executorch.exir and exir._serialize where nothing has imported them yet: the reader needs two
+    of exir's standard-library-only helpers (a dataclass<->JSON codec and the flatc call), and those packages'
+    __init__ took 5.1 s of each agent process that profiled a .pte (ExecuTorch 1.5.1, a 2-core host); 0.05 s
+    without them. It reads its schema through the stood-in package, so it runs inside the block."""
+    with stand_in("executorch.devtools", "executorch.exir", "executorch.exir._serialize"):
+        from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
+
+        return deserialize_from_etdump_flatcc(data)
 
 
 class ExecuTorch(Adapter):
@@ -122,18 +146,15 @@ def etdump_layers(program, runs: int) -> dict:
     nanoseconds on Linux): XNNPACK's own per-operator events inside each delegate call (microsecond
     resolution) and the portable kernels' calls, averaged over the last `runs` executions. run_ms is
     Method::execute's mean, which also holds the delegate-call overhead the layers leave out."""
-    import contextlib
     import io
     import warnings
-
-    from executorch.devtools.etdump.serialize import deserialize_from_etdump_flatcc
 
     with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stderr(io.StringIO()):
         dump, debug = os.path.join(folder, "run.etdp"), os.path.join(folder, "debug.bin")
         program.write_etdump_result_to_file(dump, debug)
         with open(dump, "rb") as f, warnings.catch_warnings():  # it calls importlib.resources.read_binary
             warnings.simplefilter("ignore")
-            blocks = [block for block in deserialize_from_etdump_flatcc(f.read()).run_data
+            blocks = [block for block in read_etdump(f.read()).run_data
                       if any(e.profile_event and e.profile_event.name == "Method::execute" for e in block.events)]
     nodes: dict[str, dict] = {}
     totals = []
