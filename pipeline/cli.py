@@ -1,7 +1,8 @@
 """`manifold-edge` (also `python -m pipeline`): run, status, report, compare, targets, bench, schema.
 
 Exit codes: 0 success, 2 a user error (one line naming the field and the fix), 1 an internal error,
-3 `bench` measured nothing (every target failed), 130 interrupted (rerun the same command to resume).
+3 `bench` measured nothing (every target failed), 130 interrupted (rerun the same command to resume), 141 the
+reader of the output went away (`| head`), quietly.
 """
 from __future__ import annotations
 
@@ -119,12 +120,23 @@ def _command(args, argv: list[str]) -> int:
     except KeyboardInterrupt as exc:
         _ending()
         return _fail(exits.INTERRUPTED, exits.interrupted_message(exc))
+    except BrokenPipeError:  # the reader of our output went away (`manifold-edge ... | head`): no error of ours
+        return _reader_gone()
     except Exception as exc:  # an internal error (show where, so it can be reported), or a full disk
         _ending()
         message = os_error_message(exc, cfg.run.output_dir if cfg else None)
         if message:
             return _fail(2, f"error: {message}")
         return _fail(1, traceback.format_exc() + "internal error: please report it with the traceback above")
+
+
+def _reader_gone() -> int:
+    """Exit as a shell does for SIGPIPE (128 + 13), quietly: stdout is pointed at /dev/null so that the
+    interpreter's flush at exit finds no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def _config_path(args) -> str | None:

@@ -171,3 +171,14 @@ def test_a_narrow_terminal_wraps_text_and_never_cuts_a_number_or_an_id(monkeypat
     assert "…" not in text and "0123456789abcdef" in text and "1234.567" in text
     assert "".join(re.findall(r"│ *([^\s│]*) *│\n", text)).endswith(path)  # the last column, folded, whole
     assert tsv([table, table]).startswith("# t\nkey\twhy\tp50 ms\tpath\n0123456789abcdef\t")
+
+
+@pytest.mark.parametrize("verb", [["schema"], ["targets", "--json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(verb):
+    """`manifold-edge ... | head`: the pipe's reader closes before the output is written; the command ends as a
+    shell's SIGPIPE does (141) with nothing on stderr, not with an "internal error" traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", *verb], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child has imported anything, so its first write finds no reader
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and stderr == "", stderr
