@@ -153,11 +153,16 @@ def test_mediapipe_image_classifier_takes_the_runs_tflite_files(trained_run, tmp
     for artifact, path in models.items():
         scores = np.array([[picture[c] for c in classes] for picture in found[artifact]])
         logits = LiteRTRunner(path)(images)
-        assert (scores.argmax(1) == logits.argmax(1)).all(), artifact
         # MediaPipe 0.10.21 runs its own TFLite, whose dynamic-range kernels differ from ai-edge-litert 2.3.0's
         # (up to 0.03 seen here; on the same pixels ai-edge-litert gives the runner's logits exactly)
-        assert np.abs(scores - logits).max() < (0.1 if artifact == "litert_int8_dynamic" else 1e-4), artifact
-        assert abs(100 * (scores.argmax(1) == labels).mean() - top1[artifact]) < 1e-6, artifact
+        bound = 0.1 if artifact == "litert_int8_dynamic" else 1e-4
+        assert np.abs(scores - logits).max() < bound, artifact
+        # so the top class can differ only where LiteRT's two best logits are closer than twice that bound
+        top_two = np.sort(logits, 1)[:, -2:]
+        same = scores.argmax(1) == logits.argmax(1)
+        assert (same | (top_two[:, 1] - top_two[:, 0] < 2 * bound)).all(), artifact
+        flips = 100 * (~same).mean()
+        assert abs(100 * (scores.argmax(1) == labels).mean() - top1[artifact]) <= flips + 1e-6, artifact
 
 
 def test_a_tflite_of_a_normalised_tensor_gets_its_labels_and_says_what_blocks_mediapipe(tensor_tflite, tmp_path):
