@@ -86,14 +86,18 @@ def with_fallback(what: str, fp32: np.ndarray, labels: np.ndarray, max_drop: flo
     excluded: list[str] = []
     ranked: list[dict] | None = None
     judge = predictions
-    while True:
-        result.steps.append(_step(judge(excluded), excluded, labels, fp32, fp32_top1, max_drop))
+
+    def step(predict: Callable[[list[str]], np.ndarray]) -> dict:
+        record = _step(predict(excluded), excluded, labels, fp32, fp32_top1, max_drop)
         if final is not None:
-            result.steps[-1]["judged"] = "stand-in" if judge is predictions else "file"
-            if not result.steps[-1]["over"] and judge is predictions:  # within budget on the stand-in: the file
-                result.steps.append({**_step(final(excluded), excluded, labels, fp32, fp32_top1, max_drop),
-                                     "judged": "file"})
-                judge = final
+            record["judged"] = "stand-in" if predict is predictions else "file"
+        return record
+
+    while True:
+        result.steps.append(step(judge))
+        if final is not None and judge is predictions and not result.steps[-1]["over"]:
+            result.steps.append(step(final))  # within budget on the stand-in: the file
+            judge = final
         last = result.steps[-1]
         result.seconds = time.perf_counter() - start
         stop = ("within budget" if not last["over"] else "max_fallback_layers" if len(excluded) >= max_layers
@@ -108,8 +112,7 @@ def with_fallback(what: str, fp32: np.ndarray, labels: np.ndarray, max_drop: flo
             stop = "no layer left"
         if stop:
             if final is not None and judge is predictions:  # stopped over budget on the stand-in: write the file
-                result.steps.append({**_step(final(excluded), excluded, labels, fp32, fp32_top1, max_drop),
-                                     "judged": "file"})
+                result.steps.append(step(final))
             result.stopped, result.seconds = stop, time.perf_counter() - start
             if stop == "max_fallback_seconds":
                 log.warning(f"{what}: the layer fallback stopped after {result.seconds:.0f} s "
