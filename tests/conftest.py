@@ -85,6 +85,20 @@ def undecodable_png(path: Path) -> Path:
     return path
 
 
+def folder_with_a_broken_image(root: Path, per_class: int = 4) -> Path:
+    """root/images: an ImageFolder of two classes (cat, dog; `per_class` 8x8 grayscale pictures each) whose
+    dog/broken.png passes the pre-flight and fails when the data stage reads it (undecodable_png)."""
+    from PIL import Image
+
+    images = root / "images"
+    for name in ("cat", "dog"):
+        (images / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (8, 8), 40 * i).save(images / name / f"{i}.png")
+    undecodable_png(images / "dog" / "broken.png")
+    return images
+
+
 def model_with_an_unknown_op(op_name: str):
     """A module whose forward calls a custom op (`op_name`, registered here with a fake for tracing) that no
     exporter knows: the converters must name it in one line."""

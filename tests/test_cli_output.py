@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_devices import write_onnx
 
-from conftest import TRAINED, artifact_folder, cli_args, undecodable_png
+from conftest import TRAINED, artifact_folder, cli_args, folder_with_a_broken_image
 from pipeline.cli import main
 from pipeline.tables import Column, Table, show, tsv
 
@@ -112,14 +112,8 @@ def test_bench_json_path_still_writes_the_file_and_says_it_is_deprecated(tmp_pat
 
 
 def test_a_stage_that_fails_prints_one_line_on_the_console_and_keeps_the_log(tmp_path):
-    from PIL import Image
-
-    for name in ("cat", "dog"):
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(4):
-            Image.new("L", (8, 8), 40 * i).save(tmp_path / "images" / name / f"{i}.png")
-    undecodable_png(tmp_path / "images" / "dog" / "broken.png")  # passes the pre-flight, fails when read
-    args = cli_args(tmp_path, "run", "data.dataset='imagefolder'", f"data.path='{tmp_path / 'images'}'",
+    images = folder_with_a_broken_image(tmp_path)
+    args = cli_args(tmp_path, "run", "data.dataset='imagefolder'", f"data.path='{images}'",
                     "data.img_size=8")
     done = cli(*args, "--until", "data")
     assert done.returncode == 2 and done.stdout == ""

@@ -13,7 +13,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from conftest import artifact_folder, cli_args, undecodable_png
+from conftest import artifact_folder, cli_args, folder_with_a_broken_image
 from pipeline.cli import main
 from stages.batches import Batches
 from stages.models import load_model
@@ -237,14 +237,8 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_line(tmp_p
 def test_a_failure_inside_the_processes_is_reported_once_with_its_exit_code(tmp_path, capfd):
     """Rank 0 finds an unreadable image in the data stage; torchrun then stops the other process. The user
     sees the first failure's line and exit code, once, whatever the launcher did to the other process."""
-    from PIL import Image
-
-    for name in ("cat", "dog"):
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(4):
-            Image.new("L", (8, 8), 40 * i).save(tmp_path / "images" / name / f"{i}.png")
-    undecodable_png(tmp_path / "images" / "dog" / "broken.png")  # passes the pre-flight, fails when read
-    args = cli_args(tmp_path, "run", "data.dataset='imagefolder'", f"data.path='{tmp_path / 'images'}'",
+    images = folder_with_a_broken_image(tmp_path)
+    args = cli_args(tmp_path, "run", "data.dataset='imagefolder'", f"data.path='{images}'",
                     "data.img_size=8", "run.threads=1", "benchmark.enabled=false")
     assert main([*args, "--until", "teacher", "--nproc", "2"]) == 2
     err = capfd.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_args, undecodable_png
+from conftest import cli_args, folder_with_a_broken_image
 
 pytestmark = pytest.mark.slow
 
@@ -79,19 +79,12 @@ def test_a_write_cut_short_by_a_kill_never_enters_an_artifact(tmp_path):
 def test_a_failed_stage_leaves_no_empty_work_folder_and_no_lock_files(tmp_path, capsys):
     """A user error inside a stage's run (an image that cannot be read) ends the run with no empty work
     folder and no lock file behind."""
-    import numpy as np
-    from PIL import Image
-
     from pipeline.cli import main
 
-    for name in ("cat", "dog"):
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(tmp_path / "images" / name / f"{i}.png")
-    undecodable_png(tmp_path / "images" / "dog" / "broken.png")  # passes the pre-flight, fails when read
+    images = folder_with_a_broken_image(tmp_path, per_class=3)
     runs = tmp_path / "runs"
     code = main(["run", "--until", "data", "--set", f"run.output_dir='{runs}'", "--set", "data.dataset='imagefolder'",
-                 "--set", f"data.path='{tmp_path / 'images'}'", "--set", "data.img_size=8"])
+                 "--set", f"data.path='{images}'", "--set", "data.img_size=8"])
     assert code == 2 and "cannot read image" in capsys.readouterr().err
     assert not list(runs.rglob("*.partial")) and not list(runs.rglob("*.lock")) and not list(runs.rglob(".lock"))
     assert not list(runs.rglob("config.json")) and not list(runs.rglob(".locks"))  # a run that never finished
