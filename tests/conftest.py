@@ -145,13 +145,15 @@ def pytest_collection_modifyitems(items):
 
 
 class Background:
-    """A process started after collection whose outputs tests wait for; its log explains a failure."""
+    """A process started after collection whose outputs tests wait for; its stderr (`log`) explains a failure,
+    its stdout is `out` (both pipes, not terminals, as a user's redirect)."""
 
     def __init__(self, argv: list[str]):
         self.folder = Path(tempfile.mkdtemp(prefix="manifold-edge-test-"))
         self.log = self.folder / "background.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, *argv(self.folder)], stdout=log, stderr=subprocess.STDOUT,
+        self.out = self.folder / "background.out"
+        with open(self.log, "w") as log, open(self.out, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, *argv(self.folder)], stdout=out, stderr=log,
                                          stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1],
                                          preexec_fn=lambda: os.nice(19))  # the foreground tests come first
 
@@ -161,7 +163,8 @@ class Background:
         while (path is None or not path.exists()) and self.proc.poll() is None and time.monotonic() < end:
             time.sleep(0.2)
         done = path.exists() if path is not None else self.proc.returncode == 0
-        assert done, f"background run: exit {self.proc.poll()}\n{self.log.read_text()[-4000:]}"
+        assert done, f"background run: exit {self.proc.poll()}\n{self.out.read_text()[-2000:]}\n" \
+                     f"{self.log.read_text()[-4000:]}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:  # the session was interrupted first
@@ -205,6 +208,13 @@ def zoo_report(request) -> dict:
 def _fingerprint(folder: Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+
+
+@pytest.fixture(scope="session")
+def trained_run_console(trained_run) -> tuple[str, str]:
+    """What the shared trained run's `manifold-edge run` printed: (stdout, stderr), each a pipe."""
+    background = _background["trained"]
+    return background.out.read_text(), background.log.read_text()
 
 
 @pytest.fixture(scope="session")

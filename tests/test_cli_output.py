@@ -121,26 +121,26 @@ def test_a_stage_that_fails_prints_one_line_on_the_console_and_keeps_the_log(tmp
     assert "manifold-edge run" in (tmp_path / "runs" / "default" / "run.log").read_text()
 
 
-@pytest.mark.slow
-def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run, tmp_path):
-    """A copy of the shared trained run, rerun from export (every format on): each console line is one our code
-    writes, none a library's; the libraries' lines are in runs/default/run.log. Then `run --json` (all cached)
-    and `report`, in text and JSON."""
-    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
-    run_dir = tmp_path / "runs" / "default"
-    (run_dir / "run.log").unlink(missing_ok=True)
-    args = cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")
-    done = cli(*args, "--force", "export")
-    assert done.returncode == 0, done.stderr[-3000:]
-    for stream, shape in ((done.stderr, STAGE_LINE), (done.stdout, SHIP_LINE)):
+def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run, trained_run_console, tmp_path):
+    """The shared trained run (every stage, every format on, stdout and stderr pipes): each console line is one our
+    code writes, none a library's; the libraries' lines are in runs/default/run.log. Then, on a copy, `run --json`
+    (all cached) and `report`, in text and JSON."""
+    stdout, stderr = trained_run_console
+    for stream, shape in ((stderr, STAGE_LINE), (stdout, SHIP_LINE)):
         strays = [line for line in stream.splitlines() if line and (LIBRARY.search(line) or not shape.match(line))]
         assert not strays, strays
-    log = (run_dir / "run.log").read_text()
+    assert stdout.startswith("deploy: ") and re.search(r"^\[7/7\] benchmark: done", stderr, re.M), stderr[-2000:]
+    log = (trained_run / "runs" / "default" / "run.log").read_text()
     for line in ("cpuinfo_utils", "coremltools [WARNING]", "INFO: Created TensorFlow Lite XNNPACK delegate"):
         assert line in log, log[-3000:]
 
-    ran = document(cli(*args, "--json"), "run")
+    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
+    run_dir = tmp_path / "runs" / "default"
+    args = cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")
+    rerun = cli(*args, "--json")
+    ran = document(rerun, "run")
     assert ran["run_dir"] == str(run_dir) and Path(ran["report"]["html"]).is_file()
+    assert ": running" not in rerun.stderr and "benchmark: reused, cached" in rerun.stderr, rerun.stderr
     for choice in (c for target in ran["ship"].values() for c in target["by_runtime"].values() if c["artifact"]):
         assert Path(choice["folder"]).is_dir() and choice["top1"] is not None
     report = cli("report", str(run_dir))

@@ -13,11 +13,15 @@ DTYPES = {"BYTE": "uint8", "CHAR": "int8", "SHORT": "int16", "INT": "int32", "LO
 
 def describe_io(path: Path, record: dict, data: dict) -> dict:
     """Shapes and dtypes (a .pte has no tensor names: `input 0`); the sizes are the planned maximum."""
+    from backends.executorch.agent import runtime, stand_in
+    from targets.agent.errors import AgentError
+
     try:
-        from executorch.runtime import Runtime
-    except ImportError:
+        _, Runtime = runtime()  # without executorch.exir's package code (its edge dialect tables and passes)
+    except AgentError:
         return Backend.record_io(record, data, "ExecuTorch is not installed here")
-    from executorch.exir.scalar_type import ScalarType
+    with stand_in("executorch.exir"):
+        from executorch.exir.scalar_type import ScalarType
 
     meta = Runtime.get().load_program(Path(path)).load_method("forward").metadata
 
