@@ -260,6 +260,30 @@ def test_int8_keeps_constant_pads_off_xnnpack(tmp_path):
     assert (predict(ExecuTorchRunner(tmp_path / "padded_int8.pte"), [images]).argmax(1) == labels).mean() > 0.8
 
 
+class Upsampled(torch.nn.Module):
+    """MobileViT's pattern: a strided conv, then bilinear upsampling back to the input's size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        up = torch.nn.functional.interpolate(self.conv(x), size=(8, 8), mode="bilinear", align_corners=False)
+        return self.head(up.flatten(1))
+
+
+def test_bilinear_upsampling_lowers_where_xnnpack_leaves_it_out(tmp_path):
+    """XNNPACK keeps upsample_bilinear2d from decomposition and its check passes the node, yet its partitioner then
+    leaves it out ("was not decomposed or delegated": every MobileViT failed to export): the lowering goes again
+    on ExecuTorch's own path, which decomposes it, and the program matches torch."""
+    torch.manual_seed(0)
+    net = Upsampled().eval()
+    images = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    export(net, (1, 8, 8), tmp_path / "upsampled.pte", 8, name="upsampled")
+    got = predict(ExecuTorchRunner(tmp_path / "upsampled.pte"), [images])
+    np.testing.assert_allclose(got, logits(net, images), atol=1e-4)
+
+
 def test_int8_conversion_leaves_no_conv_batch_norm_pair_to_fold():
     """convert_pt2e's folding of quantization-aware-training conv + batch-norm patterns is skipped
     (_no_qat_folding: it traced ~90 pattern graphs per call whenever any batch norm was left). Safe because
