@@ -116,22 +116,21 @@ class Pipeline:
         return planned
 
     def check(self, until: str | None = None, force: str | None = None) -> None:
-        """The device, each stage's config check up to `until`, then the input files of each of those stages
-        that will run (not reused from the cache; on rank 0): raises UserError before anything is written."""
+        """The device, then for each stage up to `until` that will run (not reused from the cache; every stage on
+        ranks other than 0) its config check and, on rank 0, its input files: raises UserError before anything is
+        written. A cached stage passed its check when it was built (the same config makes the same key): a rerun
+        with every stage cached builds no model and imports no torch to check them."""
         if self.cfg.run.device == "cuda":
             _resolve_device("cuda")
-        names = list(STAGES)
-        names = names[: names.index(until) + 1 if until else len(names)]
-        for name in names:
-            stage_class(name).check(self.cfg, self.world_size())
-        if not distributed.world().main:
-            return
-        forced = forced_stages(force)
-        for stage in self.plan()[: len(names)]:
-            if getattr(stage.cls.check_files, "__func__", None) is Stage.check_files.__func__:
-                continue  # the stage reads no input files of its own
-            if stage.name in forced or self.store.check(stage.name, stage.key, stage.cls.resumes)[0] != "cached":
-                stage.cls.check_files(self.cfg)
+        main, forced = distributed.world().main, forced_stages(force)
+        planned = self.plan()
+        for stage in planned[: [s.name for s in planned].index(until) + 1 if until else len(planned)]:
+            if main and stage.name not in forced and \
+                    self.store.check(stage.name, stage.key, stage.cls.resumes)[0] == "cached":
+                continue
+            stage.cls.check(self.cfg, self.world_size())
+            if main and getattr(stage.cls.check_files, "__func__", None) is not Stage.check_files.__func__:
+                stage.cls.check_files(self.cfg)  # a stage that reads input files of its own
 
     def _previous(self) -> dict:
         """The last run's record of each stage (what its key was made of), {} when there is none or it is

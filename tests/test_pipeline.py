@@ -8,7 +8,7 @@ import pytest
 from conftest import artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.core.numerics import Numerics
-from pipeline.graph import STAGES, Pipeline
+from pipeline.graph import STAGES, Pipeline, stage_class
 
 # The cache tests need stages, not every runtime: ONNX Runtime only, no benchmark.
 LEAN = ("benchmark.enabled=false", "export.coreml.enabled=false", "quantize.coreml.enabled=false",
@@ -20,7 +20,7 @@ def _states(tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys):
+def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys, monkeypatch):
     assert main(cli_args(tmp_path, "run")) == 0
     report = read_report(tmp_path)
     evaluation = report["evaluation"]
@@ -45,9 +45,24 @@ def test_tiny_run_writes_report_and_reuses_cache(tmp_path, capsys):
     assert all(s.state == "cached" for s in _states(tmp_path).values())
 
     capsys.readouterr()
+    outputs = _files(run_dir / "deploy", run_dir / "plots")
+    for name in STAGES:  # a cached stage passed its config check when it was built: not checked again
+        monkeypatch.setattr(stage_class(name), "check", classmethod(lambda cls, *a: pytest.fail(f"{cls} checked")))
     assert main(cli_args(tmp_path, "run")) == 0
     assert all(stage["cached"] for stage in read_report(tmp_path)["stages"].values())
     assert capsys.readouterr().err.count("reused, cached") == len(STAGES)
+    assert _files(run_dir / "deploy", run_dir / "plots") == outputs  # made of the same report: kept, not rewritten
+
+    card, plot = next((run_dir / "deploy").rglob("MODEL_CARD.md")), next((run_dir / "plots").glob("*.png"))
+    before = card.read_bytes(), plot.read_bytes()
+    card.write_text("edited"), plot.unlink()
+    assert main(cli_args(tmp_path, "run")) == 0  # not as written: the deploy folders and plots are written again
+    assert (card.read_bytes(), plot.read_bytes()) == before
+
+
+def _files(*folders) -> dict:
+    """Every file under `folders`: (inode, mtime) by path."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for folder in folders for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow

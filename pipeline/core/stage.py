@@ -59,13 +59,13 @@ class Stage:
     @classmethod
     def check(cls, cfg: Any, world_size: int) -> None:
         """Raise UserError for a config problem (`cfg`: the whole PipelineConfig) found without running anything
-        (paths, shapes, batch splits): called for every stage before the first one runs, and before torchrun
-        starts any process."""
+        (paths, shapes, batch splits): called for every stage that will run (not reused from the cache) before
+        the first one runs, and before torchrun starts any process."""
 
     @classmethod
     def check_files(cls, cfg: Any) -> None:
         """Raise UserError for an input file that `run` could not read (an image, a dataset file): called
-        after every stage's `check`, before anything is written, only for a stage that will run (its artifact
+        after the stage's `check`, before anything is written, only for a stage that will run (its artifact
         is not reused from the cache: a dataset already stored is not read again), in one process."""
 
     def run(self, ctx: StageContext) -> dict[str, Any]:

@@ -3,6 +3,7 @@ finished run's artifacts, and writing report.json, the plots, report.md (pipelin
 (pipeline/report/html.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import resource
@@ -18,6 +19,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.fileio import read_json, write_json, write_text
 from pipeline.core.lock import holder
 from pipeline.deploy import write_deploy
+from pipeline.fingerprint import ROOT
 from pipeline.graph import STAGES, Pipeline, RunRecord
 from pipeline.report.markdown import render_markdown
 from pipeline.ship import choose_all
@@ -80,18 +82,69 @@ def build_report(cfg: PipelineConfig, records: list[RunRecord], run_dir: Path, w
 
 def write_report(report: dict, run_dir: Path, deploy_to: Path | None = None) -> None:
     """The ship choice per target and the deploy folder, report.json, the plots (plots/*.png), report.md and
-    the self-contained report.html."""
+    the self-contained report.html. The deploy folders and the plots are kept where they were made of the same
+    report (outputs_digest) and are on disk as written (OUTPUTS: every file's hash); else written again."""
     from pipeline.report.html import render_html
 
     ready = report.get("evaluation") and report.get("latency")
     report["ship"] = choose_all(report, activation_mb(fp32_onnx(report))) if ready else {}
-    report["deploy"] = write_deploy(report, run_dir, deploy_to) if report["ship"] else {}
-    plots = make_plots(report, run_dir)
+    digest = outputs_digest(report)
+    kept = _kept_outputs(run_dir, digest, Path(deploy_to) if deploy_to else run_dir / "deploy")
+    if kept:
+        report["deploy"], plots = kept["deploy"], kept["plots"]
+    else:
+        (run_dir / OUTPUTS).unlink(missing_ok=True)
+        report["deploy"] = write_deploy(report, run_dir, deploy_to) if report["ship"] else {}
+        plots = make_plots(report, run_dir)
+        written = [Path(p) for folder in report["deploy"].values() for p in Path(folder).rglob("*") if p.is_file()]
+        written += [run_dir / p for p in plots.values()]
+        write_json(run_dir / OUTPUTS, {"digest": digest, "deploy": report["deploy"], "plots": plots,
+                                       "deploy_folder": str(Path(deploy_to) if deploy_to else run_dir / "deploy"),
+                                       "files": {str(p): _sha256(p) for p in written}})
     write_json(run_dir / "report.json", report)
     title = report["config"]["report"]["title"]
     markdown = render_markdown(title, report, plots)
     write_text(run_dir / "report.md", markdown)
     write_text(run_dir / "report.html", render_html(title, markdown, run_dir))
+
+
+OUTPUTS = ".outputs.json"  # in the run folder: what the deploy folders and plots were made of, and their files
+VOLATILE = ("wall_s", "finished", "peak_rss_mb", "rebuilt")  # run facts that no deploy file or plot shows
+
+
+def outputs_digest(report: dict) -> str:
+    """What the deploy folders and the plots are made from: the report without the run's timings, the stages'
+    `cached` flags and the deploy paths, and the code that writes them (every source file of pipeline/ and
+    backends/: an edit there writes them again)."""
+    view = {k: v for k, v in report.items() if k != "deploy"}
+    view["run"] = {k: v for k, v in report["run"].items() if k not in VOLATILE}
+    view["stages"] = {n: {k: v for k, v in s.items() if k != "cached"} for n, s in report.get("stages", {}).items()}
+    digest = hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode())
+    for path in sorted([*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("backends/**/*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _kept_outputs(run_dir: Path, digest: str, deploy_folder: Path) -> dict | None:
+    """The previous OUTPUTS record where it was written for `digest` into `deploy_folder` and every file it lists
+    is there unchanged, with nothing else in the deploy folders and plots/; else None. Read as untrusted data."""
+    try:
+        kept = read_json(run_dir / OUTPUTS)
+        files = kept["files"]
+        if kept["digest"] != digest or kept["deploy_folder"] != str(deploy_folder):
+            return None
+        present = {str(p) for folder in kept["deploy"].values() for p in Path(folder).rglob("*") if p.is_file()}
+        present |= {str(p) for p in (run_dir / "plots").glob("*.png")}
+        if present != set(files) or any(_sha256(Path(p)) != h for p, h in files.items()):
+            return None
+        return {"deploy": dict(kept["deploy"]), "plots": dict(kept["plots"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 RERUN = "rerun the same `manifold-edge run` command (the run's config; cached stages are reused)"
