@@ -123,8 +123,7 @@ class Pipeline:
         if self.cfg.run.device == "cuda":
             _resolve_device("cuda")
         main, forced = distributed.world().main, forced_stages(force)
-        planned = self.plan()
-        for stage in planned[: [s.name for s in planned].index(until) + 1 if until else len(planned)]:
+        for stage in self.plan()[: list(STAGES).index(until) + 1 if until else None]:
             if main and stage.name not in forced and \
                     self.store.check(stage.name, stage.key, stage.cls.resumes)[0] == "cached":
                 continue

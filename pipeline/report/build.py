@@ -23,6 +23,7 @@ from pipeline.fingerprint import ROOT
 from pipeline.graph import STAGES, Pipeline, RunRecord
 from pipeline.report.markdown import render_markdown
 from pipeline.ship import choose_all
+from pipeline.store import file_sha256
 
 PACKAGES = ("manifold-edge", "torch", "timm", "numpy", "pydantic", "rich", "scikit-learn", "onnx", "onnxruntime",
             "onnxscript", "openvino", "nncf", "coremltools", "executorch", "torchao", "ai-edge-litert", "litert-torch",
@@ -88,19 +89,17 @@ def write_report(report: dict, run_dir: Path, deploy_to: Path | None = None) -> 
 
     ready = report.get("evaluation") and report.get("latency")
     report["ship"] = choose_all(report, activation_mb(fp32_onnx(report))) if ready else {}
-    digest = outputs_digest(report)
-    kept = _kept_outputs(run_dir, digest, Path(deploy_to) if deploy_to else run_dir / "deploy")
+    digest, deploy_folder = outputs_digest(report), str(Path(deploy_to) if deploy_to else run_dir / "deploy")
+    kept = _kept_outputs(run_dir, digest, deploy_folder)
     if kept:
         report["deploy"], plots = kept["deploy"], kept["plots"]
     else:
         (run_dir / OUTPUTS).unlink(missing_ok=True)
         report["deploy"] = write_deploy(report, run_dir, deploy_to) if report["ship"] else {}
         plots = make_plots(report, run_dir)
-        written = [Path(p) for folder in report["deploy"].values() for p in Path(folder).rglob("*") if p.is_file()]
-        written += [run_dir / p for p in plots.values()]
         write_json(run_dir / OUTPUTS, {"digest": digest, "deploy": report["deploy"], "plots": plots,
-                                       "deploy_folder": str(Path(deploy_to) if deploy_to else run_dir / "deploy"),
-                                       "files": {str(p): _sha256(p) for p in written}})
+                                       "deploy_folder": deploy_folder,
+                                       "files": {p: file_sha256(Path(p)) for p in _outputs(report["deploy"], run_dir)}})
     write_json(run_dir / "report.json", report)
     title = report["config"]["report"]["title"]
     markdown = render_markdown(title, report, plots)
@@ -125,22 +124,21 @@ def outputs_digest(report: dict) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _outputs(deploy: dict[str, str], run_dir: Path) -> set[str]:
+    """The files of the deploy folders (target -> folder) and of plots/."""
+    files = {str(p) for folder in deploy.values() for p in Path(folder).rglob("*") if p.is_file()}
+    return files | {str(p) for p in (run_dir / "plots").glob("*.png")}
 
 
-def _kept_outputs(run_dir: Path, digest: str, deploy_folder: Path) -> dict | None:
+def _kept_outputs(run_dir: Path, digest: str, deploy_folder: str) -> dict | None:
     """The previous OUTPUTS record where it was written for `digest` into `deploy_folder` and every file it lists
     is there unchanged, with nothing else in the deploy folders and plots/; else None. Read as untrusted data."""
     try:
         kept = read_json(run_dir / OUTPUTS)
         files = kept["files"]
-        if kept["digest"] != digest or kept["deploy_folder"] != str(deploy_folder):
+        if kept["digest"] != digest or kept["deploy_folder"] != deploy_folder:
             return None
-        present = {str(p) for folder in kept["deploy"].values() for p in Path(folder).rglob("*") if p.is_file()}
-        present |= {str(p) for p in (run_dir / "plots").glob("*.png")}
-        if present != set(files) or any(_sha256(Path(p)) != h for p, h in files.items()):
+        if _outputs(kept["deploy"], run_dir) != set(files) or any(file_sha256(Path(p)) != h for p, h in files.items()):
             return None
         return {"deploy": dict(kept["deploy"]), "plots": dict(kept["plots"])}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
