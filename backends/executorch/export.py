@@ -125,33 +125,25 @@ def _lower(exported, path: Path, max_batch: int, int8: bool = False) -> dict:
 
     class Partitioner(XnnpackPartitioner):
         """XNNPACK's, except that where every node of the ops it keeps from decomposition passes its own check,
-        it says so up front (`shortcut`): to_edge_transform_and_lower then decomposes the program twice instead of
-        three times (its per-node check path decomposes once more, to undo the ops that fail). The same program
-        comes out (the default student's fp32 and INT8 .pte byte for byte), 1-3 s sooner."""
+        it says so up front: to_edge_transform_and_lower then decomposes the program twice instead of three times
+        (its per-node check path decomposes once more, to undo the ops that fail). The same program comes out
+        (the default student's fp32 and INT8 .pte byte for byte), 1-3 s sooner. Decided once, on the ATen program
+        of the first call: the later calls see edge ops, and answering those without the check made ExecuTorch
+        require every kept op delegated (MobileViT's bilinear upsampling of a dynamic batch is not)."""
 
-        def __init__(self, shortcut: bool, **kwargs):
-            super().__init__(**kwargs)
-            self.shortcut = shortcut
+        skip_check: bool | None = None
 
         def ops_to_not_decompose(self, ep):
             ops, check = super().ops_to_not_decompose(ep)
-            kept = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in ops]
-            return (ops, None) if self.shortcut and all(check(n) for n in kept) else (ops, check)
+            if self.skip_check is None:
+                self.skip_check = all(check(n) for n in ep.graph.nodes if n.op == "call_function" and n.target in ops)
+            return (ops, None) if self.skip_check else (ops, check)
 
     name = exported.graph_signature.user_inputs[0]
     configs = [c for c in ALL_PARTITIONER_CONFIGS if not (int8 and c is ConstantPadConfig)]
     with _xnnpack_passes_with_work():
-        for shortcut in (True, False):
-            try:
-                edge = to_edge_transform_and_lower(
-                    exported, transform_passes=[_batch_still_dynamic(name), _xnnpack_shapes],
-                    partitioner=[Partitioner(shortcut, configs=configs)])
-                break
-            except RuntimeError as exc:
-                # a kept op the partitioner then left out (MobileViT's bilinear upsampling passes the check, but
-                # not on the partition's shapes): ExecuTorch's own path, which decomposes it again
-                if not (shortcut and "was not decomposed or delegated" in str(exc)):
-                    raise
+        edge = to_edge_transform_and_lower(exported, transform_passes=[_batch_still_dynamic(name), _xnnpack_shapes],
+                                           partitioner=[Partitioner(configs=configs)])
     program = edge.exported_program()
     record = delegation(program.graph_module)
     _widen_batch(program, name, max_batch)
