@@ -14,16 +14,15 @@ import argparse
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.distill_quality import commit  # noqa: E402
 from pipeline import run  # noqa: E402
 from pipeline.core.errors import UserError  # noqa: E402
 from pipeline.core.fileio import read_json, write_json  # noqa: E402
-from targets.agent.host import (
-    cpu_name,  # noqa: E402
-    int8_instructions,  # noqa: E402
-)
+from targets.agent.host import cpu_flags, cpu_name, int8_instructions, load  # noqa: E402
 
 # name -> (timm model, overrides, img_size)
 ZOO: dict[str, tuple[str, dict, int]] = {
@@ -126,10 +125,11 @@ def main() -> None:
     args = parser.parse_args()
     previous = read_json(args.out)["models"] if args.only and args.out.exists() else []
     rows = {r["name"]: r for r in previous}
-    host = {"cpu": cpu_name(), **int8_instructions()}
+    host = {"cpu": cpu_name(), "flags": cpu_flags(), **int8_instructions()}
     with tempfile.TemporaryDirectory(prefix="manifold-edge-zoo-") as tmp:
         for name in args.only or ZOO:
-            start = time.perf_counter()
+            start, measured = time.perf_counter(), {"commit": commit(), "date": datetime.now(UTC).isoformat(
+                timespec="seconds"), "load_before": load()}
             try:
                 report = run_model(name, Path(tmp), TRAINED)
                 rows[name] = row(name, report)
@@ -139,6 +139,7 @@ def main() -> None:
             except UserError as exc:  # a model a runtime refuses is a row of the table, not the end of the run
                 rows[name] = {"name": name, "model": ZOO[name][0], "refused": str(exc)}
             rows[name]["wall_s"] = round(time.perf_counter() - start, 1)
+            rows[name]["measured"] = {**measured, "load_after": load()}  # rows of --only runs differ in these
             print(f"{name}: {rows[name]['wall_s']} s", flush=True)
             ordered = [rows[n] for n in ZOO if n in rows]
             write_json(args.out, {"host": host, "command": " ".join(sys.argv), "models": ordered})
