@@ -22,6 +22,7 @@ from test_reliability import ROOT, wait_for
 # A student without BatchNorm (on CPU BatchNorm statistics are per process) and the same pinned teacher:
 # the two runs compared below then compute the same thing, batch for batch.
 SAME_MATH = ("teacher.epochs=0", "student.model='vit_tiny_patch16_224'", "student.overrides.patch_size=8",
+             "student.overrides.depth=3",
              "distill.epochs=2", "distill.batch_size=64", "data.subset=1000", "benchmark.enabled=false")
 KD_AND_INTRA = ("distill.w_inter=0", "distill.w_random=0")  # the manifold term that is per image
 TOLERANCE = 1e-4  # max |weight difference|, 1 vs 2 processes, after 2 epochs (measured: 1e-5 KD, 1.4e-6 KD+intra)

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SLOW_DISTILL = ("data.subset=1200", "distill.epochs=8", "benchmark.enabled=false")  # time to catch it mid-way
 
 
-def start(tmp_path: Path, *extra: str, until: str | None = "distill") -> subprocess.Popen:
+def start(tmp_path: Path, *extra: str, until: str | None = "distill", log=subprocess.PIPE) -> subprocess.Popen:
+    """`manifold-edge run` in tmp_path; its console (stdout and stderr) to a pipe, or to the open file `log`."""
     args = [*cli_args(tmp_path, "run", *extra), *(["--until", until] if until else [])]
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -239,14 +240,13 @@ def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys, monkey
 def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
     """Chaos: SIGKILL in the teacher's training, in the distillation (around its first epoch's metrics and
     checkpoint writes) and in the quantize stage, a little after each point shows on disk; rerun after each;
-    the result equals a clean run's, and no manifest lists a temporary file."""
+    the result equals a clean run's (run beside them), and no manifest lists a temporary file."""
     extra = ("distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
              "quantize.coreml.enabled=false", "export.openvino=false", "quantize.openvino=false")
     clean, chaos = tmp_path / "clean", tmp_path / "chaos"
     clean.mkdir(), chaos.mkdir()
-    reference = start(clean, *extra, until=None)
-    output, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, output
+    with open(tmp_path / "clean.log", "w") as log:
+        reference = start(clean, *extra, until=None, log=log)
     rng = random.Random(7)
     for point in ("teacher-*.partial", "distill-*.partial/metrics.jsonl", "quantize-*.partial"):
         proc = start(chaos, *extra, until=None)
@@ -258,6 +258,7 @@ def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
     final = start(chaos, *extra, until=None)
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output
+    assert reference.wait(timeout=600) == 0, (tmp_path / "clean.log").read_text()
     assert read_report(chaos)["evaluation"] == read_report(clean)["evaluation"]
     listed = [name for manifest in (chaos / "runs" / ".cache").glob("*/manifest.json")
               for name in json.loads(manifest.read_text())["files"]]
