@@ -292,6 +292,21 @@ def test_bilinear_upsampling_lowers_where_xnnpack_leaves_it_out(tmp_path, monkey
     np.testing.assert_allclose(got, logits(net, images), atol=1e-4)
 
 
+def test_the_lowering_verifies_the_program_it_writes_not_each_intermediate_one(tmp_path, monkeypatch):
+    """Lowering builds a program per graph pass; the verifiers run on the final edge program (and in
+    to_executorch), not on each of the others: on this small model 2 checks where there were 39."""
+    from torch.export.exported_program import ExportedProgram
+
+    checked = []
+    validate = ExportedProgram.validate
+    monkeypatch.setattr(ExportedProgram, "validate", lambda self: checked.append(self) or validate(self))
+    torch.manual_seed(0)
+    net = Upsampled().eval()
+    export(net, (1, 8, 8), tmp_path / "upsampled.pte", 8, name="upsampled")
+    assert 1 <= len(checked) <= 6, len(checked)
+    assert any(v.dialect == "EDGE" for program in checked for v in program.verifiers)  # the edge program's
+
+
 def test_int8_conversion_leaves_no_conv_batch_norm_pair_to_fold():
     """convert_pt2e's folding of quantization-aware-training conv + batch-norm patterns is skipped
     (_no_qat_folding: it traced ~90 pattern graphs per call whenever any batch norm was left). Safe because
