@@ -166,15 +166,32 @@ stage_cpu: dict[str, float] = {}
 
 
 def counting_cpu(stage: str, run):
-    """A stage's CPU seconds: this process's threads and the child processes it waited for (workers, agents)."""
+    """A stage's CPU seconds: this process's threads, the child processes it waited for (agents), and what the
+    live ones (the ExecuTorch worker, which serves export and quantize and is reaped later) spent meanwhile."""
     def wrapper(*args, **kwargs):
-        before = os.times()
+        before, live = os.times(), live_children_cpu()
         try:
             return run(*args, **kwargs)
         finally:
             after = os.times()
-            stage_cpu[stage] = round(sum(after[:4]) - sum(before[:4]), 2)
+            stage_cpu[stage] = round(sum(after[:4]) - sum(before[:4]) + live_children_cpu() - live, 2)
     return wrapper
+
+
+def live_children_cpu(pid: int | None = None) -> float:
+    """CPU seconds of the live descendants of `pid` (this process) so far, from /proc (0 where there is none). A
+    child reaped between two readings is in os.times() in full: the difference of the two readings takes off
+    what it had spent before the first."""
+    pid = pid or os.getpid()
+    total = 0.0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # it ended meanwhile
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + live_children_cpu(int(child))
+    return total
 
 
 def git(*args: str) -> str:
