@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from pipeline.core.fileio import atomic_write  # noqa: E402
+from pipeline.report.markdown import NOT_TERMS  # noqa: E402
 
-NOT_TERMS = ("epoch", "lr", "images_per_s", "seconds", "val_top1", "processes", "gpu_memory_gb")  # not losses
 PRECISION_COLOURS = {"int8": "#2a9d8f", "float": "#8d99ae", "convert": "#e76f51"}
 
 

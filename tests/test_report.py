@@ -188,6 +188,20 @@ def test_the_ship_tables_fit_a_phone_screen(tmp_path, monkeypatch):
     assert Image.open(shot).size == (1280, 800)
 
 
+def test_rendering_report_md_draws_nothing(trained_run):
+    """report.md of a full run rendered in a fresh process imports no matplotlib (a cached rerun keeps its plots
+    and draws none: the import took about 0.4 s of it)."""
+    import sys
+
+    report = trained_run / "runs" / "default" / "report.json"
+    code = ("import json, sys; from pipeline.report.markdown import render_markdown; "
+            f"text = render_markdown('t', json.load(open({str(report)!r}))); "
+            "print(len(text) > 1000, 'matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
+
+
 def test_report_command_rebuilds_from_artifacts(trained_run, tmp_path, capsys):
     run_dir = tmp_path / "default"
     shutil.copytree(trained_run / "runs" / "default", run_dir)  # the artifacts stay where they are, read only

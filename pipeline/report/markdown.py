@@ -9,6 +9,8 @@ from pipeline.report.arm64 import arm64_lines
 from pipeline.ship import SAME_ACCURACY
 from targets.latency import describe_comparison
 
+NOT_TERMS = ("epoch", "lr", "images_per_s", "seconds", "val_top1", "processes", "gpu_memory_gb")  # not losses
+
 
 def _artifact_lines(rows: list[dict], quantize: dict | None) -> list[str]:
     if not rows:
@@ -110,8 +112,6 @@ def matched_units(distill: dict) -> str:
 
 
 def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
-    from pipeline.plots import NOT_TERMS
-
     run = report["run"]
     lines = [f"# {title}", "",
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
