@@ -188,6 +188,26 @@ def test_the_ship_tables_fit_a_phone_screen(tmp_path, monkeypatch):
     assert Image.open(shot).size == (1280, 800)
 
 
+def test_the_kept_outputs_digest_follows_the_code_that_writes_them(tmp_path, monkeypatch):
+    """An edit in pipeline/, backends/ or targets/ (where the deploy folders' file lists and readers live:
+    targets.devices.model_files, the backends' agents) changes the digest the deploy folders and plots are kept
+    by; the report's timings and the stages' `cached` flags do not."""
+    from pipeline.report import build
+
+    for package in ("pipeline", "backends", "targets"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "code.py").write_text("X = 1\n")
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    report = {"run": {"name": "r", "wall_s": 1.0}, "stages": {"distill": {"cached": False, "key": "k"}}}
+    digest = build.outputs_digest(report)
+    rerun = {"run": {"name": "r", "wall_s": 9.0}, "stages": {"distill": {"cached": True, "key": "k"}}}
+    assert build.outputs_digest(rerun) == digest
+    for package in ("pipeline", "backends", "targets"):
+        (tmp_path / package / "code.py").write_text("X = 2\n")
+        assert build.outputs_digest(report) != digest, package
+        digest = build.outputs_digest(report)
+
+
 def test_rendering_report_md_draws_nothing(trained_run):
     """report.md of a full run rendered in a fresh process imports no matplotlib (a cached rerun keeps its plots
     and draws none: the import took about 0.4 s of it)."""

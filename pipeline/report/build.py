@@ -113,13 +113,13 @@ VOLATILE = ("wall_s", "finished", "peak_rss_mb", "rebuilt")  # run facts that no
 
 def outputs_digest(report: dict) -> str:
     """What the deploy folders and the plots are made from: the report without the run's timings, the stages'
-    `cached` flags and the deploy paths, and the code that writes them (every source file of pipeline/ and
-    backends/: an edit there writes them again)."""
+    `cached` flags and the deploy paths, and the code that writes them (every source file of pipeline/, backends/
+    and targets/, which the deploy folders' files and readers come from: an edit there writes them again)."""
     view = {k: v for k, v in report.items() if k != "deploy"}
     view["run"] = {k: v for k, v in report["run"].items() if k not in VOLATILE}
     view["stages"] = {n: {k: v for k, v in s.items() if k != "cached"} for n, s in report.get("stages", {}).items()}
     digest = hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode())
-    for path in sorted([*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("backends/**/*.py")]):
+    for path in sorted(p for package in ("pipeline", "backends", "targets") for p in ROOT.glob(f"{package}/**/*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
