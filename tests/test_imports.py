@@ -188,3 +188,14 @@ def test_coremltools_import_noise_is_one_line_per_kind():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = [line for line in done.stderr.splitlines() if "Failed to load" in line]
     assert done.returncode == 0 and len(lines) <= 1, done.stderr
+
+
+def test_coremltools_is_imported_without_the_frameworks_of_converters_never_called():
+    """coremltools imports scikit-learn, transformers, ExecuTorch's EXIR... at its import (3 s): hidden while it
+    is first imported, and importable as usual afterwards."""
+    code = ("import sys, torch; from backends.coreml.package import UNCALLED_INTEGRATIONS, coremltools; "
+            "ct = coremltools(); print([m for m in ('sklearn', 'transformers', 'executorch', 'executorch.exir') "
+            "if m in sys.modules]); import sklearn.cluster, executorch.exir; print(sorted(UNCALLED_INTEGRATIONS) == "
+            "sorted(m for m in UNCALLED_INTEGRATIONS if m not in sys.modules or sys.modules[m] is not None))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["[]", "True"], done.stdout + done.stderr

@@ -3,6 +3,7 @@ program (compressed weights expanded or not), its op set checked against the dep
 compressed weights are stored. coremltools reads and writes packages on every OS; only macOS can predict."""
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,9 +13,26 @@ from backends import artifact_bytes
 from backends.base import require
 from pipeline.core.logs import quiet
 
+# What coremltools imports at its own import for converters the pipeline never calls (it converts traced torch
+# modules): scikit-learn, XGBoost, libsvm, TensorFlow, Hugging Face transformers, ExecuTorch's EXIR (for EXIR
+# programs) and torchao (for torchao-quantized modules): 3 of its 5 s after torch, paid by the export stage and by
+# every process that reads a package. Hidden while coremltools is first imported; its converters for them then
+# say the framework is missing, and the modules import as usual afterwards (scikit-learn's KMeans, coremltools'
+# `kmeans` palettization mode, is imported where it runs).
+UNCALLED_INTEGRATIONS = ("sklearn", "xgboost", "libsvm", "tensorflow", "transformers", "executorch", "torchao")
+
 
 def coremltools():
-    return require("coremltools", "coreml")
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    hidden = [name for name in UNCALLED_INTEGRATIONS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None: `import name` raises ImportError
+    try:
+        return require("coremltools", "coreml")
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
 
 
 def mil_program(path: Path):
