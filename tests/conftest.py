@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _uses(item, "trained_run"):
             item.add_marker(pytest.mark.slow)
-    rank = {"zoo_report": 1, "trained_run": 2}
+    rank = {**dict.fromkeys(EARLY, 1), "zoo_report": 1, "trained_run": 2}
     items.sort(key=lambda item: max((r for f, r in rank.items() if _uses(item, f)), default=0))
 
 
@@ -148,13 +149,14 @@ class Background:
     """A process started after collection whose outputs tests wait for; its stderr (`log`) explains a failure,
     its stdout is `out` (both pipes, not terminals, as a user's redirect)."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
         self.folder = Path(tempfile.mkdtemp(prefix="manifold-edge-test-"))
         self.log = self.folder / "background.log"
         self.out = self.folder / "background.out"
         with open(self.log, "w") as log, open(self.out, "w") as out:
             self.proc = subprocess.Popen([sys.executable, *argv(self.folder)], stdout=out, stderr=log,
                                          stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1],
+                                         env={**os.environ, **(env or {})},
                                          preexec_fn=lambda: os.nice(19))  # the foreground tests come first
 
     def wait(self, path: Path | None = None, timeout: float = 1200) -> None:
@@ -179,7 +181,36 @@ ZOO_SCRIPT = ("import sys; from pathlib import Path; from bench.model_zoo import
 _background: dict[str, Background] = {}
 
 
+# Single-process CLI runs whose test only reads what they printed: started after collection like the runs above (a
+# test using the fixture of that name goes last and gets the finished Background), so the host's second core runs
+# them while the foreground tests leave it idle. fixture -> (its argv for a run folder, its extra environment)
+EARLY: dict[str, tuple[Callable[[Path], list[str]], dict[str, str]]] = {
+    # the conditions that corrupted the heap: a RepVGG teacher (1x1 stride-2 stem branch, 1 input channel),
+    # augmented batches, one thread, oneDNN's AVX2 kernels
+    "repvgg_teacher_run": (lambda folder: ["-m", "pipeline", *cli_args(
+        folder, "run", "teacher.model='repvgg_a0'", "teacher.overrides={}", "teacher.epochs=2",
+        "teacher.batch_size=32", "run.threads=1"), "--until", "teacher"],
+        {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+}
+
+
+def _early(name: str):
+    @pytest.fixture(name=name)
+    def finished() -> Background:
+        background = _background[name]
+        background.proc.wait()
+        return background
+    return finished
+
+
+for _name in EARLY:
+    globals()[_name] = _early(_name)
+
+
 def pytest_collection_finish(session):
+    for name, (argv, env) in EARLY.items():
+        if any(_uses(item, name) for item in session.items):
+            _background[name] = Background(argv, env)
     if any(_uses(item, "trained_run") for item in session.items):
         _background["trained"] = Background(lambda folder: ["-m", "pipeline", *cli_args(
             folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")])

@@ -181,21 +181,16 @@ def test_status_imports_no_stage_library(tmp_path):
     assert done.returncode == 0 and states == str(["missing"] * 7) and heavy == "[]", done.stdout + done.stderr
 
 
-def test_coremltools_import_noise_is_one_line_per_kind():
-    """On Linux coremltools logs 'Failed to load _ML...Proxy' eight times at import: once with the filter."""
-    code = ("from pipeline.core.logs import quiet_third_party; quiet_third_party(); import coremltools; "
-            "import coremltools.models")
+def test_coremltools_is_imported_quietly_without_the_frameworks_of_converters_never_called():
+    """As the pipeline imports it (backends.coreml.package.coremltools): the 'Failed to load _ML...Proxy' lines
+    coremltools logs eight times on Linux come once with the filter; scikit-learn, transformers, ExecuTorch's EXIR...
+    which it imports for converters the pipeline never calls (3 s) are hidden then, and import as usual afterwards."""
+    code = ("import sys; from pipeline.core.logs import quiet_third_party; quiet_third_party(); "
+            "from backends.coreml.package import UNCALLED_INTEGRATIONS, coremltools; coremltools(); "
+            "import coremltools.models; print([m for m in ('sklearn', 'transformers', 'executorch', "
+            "'executorch.exir') if m in sys.modules]); import sklearn.cluster, executorch.exir; "
+            "print(all(sys.modules.get(m, True) is not None for m in UNCALLED_INTEGRATIONS))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    lines = [line for line in done.stderr.splitlines() if "Failed to load" in line]
-    assert done.returncode == 0 and len(lines) <= 1, done.stderr
-
-
-def test_coremltools_is_imported_without_the_frameworks_of_converters_never_called():
-    """coremltools imports scikit-learn, transformers, ExecuTorch's EXIR... at its import (3 s): hidden while it
-    is first imported, and importable as usual afterwards."""
-    code = ("import sys, torch; from backends.coreml.package import UNCALLED_INTEGRATIONS, coremltools; "
-            "ct = coremltools(); print([m for m in ('sklearn', 'transformers', 'executorch', 'executorch.exir') "
-            "if m in sys.modules]); import sklearn.cluster, executorch.exir; print(sorted(UNCALLED_INTEGRATIONS) == "
-            "sorted(m for m in UNCALLED_INTEGRATIONS if m not in sys.modules or sys.modules[m] is not None))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    noise = [line for line in done.stderr.splitlines() if "Failed to load" in line]
     assert done.returncode == 0 and done.stdout.split() == ["[]", "True"], done.stdout + done.stderr
+    assert len(noise) <= 1, done.stderr

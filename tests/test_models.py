@@ -182,22 +182,13 @@ def test_resumed_optimizer_state_takes_the_weights_layout():
 
 
 @pytest.mark.slow
-def test_a_repvgg_teacher_on_grayscale_trains_through_the_cli_on_avx2_kernels(tmp_path):
+def test_a_repvgg_teacher_on_grayscale_trains_through_the_cli_on_avx2_kernels(repvgg_teacher_run):
     """The conditions that corrupted the heap (glibc abort, segfault or hang, within a few steps): a RepVGG
-    teacher (1x1 stride-2 stem branch, 1 input channel), augmented batches, one thread, oneDNN's AVX2 kernels."""
-    import os
-    import subprocess
-    import sys
-
-    from test_reliability import ROOT
-
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    args = cli_args(tmp_path, "run", "teacher.model='repvgg_a0'", "teacher.overrides={}", "teacher.epochs=2",
-                    "teacher.batch_size=32", "run.threads=1")
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--until", "teacher"], env=env, timeout=300,
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "teacher repvgg_a0 (scratch)" in done.stderr
+    teacher (1x1 stride-2 stem branch, 1 input channel), augmented batches, one thread, oneDNN's AVX2 kernels
+    (conftest.EARLY: the CLI run, in a background process started at collection)."""
+    log = repvgg_teacher_run.log.read_text()
+    assert repvgg_teacher_run.proc.returncode == 0, log[-2000:]
+    assert "teacher repvgg_a0 (scratch)" in log
 
 
 def test_a_teacher_on_a_coarser_grid_than_the_student_is_matched_on_the_teacher_s_grid(tmp_path):
