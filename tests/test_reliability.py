@@ -44,25 +44,34 @@ def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, damage", [(signal.SIGINT, False), (signal.SIGTERM, True)])
-def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path, signum, damage):
-    """... and a damaged epoch checkpoint is never resumed from: training starts over."""
-    proc = start(tmp_path, *SLOW_DISTILL)
-    checkpoint = wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
-    proc.send_signal(signum)
-    output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, output
-    assert ("interrupted during distill: rerun the same command; completed stages are reused and distill resumes "
-            "from its last completed epoch") in output and "Traceback" not in output
-    cache = tmp_path / "runs" / ".cache"
-    assert not [p for p in cache.glob("distill-*") if p.is_dir() and p.suffix != ".partial"]  # nothing in place
-    if damage:
-        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    resumed = start(tmp_path, *SLOW_DISTILL)
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output
-    assert ("is damaged" in output and "starting over" in output) if damage else "resuming after epoch" in output
-    assert "teacher: reused" in output
+def test_a_signal_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    """SIGINT, and SIGTERM whose epoch checkpoint is then damaged: never resumed from, training starts over. The
+    two cases in run folders of their own, side by side (one process each: the host's two cores)."""
+    damaged = {signal.SIGINT: False, signal.SIGTERM: True}
+    folders = {signum: tmp_path / signum.name for signum in damaged}
+    for folder in folders.values():
+        folder.mkdir()
+    procs = {signum: start(folder, *SLOW_DISTILL, "run.threads=1") for signum, folder in folders.items()}
+    checkpoints = {}
+    for signum, proc in procs.items():
+        checkpoints[signum] = wait_for("distill-*.partial/checkpoint.pt", folders[signum] / "runs" / ".cache", proc)
+        proc.send_signal(signum)
+    for signum, proc in procs.items():
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, output
+        assert ("interrupted during distill: rerun the same command; completed stages are reused and distill "
+                "resumes from its last completed epoch") in output and "Traceback" not in output
+        cache = folders[signum] / "runs" / ".cache"
+        assert not [p for p in cache.glob("distill-*") if p.is_dir() and p.suffix != ".partial"]  # nothing in place
+        if damaged[signum]:
+            checkpoints[signum].write_bytes(checkpoints[signum].read_bytes()[:1000])
+    resumed = {signum: start(folder, *SLOW_DISTILL, "run.threads=1") for signum, folder in folders.items()}
+    for signum, proc in resumed.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+        assert ("is damaged" in output and "starting over" in output) if damaged[signum] else \
+            "resuming after epoch" in output
+        assert "teacher: reused" in output
 
 
 def test_an_interrupted_export_is_said_to_start_over_not_to_resume(trained_run, tmp_path, capsys, monkeypatch):
