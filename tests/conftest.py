@@ -141,7 +141,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if _uses(item, "trained_run"):
             item.add_marker(pytest.mark.slow)
-    rank = {**dict.fromkeys(EARLY, 1), "zoo_report": 1, "trained_run": 2}
+    rank = {**dict.fromkeys(EARLY, 1), "zoo_report": 1, "trained_run": 2, **dict.fromkeys(AFTER_TRAINED, 3)}
     items.sort(key=lambda item: max((r for f, r in rank.items() if _uses(item, f)), default=0))
 
 
@@ -207,13 +207,51 @@ for _name in EARLY:
     globals()[_name] = _early(_name)
 
 
+# Work on a copy of the shared trained run whose test only reads what it gave: "module:function" (a function of a
+# test module, called as function(trained_run_folder, own_folder) -> a JSON-able result) run in a background process
+# that starts after collection and waits for the trained run, so it too runs on the core the foreground leaves idle.
+# The test's fixture of that name gets the result.
+AFTER_TRAINED = {"toy_format_rerun": "test_backends:rerun_with_the_toy_format",
+                 "cached_rerun_and_reports": "test_cli_output:cached_rerun_and_reports"}
+TRAINED_RUN = """import subprocess, sys
+code = subprocess.run([sys.executable, "-m", "pipeline", *sys.argv[2:]]).returncode
+open(sys.argv[1], "w").write(str(code))
+sys.exit(code)"""
+AFTER = """import importlib, json, os, sys, time
+from pathlib import Path
+done, trained, call, folder = sys.argv[1:]
+while not os.path.exists(done):
+    time.sleep(0.5)
+assert open(done).read() == "0", "the trained run failed"
+sys.path.insert(0, "tests")
+module, _, name = call.partition(":")
+result = getattr(importlib.import_module(module), name)(Path(trained), Path(folder) / "work")
+(Path(folder) / "result.json").write_text(json.dumps(result))"""
+
+
+def _after_trained(name: str):
+    @pytest.fixture(name=name, scope="session")
+    def result(trained_run):
+        background = _background[name]
+        background.wait(background.folder / "result.json")
+        return json.loads((background.folder / "result.json").read_text())
+    return result
+
+
+for _name in AFTER_TRAINED:
+    globals()[_name] = _after_trained(_name)
+
+
 def pytest_collection_finish(session):
     for name, (argv, env) in EARLY.items():
         if any(_uses(item, name) for item in session.items):
             _background[name] = Background(argv, env)
     if any(_uses(item, "trained_run") for item in session.items):
-        _background["trained"] = Background(lambda folder: ["-m", "pipeline", *cli_args(
-            folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")])
+        _background["trained"] = trained = Background(lambda folder: ["-c", TRAINED_RUN, str(folder / "done"), *(
+            cli_args(folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1"))])
+        for name in (name for name in AFTER_TRAINED if any(_uses(item, name) for item in session.items)):
+            _background[name] = Background(lambda folder, name=name: [
+                "-c", AFTER, str(trained.folder / "done"), str(trained.folder), AFTER_TRAINED[name], str(folder)])
     zoo = [item for item in session.items if _uses(item, "zoo_report")]
     if zoo:
         names = list(dict.fromkeys(item.callspec.params["name"] for item in zoo))

@@ -111,19 +111,23 @@ ONLY_THE_TOY = ("export.openvino=false", "quantize.openvino=false", "export.ort_
                 "benchmark.runs=200")
 
 
-@pytest.fixture(scope="module")
-def toy_run(trained_run, tmp_path_factory) -> Path:
-    """A copy of the shared trained run rerun from export with the toy format registered (in its own process,
-    before the config schema is composed), on a target whose app links only the toy's runtime."""
-    folder = tmp_path_factory.mktemp("toy")
-    shutil.copytree(trained_run, folder, dirs_exist_ok=True)
+def rerun_with_the_toy_format(trained: Path, folder: Path) -> dict:
+    """conftest.AFTER_TRAINED: a copy of the shared trained run rerun from export with the toy format registered (in
+    its own process, before the config schema is composed), on a target whose app links only the toy's runtime."""
+    shutil.copytree(trained, folder)
     (folder / "pipeline.toml").write_text(TOY_TARGET)
     args = cli_args(folder, "run", *TRAINED, *ONLY_THE_TOY)
     code = ("import sys, backends; backends.register('onnx_copy', 'tests.toy_backend:BACKEND'); "
             f"from pipeline.cli import main; sys.exit(main({args!r}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return folder / "runs" / "default"
+    return {"run_dir": str(folder / "runs" / "default"), "returncode": done.returncode,
+            "output": done.stdout[-3000:] + done.stderr[-3000:]}
+
+
+@pytest.fixture
+def toy_run(toy_format_rerun) -> Path:
+    assert toy_format_rerun["returncode"] == 0, toy_format_rerun["output"]
+    return Path(toy_format_rerun["run_dir"])
 
 
 @pytest.mark.slow

@@ -121,7 +121,20 @@ def test_a_stage_that_fails_prints_one_line_on_the_console_and_keeps_the_log(tmp
     assert "manifold-edge run" in (tmp_path / "runs" / "default" / "run.log").read_text()
 
 
-def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run, trained_run_console, tmp_path):
+def cached_rerun_and_reports(trained: Path, folder: Path) -> dict:
+    """conftest.AFTER_TRAINED: on a copy of the shared trained run, `run --json` (every stage cached), then `report`
+    in text and in JSON; each call's exit code, stdout and stderr."""
+    shutil.copytree(trained, folder)
+    run_dir = folder / "runs" / "default"
+    calls = {"rerun": cli(*cli_args(folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1"),
+                          "--json"),
+             "report": cli("report", str(run_dir)), "report_json": cli("report", str(run_dir), "--json")}
+    return {"run_dir": str(run_dir),
+            **{name: [done.returncode, done.stdout, done.stderr] for name, done in calls.items()}}
+
+
+def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run, trained_run_console,
+                                                                    cached_rerun_and_reports):
     """The shared trained run (every stage, every format on, stdout and stderr pipes): each console line is one our
     code writes, none a library's; the libraries' lines are in runs/default/run.log. Then, on a copy, `run --json`
     (all cached) and `report`, in text and JSON."""
@@ -134,19 +147,18 @@ def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run,
     for line in ("cpuinfo_utils", "coremltools [WARNING]", "INFO: Created TensorFlow Lite XNNPACK delegate"):
         assert line in log, log[-3000:]
 
-    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
-    run_dir = tmp_path / "runs" / "default"
-    args = cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1")
-    rerun = cli(*args, "--json")
+    calls = {name: subprocess.CompletedProcess([name], *done) for name, done in cached_rerun_and_reports.items()
+             if name != "run_dir"}
+    run_dir, rerun = Path(cached_rerun_and_reports["run_dir"]), calls["rerun"]
     ran = document(rerun, "run")
     assert ran["run_dir"] == str(run_dir) and Path(ran["report"]["html"]).is_file()
     assert ": running" not in rerun.stderr and "benchmark: reused, cached" in rerun.stderr, rerun.stderr
     for choice in (c for target in ran["ship"].values() for c in target["by_runtime"].values() if c["artifact"]):
         assert Path(choice["folder"]).is_dir() and choice["top1"] is not None
-    report = cli("report", str(run_dir))
+    report = calls["report"]
     assert report.returncode == 0 and report.stdout.splitlines()[0].startswith("deploy: ")
     assert all(SHIP_LINE.match(line) for line in report.stdout.splitlines()) and "rebuilt" in report.stderr
-    assert document(cli("report", str(run_dir), "--json"), "report")["ship"] == ran["ship"]
+    assert document(calls["report_json"], "report")["ship"] == ran["ship"]
 
 
 class Terminal(io.StringIO):
