@@ -212,7 +212,10 @@ for _name in EARLY:
 # that starts after collection and waits for the trained run, so it too runs on the core the foreground leaves idle.
 # The test's fixture of that name gets the result.
 AFTER_TRAINED = {"toy_format_rerun": "test_backends:rerun_with_the_toy_format",
-                 "cached_rerun_and_reports": "test_cli_output:cached_rerun_and_reports"}
+                 "cached_rerun_and_reports": "test_cli_output:cached_rerun_and_reports",
+                 "rebuilt_without_report_files": "test_report:rebuild_without_report_files",
+                 "another_run_and_compared": "test_report:another_run_and_compare",
+                 "reported_from_elsewhere": "test_report:report_from_elsewhere_then_damaged"}
 TRAINED_RUN = """import subprocess, sys
 code = subprocess.run([sys.executable, "-m", "pipeline", *sys.argv[2:]]).returncode
 open(sys.argv[1], "w").write(str(code))

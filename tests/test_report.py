@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from conftest import cli_args, read_report
 from pipeline.cli import main
 from pipeline.plots import pareto_front
 from pipeline.report.html import render_html
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def chromium() -> str:
@@ -211,30 +214,40 @@ def test_the_kept_outputs_digest_follows_the_code_that_writes_them(tmp_path, mon
 def test_rendering_report_md_draws_nothing(trained_run):
     """report.md of a full run rendered in a fresh process imports no matplotlib (a cached rerun keeps its plots
     and draws none: the import took about 0.4 s of it)."""
-    import sys
-
     report = trained_run / "runs" / "default" / "report.json"
     code = ("import json, sys; from pipeline.report.markdown import render_markdown; "
             f"text = render_markdown('t', json.load(open({str(report)!r}))); "
             "print(len(text) > 1000, 'matplotlib' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
 
 
-def test_report_command_rebuilds_from_artifacts(trained_run, tmp_path, capsys):
-    run_dir = tmp_path / "default"
-    shutil.copytree(trained_run / "runs" / "default", run_dir)  # the artifacts stay where they are, read only
-    before = (run_dir / "report.md").read_text()
-    state = (run_dir / "state.json").read_text()
+def _cli(*args: str, cwd: Path | None = None) -> list:
+    """`manifold-edge ARGS` in a process of its own: [exit code, stdout, stderr]."""
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=600)
+    return [done.returncode, done.stdout, done.stderr]
+
+
+def rebuild_without_report_files(trained: Path, folder: Path) -> dict:
+    """conftest.AFTER_TRAINED: a copy of the trained run's folder (its artifacts stay where they are, read only)
+    without report.html, report.md and the plots, rebuilt by `report`."""
+    run_dir = folder / "default"
+    shutil.copytree(trained / "runs" / "default", run_dir)
+    before, state = (run_dir / "report.md").read_text(), (run_dir / "state.json").read_text()
     for path in [run_dir / "report.html", run_dir / "report.md", *run_dir.glob("plots/*.png")]:
         path.unlink()
-    assert main(["report", str(run_dir)]) == 0
-    after = (run_dir / "report.md").read_text()
+    return {"run_dir": str(run_dir), "report_md": before, "state": state, "call": _cli("report", str(run_dir))}
+
+
+def test_report_command_rebuilds_from_artifacts(rebuilt_without_report_files):
+    result = rebuilt_without_report_files
+    run_dir = Path(result["run_dir"])
+    assert result["call"][0] == 0, result["call"][2]
     strip = lambda t: re.sub(r"wall time \d+ s|commit `\w+`", "", t)  # noqa: E731
-    assert strip(after) == strip(before)
+    assert strip((run_dir / "report.md").read_text()) == strip(result["report_md"])
     assert (run_dir / "report.html").stat().st_size > 10_000 and list(run_dir.glob("plots/pareto_*.png"))
-    assert (run_dir / "state.json").read_text() == state
+    assert (run_dir / "state.json").read_text() == result["state"]
     assert "rebuilt" in json.loads((run_dir / "report.json").read_text())["run"]
 
 
@@ -244,22 +257,28 @@ def test_report_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # no lock left behind
 
 
-@pytest.mark.slow
-def test_compare_puts_two_runs_side_by_side(trained_run, tmp_path, capsys):
+def another_run_and_compare(trained: Path, folder: Path) -> dict:
+    """conftest.AFTER_TRAINED: a copy of the trained run's output folder, a second run in it (another name, benchmark
+    settings changed, one target: a short rerun), then `compare` of the two."""
     from conftest import TRAINED
 
-    runs = tmp_path / "runs"
-    shutil.copytree(trained_run / "runs", runs)
-    args = cli_args(tmp_path, "run", *TRAINED, "quantize.calibration_images=100000", "run.name='more-runs'",
-                    "benchmark.runs=30", "benchmark.targets=['wearos-watch']")  # one target: the rerun is short
-    assert main(args) == 0
-    capsys.readouterr()
-    assert main(["compare", str(runs / "default"), str(runs / "more-runs"), "--out", str(tmp_path / "cmp")]) == 0
-    printed = capsys.readouterr().out
+    runs = folder / "runs"
+    shutil.copytree(trained / "runs", runs)
+    args = cli_args(folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.name='more-runs'",
+                    "benchmark.runs=30", "benchmark.targets=['wearos-watch']")
+    return {"runs": str(runs), "out": str(folder / "cmp"), "run": _cli(*args),
+            "compare": _cli("compare", str(runs / "default"), str(runs / "more-runs"), "--out", str(folder / "cmp"))}
+
+
+def test_compare_puts_two_runs_side_by_side(another_run_and_compared):
+    result = another_run_and_compared
+    assert result["run"][0] == 0, result["run"][2][-3000:]
+    code, printed, err = result["compare"]
+    assert code == 0, err
     assert "`benchmark.runs`: 20 -> 30" in printed and "onnx_int8_static" in printed and "wearos-watch" in printed
     assert "| wearos-watch | litert" in printed and "sha256" in printed  # the shipped files, hashed
-    assert "<table>" in (tmp_path / "cmp" / "compare.html").read_text()
-    assert json.loads((runs / "more-runs" / "report.json").read_text())["stages"]["distill"]["cached"]
+    assert "<table>" in (Path(result["out"]) / "compare.html").read_text()
+    assert json.loads((Path(result["runs"]) / "more-runs" / "report.json").read_text())["stages"]["distill"]["cached"]
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -325,32 +344,39 @@ def test_profile_panels_one_per_file_and_a_line_where_the_runtime_gives_none(tmp
     assert "benchmark_model --enable_op_profiling=true" in line and "coreml" not in line
 
 
-def test_report_from_anywhere_rebuilds_a_damaged_report_and_refuses_a_damaged_state(trained_run, tmp_path,
-                                                                                      monkeypatch, capsys):
-    runs = tmp_path / "elsewhere" / "runs"
-    shutil.copytree(trained_run / "runs" / "default", runs / "default")
-    (runs / ".cache").symlink_to(trained_run / "runs" / ".cache")
+def report_from_elsewhere_then_damaged(trained: Path, folder: Path) -> dict:
+    """conftest.AFTER_TRAINED: `report` on a copy of the trained run's folder from a folder without ./runs (its
+    report.json recording output_dir as "runs", as a run started in its project folder does), then with state.json
+    of the wrong shape, then with report.json truncated."""
+    runs = folder / "elsewhere" / "runs"
+    shutil.copytree(trained / "runs" / "default", runs / "default")
+    (runs / ".cache").symlink_to(trained / "runs" / ".cache")
     report = json.loads((runs / "default" / "report.json").read_text())
-    report["config"]["run"]["output_dir"] = "runs"  # as a run started in its project folder records it
+    report["config"]["run"]["output_dir"] = "runs"
     (runs / "default" / "report.json").write_text(json.dumps(report))
-    monkeypatch.chdir(tmp_path)  # where ./runs does not exist
-    assert main(["report", str(runs / "default")]) == 0
-    capsys.readouterr()
+    calls = {"elsewhere": _cli("report", str(runs / "default"), cwd=folder)}
     state = runs / "default" / "state.json"
     for shape in ("[]", '{"data": 5}'):  # valid JSON of the wrong shape
         state.write_text(shape)
-        assert main(["report", str(runs / "default")]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "state.json is damaged" in err[0]
-    state.write_text(json.dumps(json.loads((trained_run / "runs" / "default" / "state.json").read_text())))
+        calls[shape] = _cli("report", str(runs / "default"), cwd=folder)
+    state.write_text(json.dumps(json.loads((trained / "runs" / "default" / "state.json").read_text())))
     before = json.loads((runs / "default" / "report.json").read_text())
     (runs / "default" / "report.json").write_text('{"config": {"run": ')  # truncated: rebuilt, with a warning
-    assert main(["report", str(runs / "default")]) == 0
-    err = capsys.readouterr().err
-    assert "report.json is damaged (JSONDecodeError): rebuilt from the artifacts and config.json" in err
-    after = json.loads((runs / "default" / "report.json").read_text())
+    calls["truncated"] = _cli("report", str(runs / "default"), cwd=folder)
+    return {"run_dir": str(runs / "default"), "before": before, "calls": calls}
+
+
+def test_report_from_anywhere_rebuilds_a_damaged_report_and_refuses_a_damaged_state(reported_from_elsewhere):
+    calls, run_dir = reported_from_elsewhere["calls"], Path(reported_from_elsewhere["run_dir"])
+    assert calls["elsewhere"][0] == 0, calls["elsewhere"][2]
+    for shape in ("[]", '{"data": 5}'):
+        code, _, err = calls[shape]
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "state.json is damaged" in err, err
+    code, _, err = calls["truncated"]
+    assert code == 0 and "report.json is damaged (JSONDecodeError): rebuilt from the artifacts and config.json" in err
+    before, after = reported_from_elsewhere["before"], json.loads((run_dir / "report.json").read_text())
     assert after["evaluation"] == before["evaluation"] and after["ship"] == before["ship"]
-    assert after["run"]["wall_s"] is None and "wall time unknown" in (runs / "default" / "report.md").read_text()
+    assert after["run"]["wall_s"] is None and "wall time unknown" in (run_dir / "report.md").read_text()
 
 
 def test_a_damaged_state_json_is_ignored_with_a_warning(tmp_path, capsys):
