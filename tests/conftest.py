@@ -135,9 +135,10 @@ def _uses(item, fixture: str) -> bool:
 
 
 def pytest_collection_modifyitems(items):
-    """A test on the shared trained run pays for that run (about a minute and a half): it is slow. The model
-    zoo's tests and those on the trained run go last: their pipeline runs start in background processes
-    after collection (one thread each, nice 19) and use what the other tests leave of the host."""
+    """A test on the shared trained run pays for that run (about a minute and a half): it is slow. The tests on
+    background work (EARLY runs, the model zoo, the trained run, then the work on copies of it: AFTER_TRAINED) go
+    last: that work starts in background processes after collection (one thread each, nice 19) and uses what the
+    other tests leave of the host."""
     for item in items:
         if _uses(item, "trained_run"):
             item.add_marker(pytest.mark.slow)
