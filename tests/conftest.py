@@ -199,7 +199,7 @@ def _early(name: str):
     @pytest.fixture(name=name)
     def finished() -> Background:
         background = _background[name]
-        background.proc.wait()
+        background.wait()
         return background
     return finished
 

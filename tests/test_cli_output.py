@@ -32,6 +32,12 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
+def outcome(done: subprocess.CompletedProcess) -> list:
+    """A finished call as JSON can hold it (what conftest.AFTER_TRAINED's functions return): [exit code, stdout,
+    stderr]; subprocess.CompletedProcess(args, *outcome) makes it one again."""
+    return [done.returncode, done.stdout, done.stderr]
+
+
 def whole(done: subprocess.CompletedProcess) -> None:
     assert "…" not in done.stdout + done.stderr, done.stdout[-2000:]
 
@@ -129,8 +135,7 @@ def cached_rerun_and_reports(trained: Path, folder: Path) -> dict:
     calls = {"rerun": cli(*cli_args(folder, "run", *TRAINED, "quantize.calibration_images=100000", "run.threads=1"),
                           "--json"),
              "report": cli("report", str(run_dir)), "report_json": cli("report", str(run_dir), "--json")}
-    return {"run_dir": str(run_dir),
-            **{name: [done.returncode, done.stdout, done.stderr] for name, done in calls.items()}}
+    return {"run_dir": str(run_dir), **{name: outcome(done) for name, done in calls.items()}}
 
 
 def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run, trained_run_console,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli_output import cli, outcome
 
 from conftest import cli_args, read_report
 from pipeline.cli import main
@@ -222,11 +223,9 @@ def test_rendering_report_md_draws_nothing(trained_run):
     assert done.stdout.split() == ["True", "False"], done.stdout + done.stderr
 
 
-def _cli(*args: str, cwd: Path | None = None) -> list:
-    """`manifold-edge ARGS` in a process of its own: [exit code, stdout, stderr]."""
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or ROOT, capture_output=True, text=True,
-                          timeout=600)
-    return [done.returncode, done.stdout, done.stderr]
+def _cli(*args: str, cwd: Path = ROOT) -> list:
+    """`manifold-edge ARGS` in a process of its own (test_cli_output.cli), as JSON holds it."""
+    return outcome(cli(*args, cwd=cwd))
 
 
 def rebuild_without_report_files(trained: Path, folder: Path) -> dict:
