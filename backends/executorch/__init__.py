@@ -11,9 +11,12 @@ from pipeline.core.section import Section
 class ExecuTorchExportConfig(Section):
     enabled: bool = Field(True, description="also write model.pte: ExecuTorch, lowered to the XNNPACK delegate "
                                             "(fp32)")
-    max_batch: int = Field(64, ge=1, le=4096, description="upper bound of the dynamic batch dimension; memory is "
-                                                          "planned for it (the runner splits bigger batches); 1 for "
-                                                          "models whose lowering fixes the batch (LeViT, EfficientViT)")
+    max_batch: int = Field(1, ge=1, le=4096, description="the batch the .pte is planned for: 1, one image a call as "
+                                                         "an app runs it (memory for one image; static shapes let "
+                                                         "XNNPACK take the slices; lowering a third sooner); above 1, "
+                                                         "a dynamic batch up to it with memory planned for the "
+                                                         "largest (the runner splits bigger batches); models whose "
+                                                         "lowering fixes the batch (LeViT, EfficientViT) get 1")
 
 
 class ExecuTorchQuantizeConfig(Section):
