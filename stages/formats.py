@@ -17,6 +17,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pipeline.core.errors import UserError
@@ -117,6 +118,7 @@ class _Worker:
         self.process.start()
         theirs.close()
         self.outcomes: queues.Queue = queues.Queue()
+        self.sending: threading.Thread | None = None  # the call being sent
         threading.Thread(target=self._read, name=f"{self.process.name} reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -133,7 +135,14 @@ class _Worker:
                 self.outcomes.put(payload)
 
     def submit(self, call: Call, build: Callable[..., Any], args: dict) -> None:
-        self.connection.send((call, build, args))
+        """Pickled here (an error is this call's), sent by a thread: a payload larger than the pipe's buffer
+        (the stage's images) would hold this process until the worker reads it, after its imports (1.4 s)."""
+        payload = ForkingPickler.dumps((call, build, args))
+        if self.sending is not None:
+            self.sending.join()
+        self.sending = threading.Thread(target=self.connection.send_bytes, args=(payload,),
+                                        name=f"{self.process.name} sender", daemon=True)
+        self.sending.start()
 
     def result(self) -> tuple[dict, list[str]] | BaseException:
         return self.outcomes.get()

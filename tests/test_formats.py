@@ -42,3 +42,14 @@ def test_one_worker_serves_every_call_of_a_process(registered):
     first, second = (formats.run(ORDER, toy.build(()), toy.call, toy.build, {"fail": ()}, 2)[1][0]["b"]["pid"]
                      for _ in range(2))
     assert first == second != os.getpid()
+
+
+def test_the_main_process_goes_on_while_a_busy_worker_has_not_read_a_call_larger_than_the_pipe(monkeypatch, tmp_path):
+    """The worker reads its call after its imports (torch's, 1.4 s in the export stage); a call of the stage's
+    images fills the pipe's buffer: sent by a thread, it holds no backend of this process back."""
+    flag = tmp_path / "a ran"
+    monkeypatch.setenv("FORMATS_TOY_FLAG", str(flag))
+    monkeypatch.setitem(backends.REGISTRY, "b", "formats_toy_late:B")
+    args = {"fail": (), "flag": str(flag), "payload": bytes(4 << 20)}
+    done = formats.run(ORDER, toy.build((), str(flag)), toy.call, toy.build, args, 2)
+    assert done[1][0]["b"]["first_backend_ran_before_the_worker_read_its_call"]
