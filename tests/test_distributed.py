@@ -101,23 +101,48 @@ def _weights(tmp_path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+def _two_processes(folder, *extra: str) -> str:
+    """`manifold-edge run --until distill --nproc 2` in folder, one thread a process: its console (stderr)."""
+    args = [sys.executable, "-m", "pipeline", *cli_args(folder, "run", *extra, "run.threads=1"), "--until", "distill",
+            "--nproc", "2"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def _kd_and_intra(teacher: str) -> tuple[str, ...]:
+    """Three epochs: the interrupted runs below stop in the first two."""
+    return (*SAME_MATH, teacher, *KD_AND_INTRA, "distill.epochs=3")
+
+
+@pytest.fixture(scope="module")
+def kd_and_intra_run(tmp_path_factory, teacher):
+    """A 2-process run of KD + intra (its folder, its console): compared with one process, and the uninterrupted
+    reference of the interrupted runs."""
+    folder = tmp_path_factory.mktemp("two")
+    return folder, _two_processes(folder, *_kd_and_intra(teacher))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("manifold", [False, True], ids=["kd", "kd+intra"])
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, capfd, teacher, manifold):
-    extra = (*SAME_MATH, teacher, *(KD_AND_INTRA if manifold else ("distill.manifold=false",)))
-    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, request, teacher, manifold):
+    if manifold:
+        extra, epochs = _kd_and_intra(teacher), 3
+        two, err = request.getfixturevalue("kd_and_intra_run")
+    else:
+        extra, epochs, two = (*SAME_MATH, teacher, "distill.manifold=false"), 2, tmp_path / "two"
+        two.mkdir()
+        err = _two_processes(two, *extra)
+    (tmp_path / "one").mkdir()
     assert main(cli_args(tmp_path / "one", "run", *extra) + ["--until", "distill"]) == 0
-    two = cli_args(tmp_path / "two", "run", *extra, "run.threads=1")
-    assert main([*two, "--until", "distill", "--nproc", "2"]) == 0
-    out = capfd.readouterr()
-    assert "distill: running in 2 processes" in out.err and "weights identical on all 2 processes" in out.err
-    assert out.err.count("distill epoch 1/2") == 2  # one line per run: rank 1 stays quiet
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    worst = max((one[k].float() - two[k].float()).abs().max().item() for k in one)
+    assert "distill: running in 2 processes" in err and "weights identical on all 2 processes" in err
+    assert err.count(f"distill epoch 1/{epochs}") == 1  # rank 1 stays quiet
+    one, two_weights = _weights(tmp_path / "one"), _weights(two)
+    worst = max((one[k].float() - two_weights[k].float()).abs().max().item() for k in one)
     assert worst <= TOLERANCE, f"1 vs 2 processes: weights differ by up to {worst:.3g}"
-    manifest = (artifact_folder(tmp_path / "two", "distill") / "manifest.json").read_text()
+    manifest = (artifact_folder(two, "distill") / "manifest.json").read_text()
     assert '"processes": 2' in manifest and '"world_size": 2' in manifest
-    report = (tmp_path / "two" / "runs" / "default" / "report.md").read_text()
+    report = (two / "runs" / "default" / "report.md").read_text()
     header = report.split("### distill training (2 processes)\n\n")[1].splitlines()[0]
     assert header.startswith("| epoch | loss | ce | kd |") and "processes" not in header  # a count, not a loss term
 
@@ -133,14 +158,14 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_path, teacher):
+def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_path, teacher, kd_and_intra_run):
     """SIGTERM: exit 130 and the rerun hint. Then kill -9 of the group the user started (what closing the
     terminal does) while the rerun trains: torchrun's ranks live in their own sessions, yet none outlives the
     launcher by more than 5 s and the lock is free. Each rerun resumes from the last epoch's checkpoint, and the
-    final weights equal an uninterrupted run's."""
+    final weights equal the uninterrupted run's (kd_and_intra_run) bit for bit."""
     import os
 
-    extra = (*SAME_MATH, teacher, "distill.epochs=4", "run.threads=1")
+    extra = (*_kd_and_intra(teacher), "run.threads=1")
     args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
             "--nproc", "2"]
     cache = tmp_path / "runs" / ".cache"
@@ -175,11 +200,7 @@ def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_p
     assert resumed_at and int(resumed_at[1]) > int(killed_at[1]) and "in use by" not in resumed.stderr
     assert "weights identical on all 2 processes" in resumed.stderr
 
-    clean = tmp_path / "clean"  # the same run, never interrupted: the same weights, bit for bit
-    clean.mkdir()
-    whole = [sys.executable, "-m", "pipeline", *cli_args(clean, "run", *extra), "--until", "distill", "--nproc", "2"]
-    assert subprocess.run(whole, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode == 0
-    a, b = _weights(tmp_path), _weights(clean)
+    a, b = _weights(tmp_path), _weights(kd_and_intra_run[0])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
