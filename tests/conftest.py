@@ -182,10 +182,16 @@ ZOO_SCRIPT = ("import sys; from pathlib import Path; from bench.model_zoo import
 _background: dict[str, Background] = {}
 
 
-# Single-process CLI runs whose test only reads what they printed: started after collection like the runs above (a
-# test using the fixture of that name goes last and gets the finished Background), so the host's second core runs
-# them while the foreground tests leave it idle. fixture -> (its argv for a run folder, its extra environment)
+# The runs the reliability tests interrupt (tests/test_reliability.py, tests/test_resume.py): each then finishes with
+# clean_run's results, bit for bit (one thread: the same sums)
+INTERRUPTED = ("distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
+               "quantize.coreml.enabled=false", "export.openvino=false", "quantize.openvino=false", "run.threads=1")
+
+# Single-process CLI runs whose test only reads what they printed or wrote: started after collection like the runs
+# above (a test using the fixture of that name goes last and gets the finished Background), so the host's second core
+# runs them while the foreground tests leave it idle. fixture -> (its argv for a run folder, its extra environment)
 EARLY: dict[str, tuple[Callable[[Path], list[str]], dict[str, str]]] = {
+    "clean_run": (lambda folder: ["-m", "pipeline", *cli_args(folder, "run", *INTERRUPTED)], {}),
     # the conditions that corrupted the heap: a RepVGG teacher (1x1 stride-2 stem branch, 1 input channel),
     # augmented batches, one thread, oneDNN's AVX2 kernels
     "repvgg_teacher_run": (lambda folder: ["-m", "pipeline", *cli_args(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TRAINED, artifact_folder, cli_args, read_report, tiny_config
+from conftest import INTERRUPTED, TRAINED, artifact_folder, cli_args, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import write_text
@@ -246,30 +246,27 @@ def test_int8_over_budget_stops_when_asked(trained_run, tmp_path, capsys, monkey
 
 
 @pytest.mark.slow
-def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path):
+def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path, clean_run):
     """Chaos: SIGKILL in the teacher's training, in the distillation (around its first epoch's metrics and
     checkpoint writes) and in the quantize stage, a little after each point shows on disk; rerun after each;
-    the result equals a clean run's (run beside them), and no manifest lists a temporary file."""
-    extra = ("distill.epochs=3", "benchmark.enabled=false", "export.coreml.enabled=false",
-             "quantize.coreml.enabled=false", "export.openvino=false", "quantize.openvino=false")
-    clean, chaos = tmp_path / "clean", tmp_path / "chaos"
-    clean.mkdir(), chaos.mkdir()
-    with open(tmp_path / "clean.log", "w") as log:
-        reference = start(clean, *extra, until=None, log=log)
+    the result equals a clean run's (clean_run: the student's weights bit for bit, the evaluation), and no manifest
+    lists a temporary file."""
     rng = random.Random(7)
     for point in ("teacher-*.partial", "distill-*.partial/metrics.jsonl", "quantize-*.partial"):
-        proc = start(chaos, *extra, until=None)
-        wait_for(point, chaos / "runs" / ".cache", proc)
+        proc = start(tmp_path, *INTERRUPTED, until=None)
+        wait_for(point, tmp_path / "runs" / ".cache", proc)
         time.sleep(rng.uniform(0.0, 0.3))
         os.kill(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
         assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill at {point}: {output}"
-    final = start(chaos, *extra, until=None)
+    final = start(tmp_path, *INTERRUPTED, until=None)
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output
-    assert reference.wait(timeout=600) == 0, (tmp_path / "clean.log").read_text()
-    assert read_report(chaos)["evaluation"] == read_report(clean)["evaluation"]
-    listed = [name for manifest in (chaos / "runs" / ".cache").glob("*/manifest.json")
+    assert read_report(tmp_path)["evaluation"] == read_report(clean_run.folder)["evaluation"]
+    weights = [torch.load(artifact_folder(folder, "distill") / "model.pt", weights_only=True)["state_dict"]
+               for folder in (tmp_path, clean_run.folder)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    listed = [name for manifest in (tmp_path / "runs" / ".cache").glob("*/manifest.json")
               for name in json.loads(manifest.read_text())["files"]]
     assert listed and not [name for name in listed if name.endswith(".tmp") or "/." in f"/{name}"]
 
