@@ -24,7 +24,8 @@ class ExportParity(Section):
     parity_max_abs_diff: float = Field(1e-3, gt=0, description="max |logit diff| vs torch (fp32 exports)")
     parity_max_abs_diff_fp16: float = Field(5e-2, gt=0, description="the same for fp16-compressed weights")
     parity_min_agreement: float = Field(0.99, ge=0, le=1, description="min share of equal argmax vs torch")
-    processes: int = not_in_key(0, "processes the formats run in: 2 puts ExecuTorch in a process of its own, 1 "
+    processes: int = not_in_key(0, "processes the formats run in: 2 puts ExecuTorch in a worker process (which "
+                                   "then takes formats from the back of the order), 1 "
                                    "runs every format here; 0: 2 where 2 cores are usable", ge=0, le=2)
 
 

@@ -1,10 +1,12 @@
 """The formats of the export and quantize stages, split over two processes where the host has two cores for them: a
 backend that declares `own_process` (ExecuTorch, whose lowering is the longest work of both stages) runs in a
-worker process while the others run here, each process at one torch thread. The records, notes and the first
-error are taken in registry order, so the stage writes what one process writes (the same files: docs/
-benchmarks.md); log lines arrive as they happen. A backend that runs apart reads no record of the backends before
-it (it may run first). The worker is spawned once and serves both stages of a run (its imports, torch's and
-ExecuTorch's 7 s, are paid once); it ends with this process, or when interrupted.
+worker process while this one runs the others from the front of the registry order; once the worker is done with
+its own, it takes the others from the back (those that read no earlier backend's record of the stage), so that
+the two processes end together whichever format is slow on this model and host. Each process runs at one torch
+thread. The records, notes and the first error are taken in registry order, so the stage writes what one process
+writes (the same files: docs/benchmarks.md); log lines arrive as they happen. The worker is spawned once and serves
+both stages of a run (its imports, torch's and ExecuTorch's 7 s, are paid once); it ends with this process, or when
+interrupted.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from pipeline.core.errors import UserError
@@ -36,35 +37,66 @@ def processes(setting: int) -> int:
 
 def run(order: list, job, call: Call, build: Callable[..., Any], args: dict, setting: int
         ) -> list[tuple[dict, list[str]]]:
-    """(records, notes) of each backend of `order`, in order: call(backend, job) here, and for those that declare
-    `own_process`, when there are two processes, call(backend, build(**args)) in a worker (`build`, `call` and
-    `args` picklable: the worker's job is built as the stage built `job`). A backend's notes are those it added
-    to job.notes (the quantize stage's). The first error in registry order is raised once every started
-    backend has ended; an interrupt here stops the worker."""
-    apart = [b for b in order if b.own_process] if processes(setting) > 1 else []
-    if not apart:
+    """(records, notes) of each backend of `order`, in order: call(backend, job) here, and in the worker, when there
+    are two processes, call(backend, build(**args)) for the backends that declare `own_process`, then for those it
+    takes from the back of the others (`build`, `call` and `args` picklable: the worker's job is built as the stage
+    built `job`). A backend's notes are those it added to job.notes (the quantize stage's). Each process takes no
+    backend after its first error; the first error in registry order is raised once every started backend has
+    ended; an interrupt here stops the worker."""
+    pinned = [b for b in order if b.own_process] if processes(setting) > 1 else []
+    if not pinned:
         return [_call(call, b, job) for b in order]
     import backends
 
+    rest = [b for b in order if not b.own_process]  # this process takes from the front, the worker from the back
     outcomes: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def movable(backend) -> bool:
+        return backend.name in backends.REGISTRY and not backend.reads_earlier_records
+
+    def apart() -> None:
+        """The worker's share, one backend at a time."""
+        queue = list(pinned)
+        while True:
+            with lock:
+                if not queue and rest and movable(rest[-1]):
+                    queue.append(rest.pop())
+                if not queue:
+                    return
+                backend = queue.pop(0)
+            try:  # sent from this thread: a call larger than the pipe's buffer (the stage's images) waits until
+                # the worker reads it, after its imports (torch's 1.4 s), and holds no backend of this process back
+                worker.submit(backends.REGISTRY[backend.name], call, build, args)
+                outcome = worker.result()
+            except Exception as exc:  # not sent (e.g. unpicklable)
+                outcome = exc
+            outcomes[backend.name] = outcome
+            if isinstance(outcome, BaseException):
+                return
+
     with _one_torch_thread():
-        workers = {b.name: _worker(backends.REGISTRY[b.name]) for b in apart}
+        worker = _worker()
+        driver = threading.Thread(target=apart, name="manifold-edge formats apart", daemon=True)
+        driver.start()
         try:
-            for worker in workers.values():
-                worker.submit(call, build, args)
-            for backend in order:
-                if backend.name in workers:
-                    continue
+            while True:
+                with lock:
+                    backend = rest.pop(0) if rest else None
+                if backend is None:
+                    break
                 try:
                     outcomes[backend.name] = _call(call, backend, job)
-                except Exception as exc:  # the worker's backends still end: an earlier one may fail first
+                except Exception as exc:  # the worker's backend still ends: an earlier one may fail first
                     outcomes[backend.name] = exc
+                    with lock:
+                        rest.clear()
                     break
-            for name, worker in workers.items():
-                outcomes[name] = worker.result()
+            driver.join()
         except BaseException:  # an interrupt: the worker's call is abandoned with it
-            for worker in workers.values():
-                worker.stop()
+            with lock:
+                rest.clear()
+            worker.stop()
             raise
     done = []
     for backend in order:
@@ -95,30 +127,27 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-_workers: dict[str, _Worker] = {}  # by registry target, for this process's life
+_workers: list[_Worker] = []  # this process's worker, once spawned
 
 
-def _worker(target: str) -> _Worker:
-    worker = _workers.get(target)
-    if worker is None or not worker.process.is_alive():
-        worker = _workers[target] = _Worker(target)
-    return worker
+def _worker() -> _Worker:
+    if not _workers or not _workers[0].process.is_alive():
+        _workers[:] = [_Worker()]
+    return _workers[0]
 
 
 class _Worker:
-    """A spawned process serving one backend's calls, one at a time. Its project log records and each call's
+    """A spawned process serving backends' calls, one at a time. Its project log records and each call's
     outcome (records and notes, or the exception) come back on a pipe, read by a thread here that hands every
     record to its own logger (the run's console shows it as it shows this process's)."""
 
-    def __init__(self, target: str):
+    def __init__(self):
         context = multiprocessing.get_context("spawn")
         self.connection, theirs = context.Pipe()
-        self.process = context.Process(target=_serve, args=(theirs, target), daemon=True,
-                                       name=f"manifold-edge {target.partition(':')[0]}")
+        self.process = context.Process(target=_serve, args=(theirs,), daemon=True, name="manifold-edge formats")
         self.process.start()
         theirs.close()
         self.outcomes: queues.Queue = queues.Queue()
-        self.sending: threading.Thread | None = None  # the call being sent
         threading.Thread(target=self._read, name=f"{self.process.name} reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -134,15 +163,9 @@ class _Worker:
             else:
                 self.outcomes.put(payload)
 
-    def submit(self, call: Call, build: Callable[..., Any], args: dict) -> None:
-        """Pickled here (an error is this call's), sent by a thread: a payload larger than the pipe's buffer
-        (the stage's images) would hold this process until the worker reads it, after its imports (1.4 s)."""
-        payload = ForkingPickler.dumps((call, build, args))
-        if self.sending is not None:
-            self.sending.join()
-        self.sending = threading.Thread(target=self.connection.send_bytes, args=(payload,),
-                                        name=f"{self.process.name} sender", daemon=True)
-        self.sending.start()
+    def submit(self, target: str, call: Call, build: Callable[..., Any], args: dict) -> None:
+        """call(the backend at registry `target`, build(**args)) in the worker."""
+        self.connection.send((target, call, build, args))
 
     def result(self) -> tuple[dict, list[str]] | BaseException:
         return self.outcomes.get()
@@ -150,7 +173,8 @@ class _Worker:
     def stop(self) -> None:
         self.process.terminate()
         self.process.join()
-        _workers.pop(next((t for t, w in _workers.items() if w is self), ""), None)
+        if self in _workers:
+            _workers.remove(self)
 
 
 class _PipeHandler(logging.handlers.QueueHandler):
@@ -165,7 +189,7 @@ class _PipeHandler(logging.handlers.QueueHandler):
             self.connection.send(("log", record))
 
 
-def _serve(connection, target: str) -> None:
+def _serve(connection) -> None:
     """The worker: the project's log records to the pipe, one torch thread, then each call it is sent until the
     pipe closes."""
     import torch
@@ -180,15 +204,14 @@ def _serve(connection, target: str) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     torch.set_num_threads(1)
-    module, _, attr = target.partition(":")
-    backend = getattr(importlib.import_module(module), attr)
     while True:
         try:
-            call, build, args = connection.recv()
+            target, call, build, args = connection.recv()
         except EOFError:
             return
+        module, _, attr = target.partition(":")
         try:
-            outcome: Any = _call(call, backend, build(**args))
+            outcome: Any = _call(call, getattr(importlib.import_module(module), attr), build(**args))
         except UserError as exc:  # one line for the user, as from this process
             outcome = UserError(str(exc))
         except Exception:

@@ -32,7 +32,8 @@ class QuantizeCommon(Section):
                                                                  "after this many seconds per INT8 file; 0: no bound")
     on_over_budget: Literal["warn", "stop"] = Field("warn", description="an INT8 model still over max_drop after "
                                                     "the fallback: flag it in the report, or stop the run")
-    processes: int = not_in_key(0, "processes the formats run in: 2 puts ExecuTorch in a process of its own, 1 "
+    processes: int = not_in_key(0, "processes the formats run in: 2 puts ExecuTorch in a worker process (which "
+                                   "then takes formats from the back of the order), 1 "
                                    "runs every format here; 0: 2 where 2 cores are usable", ge=0, le=2)
 
 

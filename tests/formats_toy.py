@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,28 +16,33 @@ log = logging.getLogger("backends.toy")
 class Toy:
     name: str
     own_process: bool = False
-    record: dict = field(default_factory=dict)  # added to its call's record
+    reads_earlier_records: bool = False
 
 
 @dataclass
 class Job:
     fail: tuple[str, ...] = ()
-    flag: str = ""  # a file the first backend creates
+    folder: str = ""  # where each call leaves "NAME ran"; a's call then waits for "c ran" ...
+    patience: float = 0.0  # ... at most this long
     notes: list[str] = field(default_factory=list)
 
 
 A, B, C = Toy("a"), Toy("b", own_process=True), Toy("c")
+C_READS_A = Toy("c", reads_earlier_records=True)
 
 
-def build(fail: tuple[str, ...], flag: str = "", payload: bytes = b"") -> Job:
-    return Job(fail, flag)
+def build(fail: tuple[str, ...], folder: str = "", patience: float = 0.0, payload: bytes = b"") -> Job:
+    return Job(fail, folder, patience)
 
 
 def call(backend: Toy, job: Job) -> dict:
     log.info(f"{backend.name} in {os.getpid()}")
     if backend.name in job.fail:
         raise UserError(f"{backend.name} failed")
-    if backend is A and job.flag:
-        Path(job.flag).touch()
+    if job.folder:
+        Path(job.folder, f"{backend.name} ran").touch()
+        deadline = time.monotonic() + (job.patience if backend.name == "a" else 0)
+        while not Path(job.folder, "c ran").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
     job.notes.append(f"note {backend.name}")
-    return {backend.name: {"pid": os.getpid(), **backend.record}}
+    return {backend.name: {"pid": os.getpid(), "worker_start_saw_a": os.environ.get("FORMATS_TOY_SEEN")}}

@@ -44,12 +44,45 @@ def test_one_worker_serves_every_call_of_a_process(registered):
     assert first == second != os.getpid()
 
 
-def test_the_main_process_goes_on_while_a_busy_worker_has_not_read_a_call_larger_than_the_pipe(monkeypatch, tmp_path):
-    """The worker reads its call after its imports (torch's, 1.4 s in the export stage); a call of the stage's
-    images fills the pipe's buffer: sent by a thread, it holds no backend of this process back."""
-    flag = tmp_path / "a ran"
-    monkeypatch.setenv("FORMATS_TOY_FLAG", str(flag))
-    monkeypatch.setitem(backends.REGISTRY, "b", "formats_toy_late:B")
-    args = {"fail": (), "flag": str(flag), "payload": bytes(4 << 20)}
-    done = formats.run(ORDER, toy.build((), str(flag)), toy.call, toy.build, args, 2)
-    assert done[1][0]["b"]["first_backend_ran_before_the_worker_read_its_call"]
+WAITING_WORKER = """import os, time
+from pathlib import Path
+flag, deadline = Path(os.environ["FORMATS_TOY_FLAG"]), time.time() + 30
+while not flag.exists() and time.time() < deadline:
+    time.sleep(0.01)
+os.environ["FORMATS_TOY_SEEN"] = str(flag.exists())
+"""
+
+
+def test_the_main_process_goes_on_while_a_starting_worker_has_not_read_a_call_larger_than_the_pipe(
+        registered, monkeypatch, tmp_path):
+    """The worker reads its first call after its imports (torch's, 1.4 s in the export stage); a call of the stage's
+    images fills the pipe's buffer: sent by a thread, it holds no backend of this process back. Here the new
+    worker's start waits (a sitecustomize, at most 30 s) for the file that a, run here, leaves."""
+    for worker in list(formats._workers):
+        worker.stop()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(WAITING_WORKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FORMATS_TOY_FLAG", str(tmp_path / "a ran"))
+    args = {"fail": (), "folder": str(tmp_path), "payload": bytes(4 << 20)}
+    try:
+        done = formats.run(ORDER, toy.build((), str(tmp_path)), toy.call, toy.build, args, 2)
+    finally:
+        for worker in list(formats._workers):
+            worker.stop()
+    assert done[1][0]["b"]["worker_start_saw_a"] == "True"
+
+
+@pytest.mark.parametrize("last, moves", [(toy.C, True), (toy.C_READS_A, False)], ids=["c", "c reads a's record"])
+def test_a_worker_done_with_its_own_backend_takes_the_last_one_left_unless_it_reads_an_earlier_record(
+        registered, monkeypatch, tmp_path, last, moves):
+    """a (here) waits for c: the worker, done with b, takes c from the back of the order, the same records
+    come out in registry order; a c that reads an earlier backend's record stays here (a waits 2 s for it)."""
+    monkeypatch.setitem(backends.REGISTRY, "c", "formats_toy:C")
+    args = {"fail": (), "folder": str(tmp_path), "patience": 2.0 if not moves else 60.0}
+    done = formats.run([toy.A, toy.B, last], toy.build(**args), toy.call, toy.build, args, 2)
+    assert [list(records) for records, _ in done] == [["a"], ["b"], ["c"]]
+    assert [notes for _, notes in done] == [["note a"], ["note b"], ["note c"]]
+    pids = {name: record["pid"] for records, _ in done for name, record in records.items()}
+    assert pids["a"] == os.getpid() != pids["b"]
+    assert (pids["c"] == pids["b"]) == moves and (pids["c"] == os.getpid()) != moves
