@@ -112,8 +112,9 @@ class Backend:
     scratch: ClassVar[tuple[str, ...]] = ()  # working files its quantize leaves, removed when the stage completes
     own_process: ClassVar[bool] = False  # its export and quantize run in a process of their own where two cores are
     # free (stages/formats.py): for a format whose work is most of a stage's; it reads no earlier backend's record
-    reads_earlier_records: ClassVar[bool] = False  # it converts an earlier backend's file of the same stage (its
-    # record in job.artifacts), so it runs in the process that wrote it, never in the worker
+    independent: ClassVar[bool] = False  # its export and quantize read no other backend's record of the same stage
+    # (job.artifacts): the formats' worker may run them (stages/formats.py); a plug-in that converts another's file
+    # keeps the default
     simulation: ClassVar[str | None] = None  # what its "simulated" rows are, where this host cannot run the runtime
     app_module: ClassVar[str | None] = None  # what the deploy folder says of its files: the app methods below
 

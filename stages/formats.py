@@ -1,12 +1,12 @@
 """The formats of the export and quantize stages, split over two processes where the host has two cores for them: a
 backend that declares `own_process` (ExecuTorch, whose lowering is the longest work of both stages) runs in a
 worker process while this one runs the others from the front of the registry order; once the worker is done with
-its own, it takes the others from the back (those that read no earlier backend's record of the stage), so that
-the two processes end together whichever format is slow on this model and host. Each process runs at one torch
-thread. The records, notes and the first error are taken in registry order, so the stage writes what one process
-writes (the same files: docs/benchmarks.md); log lines arrive as they happen. The worker is spawned once and serves
-both stages of a run (its imports, torch's and ExecuTorch's 7 s, are paid once); it ends with this process, or when
-interrupted.
+its own, it takes the others from the back (those that declare `independent`: they read no other backend's record
+of the stage), so that the two processes end together whichever format is slow on this model and host. Each
+process runs at one torch thread. The records, notes and the first error are taken in registry order, so the stage
+writes what one process writes (the same files: docs/benchmarks.md); log lines arrive as they happen. The worker is
+spawned once and serves both stages of a run (its imports, torch's and ExecuTorch's 7 s, are paid once); it ends
+with this process, or when interrupted.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def run(order: list, job, call: Call, build: Callable[..., Any], args: dict, set
     lock = threading.Lock()
 
     def movable(backend) -> bool:
-        return backend.name in backends.REGISTRY and not backend.reads_earlier_records
+        return backend.name in backends.REGISTRY and backend.independent
 
     def apart() -> None:
         """The worker's share, one backend at a time."""

@@ -16,7 +16,7 @@ log = logging.getLogger("backends.toy")
 class Toy:
     name: str
     own_process: bool = False
-    reads_earlier_records: bool = False
+    independent: bool = True
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Job:
 
 
 A, B, C = Toy("a"), Toy("b", own_process=True), Toy("c")
-C_READS_A = Toy("c", reads_earlier_records=True)
+C_READS_A = Toy("c", independent=False)
 
 
 def build(fail: tuple[str, ...], folder: str = "", patience: float = 0.0, payload: bytes = b"") -> Job:

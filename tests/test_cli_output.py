@@ -149,7 +149,7 @@ def test_a_default_run_prints_only_our_lines_and_logs_the_libraries(trained_run,
         assert not strays, strays
     assert stdout.startswith("deploy: ") and re.search(r"^\[7/7\] benchmark: done", stderr, re.M), stderr[-2000:]
     log = (trained_run / "runs" / "default" / "run.log").read_text()
-    for line in ("cpuinfo_utils", "coremltools [WARNING]", "INFO: Created TensorFlow Lite XNNPACK delegate"):
+    for line in ("cpuinfo_utils", "Statistics collection", "INFO: Created TensorFlow Lite XNNPACK delegate"):
         assert line in log, log[-3000:]
 
     calls = {name: subprocess.CompletedProcess([name], *done) for name, done in cached_rerun_and_reports.items()

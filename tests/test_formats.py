@@ -73,11 +73,12 @@ def test_the_main_process_goes_on_while_a_starting_worker_has_not_read_a_call_la
     assert done[1][0]["b"]["worker_start_saw_a"] == "True"
 
 
-@pytest.mark.parametrize("last, moves", [(toy.C, True), (toy.C_READS_A, False)], ids=["c", "c reads a's record"])
-def test_a_worker_done_with_its_own_backend_takes_the_last_one_left_unless_it_reads_an_earlier_record(
+@pytest.mark.parametrize("last, moves", [(toy.C, True), (toy.C_READS_A, False)], ids=["independent", "not independent"])
+def test_a_worker_done_with_its_own_backend_takes_the_last_one_left_if_independent(
         registered, monkeypatch, tmp_path, last, moves):
     """a (here) waits for c: the worker, done with b, takes c from the back of the order, the same records
-    come out in registry order; a c that reads an earlier backend's record stays here (a waits 2 s for it)."""
+    come out in registry order; a c not declared independent (it may read an earlier backend's record) stays here
+    (a waits 2 s for it)."""
     monkeypatch.setitem(backends.REGISTRY, "c", "formats_toy:C")
     args = {"fail": (), "folder": str(tmp_path), "patience": 2.0 if not moves else 60.0}
     done = formats.run([toy.A, toy.B, last], toy.build(**args), toy.call, toy.build, args, 2)

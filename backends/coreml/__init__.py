@@ -82,6 +82,7 @@ class CoreMLBackend(Backend):
     export_fields = ExportFields
     quantize_fields = QuantizeFields
     switches = ("export.coreml.enabled", "quantize.coreml.enabled")
+    independent = True
     export_module = "backends.coreml.export"
     quantize_module = "backends.coreml.quantize"
     runner_factory = "backends.coreml.runner:coreml_runner"

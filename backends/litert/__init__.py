@@ -38,6 +38,7 @@ class LiteRTBackend(Backend):
     export_fields = ExportFields
     quantize_fields = QuantizeFields
     switches = ("export.litert.enabled",)
+    independent = True
     export_module = "backends.litert.export"
     quantize_module = "backends.litert.quantize"
     runner_factory = "backends.litert.runner:LiteRTRunner"

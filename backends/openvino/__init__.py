@@ -34,7 +34,6 @@ class OpenVinoBackend(Backend):
     export_fields = OpenVinoExportFields
     quantize_fields = OpenVinoQuantizeFields
     switches = ("export.openvino", "quantize.openvino")
-    reads_earlier_records = True  # its export converts the ONNX file
     export_module = "backends.openvino.export"
     quantize_module = "backends.openvino.quantize"
     runner_factory = "backends.openvino.runner:OpenVinoRunner"
