@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from argparse import Namespace
 
 import numpy as np
 import pytest
@@ -12,11 +13,13 @@ import timm
 import torch
 
 from backends.base import predict
+from backends.executorch.agent import ExecuTorch
 from backends.executorch.export import export
 from backends.executorch.quantize import quantize
 from backends.executorch.runner import ExecuTorchRunner, profile_layers
 from conftest import model_with_an_unknown_op
 from pipeline.core.errors import UserError
+from targets.agent.schedule import throughput
 
 SHAPE = (1, 16, 16)
 MAX_BATCH = 32  # above 15, the bound lowering a stride-2 conv would otherwise leave
@@ -236,6 +239,10 @@ def test_a_graph_whose_lowering_fixes_the_batch_is_planned_for_one_image_also_in
                     per_channel=True, max_batch=record["max_batch"], name="split_heads")
     assert int8["max_batch"] == 1 and int8["op_types"].get("linear") == 1
     assert (predict(ExecuTorchRunner(tmp_path / "split_int8.pte"), [x]).argmax(1) == labels).mean() > 0.8
+    agent = ExecuTorch(str(tmp_path / "split_int8.pte"), 1)  # the benchmark's throughput: at the batch planned
+    settings = Namespace(throughput_batch=8, input_size=None, max_seconds=0.1)
+    figure = throughput(agent, settings, np.random.default_rng(0))
+    assert figure["batch"] == 1 and figure["images_per_s"] > 0 and "error" not in figure
 
 
 class PaddedConvs(torch.nn.Module):

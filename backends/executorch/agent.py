@@ -110,7 +110,8 @@ class ExecuTorch(Adapter):
         return cls(args.model, args.threads, profile_dir is not None)
 
     def input_shape(self, batch: int, size: int | None) -> list[int]:
-        return fixed_shape([1, *self.sizes[1:]], batch, size)
+        """At most the batch the program is planned for (its input's first size; 1 where the batch is fixed)."""
+        return fixed_shape([1, *self.sizes[1:]], min(batch, self.sizes[0]), size)
 
     def __call__(self, x):
         return self.method.execute([self._torch.from_numpy(x)])[0]
