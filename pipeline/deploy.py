@@ -45,9 +45,10 @@ def model_files(report: dict, artifact: str) -> list[Path]:
     raise KeyError(artifact)
 
 
-def target_readme(name: str, answer: dict) -> str:
-    """deploy/<target>/README.md: the overall pick first, then the answer for each SDK an app may link."""
-    lines = [f"# {name}", ""]
+def target_readme(name: str, answer: dict, warnings: list[str]) -> str:
+    """deploy/<target>/README.md: the evaluation's warnings (a model no better than guessing), the overall pick,
+    then the answer for each SDK an app may link."""
+    lines = [f"# {name}", "", *(f"> **Warning**: {w}\n" for w in warnings)]
     if answer.get("artifact"):
         state = "" if answer["separated"] else " (no single fastest runtime: see why)"
         lines += [f"**Overall pick: `{answer['runtime']}/{answer['artifact']}`**{state}: {answer['overall_why']}.", ""]
@@ -89,11 +90,12 @@ def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[s
     building.mkdir(parents=True)
     (building / MARKER).write_text("written by manifold-edge: replaced whole by the next run or report\n")
     written = {}
+    warnings = (report.get("evaluation") or {}).get("warnings", [])
     for name, answer in (report.get("ship") or {}).items():
         target = building / name
         target.mkdir(parents=True)
         written[name] = str(folder / name)
-        (target / "README.md").write_text(target_readme(name, answer))
+        (target / "README.md").write_text(target_readme(name, answer, warnings))
         (target / "ship.json").write_text(json.dumps(answer, indent=2) + "\n")
         for runtime, choice in answer["by_runtime"].items():
             if choice.get("artifact"):

@@ -23,8 +23,12 @@ def test_a_run_with_a_teacher_at_chance_says_so(tmp_path, capsys):
                     "quantize.openvino=false", "export.coreml.enabled=false", "quantize.coreml.enabled=false",
                     "benchmark.targets=['x86-laptop']")
     assert main(args) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "the teacher" in err and "no better than guessing (10.0%)" in err
+    ship = out.split("deploy: ")[1].splitlines()  # the ship answer says so before its pick, and so does the folder
+    assert ship[1].startswith("  warning: the teacher ") and "no better than guessing" in ship[1]
+    readme = (tmp_path / "runs" / "default" / "deploy" / "x86-laptop" / "README.md").read_text()
+    assert "> **Warning**: the teacher " in readme.split("Overall pick")[0]
     report = read_report(tmp_path)
     assert any(w.startswith("the teacher ") for w in report["evaluation"]["warnings"])
     first_screen = (tmp_path / "runs" / "default" / "report.md").read_text().split("## Ship")[0]

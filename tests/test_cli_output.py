@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = re.compile(r"I0000|port\.cc|flatbuffer_export|absl|XNNPACK delegate|\[WARNING\]|cpuinfo_utils|"
                      r"cpp_extension|os\.fork|JAX is multithreaded|Statistics collection|Applying |━")
 STAGE_LINE = re.compile(r"\[\d+/\d+\] [a-z_]+: |  \S|report: ")  # the engine's lines, the stages' records
-SHIP_LINE = re.compile(r"deploy: |  [\w.-]+: (overall|nothing ships)|    app links ")
+SHIP_LINE = re.compile(r"deploy: |  warning: |  [\w.-]+: (overall|nothing ships)|    app links ")
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -193,12 +193,14 @@ def shipped_file(c: dict) -> str:
 
 
 def ship_summary(report: dict) -> list[str]:
-    """The console's last lines: where the deploy folder is, each target's overall pick and its answer per SDK."""
+    """The console's last lines: where the deploy folder is, what the evaluation warns of (a model no better than
+    guessing), each target's overall pick and its answer per SDK."""
     if not report.get("deploy"):
         return []
     folder = Path(next(iter(report["deploy"].values()))).parent
     lines = [f"deploy: {folder}/<target>/<runtime>/ (model, labels.txt, preprocess.json, MODEL_CARD.md); "
-             "take the runtime your app links"]
+             "take the runtime your app links",
+             *(f"  warning: {w}" for w in (report.get("evaluation") or {}).get("warnings", []))]  # before a pick
     for name, answer in report["ship"].items():
         if not answer.get("artifact"):
             lines.append(f"  {name}: nothing ships ({answer['overall_why']})")
