@@ -15,6 +15,7 @@ import backends
 from pipeline.app_files import latency_row, write_app_files
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import unwritable
+from pipeline.report.markdown import warning_lines
 from targets.devices import model_files as with_sidecars
 
 MARKER = ".manifold-edge-deploy"  # marks a folder this tool wrote, so it may replace it
@@ -46,9 +47,9 @@ def model_files(report: dict, artifact: str) -> list[Path]:
 
 
 def target_readme(name: str, answer: dict, warnings: list[str]) -> str:
-    """deploy/<target>/README.md: the evaluation's warnings (a model no better than guessing), the overall pick,
-    then the answer for each SDK an app may link."""
-    lines = [f"# {name}", "", *(f"> **Warning**: {w}\n" for w in warnings)]
+    """deploy/<target>/README.md: the evaluation's `warnings` (markdown lines: a model no better than guessing),
+    the overall pick, then the answer for each SDK an app may link."""
+    lines = [f"# {name}", "", *warnings, *([""] if warnings else [])]
     if answer.get("artifact"):
         state = "" if answer["separated"] else " (no single fastest runtime: see why)"
         lines += [f"**Overall pick: `{answer['runtime']}/{answer['artifact']}`**{state}: {answer['overall_why']}.", ""]
@@ -90,7 +91,7 @@ def write_deploy(report: dict, run_dir: Path, out: Path | None = None) -> dict[s
     building.mkdir(parents=True)
     (building / MARKER).write_text("written by manifold-edge: replaced whole by the next run or report\n")
     written = {}
-    warnings = (report.get("evaluation") or {}).get("warnings", [])
+    warnings = warning_lines(report)
     for name, answer in (report.get("ship") or {}).items():
         target = building / name
         target.mkdir(parents=True)

@@ -111,13 +111,23 @@ def matched_units(distill: dict) -> str:
     return f"student units {distill['student_layers']} <- teacher units {distill['teacher_layers']}"
 
 
+def evaluation_warnings(report: dict) -> list[str]:
+    """What the evaluation warns of (a teacher or student no better than guessing): said before any pick."""
+    return (report.get("evaluation") or {}).get("warnings", [])
+
+
+def warning_lines(report: dict) -> list[str]:
+    """The evaluation's warnings as the first screen of report.md and a deploy folder's README show them."""
+    return [f"> **Warning**: {w}." for w in evaluation_warnings(report)]
+
+
 def render_markdown(title: str, report: dict, plots: dict[str, str] | None = None) -> str:
     run = report["run"]
     lines = [f"# {title}", "",
              f"Run `{run['name']}`, seed {run['seed']}, device {run['device']}, config `{run['config_hash'][:12]}`, "
              f"commit `{(run['git_commit'] or 'unknown')[:12]}`, wall time {_number(run['wall_s'], 's')}, "
              f"peak memory {_number(run['peak_rss_mb'], 'MB')}.", ""]
-    lines += [f"> **Warning**: {w}." for w in (report.get("evaluation") or {}).get("warnings", [])]
+    lines += warning_lines(report)
     lines += [""] if lines[-1] != "" else []
     lines += ship_lines(report)
     data_notes = report["stages"].get("data", {}).get("summary", {}).get("notes", [])
@@ -200,7 +210,7 @@ def ship_summary(report: dict) -> list[str]:
     folder = Path(next(iter(report["deploy"].values()))).parent
     lines = [f"deploy: {folder}/<target>/<runtime>/ (model, labels.txt, preprocess.json, MODEL_CARD.md); "
              "take the runtime your app links",
-             *(f"  warning: {w}" for w in (report.get("evaluation") or {}).get("warnings", []))]  # before a pick
+             *(f"  warning: {w}" for w in evaluation_warnings(report))]
     for name, answer in report["ship"].items():
         if not answer.get("artifact"):
             lines.append(f"  {name}: nothing ships ({answer['overall_why']})")
