@@ -66,6 +66,13 @@ def artifact_folder(tmp_path: Path, stage: str) -> Path:
     return next(p for p in (tmp_path / "runs" / ".cache").glob(f"{stage}-*") if p.suffix != ".partial")
 
 
+def distilled_weights(tmp_path: Path) -> dict:
+    """The student's state_dict from the run in tmp_path's distill artifact."""
+    import torch
+
+    return torch.load(artifact_folder(tmp_path, "distill") / "model.pt", weights_only=True)["state_dict"]
+
+
 def undecodable_png(path: Path) -> Path:
     """A PNG whose header and chunk checksums are sound (the pre-flight passes it) but whose pixel data is not a
     zlib stream: it fails only when the data stage decodes it, a failure inside a stage."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import INTERRUPTED, TRAINED, artifact_folder, cli_args, read_report, tiny_config
+from conftest import INTERRUPTED, TRAINED, artifact_folder, cli_args, distilled_weights, read_report, tiny_config
 from pipeline.cli import main
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import write_text
@@ -263,9 +263,8 @@ def test_random_kills_end_with_the_same_report_as_a_clean_run(tmp_path, clean_ru
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output
     assert read_report(tmp_path)["evaluation"] == read_report(clean_run.folder)["evaluation"]
-    weights = [torch.load(artifact_folder(folder, "distill") / "model.pt", weights_only=True)["state_dict"]
-               for folder in (tmp_path, clean_run.folder)]
-    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    a, b = distilled_weights(tmp_path), distilled_weights(clean_run.folder)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     listed = [name for manifest in (tmp_path / "runs" / ".cache").glob("*/manifest.json")
               for name in json.loads(manifest.read_text())["files"]]
     assert listed and not [name for name in listed if name.endswith(".tmp") or "/." in f"/{name}"]

@@ -3,52 +3,30 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import INTERRUPTED, cli_args, folder_with_a_broken_image
+from conftest import INTERRUPTED, distilled_weights, folder_with_a_broken_image
+from test_reliability import start, wait_for
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(tmp_path: Path) -> subprocess.Popen:
-    """The run until distill; its console to a pipe."""
-    args = [*cli_args(tmp_path, "run", *INTERRUPTED), "--until", "distill"]
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def _student_weights(tmp_path: Path) -> dict:
-    [folder] = [p for p in (tmp_path / "runs" / ".cache").glob("distill-*") if p.suffix != ".partial"]
-    return torch.load(folder / "model.pt", weights_only=True)["state_dict"]
 
 
 def test_killed_distill_resumes_to_identical_weights(tmp_path, clean_run):
     """Killed right after its first checkpoint, rerun: it resumes, and ends with the uninterrupted run's weights."""
-    proc = _run(tmp_path)
-    checkpoint = None
-    deadline = time.time() + 300
-    while checkpoint is None and proc.poll() is None and time.time() < deadline:
-        checkpoint = next((tmp_path / "runs" / ".cache").glob("distill-*.partial/checkpoint.pt"), None)
-        time.sleep(0.01)
-    assert checkpoint is not None, "the distill stage never wrote a checkpoint before finishing"
+    proc = start(tmp_path, *INTERRUPTED)
+    checkpoint = wait_for("distill-*.partial/checkpoint.pt", tmp_path / "runs" / ".cache", proc)
     os.kill(proc.pid, signal.SIGKILL)  # a hard stop: no handler runs, like a power cut
     proc.wait()
     assert torch.load(checkpoint, weights_only=True)["epoch"] < 3
 
-    resumed = _run(tmp_path)
+    resumed = start(tmp_path, *INTERRUPTED)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "resuming after epoch" in output
     assert "teacher: reused" in output
-    a, b = _student_weights(clean_run.folder), _student_weights(tmp_path)
+    a, b = distilled_weights(clean_run.folder), distilled_weights(tmp_path)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
