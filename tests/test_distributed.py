@@ -25,7 +25,7 @@ SAME_MATH = ("teacher.epochs=0", "student.model='vit_tiny_patch16_224'", "studen
              "student.overrides.depth=3",
              "distill.epochs=2", "distill.batch_size=64", "data.subset=1000", "benchmark.enabled=false")
 KD_AND_INTRA = ("distill.w_inter=0", "distill.w_random=0")  # the manifold term that is per image
-TOLERANCE = 1e-4  # max |weight difference|, 1 vs 2 processes, after 2 epochs (measured: 1e-5 KD, 1.4e-6 KD+intra)
+TOLERANCE = 1e-4  # max |weight difference|, 1 vs 2 processes (measured after 2 epochs: 1e-5 KD, 1.4e-6 KD+intra)
 
 
 def _batches(n: int = 50) -> Batches:
@@ -101,18 +101,23 @@ def _weights(tmp_path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _two_processes(folder, *extra: str) -> str:
-    """`manifold-edge run --until distill --nproc 2` in folder, one thread a process: its console (stderr)."""
-    args = [sys.executable, "-m", "pipeline", *cli_args(folder, "run", *extra, "run.threads=1"), "--until", "distill",
+def _two_process_argv(folder, *extra: str) -> list[str]:
+    """`manifold-edge run --until distill --nproc 2` in folder, one thread a process."""
+    return [sys.executable, "-m", "pipeline", *cli_args(folder, "run", *extra, "run.threads=1"), "--until", "distill",
             "--nproc", "2"]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _two_processes(folder, *extra: str) -> str:
+    """_two_process_argv's run: its console (stderr)."""
+    done = subprocess.run(_two_process_argv(folder, *extra), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stderr
 
 
 def _kd_and_intra(teacher: str) -> tuple[str, ...]:
-    """Three epochs: the interrupted runs below stop in the first two."""
-    return (*SAME_MATH, teacher, *KD_AND_INTRA, "distill.epochs=3")
+    """Four epochs, as the interrupted runs below had before they shared this run: they stop in the first two or
+    three, and one is left to resume into (with three the SIGTERM test failed once in eight runs under load)."""
+    return (*SAME_MATH, teacher, *KD_AND_INTRA, "distill.epochs=4")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +132,7 @@ def kd_and_intra_run(tmp_path_factory, teacher):
 @pytest.mark.parametrize("manifold", [False, True], ids=["kd", "kd+intra"])
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, request, teacher, manifold):
     if manifold:
-        extra, epochs = _kd_and_intra(teacher), 3
+        extra, epochs = _kd_and_intra(teacher), 4
         two, err = request.getfixturevalue("kd_and_intra_run")
     else:
         extra, epochs, two = (*SAME_MATH, teacher, "distill.manifold=false"), 2, tmp_path / "two"
@@ -165,9 +170,7 @@ def test_a_distributed_run_stopped_by_sigterm_or_killed_as_a_group_resumes(tmp_p
     final weights equal the uninterrupted run's (kd_and_intra_run) bit for bit."""
     import os
 
-    extra = (*_kd_and_intra(teacher), "run.threads=1")
-    args = [sys.executable, "-m", "pipeline", *cli_args(tmp_path, "run", *extra), "--until", "distill",
-            "--nproc", "2"]
+    args = _two_process_argv(tmp_path, *_kd_and_intra(teacher))  # kd_and_intra_run's command, in tmp_path
     cache = tmp_path / "runs" / ".cache"
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     checkpoint = wait_for("distill-*.partial/checkpoint.pt", cache, proc)
